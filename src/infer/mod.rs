@@ -1,0 +1,2 @@
+//! Inference on images of any size.
+pub mod tiling;

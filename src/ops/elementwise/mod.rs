@@ -1,0 +1,148 @@
+//! Elementwise add and scale, abs, and full sum: the small ops the losses, the GMP residual and
+//! gradient accumulation are made of.
+mod cpu;
+
+use std::sync::Arc;
+
+use crate::autograd::{Backward, Tape, Var};
+use crate::error::{Error, Result};
+use crate::tensor::{same_device, Storage, Tensor};
+
+fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
+    if a.shape() != b.shape() {
+        return Err(Error::shape(op, format!("{} vs {}", a.shape(), b.shape())));
+    }
+    same_device(op, &[a, b]).map(|_| ())
+}
+
+/// a + b (same shapes).
+pub fn add_tensors(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    same_shape("add", a, b)?;
+    match (a.storage(), b.storage()) {
+        (Storage::Cpu(x), Storage::Cpu(y)) => {
+            Ok(Tensor::from_storage(Storage::Cpu(cpu::add(x, y)), a.dims()))
+        }
+    }
+}
+
+/// s·a.
+pub fn scale_tensor(a: &Tensor, s: f32) -> Result<Tensor> {
+    match a.storage() {
+        Storage::Cpu(x) => Ok(Tensor::from_storage(
+            Storage::Cpu(cpu::scale(x, s)),
+            a.dims(),
+        )),
+    }
+}
+
+/// |a|, and its gradient sign(a)·dy (0 at a = 0, as PyTorch).
+pub fn abs_tensor(a: &Tensor) -> Result<Tensor> {
+    match a.storage() {
+        Storage::Cpu(x) => Ok(Tensor::from_storage(Storage::Cpu(cpu::abs(x)), a.dims())),
+    }
+}
+
+pub fn abs_backward(a: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    match (a.storage(), dy.storage()) {
+        (Storage::Cpu(x), Storage::Cpu(g)) => Ok(Tensor::from_storage(
+            Storage::Cpu(cpu::abs_backward(x, g)),
+            a.dims(),
+        )),
+    }
+}
+
+/// Σ a as a scalar tensor (accumulated in f64 on the CPU).
+pub fn sum_tensor(a: &Tensor) -> Result<Tensor> {
+    match a.storage() {
+        Storage::Cpu(x) => Ok(Tensor::from_storage(Storage::Cpu(vec![cpu::sum(x)]), &[])),
+    }
+}
+
+/// A tensor of `dims` filled with the scalar `g` (gradient of a sum), on g's device.
+fn broadcast_scalar(g: &Tensor, dims: &[usize]) -> Result<Tensor> {
+    Ok(Tensor::full(dims, g.item()?, &g.device()))
+}
+
+struct AddBackward;
+impl Backward for AddBackward {
+    fn backward(&self, dy: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        Ok(needs.iter().map(|&n| n.then(|| dy.clone())).collect())
+    }
+    fn name(&self) -> &'static str {
+        "add"
+    }
+}
+
+struct ScaleBackward(f32);
+impl Backward for ScaleBackward {
+    fn backward(&self, dy: &Tensor, _needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        Ok(vec![Some(scale_tensor(dy, self.0)?)])
+    }
+    fn name(&self) -> &'static str {
+        "scale"
+    }
+}
+
+struct AbsBackward(Arc<Tensor>);
+impl Backward for AbsBackward {
+    fn backward(&self, dy: &Tensor, _needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        Ok(vec![Some(abs_backward(&self.0, dy)?)])
+    }
+    fn name(&self) -> &'static str {
+        "abs"
+    }
+}
+
+struct SumBackward(Vec<usize>);
+impl Backward for SumBackward {
+    fn backward(&self, dy: &Tensor, _needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        Ok(vec![Some(broadcast_scalar(dy, &self.0)?)])
+    }
+    fn name(&self) -> &'static str {
+        "sum"
+    }
+}
+
+pub fn add(tape: &Tape, a: &Var, b: &Var) -> Result<Var> {
+    let y = tape.timed("add", || add_tensors(a.value(), b.value()))?;
+    Ok(tape.record(y, &[a, b], AddBackward))
+}
+
+pub fn scale(tape: &Tape, a: &Var, s: f32) -> Result<Var> {
+    let y = tape.timed("scale", || scale_tensor(a.value(), s))?;
+    Ok(tape.record(y, &[a], ScaleBackward(s)))
+}
+
+pub fn abs(tape: &Tape, a: &Var) -> Result<Var> {
+    let y = tape.timed("abs", || abs_tensor(a.value()))?;
+    Ok(tape.record(y, &[a], AbsBackward(a.value_arc())))
+}
+
+pub fn sum(tape: &Tape, a: &Var) -> Result<Var> {
+    let y = tape.timed("sum", || sum_tensor(a.value()))?;
+    Ok(tape.record(y, &[a], SumBackward(a.dims().to_vec())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::gradcheck::{check_gradients, random_input};
+
+    #[test]
+    fn gradcheck_elementwise() {
+        let a = random_input(&[2, 3, 4], 1);
+        let b = random_input(&[2, 3, 4], 2);
+        check_gradients("add", vec![a.clone(), b], |t, v| add(t, &v[0], &v[1])).unwrap();
+        check_gradients("scale", vec![a.clone()], |t, v| scale(t, &v[0], -2.5)).unwrap();
+        check_gradients("abs", vec![a.clone()], |t, v| abs(t, &v[0])).unwrap();
+        check_gradients("sum", vec![a], |t, v| sum(t, &v[0])).unwrap();
+    }
+
+    #[test]
+    fn add_refuses_mismatched_shapes() {
+        let a = random_input(&[2, 3], 1);
+        let b = random_input(&[3, 2], 1);
+        let e = add_tensors(&a, &b).unwrap_err().to_string();
+        assert!(e.contains("add") && e.contains("[2, 3]"), "{e}");
+    }
+}
