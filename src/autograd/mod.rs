@@ -146,10 +146,15 @@ impl Tape {
         r
     }
 
-    /// A trainable leaf (a parameter). On an inference tape it is a constant.
-    pub fn leaf(&self, t: Tensor) -> Var {
+    /// A trainable leaf (a parameter). On an inference tape it is a constant. Takes an `Arc`
+    /// so parameters are shared with the tape, not copied, every step.
+    pub fn leaf(&self, t: impl Into<Arc<Tensor>>) -> Var {
+        let t = t.into();
         if !self.recording {
-            return Var::constant(t);
+            return Var {
+                value: t,
+                node: None,
+            };
         }
         let mut nodes = self.nodes.borrow_mut();
         nodes.push(Node {
@@ -157,7 +162,7 @@ impl Tape {
             backward: None,
         });
         Var {
-            value: Arc::new(t),
+            value: t,
             node: Some(nodes.len() - 1),
         }
     }
