@@ -1,1 +1,246 @@
-//! (being written)
+//! safetensors checkpoints. A model file holds every parameter and BatchNorm running statistic
+//! under the DESIGN §1 names (plus PyTorch's `num_batches_tracked`, so the file loads into the
+//! PyTorch modules with `strict=True`) and the model configuration in the metadata entry
+//! `dcl.config`. Files are written atomically; loading refuses missing, extra or misshapen
+//! tensors with an error naming the tensor.
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+
+use crate::error::{Error, Result};
+use crate::fsutil::atomic_write;
+use crate::nn::{Counter, Localizer, ModelConfig, ModelKind, ParamStore};
+use crate::tensor::Tensor;
+
+pub const CONFIG_KEY: &str = "dcl.config";
+const BN_STEPS_SUFFIX: &str = ".num_batches_tracked";
+
+/// A tensor read from a file: its shape and f32 values.
+pub type Loaded = (Vec<usize>, Vec<f32>);
+
+/// Writes f32 tensors (and i64 scalars) with string metadata, atomically.
+pub fn write_tensors(
+    path: &Path,
+    tensors: &[(String, &Tensor)],
+    scalars_i64: &[(String, i64)],
+    metadata: HashMap<String, String>,
+) -> Result<()> {
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>, Dtype)> = tensors
+        .iter()
+        .map(|(n, t)| {
+            let data = bytemuck::cast_slice::<f32, u8>(&t.to_vec()).to_vec();
+            (n.clone(), t.dims().to_vec(), data, Dtype::F32)
+        })
+        .chain(
+            scalars_i64
+                .iter()
+                .map(|(n, v)| (n.clone(), vec![], v.to_le_bytes().to_vec(), Dtype::I64)),
+        )
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(n, dims, data, dt)| {
+            TensorView::new(*dt, dims.clone(), data)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| Error::Checkpoint {
+                    path: path.into(),
+                    msg: format!("tensor {n}: {e}"),
+                })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let out = safetensors::serialize(views, Some(metadata)).map_err(|e| Error::Checkpoint {
+        path: path.into(),
+        msg: format!("cannot serialise: {e}"),
+    })?;
+    atomic_write(path, &out)
+}
+
+/// Reads every f32 tensor of a file (i64 tensors are returned separately) and its metadata.
+#[allow(clippy::type_complexity)]
+pub fn read_tensors(
+    path: &Path,
+) -> Result<(
+    HashMap<String, String>,
+    BTreeMap<String, Loaded>,
+    BTreeMap<String, i64>,
+)> {
+    let err = |msg: String| Error::Checkpoint {
+        path: path.into(),
+        msg,
+    };
+    let bytes = std::fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| err(format!("not a safetensors file: {e}")))?;
+    let (_, meta) = SafeTensors::read_metadata(&bytes)
+        .map_err(|e| err(format!("bad safetensors header: {e}")))?;
+    let metadata = meta.metadata().clone().unwrap_or_default();
+    let mut floats = BTreeMap::new();
+    let mut ints = BTreeMap::new();
+    for (name, view) in st.iter() {
+        match view.dtype() {
+            Dtype::F32 => {
+                let vals: Vec<f32> = view
+                    .data()
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect();
+                floats.insert(name.to_string(), (view.shape().to_vec(), vals));
+            }
+            Dtype::I64 if view.shape().iter().product::<usize>() == 1 => {
+                let d = view.data();
+                ints.insert(
+                    name.to_string(),
+                    i64::from_le_bytes(d[..8].try_into().expect("8 bytes")),
+                );
+            }
+            other => {
+                return Err(err(format!(
+                    "tensor {name} has dtype {other:?}; only F32 (and I64 num_batches_tracked) are supported"
+                )))
+            }
+        }
+    }
+    Ok((metadata, floats, ints))
+}
+
+/// Names of the BatchNorm layers of a store (those with running statistics).
+fn bn_prefixes(store: &ParamStore) -> Vec<String> {
+    store
+        .iter()
+        .filter_map(|(_, p)| p.name.strip_suffix(".running_mean").map(str::to_string))
+        .collect()
+}
+
+/// Saves a model (its configuration, every tensor, and the number of BatchNorm updates).
+pub fn save_model(
+    path: &Path,
+    config: &ModelConfig,
+    store: &ParamStore,
+    bn_steps: u64,
+) -> Result<()> {
+    let tensors: Vec<(String, &Tensor)> = store
+        .iter()
+        .map(|(_, p)| (p.name.clone(), p.value.as_ref()))
+        .collect();
+    let steps: Vec<(String, i64)> = bn_prefixes(store)
+        .into_iter()
+        .map(|p| (format!("{p}{BN_STEPS_SUFFIX}"), bn_steps as i64))
+        .collect();
+    let mut meta = HashMap::new();
+    meta.insert(CONFIG_KEY.to_string(), config.to_json());
+    meta.insert("format".to_string(), "pt".to_string());
+    meta.insert(
+        "dcl.version".to_string(),
+        env!("CARGO_PKG_VERSION").to_string(),
+    );
+    write_tensors(path, &tensors, &steps, meta)
+}
+
+/// Copies loaded tensors into a freshly built store, refusing any mismatch by name.
+pub fn load_into(
+    path: &Path,
+    store: &mut ParamStore,
+    mut floats: BTreeMap<String, Loaded>,
+) -> Result<()> {
+    let err = |msg: String| Error::Checkpoint {
+        path: path.into(),
+        msg,
+    };
+    let ids: Vec<_> = store.iter().map(|(id, p)| (id, p.name.clone())).collect();
+    for (id, name) in ids {
+        let (dims, vals) = floats
+            .remove(&name)
+            .ok_or_else(|| err(format!("missing tensor {name}")))?;
+        let want = store.value(id).dims().to_vec();
+        if dims != want {
+            return Err(err(format!(
+                "tensor {name} has shape {dims:?}, the model expects {want:?}"
+            )));
+        }
+        let device = store.value(id).device();
+        store.set(id, Tensor::from_vec(vals, &dims)?.to_device(&device)?)?;
+    }
+    if let Some(extra) = floats.keys().next() {
+        return Err(err(format!(
+            "unexpected tensor {extra} (not part of this model)"
+        )));
+    }
+    Ok(())
+}
+
+/// The configuration stored in a checkpoint.
+pub fn read_config(path: &Path) -> Result<ModelConfig> {
+    let bytes = std::fs::read(path).map_err(|e| Error::Checkpoint {
+        path: path.into(),
+        msg: format!("cannot read: {e}"),
+    })?;
+    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| Error::Checkpoint {
+        path: path.into(),
+        msg: format!("not a safetensors file: {e}"),
+    })?;
+    config_from_metadata(path, meta.metadata().as_ref().unwrap_or(&HashMap::new()))
+}
+
+fn config_from_metadata(path: &Path, meta: &HashMap<String, String>) -> Result<ModelConfig> {
+    let s = meta.get(CONFIG_KEY).ok_or_else(|| Error::Checkpoint {
+        path: path.into(),
+        msg: format!("no '{CONFIG_KEY}' metadata: not a dcl checkpoint"),
+    })?;
+    ModelConfig::from_json(s).map_err(|e| Error::Checkpoint {
+        path: path.into(),
+        msg: e.to_string(),
+    })
+}
+
+/// Reads a checkpoint's configuration and tensors, checking it holds the expected network.
+fn read_model(path: &Path, kind: ModelKind) -> Result<(ModelConfig, BTreeMap<String, Loaded>, u64)> {
+    let (meta, floats, ints) = read_tensors(path)?;
+    let config = config_from_metadata(path, &meta)?;
+    if config.model != kind {
+        return Err(Error::Checkpoint {
+            path: path.into(),
+            msg: format!(
+                "holds a {:?} network, but a {:?} was expected",
+                config.model, kind
+            ),
+        });
+    }
+    let bn_steps = ints.values().copied().max().unwrap_or(0).max(0) as u64;
+    if let Some(bad) = ints.keys().find(|k| !k.ends_with(BN_STEPS_SUFFIX)) {
+        return Err(Error::Checkpoint {
+            path: path.into(),
+            msg: format!("unexpected integer tensor {bad}"),
+        });
+    }
+    Ok((config, floats, bn_steps))
+}
+
+/// Loads a counter checkpoint; returns the network and its BatchNorm step count.
+pub fn load_counter(path: &Path) -> Result<(Counter, u64)> {
+    let (config, floats, steps) = read_model(path, ModelKind::Counter)?;
+    let mut net = Counter::new(&config, 0)?;
+    load_into(path, &mut net.store, floats)?;
+    Ok((net, steps))
+}
+
+/// Loads a localizer checkpoint; returns the network and its BatchNorm step count.
+pub fn load_localizer(path: &Path) -> Result<(Localizer, u64)> {
+    let (config, floats, steps) = read_model(path, ModelKind::Localizer)?;
+    let mut net = Localizer::new(&config, 0)?;
+    load_into(path, &mut net.store, floats)?;
+    Ok((net, steps))
+}
+
+/// A short content hash of a file (FNV-1a 64), to tie outputs and localizers to the exact
+/// counter checkpoint they came from.
+pub fn file_hash(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    Ok(format!("{h:016x}"))
+}

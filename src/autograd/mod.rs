@@ -31,6 +31,13 @@ impl Var {
             node: None,
         }
     }
+    /// A constant sharing an existing value (frozen parameters, buffers).
+    pub fn constant_arc(t: Arc<Tensor>) -> Var {
+        Var {
+            value: t,
+            node: None,
+        }
+    }
     pub fn value(&self) -> &Tensor {
         &self.value
     }

@@ -1,1 +1,106 @@
-//! (being written)
+//! Evaluation: count metrics, and predictions of a network over a data set aggregated per
+//! source image (a patch-wise data set's image count is the sum of its patches' counts).
+pub mod localization;
+pub mod metrics;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::autograd::{Tape, Var};
+use crate::data::{Dataset, Loader};
+use crate::error::Result;
+use crate::nn::{Counter, Forward, Localizer};
+use crate::ops::loss::{mse_loss_forward, per_image_counts};
+use crate::ops::elementwise::scale_tensor;
+pub use metrics::{count_metrics, CountMetrics};
+
+/// One source image's predicted and true count.
+#[derive(Clone, Debug)]
+pub struct ImageCount {
+    pub image: String,
+    pub predicted: f64,
+    pub truth: f64,
+}
+
+/// The counter's coarse map z of a batch of normalised images, in inference mode.
+pub fn counter_z(counter: &Counter, images: crate::tensor::Tensor) -> Result<Var> {
+    let tape = Tape::inference();
+    let bound = counter.store.bind(&tape, false);
+    let f = Forward::new(&tape, &bound, &counter.store, false);
+    counter.forward(&f, &Var::constant(images))
+}
+
+/// Predicted and true counts per source image of `indices` of a data set.
+pub fn predict_counts(
+    counter: &Counter,
+    ds: &Arc<Dataset>,
+    indices: &[usize],
+    batch_size: usize,
+) -> Result<Vec<ImageCount>> {
+    let loader = Loader::new(ds.clone(), indices.to_vec(), batch_size, false, false, 0);
+    let mut by_source: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    let sources: Vec<String> = indices.iter().map(|&i| ds.sample(i).source.clone()).collect();
+    let mut k = 0;
+    for batch in loader.epoch(0) {
+        let batch = batch?;
+        let z = counter_z(counter, batch.images)?;
+        for (pred, truth) in per_image_counts(z.value())?.into_iter().zip(&batch.counts) {
+            let e = by_source.entry(sources[k].clone()).or_default();
+            e.0 += pred as f64;
+            e.1 += *truth as f64;
+            k += 1;
+        }
+    }
+    Ok(by_source
+        .into_iter()
+        .map(|(image, (predicted, truth))| ImageCount {
+            image,
+            predicted,
+            truth,
+        })
+        .collect())
+}
+
+/// Mean over patches of the localizer's MSE against density × density_scale (its training
+/// loss), on `indices` of a data set.
+pub fn localizer_mse(
+    counter: &Counter,
+    localizer: &Localizer,
+    ds: &Arc<Dataset>,
+    indices: &[usize],
+    batch_size: usize,
+) -> Result<f64> {
+    let loader = Loader::new(ds.clone(), indices.to_vec(), batch_size, false, false, 0);
+    let (mut total, mut n) = (0f64, 0usize);
+    for batch in loader.epoch(0) {
+        let batch = batch?;
+        let pred = localizer_density(counter, localizer, batch.images)?;
+        let target = scale_tensor(&batch.density, localizer.config.density_scale)?;
+        let b = batch.counts.len();
+        total += mse_loss_forward(pred.value(), &target)? as f64 * b as f64;
+        n += b;
+    }
+    Ok(if n == 0 { 0.0 } else { total / n as f64 })
+}
+
+/// The localizer's output (density × density_scale) for normalised images, inference mode.
+pub fn localizer_density(
+    counter: &Counter,
+    localizer: &Localizer,
+    images: crate::tensor::Tensor,
+) -> Result<Var> {
+    let z = counter_z(counter, images.clone())?;
+    localizer_density_from(localizer, images, &z)
+}
+
+/// As `localizer_density`, reusing an already computed coarse map z of the same images.
+pub fn localizer_density_from(
+    localizer: &Localizer,
+    images: crate::tensor::Tensor,
+    z: &Var,
+) -> Result<Var> {
+    let tape = Tape::inference();
+    let bound = localizer.store.bind(&tape, false);
+    let f = Forward::new(&tape, &bound, &localizer.store, false);
+    localizer.forward(&f, &Var::constant(images), z)
+}

@@ -1,2 +1,251 @@
-//! Inference on images of any size.
+//! Inference on images of any size: the image is resized by the checkpoint's `input_scale`,
+//! padded to a multiple of 16, cut into overlapping network-sized tiles, and the tiles' maps
+//! are blended with weights that sum to one everywhere (see `tiling`), so the count is the sum
+//! of one seamless map. Memory stays bounded: the image is kept in its decoded pixel type and
+//! converted a tile at a time; the counter's map is 1/8 of the image per side.
+pub mod points;
 pub mod tiling;
+
+use image::DynamicImage;
+
+use crate::autograd::Var;
+use crate::data::normalize_imagenet;
+use crate::error::{Error, Result};
+use crate::eval::counter_z;
+use crate::nn::{Counter, Localizer};
+use crate::ops::loss::per_image_counts;
+use crate::tensor::Tensor;
+use tiling::{axis_weights, tile_starts};
+
+/// The counter's output stride: one coarse pixel per 8x8 network pixels.
+pub const COARSE_STRIDE: usize = 8;
+
+#[derive(Clone, Copy, Debug)]
+pub struct InferOptions {
+    /// Tile side in network pixels (the training patch size).
+    pub tile: usize,
+    /// Minimum overlap between neighbouring tiles.
+    pub overlap: usize,
+    /// Tiles per forward pass.
+    pub batch: usize,
+}
+
+impl Default for InferOptions {
+    fn default() -> Self {
+        InferOptions {
+            tile: 256,
+            overlap: 32,
+            batch: 4,
+        }
+    }
+}
+
+/// A single-channel map, row-major.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Map {
+    pub width: usize,
+    pub height: usize,
+    pub data: Vec<f32>,
+}
+
+impl Map {
+    pub fn zeros(width: usize, height: usize) -> Map {
+        Map {
+            width,
+            height,
+            data: vec![0.0; width * height],
+        }
+    }
+    pub fn sum(&self) -> f64 {
+        self.data.iter().map(|&v| v as f64).sum()
+    }
+}
+
+/// What the networks say about one image.
+#[derive(Clone, Debug)]
+pub struct Prediction {
+    pub count: f64,
+    /// Image size as read.
+    pub width: usize,
+    pub height: usize,
+    /// Network pixels per image pixel.
+    pub scale: f32,
+    /// The counter's |z|, cells per coarse pixel (8x8 network pixels); sums to `count`.
+    pub coarse: Map,
+    /// The localizer's density, cells per network pixel, cropped to the scaled image.
+    pub density: Option<Map>,
+}
+
+/// Counts (and with a localizer, maps) one decoded image.
+pub fn predict(
+    counter: &Counter,
+    localizer: Option<&Localizer>,
+    img: &DynamicImage,
+    opts: &InferOptions,
+) -> Result<Prediction> {
+    let (width, height) = (img.width() as usize, img.height() as usize);
+    if width == 0 || height == 0 {
+        return Err(Error::Invalid("empty image".into()));
+    }
+    let scale = counter.config.input_scale;
+    let (nw, nh) = (
+        ((width as f32 * scale).round() as usize).max(1),
+        ((height as f32 * scale).round() as usize).max(1),
+    );
+    let resized;
+    let img = if (nw, nh) != (width, height) {
+        resized = img.resize_exact(nw as u32, nh as u32, image::imageops::FilterType::Triangle);
+        &resized
+    } else {
+        img
+    };
+    let (pw, ph) = (nw.div_ceil(16) * 16, nh.div_ceil(16) * 16);
+    let tile = opts.tile.max(16) / 16 * 16;
+    let (tw, th) = (tile.min(pw), tile.min(ph));
+    let xs = tile_starts(pw, tw, opts.overlap, COARSE_STRIDE);
+    let ys = tile_starts(ph, th, opts.overlap, COARSE_STRIDE);
+    let c = COARSE_STRIDE;
+    let (cwx, cwy) = (
+        axis_weights(pw / c, &xs.iter().map(|s| s / c).collect::<Vec<_>>(), tw / c),
+        axis_weights(ph / c, &ys.iter().map(|s| s / c).collect::<Vec<_>>(), th / c),
+    );
+    let full_w = localizer.map(|_| (axis_weights(pw, &xs, tw), axis_weights(ph, &ys, th)));
+    let pad = border_mean(img);
+    let mut coarse = Map::zeros(pw / c, ph / c);
+    let mut density = localizer.map(|_| Map::zeros(pw, ph));
+
+    let tiles: Vec<(usize, usize)> = (0..ys.len())
+        .flat_map(|ty| (0..xs.len()).map(move |tx| (ty, tx)))
+        .collect();
+    for group in tiles.chunks(opts.batch.max(1)) {
+        let mut buf = Vec::with_capacity(group.len() * 3 * tw * th);
+        for &(ty, tx) in group {
+            buf.extend(tile_input(img, xs[tx], ys[ty], tw, th, pad));
+        }
+        let images = Tensor::from_vec(buf, &[group.len(), 3, th, tw])?;
+        let z = counter_z(counter, images.clone())?;
+        let zv = z.value().to_vec();
+        let (zh, zw) = (th / c, tw / c);
+        for (k, &(ty, tx)) in group.iter().enumerate() {
+            let plane = &zv[k * zh * zw..(k + 1) * zh * zw];
+            blend(&mut coarse, plane, zw, zh, xs[tx] / c, ys[ty] / c, &cwx[tx], &cwy[ty], |v| v.abs());
+        }
+        if let (Some(loc), Some(dmap), Some((wx, wy))) = (localizer, density.as_mut(), &full_w) {
+            let d = crate::eval::localizer_density_from(loc, images, &z)?;
+            let dv = d.value().to_vec();
+            let inv = 1.0 / loc.config.density_scale;
+            for (k, &(ty, tx)) in group.iter().enumerate() {
+                let plane = &dv[k * th * tw..(k + 1) * th * tw];
+                blend(dmap, plane, tw, th, xs[tx], ys[ty], &wx[tx], &wy[ty], |v| v.max(0.0) * inv);
+            }
+        }
+    }
+    let count = coarse.sum();
+    let density = density.map(|d| crop(&d, nw, nh));
+    Ok(Prediction {
+        count,
+        width,
+        height,
+        scale,
+        coarse,
+        density,
+    })
+}
+
+/// Σ|z| of a batch of network-sized images, without tiling (used by tests and benches).
+pub fn count_batch(counter: &Counter, images: Tensor) -> Result<Vec<f32>> {
+    let z: Var = counter_z(counter, images)?;
+    per_image_counts(z.value())
+}
+
+/// Adds `w`·value(plane) into `map` at (x0, y0): |z| for the counter's map, the clamped and
+/// unscaled density for the localizer's.
+#[allow(clippy::too_many_arguments)]
+fn blend(
+    map: &mut Map,
+    plane: &[f32],
+    pw: usize,
+    ph: usize,
+    x0: usize,
+    y0: usize,
+    wx: &[f32],
+    wy: &[f32],
+    value: impl Fn(f32) -> f32,
+) {
+    for i in 0..ph {
+        let row = &mut map.data[(y0 + i) * map.width + x0..][..pw];
+        for (j, out) in row.iter_mut().enumerate() {
+            *out += wy[i] * wx[j] * value(plane[i * pw + j]);
+        }
+    }
+}
+
+fn crop(m: &Map, w: usize, h: usize) -> Map {
+    let mut data = Vec::with_capacity(w * h);
+    for y in 0..h {
+        data.extend_from_slice(&m.data[y * m.width..y * m.width + w]);
+    }
+    Map {
+        width: w,
+        height: h,
+        data,
+    }
+}
+
+/// Mean colour of the image border, in [0,1]: the padding colour, so padding looks like
+/// background rather than adding edges the network might count.
+fn border_mean(img: &DynamicImage) -> [f32; 3] {
+    let rgb = |x: u32, y: u32| {
+        let p = img.crop_imm(x, y, 1, 1).to_rgb32f();
+        p.get_pixel(0, 0).0
+    };
+    let (w, h) = (img.width(), img.height());
+    let step = ((w + h) / 256).max(1);
+    let mut acc = [0f64; 3];
+    let mut n = 0f64;
+    let mut add = |p: [f32; 3]| {
+        for c in 0..3 {
+            acc[c] += p[c] as f64;
+        }
+        n += 1.0;
+    };
+    for x in (0..w).step_by(step as usize) {
+        add(rgb(x, 0));
+        add(rgb(x, h - 1));
+    }
+    for y in (0..h).step_by(step as usize) {
+        add(rgb(0, y));
+        add(rgb(w - 1, y));
+    }
+    [(acc[0] / n) as f32, (acc[1] / n) as f32, (acc[2] / n) as f32]
+}
+
+/// One normalised [3, th, tw] tile starting at (x0, y0), padded with `pad` beyond the image.
+fn tile_input(
+    img: &DynamicImage,
+    x0: usize,
+    y0: usize,
+    tw: usize,
+    th: usize,
+    pad: [f32; 3],
+) -> Vec<f32> {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let (cw, ch) = (tw.min(w.saturating_sub(x0)), th.min(h.saturating_sub(y0)));
+    let mut chw = vec![0f32; 3 * tw * th];
+    for (c, p) in pad.iter().enumerate() {
+        chw[c * tw * th..(c + 1) * tw * th].fill(*p);
+    }
+    if cw > 0 && ch > 0 {
+        let part = img
+            .crop_imm(x0 as u32, y0 as u32, cw as u32, ch as u32)
+            .to_rgb32f();
+        for (x, y, px) in part.enumerate_pixels() {
+            for c in 0..3 {
+                chw[c * tw * th + y as usize * tw + x as usize] = px.0[c];
+            }
+        }
+    }
+    let mut out = vec![0f32; chw.len()];
+    normalize_imagenet(&chw, &mut out);
+    out
+}

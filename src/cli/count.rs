@@ -1,0 +1,271 @@
+//! `dcl count`: counts (and with a localizer, locates) cells in files and folders.
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Args;
+use serde::Serialize;
+
+use crate::checkpoint::{file_hash, load_counter, load_localizer};
+use crate::infer::points::{find_points, Point};
+use crate::infer::{predict, InferOptions, Prediction};
+use crate::nn::{Counter, Localizer};
+
+#[derive(Args, Debug)]
+pub struct CountArgs {
+    /// Image files or folders (searched recursively).
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Counter checkpoint.
+    #[arg(long)]
+    pub counter: PathBuf,
+    /// Localizer checkpoint: adds point locations and a full-resolution density map.
+    #[arg(long)]
+    pub localizer: Option<PathBuf>,
+    /// Output folder: counts.csv, points/, overlays/ and density/ per image.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Write each image's density map as 32-bit float TIFF into this folder.
+    #[arg(long)]
+    pub density_dir: Option<PathBuf>,
+    /// Only files whose name matches this pattern (`*` and `?`), e.g. '*cell.png'.
+    #[arg(long)]
+    pub glob: Option<String>,
+    /// Print the counts as JSON instead of CSV.
+    #[arg(long)]
+    pub json: bool,
+    /// Points: local maxima above this density (cells per pixel); default from the checkpoint.
+    #[arg(long)]
+    pub threshold: Option<f32>,
+    /// Points: minimum distance in pixels; default from the checkpoint.
+    #[arg(long)]
+    pub min_distance: Option<f32>,
+    /// Tile side in network pixels for large images.
+    #[arg(long, default_value_t = 256)]
+    pub tile: usize,
+    /// Minimum overlap of neighbouring tiles in network pixels.
+    #[arg(long, default_value_t = 32)]
+    pub overlap: usize,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Serialize)]
+struct CountRow {
+    image: String,
+    count: f64,
+    width: usize,
+    height: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    points: Option<usize>,
+}
+
+const IMAGE_EXTENSIONS: [&str; 5] = ["png", "jpg", "jpeg", "tif", "tiff"];
+
+/// `*` and `?` wildcard match on a file name.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    let (mut pi, mut ni, mut star, mut mark) = (0, 0, None, 0);
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ni;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ni = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// Image files under `paths` (files as given; folders recursively, sorted), each with the name
+/// its outputs get: the path relative to the folder, separators replaced by "__".
+pub fn collect_images(paths: &[PathBuf], glob: Option<&str>) -> anyhow::Result<Vec<(PathBuf, String)>> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut stack = vec![p.clone()];
+            let mut found = Vec::new();
+            while let Some(d) = stack.pop() {
+                let rd = std::fs::read_dir(&d).with_context(|| format!("{}: cannot list folder", d.display()))?;
+                for e in rd {
+                    let path = e.with_context(|| format!("{}: cannot list folder", d.display()))?.path();
+                    if path.is_dir() {
+                        stack.push(path);
+                    } else if is_image(&path) && glob.is_none_or(|g| glob_match(g, &file_name(&path))) {
+                        found.push(path);
+                    }
+                }
+            }
+            found.sort();
+            for f in found {
+                let rel = f.strip_prefix(p).unwrap_or(&f).with_extension("");
+                let name = rel.to_string_lossy().replace(['/', '\\'], "__");
+                out.push((f, name));
+            }
+        } else if p.exists() {
+            let name = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            out.push((p.clone(), name));
+        } else {
+            anyhow::bail!("{}: no such file or folder", p.display());
+        }
+    }
+    Ok(out)
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+fn is_image(p: &Path) -> bool {
+    p.extension()
+        .map(|e| IMAGE_EXTENSIONS.contains(&e.to_string_lossy().to_lowercase().as_str()))
+        .unwrap_or(false)
+}
+
+/// Opens a checkpoint pair, checking the localizer was trained on this counter.
+pub fn load_models(counter: &Path, localizer: Option<&Path>, device: &str) -> anyhow::Result<(Counter, Option<Localizer>)> {
+    let device = super::parse_device(device)?;
+    let (mut c, _) = load_counter(counter)?;
+    c.store.to_device(&device)?;
+    let l = match localizer {
+        None => None,
+        Some(lp) => {
+            let (mut l, _) = load_localizer(lp)?;
+            let hash = file_hash(counter)?;
+            if let Some(h) = &l.config.counter_hash {
+                if *h != hash {
+                    anyhow::bail!(
+                        "{}: this localizer was trained on another counter (hash {h}), not {} (hash {hash})",
+                        lp.display(),
+                        counter.display()
+                    );
+                }
+            }
+            l.store.to_device(&device)?;
+            Some(l)
+        }
+    };
+    Ok((c, l))
+}
+
+/// Points of a prediction in image pixel coordinates.
+pub fn prediction_points(p: &Prediction, threshold: f32, min_distance: f32) -> Option<Vec<Point>> {
+    let d = p.density.as_ref()?;
+    let pts = find_points(d, p.count, threshold, min_distance * p.scale);
+    Some(
+        pts.into_iter()
+            .map(|q| Point {
+                x: (q.x + 0.5) / p.scale - 0.5,
+                y: (q.y + 0.5) / p.scale - 0.5,
+                score: q.score,
+            })
+            .collect(),
+    )
+}
+
+pub fn run(a: CountArgs) -> anyhow::Result<()> {
+    let (counter, localizer) = load_models(&a.counter, a.localizer.as_deref(), &a.device)?;
+    let hash = file_hash(&a.counter)?;
+    let files = collect_images(&a.paths, a.glob.as_deref())?;
+    if files.is_empty() {
+        anyhow::bail!("no image files (png, jpeg, tiff) found in the given paths");
+    }
+    let opts = InferOptions {
+        tile: a.tile,
+        overlap: a.overlap,
+        ..InferOptions::default()
+    };
+    let cfg = localizer.as_ref().map(|l| l.config.clone());
+    let threshold = a.threshold.or(cfg.as_ref().map(|c| c.point_threshold)).unwrap_or(0.01);
+    let min_distance = a.min_distance.or(cfg.as_ref().map(|c| c.min_distance)).unwrap_or(2.0);
+    if let Some(out) = &a.out {
+        crate::cli::outputs::prepare(out, localizer.is_some())?;
+    }
+    let bar = crate::report::progress_bar(files.len() as u64, "counting", a.quiet);
+    let mut rows = Vec::new();
+    let mut failed = Vec::new();
+    for (path, name) in &files {
+        let result = (|| -> anyhow::Result<CountRow> {
+            let img = image::open(path).map_err(|e| crate::error::Error::file(path, format!("cannot read image: {e}")))?;
+            let p = predict(&counter, localizer.as_ref(), &img, &opts)?;
+            let points = prediction_points(&p, threshold, min_distance);
+            if let Some(dir) = &a.density_dir {
+                crate::cli::outputs::write_density(dir, name, &p)?;
+            }
+            if let Some(out) = &a.out {
+                crate::cli::outputs::write_image_outputs(out, name, &img, &p, points.as_deref())?;
+            }
+            Ok(CountRow {
+                image: path.display().to_string(),
+                count: p.count,
+                width: p.width,
+                height: p.height,
+                points: points.map(|v| v.len()),
+            })
+        })();
+        match result {
+            Ok(r) => rows.push(r),
+            Err(e) => {
+                bar.suspend(|| eprintln!("error: {}: {e:#}", path.display()));
+                failed.push(path.clone());
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    if let Some(out) = &a.out {
+        let mut csv = String::from("image,count,width,height,counter_hash\n");
+        for r in &rows {
+            csv += &format!("{},{:.3},{},{},{}\n", csv_field(&r.image), r.count, r.width, r.height, hash);
+        }
+        crate::fsutil::atomic_write(&out.join("counts.csv"), csv.as_bytes())?;
+    }
+    let stdout = std::io::stdout();
+    let mut o = stdout.lock();
+    if a.json {
+        writeln!(o, "{}", serde_json::to_string_pretty(&rows)?)?;
+    } else {
+        writeln!(o, "image,count")?;
+        for r in &rows {
+            writeln!(o, "{},{:.3}", csv_field(&r.image), r.count)?;
+        }
+    }
+    if !failed.is_empty() {
+        anyhow::bail!("{} of {} images could not be counted (listed above)", failed.len(), files.len());
+    }
+    Ok(())
+}
+
+/// Quotes a CSV field when it holds a comma, quote or newline.
+pub fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn glob_matches_wildcards() {
+        assert!(glob_match("*cell.png", "001cell.png"));
+        assert!(!glob_match("*cell.png", "001dots.png"));
+        assert!(glob_match("a?c*", "abcdef"));
+        assert!(!glob_match("a?c", "abcd"));
+        assert!(glob_match("*", ""));
+    }
+}

@@ -1,0 +1,208 @@
+//! `dcl train`.
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+
+use crate::nn::Backbone;
+use crate::train::{train_counter, train_localizer, TrainOptions};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainModel {
+    Counter,
+    Localizer,
+    /// The counter, then the localizer on the frozen best counter, into one run folder.
+    All,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TrainArgs {
+    /// Which network to train.
+    #[arg(long, value_enum, default_value = "all")]
+    pub model: TrainModel,
+    /// Training data: a folder in a known layout, or `synthetic` for the built-in set.
+    #[arg(long, default_value = "synthetic")]
+    pub data: String,
+    /// Validation folder (default: a seeded tenth of the training images is held out).
+    #[arg(long)]
+    pub val: Option<PathBuf>,
+    /// Run folder: checkpoints, metrics.jsonl, config.json.
+    #[arg(long, default_value = "runs/latest")]
+    pub out: PathBuf,
+    /// Continue the interrupted run in this folder with its saved settings.
+    #[arg(long, conflicts_with = "out")]
+    pub resume: Option<PathBuf>,
+    #[arg(long, default_value_t = 30)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 1e-4)]
+    pub lr: f64,
+    /// L2 weight decay of Adam.
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f32,
+    /// SGDR: epochs of the first cosine cycle.
+    #[arg(long, default_value_t = 10.0)]
+    pub sgdr_t0: f64,
+    /// SGDR: growth of each cycle's length.
+    #[arg(long, default_value_t = 2.0)]
+    pub sgdr_t_mult: f64,
+    /// SGDR: lowest learning rate.
+    #[arg(long, default_value_t = 1e-6)]
+    pub eta_min: f64,
+    /// Scales every channel count of both networks (1 = the paper's widths).
+    #[arg(long, default_value_t = 1.0)]
+    pub width_mult: f32,
+    /// Base width of the localizer's UNet (before --width-mult).
+    #[arg(long, default_value_t = 64)]
+    pub unet_width: usize,
+    #[arg(long, value_enum, default_value = "vgg19_bn")]
+    pub backbone: Backbone,
+    /// K, the number of GMP sampling points.
+    #[arg(long, default_value_t = 8)]
+    pub gmp_points: usize,
+    /// Ablation: replace global message passing by the identity.
+    #[arg(long)]
+    pub no_gmp: bool,
+    /// σ in pixels of the ground-truth Gaussians.
+    #[arg(long, default_value_t = 3.0)]
+    pub sigma: f32,
+    /// Density maps are multiplied by this for the localizer.
+    #[arg(long, default_value_t = 100.0)]
+    pub density_scale: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Turn off flips and rotations.
+    #[arg(long)]
+    pub no_augment: bool,
+    /// Images generated for `--data synthetic`.
+    #[arg(long, default_value_t = 64)]
+    pub synthetic_n: usize,
+    /// Stop after this many optimiser steps per network.
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Localizer only: the frozen counter checkpoint.
+    #[arg(long)]
+    pub counter: Option<PathBuf>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Print a per-op time breakdown of the training steps at the end.
+    #[arg(long)]
+    pub profile: bool,
+    /// No progress bars or per-epoch lines.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// What config.json holds: every setting, the version and the networks trained.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RunConfig {
+    version: String,
+    model: TrainModel,
+    device: String,
+    options: TrainOptions,
+}
+
+impl TrainArgs {
+    /// The settings `dcl train` uses when given no flags.
+    pub fn defaults() -> TrainArgs {
+        #[derive(clap::Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            a: TrainArgs,
+        }
+        <Wrap as clap::Parser>::parse_from(["dcl"]).a
+    }
+}
+
+fn options(a: &TrainArgs) -> TrainOptions {
+    TrainOptions {
+        data: a.data.clone(),
+        val: a.val.clone(),
+        out: a.out.clone(),
+        epochs: a.epochs,
+        batch_size: a.batch_size,
+        lr: a.lr,
+        weight_decay: a.weight_decay,
+        sgdr_t0: a.sgdr_t0,
+        sgdr_t_mult: a.sgdr_t_mult,
+        eta_min: a.eta_min,
+        width_mult: a.width_mult,
+        unet_width: a.unet_width,
+        backbone: a.backbone,
+        gmp_points: if a.no_gmp { 0 } else { a.gmp_points },
+        sigma: a.sigma,
+        density_scale: a.density_scale,
+        seed: a.seed,
+        augment: !a.no_augment,
+        synthetic_n: a.synthetic_n,
+        max_steps: a.max_steps,
+        counter: a.counter.clone(),
+        device: Default::default(),
+        profile: a.profile,
+        quiet: a.quiet,
+    }
+}
+
+pub fn run(a: TrainArgs) -> anyhow::Result<()> {
+    let device = super::parse_device(&a.device)?;
+    let (mut opts, model, resume) = match &a.resume {
+        Some(dir) => {
+            let path = dir.join("config.json");
+            let text = std::fs::read_to_string(&path).with_context(|| {
+                format!("{}: cannot resume: no readable config.json (not a run folder, or incomplete)", dir.display())
+            })?;
+            let rc: RunConfig = serde_json::from_str(&text)
+                .with_context(|| format!("{}: cannot resume: bad config.json", path.display()))?;
+            let mut o = rc.options;
+            o.out = dir.clone();
+            (o, rc.model, true)
+        }
+        None => (options(&a), a.model, false),
+    };
+    opts.device = device;
+    opts.profile = a.profile;
+    opts.quiet = a.quiet;
+    opts.validate()?;
+    if model == TrainModel::Localizer && opts.counter.is_none() {
+        bail!("--model localizer needs --counter CKPT (or use --model all)");
+    }
+    if !resume {
+        let rc = RunConfig {
+            version: env!("CARGO_PKG_VERSION").into(),
+            model,
+            device: a.device.clone(),
+            options: opts.clone(),
+        };
+        crate::fsutil::atomic_write(
+            &opts.out.join("config.json"),
+            serde_json::to_string_pretty(&rc)?.as_bytes(),
+        )?;
+    }
+    if matches!(model, TrainModel::Counter | TrainModel::All) {
+        let s = train_counter(&opts, resume)?;
+        println!(
+            "counter: {} (best: {})",
+            s.checkpoint.display(),
+            s.best_checkpoint.display()
+        );
+        if model == TrainModel::All {
+            opts.counter = Some(s.best_checkpoint);
+        }
+    }
+    if matches!(model, TrainModel::Localizer | TrainModel::All) {
+        let counter = opts.counter.clone().expect("checked above");
+        let s = train_localizer(&opts, &counter, resume)?;
+        println!(
+            "localizer: {} (best: {})",
+            s.checkpoint.display(),
+            s.best_checkpoint.display()
+        );
+    }
+    if opts.profile {
+        eprint!("{}", crate::report::profile_table());
+    }
+    Ok(())
+}

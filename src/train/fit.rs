@@ -1,0 +1,169 @@
+//! The training loop shared by both networks: SGDR-scheduled Adam steps over shuffled,
+//! augmented batches, a validation score and checkpoints every epoch, exact resume.
+use std::path::PathBuf;
+use std::time::Instant;
+
+use crate::autograd::{Tape, Var};
+use crate::checkpoint::save_model;
+use crate::data::{Batch, Loader};
+use crate::error::{Error, Result};
+use crate::nn::{apply_bn_updates, Forward, ModelConfig, ParamStore};
+use crate::optim::{Adam, Sgdr};
+use crate::train::run::{load_snapshot, save_snapshot, EpochRecord, Progress, RunLog};
+use crate::train::{RunData, TrainOptions};
+
+/// Validation scores of one epoch; `key` (lower is better) picks the best checkpoint.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Scores {
+    pub key: f64,
+    pub mae: Option<f64>,
+    pub rmse: Option<f64>,
+    pub mse: Option<f64>,
+}
+
+/// A network being trained, as the loop sees it.
+pub trait Job {
+    /// `counter` or `localizer`: names the files of the run.
+    fn name(&self) -> &'static str;
+    fn config(&self) -> &ModelConfig;
+    fn store(&self) -> &ParamStore;
+    fn store_mut(&mut self) -> &mut ParamStore;
+    /// The scalar training loss of a batch, recorded on `f.tape`.
+    fn loss(&self, f: &Forward, batch: Batch) -> Result<Var>;
+    /// Scores on the validation data.
+    fn validate(&self, data: &RunData, batch_size: usize) -> Result<Scores>;
+}
+
+/// What a finished run reports.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    pub last: EpochRecord,
+    pub best: Option<(f64, usize)>,
+    pub checkpoint: PathBuf,
+    pub best_checkpoint: PathBuf,
+}
+
+pub fn fit(job: &mut impl Job, opts: &TrainOptions, data: &RunData, resume: bool) -> Result<Summary> {
+    opts.validate()?;
+    let name = job.name();
+    let dir = &opts.out;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::file(dir, format!("cannot create the run folder: {e}")))?;
+    let last_path = dir.join(format!("{name}.safetensors"));
+    let best_path = dir.join(format!("{name}.best.safetensors"));
+    let snap_path = dir.join(format!("{name}.snapshot.safetensors"));
+    let log = RunLog::new(dir);
+
+    let mut adam = Adam::new(opts.adam(), job.store());
+    let mut progress = Progress::default();
+    if resume && snap_path.exists() {
+        progress = load_snapshot(&snap_path, job.store_mut(), &mut adam)?;
+    }
+    log.truncate(name, progress.epochs_done)?;
+    let sched = Sgdr::new(opts.lr, opts.sgdr_t0, opts.sgdr_t_mult, opts.eta_min);
+    let (ds, idx) = &data.train;
+    let loader = Loader::new(ds.clone(), idx.clone(), opts.batch_size, true, opts.augment, opts.seed);
+    let per_epoch = loader.batches_per_epoch().max(1);
+    let mut last = None;
+
+    for epoch in progress.epochs_done..opts.epochs {
+        if opts.max_steps.is_some_and(|m| progress.steps >= m) {
+            break;
+        }
+        let t0 = Instant::now();
+        let bar = crate::report::progress_bar(per_epoch as u64, &format!("{name} epoch {}", epoch + 1), opts.quiet);
+        let (mut loss_sum, mut n_loss, mut lr) = (0f64, 0usize, opts.lr);
+        for (i, batch) in loader.epoch(epoch).enumerate() {
+            if opts.max_steps.is_some_and(|m| progress.steps >= m) {
+                break;
+            }
+            lr = sched.lr(epoch as f64 + i as f64 / per_epoch as f64);
+            let loss = step(job, &mut adam, batch?, lr as f32, opts.profile)
+                .map_err(|e| match e {
+                    Error::NonFiniteLoss { value, .. } => Error::NonFiniteLoss {
+                        value,
+                        epoch: epoch + 1,
+                        step: i + 1,
+                    },
+                    e => e,
+                })?;
+            progress.steps += 1;
+            progress.bn_steps += 1;
+            loss_sum += loss as f64;
+            n_loss += 1;
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let scores = job.validate(data, opts.batch_size)?;
+        progress.epochs_done = epoch + 1;
+        let improved = progress.best.is_none_or(|(b, _)| scores.key < b);
+        let has_val = data.val.is_some();
+        if has_val && improved {
+            progress.best = Some((scores.key, epoch + 1));
+        }
+        save_model(&last_path, job.config(), job.store(), progress.bn_steps)?;
+        if !has_val || improved {
+            save_model(&best_path, job.config(), job.store(), progress.bn_steps)?;
+        }
+        // The snapshot goes last: a crash before it resumes from the previous epoch, and the
+        // files written above are simply rewritten.
+        save_snapshot(&snap_path, job.store(), &adam, &progress)?;
+        let rec = EpochRecord {
+            model: name.to_string(),
+            epoch: epoch + 1,
+            steps: progress.steps,
+            lr,
+            train_loss: if n_loss > 0 { loss_sum / n_loss as f64 } else { f64::NAN },
+            val_mae: scores.mae,
+            val_rmse: scores.rmse,
+            val_mse: scores.mse,
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        log.append(&rec)?;
+        if !opts.quiet {
+            eprintln!("{}", crate::report::epoch_line(&rec));
+        }
+        last = Some(rec);
+    }
+    let last = match last {
+        Some(r) => r,
+        None => {
+            // Nothing left to do (a finished run resumed): report its last record.
+            RunLog::read(dir)?
+                .into_iter()
+                .rev()
+                .find(|r| r.model == name)
+                .ok_or_else(|| Error::Invalid(format!("{}: no epoch was trained", dir.display())))?
+        }
+    };
+    Ok(Summary {
+        last,
+        best: progress.best,
+        checkpoint: last_path,
+        best_checkpoint: best_path,
+    })
+}
+
+/// One optimiser step; returns the loss.
+fn step(job: &mut impl Job, adam: &mut Adam, batch: Batch, lr: f32, profile: bool) -> Result<f32> {
+    let tape = Tape::new();
+    tape.set_profiling(profile);
+    let (loss, grads, updates) = {
+        let bound = job.store().bind(&tape, true);
+        let f = Forward::new(&tape, &bound, job.store(), true);
+        let loss = job.loss(&f, batch)?;
+        let value = loss.value().item()?;
+        if !value.is_finite() {
+            return Err(Error::NonFiniteLoss { value, epoch: 0, step: 0 });
+        }
+        let mut grads = tape.backward(&loss)?;
+        (value, bound.take_grads(&mut grads), f.take_bn_updates())
+    };
+    // `bound` is gone, so parameters are updated in place rather than copied.
+    adam.update(job.store_mut(), &grads, lr)?;
+    apply_bn_updates(job.store_mut(), updates)?;
+    if profile {
+        crate::report::record_profile(tape.take_profile());
+    }
+    Ok(loss)
+}
