@@ -1,1 +1,237 @@
-//! (being written)
+//! Max pooling, 2x2 window, stride 2, floor (an odd trailing row/column is dropped), as
+//! PyTorch's `F.max_pool2d(x, 2)`. The forward records, per output element, the flat index of
+//! its argmax within the (n, c) input plane; the backward scatters dy there, so the tape keeps
+//! only the indices and the input dims, not the input.
+pub mod cpu;
+
+use crate::autograd::{Backward, Tape, Var};
+use crate::error::{Error, Result};
+use crate::tensor::{Storage, Tensor};
+
+const OP: &str = "max_pool2d";
+
+/// Argmax indices on the device that computed them.
+#[derive(Clone, Debug)]
+pub enum PoolIndexStorage {
+    Cpu(Vec<u32>),
+}
+
+/// Per output element of [N, C, H/2, W/2], the flat index (row·W + col) of the maximum within
+/// its (n, c) input plane, plus the input dims it refers to.
+#[derive(Clone, Debug)]
+pub struct PoolIndices {
+    in_dims: [usize; 4],
+    storage: PoolIndexStorage,
+}
+
+impl PoolIndices {
+    pub fn in_dims(&self) -> [usize; 4] {
+        self.in_dims
+    }
+    pub fn out_dims(&self) -> [usize; 4] {
+        let [n, c, h, w] = self.in_dims;
+        [n, c, h / 2, w / 2]
+    }
+    pub fn storage(&self) -> &PoolIndexStorage {
+        &self.storage
+    }
+    /// The indices on the host (for tests and parity checks).
+    pub fn to_vec(&self) -> Vec<u32> {
+        match &self.storage {
+            PoolIndexStorage::Cpu(v) => v.clone(),
+        }
+    }
+}
+
+/// Checks an input shape [N, C, H, W] with H, W ≥ 2 whose planes u32 indices can address.
+fn check_in_dims(what: &str, dims: &[usize]) -> Result<[usize; 4]> {
+    let [n, c, h, w] = dims else {
+        return Err(Error::shape(
+            OP,
+            format!("{what} must have rank 4 [N, C, H, W], got {dims:?}"),
+        ));
+    };
+    if *h < 2 || *w < 2 {
+        return Err(Error::shape(
+            OP,
+            format!("{what} {dims:?}: a 2x2 window needs H and W of at least 2"),
+        ));
+    }
+    if h * w > u32::MAX as usize {
+        return Err(Error::shape(
+            OP,
+            format!("{what} {dims:?}: plane too large for u32 indices"),
+        ));
+    }
+    Ok([*n, *c, *h, *w])
+}
+
+pub fn max_pool2d_forward(x: &Tensor) -> Result<(Tensor, PoolIndices)> {
+    let in_dims = check_in_dims("input x", x.dims())?;
+    let [n, c, h, w] = in_dims;
+    let (y, idx) = match x.storage() {
+        Storage::Cpu(xs) => {
+            let (y, idx) = cpu::forward(xs, n * c, h, w);
+            (Storage::Cpu(y), PoolIndexStorage::Cpu(idx))
+        }
+    };
+    let idx = PoolIndices {
+        in_dims,
+        storage: idx,
+    };
+    Ok((Tensor::from_storage(y, &idx.out_dims()), idx))
+}
+
+/// dx [in_dims] from dy [N, C, H/2, W/2] and the forward's indices.
+pub fn max_pool2d_backward(dy: &Tensor, idx: &PoolIndices, in_dims: &[usize]) -> Result<Tensor> {
+    let in_dims = check_in_dims("in_dims", in_dims)?;
+    if in_dims != idx.in_dims {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "in_dims {in_dims:?} differ from the indices' input {:?}",
+                idx.in_dims
+            ),
+        ));
+    }
+    let out = idx.out_dims();
+    if dy.dims() != out {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "output gradient dy is {} but the output is {out:?}",
+                dy.shape()
+            ),
+        ));
+    }
+    let [n, c, h, w] = in_dims;
+    let dx = match (dy.storage(), &idx.storage) {
+        (Storage::Cpu(g), PoolIndexStorage::Cpu(ix)) => {
+            Storage::Cpu(cpu::backward(g, ix, n * c, h * w, out[2] * out[3]))
+        }
+    };
+    Ok(Tensor::from_storage(dx, &in_dims))
+}
+
+struct MaxPool2dBackward {
+    idx: PoolIndices,
+}
+
+impl Backward for MaxPool2dBackward {
+    fn backward(&self, dy: &Tensor, _needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        Ok(vec![Some(max_pool2d_backward(
+            dy,
+            &self.idx,
+            &self.idx.in_dims,
+        )?)])
+    }
+    fn name(&self) -> &'static str {
+        OP
+    }
+}
+
+pub fn max_pool2d(tape: &Tape, x: &Var) -> Result<Var> {
+    let (y, idx) = tape.timed(OP, || max_pool2d_forward(x.value()))?;
+    Ok(tape.record(y, &[x], MaxPool2dBackward { idx }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::gradcheck::check_gradients;
+    use crate::rng::Rng;
+
+    /// Distinct values 0.05 apart in random order: no ties, and a finite-difference step of
+    /// 1e-3 never changes which element is the maximum.
+    fn tie_free(dims: &[usize], seed: u64) -> Tensor {
+        let n: usize = dims.iter().product();
+        let mut v: Vec<f32> = (0..n).map(|i| (i as f32 - n as f32 / 2.0) * 0.05).collect();
+        Rng::new(seed).shuffle(&mut v);
+        Tensor::from_vec(v, dims).unwrap()
+    }
+
+    #[test]
+    fn hand_case_with_odd_size_ties_and_nan() {
+        // One 3x5 plane: the last row and column are dropped (floor), giving a 1x2 output.
+        #[rustfmt::skip]
+        let x = Tensor::from_vec(vec![
+            1., 7., 3., 3., 99.,
+            5., 2., 3., 3., 99.,
+            99., 99., 99., 99., 99.,
+        ], &[1, 1, 3, 5]).unwrap();
+        let (y, idx) = max_pool2d_forward(&x).unwrap();
+        assert_eq!(y.dims(), &[1, 1, 1, 2]);
+        assert_eq!(y.to_vec(), vec![7., 3.]);
+        // the 7 sits at (0, 1); the second window is all 3s: the first in scan order wins.
+        assert_eq!(idx.to_vec(), vec![1, 2]);
+        let dy = Tensor::from_vec(vec![10., 20.], &[1, 1, 1, 2]).unwrap();
+        let dx = max_pool2d_backward(&dy, &idx, &[1, 1, 3, 5]).unwrap();
+        let mut want = vec![0.0; 15];
+        want[1] = 10.;
+        want[2] = 20.;
+        assert_eq!(dx.to_vec(), want);
+
+        let x = Tensor::from_vec(vec![1., f32::NAN, 2., 3.], &[1, 1, 2, 2]).unwrap();
+        let (y, idx) = max_pool2d_forward(&x).unwrap();
+        assert!(y.to_vec()[0].is_nan());
+        assert_eq!(idx.to_vec(), vec![1]);
+    }
+
+    #[test]
+    fn planes_are_independent() {
+        // Two images x two channels of 4x4: each output and index refers to its own plane.
+        let x = tie_free(&[2, 2, 4, 4], 5);
+        let xs = x.to_vec();
+        let (y, idx) = max_pool2d_forward(&x).unwrap();
+        let (ys, ix) = (y.to_vec(), idx.to_vec());
+        for p in 0..4 {
+            for o in 0..4 {
+                let (i, j) = (o / 2, o % 2);
+                let win = [0, 1, 4, 5].map(|d| 2 * i * 4 + 2 * j + d);
+                let best = *win
+                    .iter()
+                    .max_by(|&&a, &&b| xs[p * 16 + a].total_cmp(&xs[p * 16 + b]))
+                    .unwrap();
+                assert_eq!(ix[p * 4 + o] as usize, best);
+                assert_eq!(ys[p * 4 + o], xs[p * 16 + best]);
+            }
+        }
+    }
+
+    #[test]
+    fn gradcheck_max_pool2d() {
+        for (k, dims) in [[2, 3, 4, 6], [1, 2, 5, 7], [2, 1, 3, 2]]
+            .iter()
+            .enumerate()
+        {
+            let x = tie_free(dims, 40 + k as u64);
+            check_gradients(&format!("max_pool2d {dims:?}"), vec![x], |t, v| {
+                max_pool2d(t, &v[0])
+            })
+            .unwrap();
+        }
+    }
+
+    #[test]
+    fn shape_errors_name_max_pool2d() {
+        let e = max_pool2d_forward(&tie_free(&[2, 4, 4], 1))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_pool2d") && e.contains("rank 4"), "{e}");
+        let e = max_pool2d_forward(&tie_free(&[1, 1, 1, 4], 1))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_pool2d") && e.contains("at least 2"), "{e}");
+        let (_, idx) = max_pool2d_forward(&tie_free(&[1, 2, 4, 4], 1)).unwrap();
+        let dy = tie_free(&[1, 2, 2, 3], 2);
+        let e = max_pool2d_backward(&dy, &idx, &[1, 2, 4, 4])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_pool2d") && e.contains("dy"), "{e}");
+        let dy = tie_free(&[1, 2, 2, 2], 2);
+        let e = max_pool2d_backward(&dy, &idx, &[1, 2, 4, 5])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_pool2d") && e.contains("in_dims"), "{e}");
+    }
+}
