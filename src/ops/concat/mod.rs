@@ -1,1 +1,160 @@
-//! (being written)
+//! Concatenation along dim 1 (channels) of NCHW tensors with equal N, H, W: the UNet decoder's
+//! `cat([skip, upsampled])`. The backward splits dy into the inputs' channel ranges.
+mod cpu;
+
+use crate::autograd::{Backward, Tape, Var};
+use crate::error::{Error, Result};
+use crate::tensor::{expect_rank, same_device, Storage, Tensor};
+
+const OP: &str = "concat_channels";
+
+/// Checks the inputs; returns (N, H, W) and each input's channel count.
+fn check_inputs(xs: &[&Tensor]) -> Result<((usize, usize, usize), Vec<usize>)> {
+    let Some(first) = xs.first() else {
+        return Err(Error::shape(OP, "needs at least one input"));
+    };
+    let &[n, _, h, w] = expect_rank(OP, "input 0", first, 4)? else {
+        unreachable!("rank checked")
+    };
+    let mut chans = Vec::with_capacity(xs.len());
+    for (t, x) in xs.iter().enumerate() {
+        let &[xn, xc, xh, xw] = expect_rank(OP, &format!("input {t}"), x, 4)? else {
+            unreachable!("rank checked")
+        };
+        if (xn, xh, xw) != (n, h, w) {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "input {t} {} differs from input 0 {} outside the channel dim",
+                    x.shape(),
+                    first.shape()
+                ),
+            ));
+        }
+        chans.push(xc);
+    }
+    same_device(OP, xs)?;
+    Ok(((n, h, w), chans))
+}
+
+/// `[N, ΣC_t, H, W]`, inputs in order.
+pub fn concat_channels_forward(xs: &[&Tensor]) -> Result<Tensor> {
+    let ((n, h, w), chans) = check_inputs(xs)?;
+    let dims = [n, chans.iter().sum(), h, w];
+    match xs[0].storage() {
+        Storage::Cpu(_) => {
+            let slices = xs.iter().map(|x| x.as_cpu()).collect::<Result<Vec<_>>>()?;
+            Ok(Tensor::from_storage(
+                Storage::Cpu(cpu::forward(&slices, &chans, n, h * w)),
+                &dims,
+            ))
+        }
+    }
+}
+
+/// The gradient of each input: dy's channel ranges, in input order.
+pub fn concat_channels_backward(dy: &Tensor, chans: &[usize]) -> Result<Vec<Tensor>> {
+    let &[n, c, h, w] = expect_rank(OP, "gradient dy", dy, 4)? else {
+        unreachable!("rank checked")
+    };
+    if chans.iter().sum::<usize>() != c {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "gradient dy {} does not have {chans:?} channels",
+                dy.shape()
+            ),
+        ));
+    }
+    match dy.storage() {
+        Storage::Cpu(g) => Ok(cpu::backward(g, chans, n, h * w)
+            .into_iter()
+            .zip(chans)
+            .map(|(v, &ct)| Tensor::from_storage(Storage::Cpu(v), &[n, ct, h, w]))
+            .collect()),
+    }
+}
+
+/// Only the channel counts are needed to split dy.
+struct ConcatChannelsBackward {
+    chans: Vec<usize>,
+}
+
+impl Backward for ConcatChannelsBackward {
+    fn backward(&self, dy: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        Ok(concat_channels_backward(dy, &self.chans)?
+            .into_iter()
+            .zip(needs)
+            .map(|(g, &need)| need.then_some(g))
+            .collect())
+    }
+    fn name(&self) -> &'static str {
+        OP
+    }
+}
+
+pub fn concat_channels(tape: &Tape, xs: &[&Var]) -> Result<Var> {
+    let values: Vec<&Tensor> = xs.iter().map(|v| v.value()).collect();
+    let y = tape.timed(OP, || concat_channels_forward(&values))?;
+    let chans = values.iter().map(|t| t.dims()[1]).collect();
+    Ok(tape.record(y, xs, ConcatChannelsBackward { chans }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::gradcheck::{check_gradients, random_input};
+
+    #[test]
+    fn forward_interleaves_per_image() {
+        // a: N=2, C=1, 1x2; b: N=2, C=2, 1x2.
+        let a = Tensor::from_vec(vec![1., 2., 3., 4.], &[2, 1, 1, 2]).unwrap();
+        let b = Tensor::from_vec((10..18).map(|v| v as f32).collect(), &[2, 2, 1, 2]).unwrap();
+        let y = concat_channels_forward(&[&a, &b]).unwrap();
+        assert_eq!(y.dims(), &[2, 3, 1, 2]);
+        assert_eq!(
+            y.to_vec(),
+            vec![1., 2., 10., 11., 12., 13., 3., 4., 14., 15., 16., 17.]
+        );
+        let parts = concat_channels_backward(&y, &[1, 2]).unwrap();
+        assert_eq!(parts[0].to_vec(), a.to_vec());
+        assert_eq!(parts[1].to_vec(), b.to_vec());
+    }
+
+    #[test]
+    fn gradcheck_concat() {
+        let a = random_input(&[2, 3, 2, 3], 1);
+        let b = random_input(&[2, 1, 2, 3], 2);
+        let c = random_input(&[2, 2, 2, 3], 3);
+        check_gradients("concat_channels", vec![a, b, c], |t, v| {
+            concat_channels(t, &[&v[0], &v[1], &v[2]])
+        })
+        .unwrap();
+    }
+
+    /// Only the inputs that need a gradient get one (a constant skip, a recorded branch).
+    #[test]
+    fn constant_inputs_get_no_gradient() {
+        let tape = Tape::new();
+        let a = Var::constant(random_input(&[1, 2, 2, 2], 1));
+        let b = tape.leaf(random_input(&[1, 1, 2, 2], 2));
+        let y = concat_channels(&tape, &[&a, &b]).unwrap();
+        let loss = crate::ops::elementwise::sum(&tape, &y).unwrap();
+        let g = tape.backward(&loss).unwrap();
+        assert_eq!(g.len(), 1);
+        assert_eq!(g.get(&b).unwrap().to_vec(), vec![1.0; 4]);
+    }
+
+    #[test]
+    fn errors_name_the_op() {
+        let e = concat_channels_forward(&[]).unwrap_err().to_string();
+        assert!(e.contains(OP), "{e}");
+        let a = random_input(&[2, 3, 4, 5], 1);
+        let b = random_input(&[2, 3, 4, 6], 2);
+        let e = concat_channels_forward(&[&a, &b]).unwrap_err().to_string();
+        assert!(e.contains(OP) && e.contains("input 1"), "{e}");
+        let b = random_input(&[2, 3, 4], 2);
+        let e = concat_channels_forward(&[&a, &b]).unwrap_err().to_string();
+        assert!(e.contains(OP) && e.contains("rank 4"), "{e}");
+    }
+}

@@ -1,1 +1,338 @@
-//! (being written)
+//! The sampling half of Global Message Passing (DESIGN §1): for every position p = (i, j) and
+//! each of K sampling points, read x at (j + u_k, i + v_k) by bilinear interpolation with zero
+//! padding (PyTorch `grid_sample(align_corners=True, padding_mode="zeros")` after mapping pixel
+//! coordinates to [-1, 1]), and average the K samples. The offset conv1x1 and the residual
+//! `x + a` are composed by the layer from `conv2d` and `add`.
+mod cpu;
+
+use std::sync::Arc;
+
+use crate::autograd::{Backward, Tape, Var};
+use crate::error::{Error, Result};
+use crate::tensor::{expect_rank, same_device, Storage, Tensor};
+
+const OP: &str = "gmp_sample";
+
+/// Checks x `[N, C, H, W]` against offsets `[N, 2K, H, W]`; returns ((N, C, H, W), K).
+fn check_shapes(x: &Tensor, offsets: &Tensor) -> Result<((usize, usize, usize, usize), usize)> {
+    let &[n, c, h, w] = expect_rank(OP, "input x", x, 4)? else {
+        unreachable!("rank checked")
+    };
+    let &[on, ok2, oh, ow] = expect_rank(OP, "offsets", offsets, 4)? else {
+        unreachable!("rank checked")
+    };
+    if on != n || oh != h || ow != w {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "offsets {} must match x {} in batch and spatial size",
+                offsets.shape(),
+                x.shape()
+            ),
+        ));
+    }
+    if ok2 == 0 || ok2 % 2 != 0 {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "offsets {} must have 2K > 0 channels (u_k, v_k pairs), got {ok2}",
+                offsets.shape()
+            ),
+        ));
+    }
+    if h * w > u32::MAX as usize {
+        return Err(Error::shape(OP, format!("map {h}x{w} is too large")));
+    }
+    same_device(OP, &[x, offsets])?;
+    Ok(((n, c, h, w), ok2 / 2))
+}
+
+/// out `[N, C, H, W]`: out[n,c,i,j] = (1/K) Σ_k x̃[n,c](i + v_k, j + u_k), where x̃ is the
+/// bilinear interpolant of x, zero outside the map.
+pub fn gmp_sample_forward(x: &Tensor, offsets: &Tensor) -> Result<Tensor> {
+    let (dims, k) = check_shapes(x, offsets)?;
+    match (x.storage(), offsets.storage()) {
+        (Storage::Cpu(xs), Storage::Cpu(os)) => Ok(Tensor::from_storage(
+            Storage::Cpu(cpu::forward(xs, os, dims, k)),
+            x.dims(),
+        )),
+    }
+}
+
+/// Gradients of `gmp_sample_forward`; each is `None` unless asked for.
+#[derive(Debug)]
+pub struct GmpGrads {
+    pub dx: Option<Tensor>,
+    pub doffsets: Option<Tensor>,
+}
+
+/// dx scatters dy back through the bilinear weights; doffsets is the derivative of the weights
+/// with respect to the sample position (piecewise linear on the forward's floor cell, as
+/// grid_sample's backward), summed over channels.
+pub fn gmp_sample_backward(
+    x: &Tensor,
+    offsets: &Tensor,
+    dy: &Tensor,
+    need_dx: bool,
+    need_doffsets: bool,
+) -> Result<GmpGrads> {
+    let (dims, k) = check_shapes(x, offsets)?;
+    if dy.shape() != x.shape() {
+        return Err(Error::shape(
+            OP,
+            format!("gradient dy {} must match x {}", dy.shape(), x.shape()),
+        ));
+    }
+    same_device(OP, &[x, dy])?;
+    match (x.storage(), offsets.storage(), dy.storage()) {
+        (Storage::Cpu(xs), Storage::Cpu(os), Storage::Cpu(g)) => Ok(GmpGrads {
+            dx: need_dx.then(|| {
+                Tensor::from_storage(Storage::Cpu(cpu::backward_x(g, os, dims, k)), x.dims())
+            }),
+            doffsets: need_doffsets.then(|| {
+                Tensor::from_storage(
+                    Storage::Cpu(cpu::backward_offsets(xs, os, g, dims, k)),
+                    offsets.dims(),
+                )
+            }),
+        }),
+    }
+}
+
+struct GmpSampleBackward {
+    x: Arc<Tensor>,
+    offsets: Arc<Tensor>,
+}
+
+impl Backward for GmpSampleBackward {
+    fn backward(&self, dy: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let g = gmp_sample_backward(&self.x, &self.offsets, dy, needs[0], needs[1])?;
+        Ok(vec![g.dx, g.doffsets])
+    }
+    fn name(&self) -> &'static str {
+        OP
+    }
+}
+
+pub fn gmp_sample(tape: &Tape, x: &Var, offsets: &Var) -> Result<Var> {
+    let y = tape.timed(OP, || gmp_sample_forward(x.value(), offsets.value()))?;
+    Ok(tape.record(
+        y,
+        &[x, offsets],
+        GmpSampleBackward {
+            x: x.value_arc(),
+            offsets: offsets.value_arc(),
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::gradcheck::{check_gradients_with, random_input, GradcheckOptions};
+    use crate::rng::Rng;
+
+    const H: usize = 3;
+    const W: usize = 4;
+
+    /// x[i, j] = 10·(i+1) + (j+1): every value distinct, so a wrong tap shows.
+    fn grid() -> Tensor {
+        let v = (0..H * W)
+            .map(|p| (10 * (p / W + 1) + p % W + 1) as f32)
+            .collect();
+        Tensor::from_vec(v, &[1, 1, H, W]).unwrap()
+    }
+
+    fn at(i: isize, j: isize) -> f32 {
+        if (0..H as isize).contains(&i) && (0..W as isize).contains(&j) {
+            (10 * (i + 1) + j + 1) as f32
+        } else {
+            0.0
+        }
+    }
+
+    /// Offsets `[1, 2K, H, W]` with the same moves (u_k, v_k) at every position.
+    fn constant_offsets(moves: &[(f32, f32)]) -> Tensor {
+        let mut v = Vec::new();
+        for &(u, vv) in moves {
+            v.extend(std::iter::repeat_n(u, H * W));
+            v.extend(std::iter::repeat_n(vv, H * W));
+        }
+        Tensor::from_vec(v, &[1, 2 * moves.len(), H, W]).unwrap()
+    }
+
+    fn expect(moves: &[(f32, f32)], f: impl Fn(isize, isize) -> f32) {
+        let y = gmp_sample_forward(&grid(), &constant_offsets(moves)).unwrap();
+        assert_eq!(y.dims(), &[1, 1, H, W]);
+        let y = y.to_vec();
+        for i in 0..H as isize {
+            for j in 0..W as isize {
+                let (got, want) = (y[i as usize * W + j as usize], f(i, j));
+                assert!(
+                    (got - want).abs() < 1e-5,
+                    "moves {moves:?} at ({i},{j}): got {got}, want {want}"
+                );
+            }
+        }
+    }
+
+    /// Hand-derived values, grid_sample(align_corners=True, zeros) semantics in pixel units.
+    #[test]
+    fn golden_integer_border_and_half_offsets() {
+        // (0,0) is the identity.
+        expect(&[(0.0, 0.0)], at);
+        // u = 1 reads column j+1: a left shift, zeros entering at the right border.
+        expect(&[(1.0, 0.0)], |i, j| at(i, j + 1));
+        // v = -1 reads row i-1: a down shift, zeros entering at the top.
+        expect(&[(0.0, -1.0)], |i, j| at(i - 1, j));
+        // u = 0.5 averages horizontal neighbours; past the right border only half remains.
+        expect(&[(0.5, 0.0)], |i, j| 0.5 * (at(i, j) + at(i, j + 1)));
+        // u = -0.5: at j = 0 the sample sits at x = -0.5 and gets half of column 0.
+        expect(&[(-0.5, 0.0)], |i, j| 0.5 * (at(i, j - 1) + at(i, j)));
+        // K = 2 averages its samples; (0.25, 0.75) weighs the four corners (1-u)(1-v)…
+        expect(&[(1.0, 0.0), (0.25, 0.75)], |i, j| {
+            let s1 = at(i, j + 1);
+            let s2 = 0.75 * 0.25 * at(i, j)
+                + 0.25 * 0.25 * at(i, j + 1)
+                + 0.75 * 0.75 * at(i + 1, j)
+                + 0.25 * 0.75 * at(i + 1, j + 1);
+            0.5 * (s1 + s2)
+        });
+        // Moves of whole maps land outside: all zero.
+        expect(&[(W as f32, 0.0)], |_, _| 0.0);
+        expect(&[(0.0, -(H as f32))], |_, _| 0.0);
+    }
+
+    /// Samples exactly on the border: x = W-1 reads the last column with full weight; x = -1 or
+    /// x = W (one pixel outside) read nothing.
+    #[test]
+    fn golden_exact_border_samples() {
+        let x = grid();
+        let mut off = vec![0.0f32; 2 * H * W];
+        // Position (0,0) samples the bottom-right corner pixel exactly; (0,1) samples x = -1;
+        // (0,2) samples x = W; (1,0) samples y = H-1, x = 0.
+        off[0] = (W - 1) as f32;
+        off[H * W] = (H - 1) as f32;
+        off[1] = -2.0;
+        off[2] = (W - 2) as f32;
+        off[H * W + W] = (H - 2) as f32;
+        let o = Tensor::from_vec(off, &[1, 2, H, W]).unwrap();
+        let y = gmp_sample_forward(&x, &o).unwrap().to_vec();
+        assert_eq!(y[0], at(H as isize - 1, W as isize - 1));
+        assert_eq!(y[1], 0.0);
+        assert_eq!(y[2], 0.0);
+        assert_eq!(y[W], at(H as isize - 1, 0));
+        assert_eq!(y[3], at(0, 3)); // untouched positions stay the identity
+    }
+
+    /// At integer positions the offset gradient uses the floor cell (right/lower neighbour), as
+    /// grid_sample: d out / d u = x(j+1) − x(j), and −x(j) at the right border (zero padding).
+    #[test]
+    fn offset_gradient_at_integer_positions_uses_floor_cell() {
+        let x = grid();
+        let o = constant_offsets(&[(0.0, 0.0)]);
+        let dy = Tensor::full(&[1, 1, H, W], 1.0, &crate::device::Device::Cpu);
+        let g = gmp_sample_backward(&x, &o, &dy, true, true).unwrap();
+        assert_eq!(
+            g.dx.unwrap().to_vec(),
+            x.to_vec().iter().map(|_| 1.0).collect::<Vec<_>>()
+        );
+        let d = g.doffsets.unwrap().to_vec();
+        for i in 0..H as isize {
+            for j in 0..W as isize {
+                let p = i as usize * W + j as usize;
+                assert_eq!(d[p], at(i, j + 1) - at(i, j), "du at ({i},{j})");
+                assert_eq!(d[H * W + p], at(i + 1, j) - at(i, j), "dv at ({i},{j})");
+            }
+        }
+    }
+
+    /// Offsets = integer + fraction in [0.1, 0.9], integers in [-3, 3]: samples fully inside,
+    /// straddling a border, and fully outside, none within 0.1 of a kink.
+    fn kink_free_offsets(dims: &[usize], seed: u64) -> Tensor {
+        let mut rng = Rng::new(seed);
+        let n: usize = dims.iter().product();
+        let v = (0..n)
+            .map(|_| (rng.below(7) as f32 - 3.0) + rng.range(0.1, 0.9))
+            .collect();
+        Tensor::from_vec(v, dims).unwrap()
+    }
+
+    #[test]
+    fn gradcheck_gmp() {
+        let (n, c, h, w, k) = (2, 3, 4, 5, 3);
+        let x = random_input(&[n, c, h, w], 21);
+        let o = kink_free_offsets(&[n, 2 * k, h, w], 22);
+        // The test covers the three cases it claims.
+        let ov = o.to_vec();
+        let (mut inside, mut straddle, mut outside) = (0, 0, 0);
+        for b in 0..n {
+            for kk in 0..k {
+                for p in 0..h * w {
+                    let px = (p % w) as f32 + ov[((b * 2 * k + 2 * kk) * h * w) + p];
+                    let py = (p / w) as f32 + ov[((b * 2 * k + 2 * kk + 1) * h * w) + p];
+                    let cx = |v: f32, m: usize| {
+                        if v > 0.0 && v < (m - 1) as f32 {
+                            0
+                        } else if v > -1.0 && v < m as f32 {
+                            1
+                        } else {
+                            2
+                        }
+                    };
+                    match cx(px, w).max(cx(py, h)) {
+                        0 => inside += 1,
+                        1 => straddle += 1,
+                        _ => outside += 1,
+                    }
+                }
+            }
+        }
+        assert!(
+            inside > 5 && straddle > 5 && outside > 5,
+            "{inside} {straddle} {outside}"
+        );
+        let opts = GradcheckOptions {
+            max_probes: 120,
+            ..Default::default()
+        };
+        check_gradients_with("gmp_sample", &opts, vec![x, o], |t, v| {
+            gmp_sample(t, &v[0], &v[1])
+        })
+        .unwrap();
+    }
+
+    /// Only the requested gradients are computed.
+    #[test]
+    fn backward_honours_needs() {
+        let x = random_input(&[1, 2, 3, 3], 1);
+        let o = kink_free_offsets(&[1, 2, 3, 3], 2);
+        let dy = random_input(&[1, 2, 3, 3], 3);
+        let g = gmp_sample_backward(&x, &o, &dy, false, true).unwrap();
+        assert!(g.dx.is_none() && g.doffsets.is_some());
+        let g = gmp_sample_backward(&x, &o, &dy, true, false).unwrap();
+        assert!(g.dx.is_some() && g.doffsets.is_none());
+    }
+
+    #[test]
+    fn errors_name_the_op() {
+        let x = random_input(&[2, 3, 4, 5], 1);
+        for bad in [
+            &[2, 3, 4, 5][..],
+            &[2, 0, 4, 5],
+            &[1, 2, 4, 5],
+            &[2, 2, 5, 4],
+            &[2, 2, 4],
+        ] {
+            let o = random_input(bad, 2);
+            let e = gmp_sample_forward(&x, &o).unwrap_err().to_string();
+            assert!(e.contains(OP), "{bad:?}: {e}");
+        }
+        let o = random_input(&[2, 4, 4, 5], 2);
+        let dy = random_input(&[2, 3, 4, 4], 3);
+        let e = gmp_sample_backward(&x, &o, &dy, true, true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(OP) && e.contains("dy"), "{e}");
+    }
+}

@@ -1,0 +1,219 @@
+//! Reference loops for the GMP sampler. The sample geometry depends on (n, k, i, j) but not on
+//! the channel, so it is computed once per image into a table (`taps`) and reused by every
+//! channel: forward and dx work per (n, c) plane (rayon over planes, no two threads write one
+//! plane); doffsets reduces over channels per (n, position block).
+use rayon::prelude::*;
+
+/// One bilinear sample: plane offsets of its four corner taps (top-left, top-right,
+/// bottom-left, bottom-right) and its fractional position inside the floor cell. Corners
+/// outside the map have `valid = 0` and index 0, so loops need no branches.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Tap {
+    pub idx: [u32; 4],
+    pub valid: [f32; 4],
+    pub fx: f32,
+    pub fy: f32,
+}
+
+impl Tap {
+    /// Corner weights, zero for corners outside the map (grid_sample padding_mode="zeros").
+    #[inline]
+    pub fn weights(&self) -> [f32; 4] {
+        let (fx, fy) = (self.fx, self.fy);
+        [
+            (1.0 - fx) * (1.0 - fy) * self.valid[0],
+            fx * (1.0 - fy) * self.valid[1],
+            (1.0 - fx) * fy * self.valid[2],
+            fx * fy * self.valid[3],
+        ]
+    }
+    /// ∂weight/∂x and ∂weight/∂y of each corner, on the floor cell of the forward.
+    #[inline]
+    pub fn dweights(&self) -> ([f32; 4], [f32; 4]) {
+        let (fx, fy) = (self.fx, self.fy);
+        let v = self.valid;
+        (
+            [-(1.0 - fy) * v[0], (1.0 - fy) * v[1], -fy * v[2], fy * v[3]],
+            [-(1.0 - fx) * v[0], -fx * v[1], (1.0 - fx) * v[2], fx * v[3]],
+        )
+    }
+}
+
+/// The taps of image n's samples, laid out `[p = i*W + j][k]`. `off` is that image's
+/// `[2K, H, W]` offsets block.
+pub fn taps(off: &[f32], k: usize, h: usize, w: usize) -> Vec<Tap> {
+    let hw = h * w;
+    let mut t = vec![Tap::default(); hw * k];
+    for i in 0..h {
+        for j in 0..w {
+            let p = i * w + j;
+            for kk in 0..k {
+                let px = j as f32 + off[2 * kk * hw + p];
+                let py = i as f32 + off[(2 * kk + 1) * hw + p];
+                // floor in f32, then a saturating cast: huge or non-finite moves fall outside
+                // the map instead of wrapping (NaN propagates through fx, fy).
+                let (fx0, fy0) = (px.floor(), py.floor());
+                let (x0, y0) = (fx0 as i64, fy0 as i64);
+                let (wi, hi) = (w as i64, h as i64);
+                let in_x0 = (0..wi).contains(&x0);
+                let in_x1 = (-1..wi - 1).contains(&x0);
+                let in_y0 = (0..hi).contains(&y0);
+                let in_y1 = (-1..hi - 1).contains(&y0);
+                let at = |ok: bool, y: i64, x: i64| -> (u32, f32) {
+                    if ok {
+                        ((y * wi + x) as u32, 1.0)
+                    } else {
+                        (0, 0.0)
+                    }
+                };
+                let c = [
+                    at(in_y0 && in_x0, y0, x0),
+                    at(in_y0 && in_x1, y0, x0 + 1),
+                    at(in_y1 && in_x0, y0 + 1, x0),
+                    at(in_y1 && in_x1, y0 + 1, x0 + 1),
+                ];
+                t[p * k + kk] = Tap {
+                    idx: c.map(|c| c.0),
+                    valid: c.map(|c| c.1),
+                    fx: px - fx0,
+                    fy: py - fy0,
+                };
+            }
+        }
+    }
+    t
+}
+
+/// The taps of every image: `tables[n]` for image n.
+fn all_taps(off: &[f32], n: usize, k: usize, h: usize, w: usize) -> Vec<Vec<Tap>> {
+    let per = 2 * k * h * w;
+    (0..n)
+        .into_par_iter()
+        .map(|b| taps(&off[b * per..(b + 1) * per], k, h, w))
+        .collect()
+}
+
+/// out[n,c,p] = (1/K) Σ_k Σ_corners weight · x[n,c,corner].
+pub fn forward(
+    x: &[f32],
+    off: &[f32],
+    (n, c, h, w): (usize, usize, usize, usize),
+    k: usize,
+) -> Vec<f32> {
+    let hw = h * w;
+    let tables = all_taps(off, n, k, h, w);
+    let inv_k = 1.0 / k as f32;
+    let mut out = vec![0.0f32; n * c * hw];
+    out.par_chunks_mut(hw)
+        .zip(x.par_chunks(hw))
+        .enumerate()
+        .for_each(|(plane, (o, xp))| {
+            let tab = &tables[plane / c];
+            for (p, ov) in o.iter_mut().enumerate() {
+                let mut acc = 0.0f32;
+                for t in &tab[p * k..(p + 1) * k] {
+                    let wt = t.weights();
+                    for q in 0..4 {
+                        acc += wt[q] * xp[t.idx[q] as usize];
+                    }
+                }
+                *ov = acc * inv_k;
+            }
+        });
+    out
+}
+
+/// dx[n,c,corner] += (1/K) · weight · dy[n,c,p], scattered within each (n, c) plane.
+pub fn backward_x(
+    dy: &[f32],
+    off: &[f32],
+    (n, c, h, w): (usize, usize, usize, usize),
+    k: usize,
+) -> Vec<f32> {
+    let hw = h * w;
+    let tables = all_taps(off, n, k, h, w);
+    let inv_k = 1.0 / k as f32;
+    let mut dx = vec![0.0f32; n * c * hw];
+    dx.par_chunks_mut(hw)
+        .zip(dy.par_chunks(hw))
+        .enumerate()
+        .for_each(|(plane, (d, g))| {
+            let tab = &tables[plane / c];
+            for (p, &gv) in g.iter().enumerate() {
+                if gv == 0.0 {
+                    continue;
+                }
+                let gk = gv * inv_k;
+                for t in &tab[p * k..(p + 1) * k] {
+                    let wt = t.weights();
+                    for q in 0..4 {
+                        d[t.idx[q] as usize] += wt[q] * gk;
+                    }
+                }
+            }
+        });
+    dx
+}
+
+/// doffsets[n, 2k, p] = (1/K) Σ_c dy[n,c,p] · Σ_corners x[n,c,corner] · ∂weight/∂x, and likewise
+/// channel 2k+1 with ∂weight/∂y; the channel sum is accumulated in f64. Work is split over
+/// (image, block of positions), each block reducing over all channels.
+pub fn backward_offsets(
+    x: &[f32],
+    off: &[f32],
+    dy: &[f32],
+    (n, c, h, w): (usize, usize, usize, usize),
+    k: usize,
+) -> Vec<f32> {
+    let hw = h * w;
+    let tables = all_taps(off, n, k, h, w);
+    // Blocks of positions small enough that the f64 accumulators stay in cache.
+    let block = hw.clamp(1, 256);
+    let blocks = hw.div_ceil(block);
+    let inv_k = 1.0 / k as f64;
+    let mut doff = vec![0.0f32; n * 2 * k * hw];
+    let parts: Vec<(usize, usize, Vec<f64>)> = (0..n * blocks)
+        .into_par_iter()
+        .map(|job| {
+            let (b, blk) = (job / blocks, job % blocks);
+            let (p0, p1) = (blk * block, ((blk + 1) * block).min(hw));
+            let tab = &tables[b];
+            let mut acc = vec![0.0f64; (p1 - p0) * k * 2];
+            for ch in 0..c {
+                let base = (b * c + ch) * hw;
+                let xp = &x[base..base + hw];
+                let g = &dy[base..base + hw];
+                for p in p0..p1 {
+                    let gv = g[p];
+                    if gv == 0.0 {
+                        continue;
+                    }
+                    for (kk, t) in tab[p * k..(p + 1) * k].iter().enumerate() {
+                        let (dwx, dwy) = t.dweights();
+                        let (mut sx, mut sy) = (0.0f32, 0.0f32);
+                        for q in 0..4 {
+                            let v = xp[t.idx[q] as usize];
+                            sx += v * dwx[q];
+                            sy += v * dwy[q];
+                        }
+                        let a = &mut acc[((p - p0) * k + kk) * 2..][..2];
+                        a[0] += (gv * sx) as f64;
+                        a[1] += (gv * sy) as f64;
+                    }
+                }
+            }
+            (b, p0, acc)
+        })
+        .collect();
+    for (b, p0, acc) in parts {
+        let span = acc.len() / (2 * k);
+        for pp in 0..span {
+            for kk in 0..k {
+                let a = &acc[(pp * k + kk) * 2..][..2];
+                doff[(b * 2 * k + 2 * kk) * hw + p0 + pp] = (a[0] * inv_k) as f32;
+                doff[(b * 2 * k + 2 * kk + 1) * hw + p0 + pp] = (a[1] * inv_k) as f32;
+            }
+        }
+    }
+    doff
+}
