@@ -244,3 +244,92 @@ pub fn file_hash(path: &Path) -> Result<String> {
     }
     Ok(format!("{h:016x}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::{Backbone, ModelConfig};
+
+    fn small() -> ModelConfig {
+        ModelConfig {
+            backbone: Backbone::Vgg19Bn,
+            width_mult: 1.0 / 16.0,
+            gmp_points: 4,
+            ..ModelConfig::default()
+        }
+    }
+
+    #[test]
+    fn counter_round_trips_bit_exactly() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("c.safetensors");
+        let mut c = Counter::new(&small(), 7).unwrap();
+        // make running statistics non-trivial so they are checked too
+        let id = c.store.find("counter.features.1.running_var").unwrap();
+        let n = c.store.value(id).numel();
+        c.store
+            .set(id, Tensor::from_vec((0..n).map(|i| 1.0 + i as f32 * 0.1).collect(), &[n]).unwrap())
+            .unwrap();
+        save_model(&p, &c.config, &c.store, 42).unwrap();
+        let (back, steps) = load_counter(&p).unwrap();
+        assert_eq!(steps, 42);
+        assert_eq!(back.config, c.config);
+        assert_eq!(back.store.len(), c.store.len());
+        for ((_, a), (_, b)) in c.store.iter().zip(back.store.iter()) {
+            assert_eq!(a.name, b.name);
+            let (va, vb) = (a.value.to_vec(), b.value.to_vec());
+            assert!(va.iter().zip(&vb).all(|(x, y)| x.to_bits() == y.to_bits()), "{}", a.name);
+        }
+        // the file carries PyTorch's num_batches_tracked for each BatchNorm
+        let (_, _, ints) = read_tensors(&p).unwrap();
+        assert_eq!(ints.get("counter.features.1.num_batches_tracked"), Some(&42));
+        assert_eq!(ints.len(), 16);
+    }
+
+    #[test]
+    fn bad_checkpoints_are_refused_naming_the_tensor() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Counter::new(&small(), 7).unwrap();
+        let meta = || {
+            let mut m = HashMap::new();
+            m.insert(CONFIG_KEY.to_string(), c.config.to_json());
+            m
+        };
+        let all: Vec<(String, &Tensor)> =
+            c.store.iter().map(|(_, p)| (p.name.clone(), p.value.as_ref())).collect();
+
+        let p = d.path().join("missing.safetensors");
+        let missing: Vec<_> = all.iter().filter(|(n, _)| n != "counter.head.bias").cloned().collect();
+        write_tensors(&p, &missing, &[], meta()).unwrap();
+        let e = load_counter(&p).err().unwrap().to_string();
+        assert!(e.contains("missing tensor counter.head.bias") && e.contains("missing.safetensors"), "{e}");
+
+        let p = d.path().join("extra.safetensors");
+        let extra_t = Tensor::from_vec(vec![1.0], &[1]).unwrap();
+        let mut extra = all.clone();
+        extra.push(("counter.bogus".into(), &extra_t));
+        write_tensors(&p, &extra, &[], meta()).unwrap();
+        let e = load_counter(&p).err().unwrap().to_string();
+        assert!(e.contains("unexpected tensor counter.bogus"), "{e}");
+
+        let p = d.path().join("shape.safetensors");
+        let wrong = Tensor::from_vec(vec![0.0; 2], &[2]).unwrap();
+        let shaped: Vec<_> = all
+            .iter()
+            .map(|(n, t)| if n == "counter.head.bias" { (n.clone(), &wrong) } else { (n.clone(), *t) })
+            .collect();
+        write_tensors(&p, &shaped, &[], meta()).unwrap();
+        let e = load_counter(&p).err().unwrap().to_string();
+        assert!(e.contains("counter.head.bias has shape [2]"), "{e}");
+
+        // a counter is not a localizer, and garbage is not a checkpoint
+        let p = d.path().join("ok.safetensors");
+        save_model(&p, &c.config, &c.store, 0).unwrap();
+        let e = load_localizer(&p).err().unwrap().to_string();
+        assert!(e.contains("Counter network"), "{e}");
+        let p = d.path().join("junk.safetensors");
+        std::fs::write(&p, b"not a checkpoint").unwrap();
+        let e = load_counter(&p).err().unwrap().to_string();
+        assert!(e.contains("junk.safetensors") && e.contains("safetensors"), "{e}");
+    }
+}

@@ -11,3 +11,6 @@ pub use counter::Counter;
 pub use layers::{apply_bn_updates, Forward};
 pub use localizer::Localizer;
 pub use params::{Bound, ParamId, ParamKind, ParamStore};
+
+#[cfg(test)]
+mod tests;
