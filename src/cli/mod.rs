@@ -1,1 +1,2 @@
-//! (being written)
+//! The `dcl` command line (clap). Each group of subcommands lives in its own module.
+pub mod data;
