@@ -195,7 +195,10 @@ fn config_from_metadata(path: &Path, meta: &HashMap<String, String>) -> Result<M
 }
 
 /// Reads a checkpoint's configuration and tensors, checking it holds the expected network.
-fn read_model(path: &Path, kind: ModelKind) -> Result<(ModelConfig, BTreeMap<String, Loaded>, u64)> {
+fn read_model(
+    path: &Path,
+    kind: ModelKind,
+) -> Result<(ModelConfig, BTreeMap<String, Loaded>, u64)> {
     let (meta, floats, ints) = read_tensors(path)?;
     let config = config_from_metadata(path, &meta)?;
     if config.model != kind {
@@ -268,7 +271,10 @@ mod tests {
         let id = c.store.find("counter.features.1.running_var").unwrap();
         let n = c.store.value(id).numel();
         c.store
-            .set(id, Tensor::from_vec((0..n).map(|i| 1.0 + i as f32 * 0.1).collect(), &[n]).unwrap())
+            .set(
+                id,
+                Tensor::from_vec((0..n).map(|i| 1.0 + i as f32 * 0.1).collect(), &[n]).unwrap(),
+            )
             .unwrap();
         save_model(&p, &c.config, &c.store, 42).unwrap();
         let (back, steps) = load_counter(&p).unwrap();
@@ -278,11 +284,18 @@ mod tests {
         for ((_, a), (_, b)) in c.store.iter().zip(back.store.iter()) {
             assert_eq!(a.name, b.name);
             let (va, vb) = (a.value.to_vec(), b.value.to_vec());
-            assert!(va.iter().zip(&vb).all(|(x, y)| x.to_bits() == y.to_bits()), "{}", a.name);
+            assert!(
+                va.iter().zip(&vb).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{}",
+                a.name
+            );
         }
         // the file carries PyTorch's num_batches_tracked for each BatchNorm
         let (_, _, ints) = read_tensors(&p).unwrap();
-        assert_eq!(ints.get("counter.features.1.num_batches_tracked"), Some(&42));
+        assert_eq!(
+            ints.get("counter.features.1.num_batches_tracked"),
+            Some(&42)
+        );
         assert_eq!(ints.len(), 16);
     }
 
@@ -295,14 +308,24 @@ mod tests {
             m.insert(CONFIG_KEY.to_string(), c.config.to_json());
             m
         };
-        let all: Vec<(String, &Tensor)> =
-            c.store.iter().map(|(_, p)| (p.name.clone(), p.value.as_ref())).collect();
+        let all: Vec<(String, &Tensor)> = c
+            .store
+            .iter()
+            .map(|(_, p)| (p.name.clone(), p.value.as_ref()))
+            .collect();
 
         let p = d.path().join("missing.safetensors");
-        let missing: Vec<_> = all.iter().filter(|(n, _)| n != "counter.head.bias").cloned().collect();
+        let missing: Vec<_> = all
+            .iter()
+            .filter(|(n, _)| n != "counter.head.bias")
+            .cloned()
+            .collect();
         write_tensors(&p, &missing, &[], meta()).unwrap();
         let e = load_counter(&p).err().unwrap().to_string();
-        assert!(e.contains("missing tensor counter.head.bias") && e.contains("missing.safetensors"), "{e}");
+        assert!(
+            e.contains("missing tensor counter.head.bias") && e.contains("missing.safetensors"),
+            "{e}"
+        );
 
         let p = d.path().join("extra.safetensors");
         let extra_t = Tensor::from_vec(vec![1.0], &[1]).unwrap();
@@ -316,7 +339,13 @@ mod tests {
         let wrong = Tensor::from_vec(vec![0.0; 2], &[2]).unwrap();
         let shaped: Vec<_> = all
             .iter()
-            .map(|(n, t)| if n == "counter.head.bias" { (n.clone(), &wrong) } else { (n.clone(), *t) })
+            .map(|(n, t)| {
+                if n == "counter.head.bias" {
+                    (n.clone(), &wrong)
+                } else {
+                    (n.clone(), *t)
+                }
+            })
             .collect();
         write_tensors(&p, &shaped, &[], meta()).unwrap();
         let e = load_counter(&p).err().unwrap().to_string();
@@ -330,6 +359,9 @@ mod tests {
         let p = d.path().join("junk.safetensors");
         std::fs::write(&p, b"not a checkpoint").unwrap();
         let e = load_counter(&p).err().unwrap().to_string();
-        assert!(e.contains("junk.safetensors") && e.contains("safetensors"), "{e}");
+        assert!(
+            e.contains("junk.safetensors") && e.contains("safetensors"),
+            "{e}"
+        );
     }
 }

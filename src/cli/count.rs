@@ -91,19 +91,27 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
 
 /// Image files under `paths` (files as given; folders recursively, sorted), each with the name
 /// its outputs get: the path relative to the folder, separators replaced by "__".
-pub fn collect_images(paths: &[PathBuf], glob: Option<&str>) -> anyhow::Result<Vec<(PathBuf, String)>> {
+pub fn collect_images(
+    paths: &[PathBuf],
+    glob: Option<&str>,
+) -> anyhow::Result<Vec<(PathBuf, String)>> {
     let mut out = Vec::new();
     for p in paths {
         if p.is_dir() {
             let mut stack = vec![p.clone()];
             let mut found = Vec::new();
             while let Some(d) = stack.pop() {
-                let rd = std::fs::read_dir(&d).with_context(|| format!("{}: cannot list folder", d.display()))?;
+                let rd = std::fs::read_dir(&d)
+                    .with_context(|| format!("{}: cannot list folder", d.display()))?;
                 for e in rd {
-                    let path = e.with_context(|| format!("{}: cannot list folder", d.display()))?.path();
+                    let path = e
+                        .with_context(|| format!("{}: cannot list folder", d.display()))?
+                        .path();
                     if path.is_dir() {
                         stack.push(path);
-                    } else if is_image(&path) && glob.is_none_or(|g| glob_match(g, &file_name(&path))) {
+                    } else if is_image(&path)
+                        && glob.is_none_or(|g| glob_match(g, &file_name(&path)))
+                    {
                         found.push(path);
                     }
                 }
@@ -115,7 +123,10 @@ pub fn collect_images(paths: &[PathBuf], glob: Option<&str>) -> anyhow::Result<V
                 out.push((f, name));
             }
         } else if p.exists() {
-            let name = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = p
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
             out.push((p.clone(), name));
         } else {
             anyhow::bail!("{}: no such file or folder", p.display());
@@ -125,7 +136,9 @@ pub fn collect_images(paths: &[PathBuf], glob: Option<&str>) -> anyhow::Result<V
 }
 
 fn file_name(p: &Path) -> String {
-    p.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+    p.file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 fn is_image(p: &Path) -> bool {
@@ -135,7 +148,11 @@ fn is_image(p: &Path) -> bool {
 }
 
 /// Opens a checkpoint pair, checking the localizer was trained on this counter.
-pub fn load_models(counter: &Path, localizer: Option<&Path>, device: &str) -> anyhow::Result<(Counter, Option<Localizer>)> {
+pub fn load_models(
+    counter: &Path,
+    localizer: Option<&Path>,
+    device: &str,
+) -> anyhow::Result<(Counter, Option<Localizer>)> {
     let device = super::parse_device(device)?;
     let (mut c, _) = load_counter(counter)?;
     c.store.to_device(&device)?;
@@ -188,8 +205,14 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
         ..InferOptions::default()
     };
     let cfg = localizer.as_ref().map(|l| l.config.clone());
-    let threshold = a.threshold.or(cfg.as_ref().map(|c| c.point_threshold)).unwrap_or(0.01);
-    let min_distance = a.min_distance.or(cfg.as_ref().map(|c| c.min_distance)).unwrap_or(2.0);
+    let threshold = a
+        .threshold
+        .or(cfg.as_ref().map(|c| c.point_threshold))
+        .unwrap_or(0.01);
+    let min_distance = a
+        .min_distance
+        .or(cfg.as_ref().map(|c| c.min_distance))
+        .unwrap_or(2.0);
     if let Some(out) = &a.out {
         crate::cli::outputs::prepare(out, localizer.is_some())?;
     }
@@ -198,7 +221,8 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
     let mut failed = Vec::new();
     for (path, name) in &files {
         let result = (|| -> anyhow::Result<CountRow> {
-            let img = image::open(path).map_err(|e| crate::error::Error::file(path, format!("cannot read image: {e}")))?;
+            let img = image::open(path)
+                .map_err(|e| crate::error::Error::file(path, format!("cannot read image: {e}")))?;
             let p = predict(&counter, localizer.as_ref(), &img, &opts)?;
             let points = prediction_points(&p, threshold, min_distance);
             if let Some(dir) = &a.density_dir {
@@ -228,7 +252,14 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
     if let Some(out) = &a.out {
         let mut csv = String::from("image,count,width,height,counter_hash\n");
         for r in &rows {
-            csv += &format!("{},{:.3},{},{},{}\n", csv_field(&r.image), r.count, r.width, r.height, hash);
+            csv += &format!(
+                "{},{:.3},{},{},{}\n",
+                csv_field(&r.image),
+                r.count,
+                r.width,
+                r.height,
+                hash
+            );
         }
         crate::fsutil::atomic_write(&out.join("counts.csv"), csv.as_bytes())?;
     }
@@ -243,7 +274,11 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
         }
     }
     if !failed.is_empty() {
-        anyhow::bail!("{} of {} images could not be counted (listed above)", failed.len(), files.len());
+        anyhow::bail!(
+            "{} of {} images could not be counted (listed above)",
+            failed.len(),
+            files.len()
+        );
     }
     Ok(())
 }

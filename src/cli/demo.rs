@@ -40,11 +40,17 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     let run_dir = a.out.join("run");
     let count_dir = a.out.join("count");
     let t0 = std::time::Instant::now();
-    eprintln!("[1/4] generating synthetic fluorescence images in {}", a.out.join("data").display());
+    eprintln!(
+        "[1/4] generating synthetic fluorescence images in {}",
+        a.out.join("data").display()
+    );
     crate::data::synthetic::generate(&train_dir, a.train_images, a.seed, 256)?;
     crate::data::synthetic::generate(&holdout_dir, a.holdout_images, a.seed + 1_000_003, 256)?;
 
-    eprintln!("[2/4] training counter and localizer (width x{width_mult}) on {}", a.device);
+    eprintln!(
+        "[2/4] training counter and localizer (width x{width_mult}) on {}",
+        a.device
+    );
     let mut args = TrainArgs::defaults();
     args.model = TrainModel::All;
     args.data = train_dir.display().to_string();
@@ -92,7 +98,10 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     })?;
     eprintln!("\ndone in {:.0}s:", t0.elapsed().as_secs_f64());
     eprintln!("  data        {}", a.out.join("data").display());
-    eprintln!("  checkpoints {} (counter, localizer; .best = best on validation)", run_dir.display());
+    eprintln!(
+        "  checkpoints {} (counter, localizer; .best = best on validation)",
+        run_dir.display()
+    );
     eprintln!("  metrics     {}", run_dir.join("metrics.jsonl").display());
     eprintln!("  evaluation  {}", a.out.join("eval").display());
     eprintln!("  counts      {}", count_dir.join("counts.csv").display());

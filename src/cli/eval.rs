@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use clap::Args;
 
-use crate::data::{DataOptions, Dataset, Format};
+use crate::data::{DataOptions, Dataset, Format, Loader};
 use crate::eval::localization::{match_points, MatchCounts};
 use crate::eval::{count_metrics, counter_z, localizer_density_from, predict_counts};
 use crate::infer::points::find_points;
@@ -12,9 +12,11 @@ use crate::infer::Map;
 use crate::ops::loss::per_image_counts;
 
 #[derive(Args, Debug)]
-#[command(after_help = "Metrics: MAE = mean |predicted - true| over images. RMSE = sqrt(mean \
+#[command(
+    after_help = "Metrics: MAE = mean |predicted - true| over images. RMSE = sqrt(mean \
 (predicted - true)^2): this is the column the DCL paper (and the crowd-counting literature) \
-labels \"MSE\". MSE here is the true mean squared error, RMSE squared.")]
+labels \"MSE\". MSE here is the true mean squared error, RMSE squared."
+)]
 pub struct EvalArgs {
     #[arg(long)]
     pub counter: PathBuf,
@@ -70,29 +72,37 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         "images {}  MAE {:.3}  RMSE {:.3} (the paper's \"MSE\")  MSE {:.3}",
         m.n, m.mae, m.rmse, m.mse
     );
-    let mut summary = serde_json::json!({ "images": m.n, "mae": m.mae, "rmse": m.rmse, "mse": m.mse });
+    let mut summary =
+        serde_json::json!({ "images": m.n, "mae": m.mae, "rmse": m.rmse, "mse": m.mse });
     if let Some(loc) = &localizer {
         let radius = a.radius.unwrap_or(1.25 * loc.config.sigma);
         let mut total = MatchCounts::default();
-        for chunk in idx.chunks(a.batch_size.max(1)) {
-            let samples: Vec<_> = chunk.iter().map(|&i| ds.sample(i)).collect();
-            let images = crate::data::batch_images(&samples)?;
-            let z = counter_z(&counter, images.clone())?;
+        let loader = Loader::new(ds.clone(), idx.clone(), a.batch_size, false, false, 0);
+        for batch in loader.epoch(0) {
+            let batch = batch?;
+            let (h, w) = (batch.images.dims()[2], batch.images.dims()[3]);
+            let z = counter_z(&counter, batch.images.clone())?;
             let counts = per_image_counts(z.value())?;
-            let d = localizer_density_from(loc, images, &z)?.value().to_vec();
-            for (k, s) in samples.iter().enumerate() {
-                let hw = s.height * s.width;
+            let d = localizer_density_from(loc, batch.images, &z)?
+                .value()
+                .to_vec();
+            for (k, truth) in batch.points.iter().enumerate() {
                 let map = Map {
-                    width: s.width,
-                    height: s.height,
-                    data: d[k * hw..(k + 1) * hw]
+                    width: w,
+                    height: h,
+                    data: d[k * h * w..(k + 1) * h * w]
                         .iter()
                         .map(|v| v.max(0.0) / loc.config.density_scale)
                         .collect(),
                 };
-                let pts = find_points(&map, counts[k] as f64, loc.config.point_threshold, loc.config.min_distance);
+                let pts = find_points(
+                    &map,
+                    counts[k] as f64,
+                    loc.config.point_threshold,
+                    loc.config.min_distance,
+                );
                 let pred: Vec<(f32, f32)> = pts.iter().map(|p| (p.x, p.y)).collect();
-                total.add(match_points(&pred, &s.points, radius));
+                total.add(match_points(&pred, truth, radius));
             }
         }
         println!(
@@ -115,12 +125,23 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         use crate::report::plot::{histogram, save_png, scatter};
         let xy: Vec<(f64, f64)> = counts.iter().map(|c| (c.truth, c.predicted)).collect();
         save_png(
-            &scatter("predicted vs true counts", "true count", "predicted count", &xy, true),
+            &scatter(
+                "predicted vs true counts",
+                "true count",
+                "predicted count",
+                &xy,
+                true,
+            ),
             &out.join("scatter.png"),
         )?;
         let errors: Vec<f64> = counts.iter().map(|c| c.predicted - c.truth).collect();
         save_png(
-            &histogram("count errors (predicted - true)", "error (cells)", &errors, 20),
+            &histogram(
+                "count errors (predicted - true)",
+                "error (cells)",
+                &errors,
+                20,
+            ),
             &out.join("errors.png"),
         )?;
     }

@@ -1,10 +1,10 @@
 //! The `dcl` command-line tool: one file per subcommand.
 pub mod count;
+pub mod data;
 pub mod demo;
+pub mod eval;
 pub mod outputs;
 pub mod plot;
-pub mod data;
-pub mod eval;
 pub mod train;
 
 use clap::{Parser, Subcommand};

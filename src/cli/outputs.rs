@@ -15,9 +15,11 @@ pub fn prepare(out: &Path, with_points: bool) -> anyhow::Result<()> {
         dirs.push(out.join("points"));
     }
     for d in dirs {
-        std::fs::create_dir_all(&d).with_context(|| format!("{}: cannot create output folder", d.display()))?;
+        std::fs::create_dir_all(&d)
+            .with_context(|| format!("{}: cannot create output folder", d.display()))?;
         let probe = d.join(".dcl-write-test");
-        std::fs::write(&probe, b"").with_context(|| format!("{}: output folder is not writable", d.display()))?;
+        std::fs::write(&probe, b"")
+            .with_context(|| format!("{}: output folder is not writable", d.display()))?;
         let _ = std::fs::remove_file(probe);
     }
     Ok(())
@@ -27,7 +29,11 @@ pub fn prepare(out: &Path, with_points: bool) -> anyhow::Result<()> {
 pub fn tiff_f32(map: &Map) -> anyhow::Result<Vec<u8>> {
     let mut buf = std::io::Cursor::new(Vec::new());
     let mut enc = tiff::encoder::TiffEncoder::new(&mut buf)?;
-    enc.write_image::<tiff::encoder::colortype::Gray32Float>(map.width as u32, map.height as u32, &map.data)?;
+    enc.write_image::<tiff::encoder::colortype::Gray32Float>(
+        map.width as u32,
+        map.height as u32,
+        &map.data,
+    )?;
     Ok(buf.into_inner())
 }
 
@@ -38,7 +44,10 @@ fn density_of(p: &Prediction) -> &Map {
 }
 
 pub fn write_density(dir: &Path, name: &str, p: &Prediction) -> anyhow::Result<()> {
-    atomic_write(&dir.join(format!("{name}.coarse.tif")), &tiff_f32(&p.coarse)?)?;
+    atomic_write(
+        &dir.join(format!("{name}.coarse.tif")),
+        &tiff_f32(&p.coarse)?,
+    )?;
     if let Some(d) = &p.density {
         atomic_write(&dir.join(format!("{name}.density.tif")), &tiff_f32(d)?)?;
     }
@@ -81,13 +90,25 @@ pub fn write_image_outputs(
     points: Option<&[Point]>,
 ) -> anyhow::Result<()> {
     if let Some(pts) = points {
-        atomic_write(&out.join("points").join(format!("{name}.csv")), points_csv(pts).as_bytes())?;
-        atomic_write(&out.join("points").join(format!("{name}.geojson")), points_geojson(pts).as_bytes())?;
+        atomic_write(
+            &out.join("points").join(format!("{name}.csv")),
+            points_csv(pts).as_bytes(),
+        )?;
+        atomic_write(
+            &out.join("points").join(format!("{name}.geojson")),
+            points_geojson(pts).as_bytes(),
+        )?;
     }
     let ov = crate::report::overlay::overlay(img, points, p.count);
     let mut png = std::io::Cursor::new(Vec::new());
     ov.write_to(&mut png, image::ImageFormat::Png)?;
-    atomic_write(&out.join("overlays").join(format!("{name}.png")), png.get_ref())?;
-    atomic_write(&out.join("density").join(format!("{name}.tif")), &tiff_f32(density_of(p))?)?;
+    atomic_write(
+        &out.join("overlays").join(format!("{name}.png")),
+        png.get_ref(),
+    )?;
+    atomic_write(
+        &out.join("density").join(format!("{name}.tif")),
+        &tiff_f32(density_of(p))?,
+    )?;
     Ok(())
 }

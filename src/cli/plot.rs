@@ -28,9 +28,16 @@ pub fn run(a: PlotArgs) -> anyhow::Result<()> {
         }
         let series = |label: &str, f: &dyn Fn(&crate::train::EpochRecord) -> Option<f64>| Series {
             label: label.to_string(),
-            points: rs.iter().filter_map(|r| f(r).map(|v| (r.epoch as f64, v))).collect(),
+            points: rs
+                .iter()
+                .filter_map(|r| f(r).map(|v| (r.epoch as f64, v)))
+                .collect(),
         };
-        let loss_name = if model == "counter" { "train count loss (L1)" } else { "train loss (MSE)" };
+        let loss_name = if model == "counter" {
+            "train count loss (L1)"
+        } else {
+            "train loss (MSE)"
+        };
         panels.push(line_chart(
             &format!("{model}: training loss"),
             "epoch",
@@ -47,7 +54,13 @@ pub fn run(a: PlotArgs) -> anyhow::Result<()> {
         .filter(|s| !s.points.is_empty())
         .collect();
         if !val.is_empty() {
-            panels.push(line_chart(&format!("{model}: validation"), "epoch", "score", &val, false));
+            panels.push(line_chart(
+                &format!("{model}: validation"),
+                "epoch",
+                "score",
+                &val,
+                false,
+            ));
         }
         panels.push(line_chart(
             &format!("{model}: learning rate"),

@@ -79,6 +79,9 @@ pub struct TrainArgs {
     /// Images generated for `--data synthetic`.
     #[arg(long, default_value_t = 64)]
     pub synthetic_n: usize,
+    /// Side in pixels of the synthetic images (a multiple of 16).
+    #[arg(long, default_value_t = 256)]
+    pub synthetic_size: usize,
     /// Stop after this many optimiser steps per network.
     #[arg(long)]
     pub max_steps: Option<usize>,
@@ -138,6 +141,7 @@ fn options(a: &TrainArgs) -> TrainOptions {
         seed: a.seed,
         augment: !a.no_augment,
         synthetic_n: a.synthetic_n,
+        synthetic_size: a.synthetic_size,
         max_steps: a.max_steps,
         counter: a.counter.clone(),
         device: Default::default(),
@@ -152,7 +156,10 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         Some(dir) => {
             let path = dir.join("config.json");
             let text = std::fs::read_to_string(&path).with_context(|| {
-                format!("{}: cannot resume: no readable config.json (not a run folder, or incomplete)", dir.display())
+                format!(
+                    "{}: cannot resume: no readable config.json (not a run folder, or incomplete)",
+                    dir.display()
+                )
             })?;
             let rc: RunConfig = serde_json::from_str(&text)
                 .with_context(|| format!("{}: cannot resume: bad config.json", path.display()))?;

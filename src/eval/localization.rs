@@ -117,10 +117,22 @@ pub fn match_points(pred: &[(f32, f32)], truth: &[(f32, f32)], radius: f32) -> M
     } else {
         (truth, pred)
     };
-    let dist = |a: (f32, f32), b: (f32, f32)| (((a.0 - b.0).powi(2) + (a.1 - b.1).powi(2)) as f64).sqrt();
+    let dist =
+        |a: (f32, f32), b: (f32, f32)| (((a.0 - b.0).powi(2) + (a.1 - b.1).powi(2)) as f64).sqrt();
     let cost: Vec<Vec<f64>> = rows
         .iter()
-        .map(|&a| cols.iter().map(|&b| { let d = dist(a, b); if d <= radius as f64 { d } else { big } }).collect())
+        .map(|&a| {
+            cols.iter()
+                .map(|&b| {
+                    let d = dist(a, b);
+                    if d <= radius as f64 {
+                        d
+                    } else {
+                        big
+                    }
+                })
+                .collect()
+        })
         .collect();
     let assign = hungarian(&cost);
     let tp = assign
@@ -144,7 +156,11 @@ mod tests {
         // greedy would take (0,0)=1 then (1,1)=10: total 11; the optimum is 2 + 3 = 5
         let c = vec![vec![1.0, 2.0], vec![3.0, 10.0]];
         assert_eq!(hungarian(&c), vec![1, 0]);
-        let c = vec![vec![4.0, 1.0, 3.0], vec![2.0, 0.0, 5.0], vec![3.0, 2.0, 2.0]];
+        let c = vec![
+            vec![4.0, 1.0, 3.0],
+            vec![2.0, 0.0, 5.0],
+            vec![3.0, 2.0, 2.0],
+        ];
         let a = hungarian(&c);
         let total: f64 = a.iter().enumerate().map(|(i, &j)| c[i][j]).sum();
         assert_eq!(total, 5.0);
@@ -161,7 +177,11 @@ mod tests {
         let m = match_points(&[(0.0, 0.0)], &[(5.0, 0.0)], 1.0);
         assert_eq!((m.tp, m.fp, m.fn_), (0, 1, 1));
         assert!((m.f1() - 0.0).abs() < 1e-12);
-        let m = MatchCounts { tp: 3, fp: 1, fn_: 2 };
+        let m = MatchCounts {
+            tp: 3,
+            fp: 1,
+            fn_: 2,
+        };
         assert!((m.precision() - 0.75).abs() < 1e-12 && (m.recall() - 0.6).abs() < 1e-12);
     }
 }

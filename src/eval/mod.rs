@@ -10,8 +10,8 @@ use crate::autograd::{Tape, Var};
 use crate::data::{Dataset, Loader};
 use crate::error::Result;
 use crate::nn::{Counter, Forward, Localizer};
-use crate::ops::loss::{mse_loss_forward, per_image_counts};
 use crate::ops::elementwise::scale_tensor;
+use crate::ops::loss::{mse_loss_forward, per_image_counts};
 pub use metrics::{count_metrics, CountMetrics};
 
 /// One source image's predicted and true count.
@@ -39,7 +39,10 @@ pub fn predict_counts(
 ) -> Result<Vec<ImageCount>> {
     let loader = Loader::new(ds.clone(), indices.to_vec(), batch_size, false, false, 0);
     let mut by_source: BTreeMap<String, (f64, f64)> = BTreeMap::new();
-    let sources: Vec<String> = indices.iter().map(|&i| ds.sample(i).source.clone()).collect();
+    let sources: Vec<String> = indices
+        .iter()
+        .map(|&i| ds.sample(i).source.clone())
+        .collect();
     let mut k = 0;
     for batch in loader.epoch(0) {
         let batch = batch?;

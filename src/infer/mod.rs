@@ -106,8 +106,16 @@ pub fn predict(
     let ys = tile_starts(ph, th, opts.overlap, COARSE_STRIDE);
     let c = COARSE_STRIDE;
     let (cwx, cwy) = (
-        axis_weights(pw / c, &xs.iter().map(|s| s / c).collect::<Vec<_>>(), tw / c),
-        axis_weights(ph / c, &ys.iter().map(|s| s / c).collect::<Vec<_>>(), th / c),
+        axis_weights(
+            pw / c,
+            &xs.iter().map(|s| s / c).collect::<Vec<_>>(),
+            tw / c,
+        ),
+        axis_weights(
+            ph / c,
+            &ys.iter().map(|s| s / c).collect::<Vec<_>>(),
+            th / c,
+        ),
     );
     let full_w = localizer.map(|_| (axis_weights(pw, &xs, tw), axis_weights(ph, &ys, th)));
     let pad = border_mean(img);
@@ -128,7 +136,17 @@ pub fn predict(
         let (zh, zw) = (th / c, tw / c);
         for (k, &(ty, tx)) in group.iter().enumerate() {
             let plane = &zv[k * zh * zw..(k + 1) * zh * zw];
-            blend(&mut coarse, plane, zw, zh, xs[tx] / c, ys[ty] / c, &cwx[tx], &cwy[ty], |v| v.abs());
+            blend(
+                &mut coarse,
+                plane,
+                zw,
+                zh,
+                xs[tx] / c,
+                ys[ty] / c,
+                &cwx[tx],
+                &cwy[ty],
+                |v| v.abs(),
+            );
         }
         if let (Some(loc), Some(dmap), Some((wx, wy))) = (localizer, density.as_mut(), &full_w) {
             let d = crate::eval::localizer_density_from(loc, images, &z)?;
@@ -136,7 +154,9 @@ pub fn predict(
             let inv = 1.0 / loc.config.density_scale;
             for (k, &(ty, tx)) in group.iter().enumerate() {
                 let plane = &dv[k * th * tw..(k + 1) * th * tw];
-                blend(dmap, plane, tw, th, xs[tx], ys[ty], &wx[tx], &wy[ty], |v| v.max(0.0) * inv);
+                blend(dmap, plane, tw, th, xs[tx], ys[ty], &wx[tx], &wy[ty], |v| {
+                    v.max(0.0) * inv
+                });
             }
         }
     }
@@ -217,7 +237,11 @@ fn border_mean(img: &DynamicImage) -> [f32; 3] {
         add(rgb(0, y));
         add(rgb(w - 1, y));
     }
-    [(acc[0] / n) as f32, (acc[1] / n) as f32, (acc[2] / n) as f32]
+    [
+        (acc[0] / n) as f32,
+        (acc[1] / n) as f32,
+        (acc[2] / n) as f32,
+    ]
 }
 
 /// One normalised [3, th, tw] tile starting at (x0, y0), padded with `pad` beyond the image.

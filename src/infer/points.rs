@@ -84,7 +84,11 @@ mod tests {
 
     #[test]
     fn finds_strongest_maxima_up_to_count() {
-        let m = map(10, 8, &[(1, 1, 0.5), (7, 2, 0.9), (4, 6, 0.3), (9, 7, 0.05)]);
+        let m = map(
+            10,
+            8,
+            &[(1, 1, 0.5), (7, 2, 0.9), (4, 6, 0.3), (9, 7, 0.05)],
+        );
         let p = find_points(&m, 2.4, 0.1, 1.0);
         assert_eq!(p.len(), 2);
         assert_eq!((p[0].x, p[0].y), (7.0, 2.0));

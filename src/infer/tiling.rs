@@ -34,7 +34,11 @@ pub fn axis_weights(len: usize, starts: &[usize], tile: usize) -> Vec<Vec<f32>> 
         .iter()
         .enumerate()
         .map(|(t, &s)| {
-            let left = if t == 0 { 0 } else { (starts[t - 1] + tile).saturating_sub(s) };
+            let left = if t == 0 {
+                0
+            } else {
+                (starts[t - 1] + tile).saturating_sub(s)
+            };
             let right = if t + 1 == starts.len() {
                 0
             } else {
@@ -43,7 +47,11 @@ pub fn axis_weights(len: usize, starts: &[usize], tile: usize) -> Vec<Vec<f32>> 
             (0..tile)
                 .map(|i| {
                     // ramps of width overlap+1 so the outermost pixel keeps a small weight
-                    let up = if left > 0 { (i + 1) as f64 / (left + 1) as f64 } else { 1.0 };
+                    let up = if left > 0 {
+                        (i + 1) as f64 / (left + 1) as f64
+                    } else {
+                        1.0
+                    };
                     let down = if right > 0 {
                         (tile - i) as f64 / (right + 1) as f64
                     } else {
@@ -91,7 +99,10 @@ mod tests {
             assert_eq!(starts[0], 0);
             assert_eq!(starts.last().unwrap() + t, len, "{len}: {starts:?}");
             for w in starts.windows(2) {
-                assert!(w[1] > w[0] && w[0] + t >= w[1] + overlap.min(t), "{len}: {starts:?}");
+                assert!(
+                    w[1] > w[0] && w[0] + t >= w[1] + overlap.min(t),
+                    "{len}: {starts:?}"
+                );
             }
             for s in &starts[..starts.len() - 1] {
                 assert_eq!(s % align, 0);

@@ -53,7 +53,17 @@ impl Gmp {
     /// Offsets start as K distinct moves (directions spread around the circle, radii 2, 4 and 8
     /// feature pixels) with small random weights, so the K points differ from the first step.
     pub fn new(store: &mut ParamStore, name: &str, c: usize, k: usize, rng: &mut Rng) -> Gmp {
-        let offset = Conv2d::new(store, name, c, 2 * k, 1, 0, true, ConvInit::Normal(1e-3), rng);
+        let offset = Conv2d::new(
+            store,
+            name,
+            c,
+            2 * k,
+            1,
+            0,
+            true,
+            ConvInit::Normal(1e-3),
+            rng,
+        );
         let mut bias = vec![0f32; 2 * k];
         for i in 0..k {
             let angle = 2.0 * std::f32::consts::PI * i as f32 / k as f32;
@@ -63,7 +73,10 @@ impl Gmp {
         }
         let b = offset.bias.expect("offset conv has a bias");
         store
-            .set(b, crate::tensor::Tensor::from_vec(bias, &[2 * k]).expect("bias shape"))
+            .set(
+                b,
+                crate::tensor::Tensor::from_vec(bias, &[2 * k]).expect("bias shape"),
+            )
             .expect("bias shape");
         Gmp { offset }
     }
@@ -118,8 +131,15 @@ impl Counter {
                 }
             }
         }
-        let gmp = (config.gmp_points > 0)
-            .then(|| Gmp::new(&mut store, "counter.gmp.offset", c_in, config.gmp_points, &mut rng));
+        let gmp = (config.gmp_points > 0).then(|| {
+            Gmp::new(
+                &mut store,
+                "counter.gmp.offset",
+                c_in,
+                config.gmp_points,
+                &mut rng,
+            )
+        });
         let head = Conv2d::new(
             &mut store,
             "counter.head",

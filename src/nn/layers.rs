@@ -106,7 +106,10 @@ impl Conv2d {
         let (w, b) = match init {
             ConvInit::KaimingFanOut => {
                 let std = (2.0 / (c_out * k * k) as f32).sqrt();
-                (Tensor::randn(&dims, std, rng), Tensor::zeros(&[c_out], &Default::default()))
+                (
+                    Tensor::randn(&dims, std, rng),
+                    Tensor::zeros(&[c_out], &Default::default()),
+                )
             }
             ConvInit::Default => {
                 let bound = 1.0 / fan_in.sqrt();
@@ -227,9 +230,29 @@ impl DoubleConv {
         let p = format!("{name}.double_conv");
         let init = ConvInit::KaimingFanOut;
         DoubleConv {
-            conv1: Conv2d::new(store, &format!("{p}.0"), c_in, c_mid, 3, 1, false, init, rng),
+            conv1: Conv2d::new(
+                store,
+                &format!("{p}.0"),
+                c_in,
+                c_mid,
+                3,
+                1,
+                false,
+                init,
+                rng,
+            ),
             bn1: BatchNorm2d::new(store, &format!("{p}.1"), c_mid),
-            conv2: Conv2d::new(store, &format!("{p}.3"), c_mid, c_out, 3, 1, false, init, rng),
+            conv2: Conv2d::new(
+                store,
+                &format!("{p}.3"),
+                c_mid,
+                c_out,
+                3,
+                1,
+                false,
+                init,
+                rng,
+            ),
             bn2: BatchNorm2d::new(store, &format!("{p}.4"), c_out),
         }
     }

@@ -62,10 +62,7 @@ impl ParamStore {
     }
 
     pub fn find(&self, name: &str) -> Option<ParamId> {
-        self.params
-            .iter()
-            .position(|p| p.name == name)
-            .map(ParamId)
+        self.params.iter().position(|p| p.name == name).map(ParamId)
     }
 
     /// Replaces a tensor's value; the shape must not change.

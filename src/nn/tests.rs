@@ -23,11 +23,25 @@ fn counter_parameter_names_follow_torchvision() {
     let c = Counter::new(&cfg(Backbone::Vgg19, 1.0), 0).unwrap();
     let convs = [0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34];
     for i in convs {
-        assert!(c.store.find(&format!("counter.features.{i}.weight")).is_some(), "{i}");
+        assert!(
+            c.store
+                .find(&format!("counter.features.{i}.weight"))
+                .is_some(),
+            "{i}"
+        );
     }
-    assert_eq!(shape_of(&c.store, "counter.features.0.weight"), [64, 3, 3, 3]);
-    assert_eq!(shape_of(&c.store, "counter.features.34.weight"), [512, 512, 3, 3]);
-    assert_eq!(shape_of(&c.store, "counter.gmp.offset.weight"), [16, 512, 1, 1]);
+    assert_eq!(
+        shape_of(&c.store, "counter.features.0.weight"),
+        [64, 3, 3, 3]
+    );
+    assert_eq!(
+        shape_of(&c.store, "counter.features.34.weight"),
+        [512, 512, 3, 3]
+    );
+    assert_eq!(
+        shape_of(&c.store, "counter.gmp.offset.weight"),
+        [16, 512, 1, 1]
+    );
     assert_eq!(shape_of(&c.store, "counter.head.weight"), [1, 512, 1, 1]);
     // VGG-19 features hold 20,024,384 parameters; GMP 512*16+16; head 513.
     assert_eq!(c.store.trainable_count(), 20_024_384 + 8_208 + 513);
@@ -35,7 +49,12 @@ fn counter_parameter_names_follow_torchvision() {
     let c = Counter::new(&cfg(Backbone::Vgg19Bn, 1.0), 0).unwrap();
     let convs = [0, 3, 7, 10, 14, 17, 20, 23, 27, 30, 33, 36, 40, 43, 46, 49];
     for i in convs {
-        assert!(c.store.find(&format!("counter.features.{i}.weight")).is_some(), "{i}");
+        assert!(
+            c.store
+                .find(&format!("counter.features.{i}.weight"))
+                .is_some(),
+            "{i}"
+        );
         let bn = format!("counter.features.{}.running_var", i + 1);
         assert!(c.store.find(&bn).is_some(), "{bn}");
     }
@@ -46,17 +65,45 @@ fn counter_parameter_names_follow_torchvision() {
 
 #[test]
 fn localizer_parameter_names_follow_milesial_unet() {
-    let l = Localizer::new(&ModelConfig { model: ModelKind::Localizer, ..ModelConfig::default() }, 0).unwrap();
-    assert_eq!(shape_of(&l.store, "localizer.inc.double_conv.0.weight"), [64, 4, 3, 3]);
-    assert_eq!(shape_of(&l.store, "localizer.inc.double_conv.4.running_mean"), [64]);
+    let l = Localizer::new(
+        &ModelConfig {
+            model: ModelKind::Localizer,
+            ..ModelConfig::default()
+        },
+        0,
+    )
+    .unwrap();
     assert_eq!(
-        shape_of(&l.store, "localizer.down4.maxpool_conv.1.double_conv.3.weight"),
+        shape_of(&l.store, "localizer.inc.double_conv.0.weight"),
+        [64, 4, 3, 3]
+    );
+    assert_eq!(
+        shape_of(&l.store, "localizer.inc.double_conv.4.running_mean"),
+        [64]
+    );
+    assert_eq!(
+        shape_of(
+            &l.store,
+            "localizer.down4.maxpool_conv.1.double_conv.3.weight"
+        ),
         [512, 512, 3, 3]
     );
-    assert_eq!(shape_of(&l.store, "localizer.up1.conv.double_conv.0.weight"), [512, 1024, 3, 3]);
-    assert_eq!(shape_of(&l.store, "localizer.up1.conv.double_conv.3.weight"), [256, 512, 3, 3]);
-    assert_eq!(shape_of(&l.store, "localizer.up4.conv.double_conv.0.weight"), [64, 128, 3, 3]);
-    assert_eq!(shape_of(&l.store, "localizer.outc.conv.weight"), [1, 64, 1, 1]);
+    assert_eq!(
+        shape_of(&l.store, "localizer.up1.conv.double_conv.0.weight"),
+        [512, 1024, 3, 3]
+    );
+    assert_eq!(
+        shape_of(&l.store, "localizer.up1.conv.double_conv.3.weight"),
+        [256, 512, 3, 3]
+    );
+    assert_eq!(
+        shape_of(&l.store, "localizer.up4.conv.double_conv.0.weight"),
+        [64, 128, 3, 3]
+    );
+    assert_eq!(
+        shape_of(&l.store, "localizer.outc.conv.weight"),
+        [1, 64, 1, 1]
+    );
     assert_eq!(shape_of(&l.store, "localizer.outc.conv.bias"), [1]);
     // Worked by hand, DoubleConv(in, out, mid) = 9·in·mid + 2·mid + 9·mid·out + 2·out:
     // inc 38,848 (3 input channels) | down 221,696 + 885,760 + 3,540,992 + 4,720,640 |
@@ -68,14 +115,28 @@ fn localizer_parameter_names_follow_milesial_unet() {
 #[test]
 fn width_multiplier_scales_channels() {
     let c = Counter::new(&cfg(Backbone::Vgg19Bn, 0.125), 0).unwrap();
-    assert_eq!(shape_of(&c.store, "counter.features.0.weight"), [8, 3, 3, 3]);
-    assert_eq!(shape_of(&c.store, "counter.features.49.weight"), [64, 64, 3, 3]);
+    assert_eq!(
+        shape_of(&c.store, "counter.features.0.weight"),
+        [8, 3, 3, 3]
+    );
+    assert_eq!(
+        shape_of(&c.store, "counter.features.49.weight"),
+        [64, 64, 3, 3]
+    );
     let l = Localizer::new(
-        &ModelConfig { model: ModelKind::Localizer, width_mult: 0.25, unet_width: 32, ..ModelConfig::default() },
+        &ModelConfig {
+            model: ModelKind::Localizer,
+            width_mult: 0.25,
+            unet_width: 32,
+            ..ModelConfig::default()
+        },
         0,
     )
     .unwrap();
-    assert_eq!(shape_of(&l.store, "localizer.inc.double_conv.0.weight"), [8, 4, 3, 3]);
+    assert_eq!(
+        shape_of(&l.store, "localizer.inc.double_conv.0.weight"),
+        [8, 4, 3, 3]
+    );
 }
 
 #[test]
@@ -90,7 +151,11 @@ fn forward_shapes_and_bn_updates() {
     assert_eq!(f.take_bn_updates().len(), 16);
 
     let l = Localizer::new(
-        &ModelConfig { model: ModelKind::Localizer, width_mult: 1.0 / 16.0, ..ModelConfig::default() },
+        &ModelConfig {
+            model: ModelKind::Localizer,
+            width_mult: 1.0 / 16.0,
+            ..ModelConfig::default()
+        },
         1,
     )
     .unwrap();
@@ -115,7 +180,11 @@ fn forward_shapes_and_bn_updates() {
 #[test]
 fn localizer_input_map_preserves_the_count() {
     let l = Localizer::new(
-        &ModelConfig { model: ModelKind::Localizer, width_mult: 1.0 / 16.0, ..ModelConfig::default() },
+        &ModelConfig {
+            model: ModelKind::Localizer,
+            width_mult: 1.0 / 16.0,
+            ..ModelConfig::default()
+        },
         1,
     )
     .unwrap();
@@ -129,5 +198,8 @@ fn localizer_input_map_preserves_the_count() {
     let v = inp.value().to_vec();
     let map_sum: f64 = v[3 * 64 * 64..].iter().map(|&a| a as f64).sum();
     let count: f64 = z.value().to_vec().iter().map(|a| a.abs() as f64).sum();
-    assert!((map_sum - 100.0 * count).abs() < 1e-3 * map_sum.abs().max(1.0), "{map_sum} vs {count}");
+    assert!(
+        (map_sum - 100.0 * count).abs() < 1e-3 * map_sum.abs().max(1.0),
+        "{map_sum} vs {count}"
+    );
 }

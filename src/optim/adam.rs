@@ -68,7 +68,12 @@ impl Adam {
     }
 
     /// One update of every parameter that has a gradient (`grads` indexed like the store).
-    pub fn update(&mut self, store: &mut ParamStore, grads: &[Option<Tensor>], lr: f32) -> Result<()> {
+    pub fn update(
+        &mut self,
+        store: &mut ParamStore,
+        grads: &[Option<Tensor>],
+        lr: f32,
+    ) -> Result<()> {
         if grads.len() != store.len() || self.moments.len() != store.len() {
             return Err(Error::Invalid(format!(
                 "adam: {} gradients and {} moment pairs for {} parameters",
@@ -109,14 +114,27 @@ impl Adam {
 }
 
 /// p, m, v updated in place from g.
-pub fn update_tensor(p: &mut Tensor, g: &Tensor, m: &mut Tensor, v: &mut Tensor, h: &AdamStep) -> Result<()> {
-    match (p.storage_mut(), g.storage(), m.storage_mut(), v.storage_mut()) {
+pub fn update_tensor(
+    p: &mut Tensor,
+    g: &Tensor,
+    m: &mut Tensor,
+    v: &mut Tensor,
+    h: &AdamStep,
+) -> Result<()> {
+    match (
+        p.storage_mut(),
+        g.storage(),
+        m.storage_mut(),
+        v.storage_mut(),
+    ) {
         (Storage::Cpu(p), Storage::Cpu(g), Storage::Cpu(m), Storage::Cpu(v)) => {
             update_cpu(p, g, m, v, h);
             Ok(())
         }
         #[allow(unreachable_patterns)]
-        _ => Err(Error::Invalid("adam: parameter, gradient and moments on different devices".into())),
+        _ => Err(Error::Invalid(
+            "adam: parameter, gradient and moments on different devices".into(),
+        )),
     }
 }
 
@@ -145,7 +163,11 @@ mod tests {
     #[test]
     fn adam_matches_hand_computed_steps() {
         let mut store = ParamStore::default();
-        let id = store.add("w", ParamKind::Trainable, Tensor::from_vec(vec![1.0], &[1]).unwrap());
+        let id = store.add(
+            "w",
+            ParamKind::Trainable,
+            Tensor::from_vec(vec![1.0], &[1]).unwrap(),
+        );
         let cfg = AdamConfig {
             weight_decay: 0.1,
             ..Default::default()
@@ -167,8 +189,16 @@ mod tests {
     #[test]
     fn adam_skips_buffers_and_missing_grads() {
         let mut store = ParamStore::default();
-        let a = store.add("a", ParamKind::Trainable, Tensor::from_vec(vec![1.0, 2.0], &[2]).unwrap());
-        let b = store.add("b", ParamKind::Buffer, Tensor::from_vec(vec![3.0], &[1]).unwrap());
+        let a = store.add(
+            "a",
+            ParamKind::Trainable,
+            Tensor::from_vec(vec![1.0, 2.0], &[2]).unwrap(),
+        );
+        let b = store.add(
+            "b",
+            ParamKind::Buffer,
+            Tensor::from_vec(vec![3.0], &[1]).unwrap(),
+        );
         let mut adam = Adam::new(AdamConfig::default(), &store);
         adam.update(&mut store, &[None, None], 0.1).unwrap();
         assert_eq!(store.value(a).to_vec(), vec![1.0, 2.0]);

@@ -60,7 +60,10 @@ mod tests {
         close(s.lr(0.0), 1e-3);
         close(s.lr(5.0), 0.5e-3); // cos(pi/2) = 0
         close(s.lr(10.0), 1e-3); // restart
-        close(s.lr(12.5), 1e-3 * (1.0 + (std::f64::consts::PI / 4.0).cos()) / 2.0);
+        close(
+            s.lr(12.5),
+            1e-3 * (1.0 + (std::f64::consts::PI / 4.0).cos()) / 2.0,
+        );
 
         // T_0 = 2, T_mult = 2: cycles [0,2), [2,6), [6,14)
         let s = Sgdr::new(1.0, 2.0, 2.0, 0.1);

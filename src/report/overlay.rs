@@ -82,7 +82,12 @@ pub fn overlay(img: &image::DynamicImage, points: Option<&[Point]>, count: f64) 
     let mut rgb = img.to_rgb8();
     let side = rgb.width().min(rgb.height());
     if let Some(p) = points {
-        draw_points(&mut rgb, p, (side as f32 / 100.0).clamp(2.5, 8.0), Rgb([255, 230, 0]));
+        draw_points(
+            &mut rgb,
+            p,
+            (side as f32 / 100.0).clamp(2.5, 8.0),
+            Rgb([255, 230, 0]),
+        );
     }
     let scale = (side / 200).clamp(1, 6);
     let text = format!("count {count:.1}");
@@ -96,14 +101,19 @@ mod tests {
     #[test]
     fn overlay_marks_points_and_text() {
         let img = image::DynamicImage::ImageRgb8(RgbImage::new(64, 48));
-        let pts = [Point { x: 40.0, y: 30.0, score: 1.0 }];
+        let pts = [Point {
+            x: 40.0,
+            y: 30.0,
+            score: 1.0,
+        }];
         let o = overlay(&img, Some(&pts), 12.0);
         assert_eq!(o.dimensions(), (64, 48));
         // the ring around (40, 30) is drawn in yellow, its centre is untouched
         assert_eq!(o.get_pixel(40 + 3, 30).0, [255, 230, 0]);
         assert_eq!(o.get_pixel(40, 30).0, [0, 0, 0]);
         // the text box holds white pixels
-        let white = (0..20).flat_map(|x| (0..10).map(move |y| (x, y)))
+        let white = (0..20)
+            .flat_map(|x| (0..10).map(move |y| (x, y)))
             .filter(|&(x, y)| o.get_pixel(x, y).0 == [255, 255, 255])
             .count();
         assert!(white > 10, "{white}");

@@ -50,7 +50,7 @@ impl Job for CounterJob {
 pub fn train_counter(opts: &TrainOptions, resume: bool) -> Result<Summary> {
     let data = open_data(opts)?;
     let mut cfg = opts.model_config(ModelKind::Counter);
-    cfg.input_scale = data.train.0.input_scale();
+    cfg.input_scale = crate::train::input_scale(&data.train.0);
     let mut job = CounterJob {
         net: Counter::new(&cfg, opts.seed)?,
     };

@@ -43,7 +43,12 @@ pub struct Summary {
     pub best_checkpoint: PathBuf,
 }
 
-pub fn fit(job: &mut impl Job, opts: &TrainOptions, data: &RunData, resume: bool) -> Result<Summary> {
+pub fn fit(
+    job: &mut impl Job,
+    opts: &TrainOptions,
+    data: &RunData,
+    resume: bool,
+) -> Result<Summary> {
     opts.validate()?;
     let name = job.name();
     let dir = &opts.out;
@@ -62,7 +67,14 @@ pub fn fit(job: &mut impl Job, opts: &TrainOptions, data: &RunData, resume: bool
     log.truncate(name, progress.epochs_done)?;
     let sched = Sgdr::new(opts.lr, opts.sgdr_t0, opts.sgdr_t_mult, opts.eta_min);
     let (ds, idx) = &data.train;
-    let loader = Loader::new(ds.clone(), idx.clone(), opts.batch_size, true, opts.augment, opts.seed);
+    let loader = Loader::new(
+        ds.clone(),
+        idx.clone(),
+        opts.batch_size,
+        true,
+        opts.augment,
+        opts.seed,
+    );
     let per_epoch = loader.batches_per_epoch().max(1);
     let mut last = None;
 
@@ -71,15 +83,19 @@ pub fn fit(job: &mut impl Job, opts: &TrainOptions, data: &RunData, resume: bool
             break;
         }
         let t0 = Instant::now();
-        let bar = crate::report::progress_bar(per_epoch as u64, &format!("{name} epoch {}", epoch + 1), opts.quiet);
+        let bar = crate::report::progress_bar(
+            per_epoch as u64,
+            &format!("{name} epoch {}", epoch + 1),
+            opts.quiet,
+        );
         let (mut loss_sum, mut n_loss, mut lr) = (0f64, 0usize, opts.lr);
         for (i, batch) in loader.epoch(epoch).enumerate() {
             if opts.max_steps.is_some_and(|m| progress.steps >= m) {
                 break;
             }
             lr = sched.lr(epoch as f64 + i as f64 / per_epoch as f64);
-            let loss = step(job, &mut adam, batch?, lr as f32, opts.profile)
-                .map_err(|e| match e {
+            let loss =
+                step(job, &mut adam, batch?, lr as f32, opts.profile).map_err(|e| match e {
                     Error::NonFiniteLoss { value, .. } => Error::NonFiniteLoss {
                         value,
                         epoch: epoch + 1,
@@ -113,7 +129,11 @@ pub fn fit(job: &mut impl Job, opts: &TrainOptions, data: &RunData, resume: bool
             epoch: epoch + 1,
             steps: progress.steps,
             lr,
-            train_loss: if n_loss > 0 { loss_sum / n_loss as f64 } else { f64::NAN },
+            train_loss: if n_loss > 0 {
+                loss_sum / n_loss as f64
+            } else {
+                f64::NAN
+            },
             val_mae: scores.mae,
             val_rmse: scores.rmse,
             val_mse: scores.mse,
@@ -154,7 +174,11 @@ fn step(job: &mut impl Job, adam: &mut Adam, batch: Batch, lr: f32, profile: boo
         let loss = job.loss(&f, batch)?;
         let value = loss.value().item()?;
         if !value.is_finite() {
-            return Err(Error::NonFiniteLoss { value, epoch: 0, step: 0 });
+            return Err(Error::NonFiniteLoss {
+                value,
+                epoch: 0,
+                step: 0,
+            });
         }
         let mut grads = tape.backward(&loss)?;
         (value, bound.take_grads(&mut grads), f.take_bn_updates())

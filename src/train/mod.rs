@@ -6,8 +6,8 @@ mod localizer;
 mod run;
 
 pub use counter::train_counter;
-pub use localizer::train_localizer;
 pub use fit::{Job, Scores, Summary};
+pub use localizer::train_localizer;
 pub use run::{EpochRecord, Progress, RunLog};
 
 use std::path::PathBuf;
@@ -47,6 +47,9 @@ pub struct TrainOptions {
     pub augment: bool,
     /// Number of synthetic images when `data` is `synthetic`.
     pub synthetic_n: usize,
+    /// Side of the synthetic images (a multiple of 16).
+    #[serde(default = "default_synthetic_size")]
+    pub synthetic_size: usize,
     /// Stop after this many optimiser steps in total (tests and quick demos).
     pub max_steps: Option<usize>,
     /// Localizer only: the frozen counter's checkpoint.
@@ -57,6 +60,10 @@ pub struct TrainOptions {
     pub profile: bool,
     #[serde(skip)]
     pub quiet: bool,
+}
+
+fn default_synthetic_size() -> usize {
+    256
 }
 
 impl Default for TrainOptions {
@@ -81,6 +88,7 @@ impl Default for TrainOptions {
             seed: 0,
             augment: true,
             synthetic_n: 64,
+            synthetic_size: 256,
             max_steps: None,
             counter: None,
             device: Device::Cpu,
@@ -118,12 +126,13 @@ impl TrainOptions {
             ));
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return Err(Error::Invalid(format!("--lr must be positive, got {}", self.lr)));
+            return Err(Error::Invalid(format!(
+                "--lr must be positive, got {}",
+                self.lr
+            )));
         }
         if self.sgdr_t0 <= 0.0 || self.sgdr_t_mult < 1.0 {
-            return Err(Error::Invalid(
-                "SGDR needs T_0 > 0 and T_mult >= 1".into(),
-            ));
+            return Err(Error::Invalid("SGDR needs T_0 > 0 and T_mult >= 1".into()));
         }
         Ok(())
     }
@@ -143,7 +152,7 @@ pub fn open_data(opts: &TrainOptions) -> Result<RunData> {
         ..DataOptions::default()
     };
     let ds = if opts.data == "synthetic" {
-        Dataset::synthetic(opts.synthetic_n, opts.seed, 256, opts.sigma)?
+        Dataset::synthetic(opts.synthetic_n, opts.seed, opts.synthetic_size, opts.sigma)?
     } else {
         Dataset::open(std::path::Path::new(&opts.data), &data_opts)?
     };
@@ -176,4 +185,32 @@ fn holdout(ds: &Dataset, seed: u64) -> (Vec<usize>, Vec<usize>) {
     let n_val = sources.len().div_ceil(10);
     let held: std::collections::HashSet<&String> = sources[..n_val].iter().collect();
     (0..ds.len()).partition(|&i| !held.contains(&ds.sample(i).source))
+}
+
+/// Network pixels per original image pixel of a data set's preprocessing (the median over its
+/// images), stored in checkpoints so `dcl count` resizes users' images the same way.
+pub fn input_scale(ds: &Dataset) -> f32 {
+    use crate::data::Preprocess;
+    let mut scales: Vec<f32> = ds
+        .images()
+        .iter()
+        .map(|im| {
+            let (w, h) = (im.width as f32, im.height as f32);
+            match ds.preprocess() {
+                Preprocess::AsIs => 1.0,
+                Preprocess::Resize { size } => size as f32 / w,
+                Preprocess::Quad { size } => 2.0 * size as f32 / w,
+                Preprocess::Grid { patch } => {
+                    let side = w.max(h);
+                    let k = (side / patch as f32).round().max(1.0);
+                    k * patch as f32 / side
+                }
+            }
+        })
+        .collect();
+    if scales.is_empty() {
+        return 1.0;
+    }
+    scales.sort_by(f32::total_cmp);
+    scales[scales.len() / 2]
 }

@@ -99,7 +99,12 @@ pub struct Progress {
 }
 
 /// Writes model tensors, Adam moments and progress into one file, atomically.
-pub fn save_snapshot(path: &Path, store: &ParamStore, adam: &Adam, progress: &Progress) -> Result<()> {
+pub fn save_snapshot(
+    path: &Path,
+    store: &ParamStore,
+    adam: &Adam,
+    progress: &Progress,
+) -> Result<()> {
     let mut names: Vec<(String, &Tensor)> = Vec::new();
     for (id, p) in store.iter() {
         names.push((format!("param.{}", p.name), p.value.as_ref()));
@@ -109,7 +114,10 @@ pub fn save_snapshot(path: &Path, store: &ParamStore, adam: &Adam, progress: &Pr
         }
     }
     let mut meta = HashMap::new();
-    meta.insert("dcl.progress".into(), serde_json::to_string(progress).expect("serialises"));
+    meta.insert(
+        "dcl.progress".into(),
+        serde_json::to_string(progress).expect("serialises"),
+    );
     meta.insert("dcl.adam_step".into(), adam.step.to_string());
     write_tensors(path, &names, &[], meta)
 }

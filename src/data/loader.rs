@@ -1,0 +1,319 @@
+//! Batches for the networks: augmented, ImageNet-normalised images with their density maps,
+//! prepared on background threads ahead of the training step.
+//!
+//! Determinism: an epoch's order is a permutation drawn from (seed, epoch) and the augmentation
+//! of the sample at position p from (seed, epoch, p), so batch b of epoch e is a pure function
+//! of (seed, e, b) whatever the number of threads, and a resumed run sees the batches an
+//! uninterrupted one would.
+//!
+//! Memory: at most `workers * prefetch` finished batches wait in the queues, plus one being
+//! built per worker (a batch of 8 at 256x256 is 8 MiB: images and density in f32).
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crate::data::{Augment, Dataset};
+use crate::error::{Error, Result};
+use crate::rng::Rng;
+use crate::tensor::Tensor;
+
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// `(v - mean[c]) / std[c]` per channel (DESIGN §1) for a CHW image in [0, 1].
+pub fn normalize_imagenet(rgb01_chw: &[f32], out: &mut [f32]) {
+    assert_eq!(
+        rgb01_chw.len(),
+        out.len(),
+        "normalize_imagenet: input and output lengths differ"
+    );
+    assert_eq!(
+        rgb01_chw.len() % 3,
+        0,
+        "normalize_imagenet: not a 3-channel image"
+    );
+    let n = rgb01_chw.len() / 3;
+    for c in 0..3 {
+        let (m, s) = (IMAGENET_MEAN[c], 1.0 / IMAGENET_STD[c]);
+        for (o, &v) in out[c * n..(c + 1) * n]
+            .iter_mut()
+            .zip(&rgb01_chw[c * n..(c + 1) * n])
+        {
+            *o = (v - m) * s;
+        }
+    }
+}
+
+/// A batch ready for the networks.
+#[derive(Debug)]
+pub struct Batch {
+    /// [N, 3, H, W], ImageNet-normalised.
+    pub images: Tensor,
+    /// [N, 1, H, W], cells per pixel (not yet times density_scale).
+    pub density: Tensor,
+    /// Per sample, = points.len().
+    pub counts: Vec<f32>,
+    pub names: Vec<String>,
+    /// Per sample, the dots after augmentation (for localisation metrics).
+    pub points: Vec<Vec<(f32, f32)>>,
+}
+
+pub struct Loader {
+    ds: Arc<Dataset>,
+    indices: Vec<usize>,
+    batch_size: usize,
+    shuffle: bool,
+    augment: bool,
+    seed: u64,
+    workers: usize,
+    prefetch: usize,
+}
+
+/// Stream ids of the per-epoch generator.
+const ORDER_STREAM: u64 = 0;
+
+impl Loader {
+    /// A loader over `indices` of `ds`. Background workers default to the cores available
+    /// less one (at most 4, at least 1), each keeping up to 2 batches ready.
+    pub fn new(
+        ds: Arc<Dataset>,
+        indices: Vec<usize>,
+        batch_size: usize,
+        shuffle: bool,
+        augment: bool,
+        seed: u64,
+    ) -> Loader {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        Loader {
+            ds,
+            indices,
+            batch_size: batch_size.max(1),
+            shuffle,
+            augment,
+            seed,
+            workers: cores.saturating_sub(1).clamp(1, 4),
+            prefetch: 2,
+        }
+    }
+
+    /// Background threads (0: batches are built on the caller's thread, on demand).
+    pub fn with_workers(mut self, workers: usize) -> Loader {
+        self.workers = workers;
+        self
+    }
+
+    /// Finished batches each worker may keep waiting (at least 1).
+    pub fn with_prefetch(mut self, prefetch: usize) -> Loader {
+        self.prefetch = prefetch.max(1);
+        self
+    }
+
+    /// Batches per epoch, the last partial batch kept.
+    pub fn batches_per_epoch(&self) -> usize {
+        self.indices.len().div_ceil(self.batch_size)
+    }
+
+    pub fn dataset(&self) -> &Arc<Dataset> {
+        &self.ds
+    }
+
+    fn epoch_rng(&self, epoch: usize) -> Rng {
+        Rng::new(self.seed ^ 0x6C6F_6164_6572).fork(epoch as u64)
+    }
+
+    /// The sample order of an epoch.
+    pub fn order(&self, epoch: usize) -> Vec<usize> {
+        let mut v = self.indices.clone();
+        if self.shuffle {
+            self.epoch_rng(epoch).fork(ORDER_STREAM).shuffle(&mut v);
+        }
+        v
+    }
+
+    /// Batch `b` of `epoch` (what the workers run; public for benches and tests).
+    pub fn batch(&self, epoch: usize, b: usize) -> Result<Batch> {
+        self.build(&self.order(epoch), epoch, b)
+    }
+
+    fn build(&self, order: &[usize], epoch: usize, b: usize) -> Result<Batch> {
+        let lo = b * self.batch_size;
+        if lo >= order.len() {
+            return Err(Error::Invalid(format!(
+                "batch {b} out of range ({} batches per epoch)",
+                self.batches_per_epoch()
+            )));
+        }
+        let pos = lo..(lo + self.batch_size).min(order.len());
+        let n = pos.len();
+        let erng = self.epoch_rng(epoch);
+        let mut images = Vec::new();
+        let mut density = Vec::new();
+        let mut counts = Vec::with_capacity(n);
+        let mut names = Vec::with_capacity(n);
+        let mut points = Vec::with_capacity(n);
+        let mut shape: Option<(usize, usize)> = None;
+        for p in pos {
+            let s = self.ds.try_sample(order[p])?;
+            let (w, h) = (s.width, s.height);
+            let aug = if self.augment {
+                Augment::random(&mut erng.fork(p as u64 + 1), w == h)
+            } else {
+                Augment::IDENTITY
+            };
+            let (ow, oh) = aug.out_size(w, h);
+            match shape {
+                None => {
+                    shape = Some((ow, oh));
+                    images.reserve_exact(n * 3 * ow * oh);
+                    density.reserve_exact(n * ow * oh);
+                }
+                Some(sh) if sh != (ow, oh) => {
+                    return Err(Error::Invalid(format!(
+                        "batch mixes sample sizes: '{}' is {ow}x{oh}, earlier samples {}x{}; use a preprocessing that gives one size",
+                        s.name, sh.0, sh.1
+                    )));
+                }
+                _ => {}
+            }
+            let plane = w * h;
+            let at = images.len();
+            images.resize(at + 3 * plane, 0.0);
+            for c in 0..3 {
+                let (m, inv) = (IMAGENET_MEAN[c], 1.0 / IMAGENET_STD[c]);
+                aug.apply_plane_with(
+                    &s.image[c * plane..(c + 1) * plane],
+                    w,
+                    h,
+                    &mut images[at + c * plane..at + (c + 1) * plane],
+                    |v| (v - m) * inv,
+                );
+            }
+            let at = density.len();
+            density.resize(at + plane, 0.0);
+            aug.apply_plane(&s.density, w, h, &mut density[at..]);
+            counts.push(s.count());
+            names.push(s.name.clone());
+            points.push(aug.apply_points(&s.points, w, h));
+        }
+        let (w, h) = shape.unwrap_or((0, 0));
+        Ok(Batch {
+            images: Tensor::from_vec(images, &[n, 3, h, w])?,
+            density: Tensor::from_vec(density, &[n, 1, h, w])?,
+            counts,
+            names,
+            points,
+        })
+    }
+
+    /// The batches of one epoch, in order. With workers, they are built ahead on background
+    /// threads (worker k builds batches k, k + workers, ...) and handed over in order; dropping
+    /// the iterator stops the workers.
+    pub fn epoch(&self, epoch: usize) -> EpochIter {
+        let order = Arc::new(self.order(epoch));
+        let total = self.batches_per_epoch();
+        let workers = self.workers.min(total);
+        let mut receivers = Vec::with_capacity(workers);
+        let mut handles = Vec::with_capacity(workers);
+        for k in 0..workers {
+            let (tx, rx) = sync_channel(self.prefetch);
+            let me = self.clone_config();
+            let order = Arc::clone(&order);
+            handles.push(std::thread::spawn(move || {
+                let mut b = k;
+                while b < total {
+                    let r = me.build(&order, epoch, b);
+                    let failed = r.is_err();
+                    if tx.send(r).is_err() || failed {
+                        return;
+                    }
+                    b += workers;
+                }
+            }));
+            receivers.push(rx);
+        }
+        EpochIter {
+            loader: if workers == 0 {
+                Some(self.clone_config())
+            } else {
+                None
+            },
+            order,
+            epoch,
+            next: 0,
+            total,
+            receivers,
+            handles,
+            failed: false,
+        }
+    }
+
+    fn clone_config(&self) -> Loader {
+        Loader {
+            ds: Arc::clone(&self.ds),
+            indices: Vec::new(),
+            batch_size: self.batch_size,
+            shuffle: self.shuffle,
+            augment: self.augment,
+            seed: self.seed,
+            workers: 0,
+            prefetch: self.prefetch,
+        }
+    }
+}
+
+/// The batches of one epoch (see `Loader::epoch`).
+pub struct EpochIter {
+    loader: Option<Loader>,
+    order: Arc<Vec<usize>>,
+    epoch: usize,
+    next: usize,
+    total: usize,
+    receivers: Vec<Receiver<Result<Batch>>>,
+    handles: Vec<JoinHandle<()>>,
+    failed: bool,
+}
+
+impl Iterator for EpochIter {
+    type Item = Result<Batch>;
+    fn next(&mut self) -> Option<Result<Batch>> {
+        if self.next >= self.total || self.failed {
+            return None;
+        }
+        let b = self.next;
+        self.next += 1;
+        let r = match &self.loader {
+            Some(l) => l.build(&self.order, self.epoch, b),
+            None => self.receivers[b % self.receivers.len()]
+                .recv()
+                .unwrap_or_else(|_| {
+                    Err(Error::Invalid(format!(
+                        "data loader worker for batch {b} stopped unexpectedly"
+                    )))
+                }),
+        };
+        // After an error the epoch ends: later batches would be out of step.
+        self.failed = r.is_err();
+        Some(r)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = if self.failed {
+            0
+        } else {
+            self.total - self.next
+        };
+        (left, Some(left))
+    }
+}
+
+impl Drop for EpochIter {
+    fn drop(&mut self) {
+        // Closing the queues makes blocked workers' sends fail, so they return.
+        self.receivers.clear();
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
