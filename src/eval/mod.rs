@@ -24,6 +24,7 @@ pub struct ImageCount {
 
 /// The counter's coarse map z of a batch of normalised images, in inference mode.
 pub fn counter_z(counter: &Counter, images: crate::tensor::Tensor) -> Result<Var> {
+    let images = images.into_device(&counter.store.device())?;
     let tape = Tape::inference();
     let bound = counter.store.bind(&tape, false);
     let f = Forward::new(&tape, &bound, &counter.store, false);
@@ -78,7 +79,10 @@ pub fn localizer_mse(
     for batch in loader.epoch(0) {
         let batch = batch?;
         let pred = localizer_density(counter, localizer, batch.images)?;
-        let target = scale_tensor(&batch.density, localizer.config.density_scale)?;
+        let target = scale_tensor(
+            &batch.density.into_device(&localizer.store.device())?,
+            localizer.config.density_scale,
+        )?;
         let b = batch.counts.len();
         total += mse_loss_forward(pred.value(), &target)? as f64 * b as f64;
         n += b;
@@ -102,6 +106,7 @@ pub fn localizer_density_from(
     images: crate::tensor::Tensor,
     z: &Var,
 ) -> Result<Var> {
+    let images = images.into_device(&localizer.store.device())?;
     let tape = Tape::inference();
     let bound = localizer.store.bind(&tape, false);
     let f = Forward::new(&tape, &bound, &localizer.store, false);

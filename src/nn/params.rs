@@ -98,6 +98,14 @@ impl ParamStore {
             .sum()
     }
 
+    /// Where the parameters live (the CPU for an empty store).
+    pub fn device(&self) -> Device {
+        self.params
+            .first()
+            .map(|p| p.value.device())
+            .unwrap_or_default()
+    }
+
     /// Moves every tensor to `device`.
     pub fn to_device(&mut self, device: &Device) -> Result<()> {
         for p in &mut self.params {

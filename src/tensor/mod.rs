@@ -135,6 +135,15 @@ impl Tensor {
         }
     }
 
+    /// Moves the tensor to `device`; free when it is already there.
+    pub fn into_device(self, device: &Device) -> Result<Tensor> {
+        if self.device() == *device {
+            Ok(self)
+        } else {
+            self.to_device(device)
+        }
+    }
+
     /// Same values, new shape with the same number of elements.
     pub fn reshape(mut self, dims: &[usize]) -> Result<Tensor> {
         let shape = Shape::new(dims);
