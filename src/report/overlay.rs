@@ -1,0 +1,70 @@
+//! Overlays for people: the image with each located cell ringed and the count written in the
+//! corner (the built-in bitmap font of `report::font`, so no font files are needed).
+use image::{Rgb, RgbImage};
+
+use super::font::draw_text_boxed;
+use crate::infer::points::Point;
+
+/// Writes `text` at (x, y) with each font pixel drawn as a `scale`x`scale` block, on a dark box
+/// so it reads on any image (the font lives in `report::font`).
+pub fn draw_text(img: &mut RgbImage, x: u32, y: u32, text: &str, scale: u32, color: Rgb<u8>) {
+    draw_text_boxed(img, x, y, text, scale, color);
+}
+
+/// Rings each point (radius `r` pixels) in `color`.
+pub fn draw_points(img: &mut RgbImage, points: &[Point], r: f32, color: Rgb<u8>) {
+    let (w, h) = img.dimensions();
+    let steps = (r * 8.0).ceil().max(8.0) as usize;
+    for p in points {
+        for k in 0..steps {
+            let a = 2.0 * std::f32::consts::PI * k as f32 / steps as f32;
+            let (x, y) = ((p.x + r * a.cos()).round(), (p.y + r * a.sin()).round());
+            if x >= 0.0 && y >= 0.0 && (x as u32) < w && (y as u32) < h {
+                img.put_pixel(x as u32, y as u32, color);
+            }
+        }
+    }
+}
+
+/// The overlay of an image: points ringed, "count N" in the top-left corner.
+pub fn overlay(img: &image::DynamicImage, points: Option<&[Point]>, count: f64) -> RgbImage {
+    let mut rgb = img.to_rgb8();
+    let side = rgb.width().min(rgb.height());
+    if let Some(p) = points {
+        draw_points(
+            &mut rgb,
+            p,
+            (side as f32 / 100.0).clamp(2.5, 8.0),
+            Rgb([255, 230, 0]),
+        );
+    }
+    let scale = (side / 200).clamp(1, 6);
+    let text = format!("count {count:.1}");
+    draw_text(&mut rgb, 2, 2, &text, scale, Rgb([255, 255, 255]));
+    rgb
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn overlay_marks_points_and_text() {
+        let img = image::DynamicImage::ImageRgb8(RgbImage::new(64, 48));
+        let pts = [Point {
+            x: 40.0,
+            y: 30.0,
+            score: 1.0,
+        }];
+        let o = overlay(&img, Some(&pts), 12.0);
+        assert_eq!(o.dimensions(), (64, 48));
+        // the ring around (40, 30) is drawn in yellow, its centre is untouched
+        assert_eq!(o.get_pixel(40 + 3, 30).0, [255, 230, 0]);
+        assert_eq!(o.get_pixel(40, 30).0, [0, 0, 0]);
+        // the text box holds white pixels
+        let white = (0..20)
+            .flat_map(|x| (0..10).map(move |y| (x, y)))
+            .filter(|&(x, y)| o.get_pixel(x, y).0 == [255, 255, 255])
+            .count();
+        assert!(white > 10, "{white}");
+    }
+}
