@@ -1,2 +1,3 @@
 pub mod font;
 pub mod overlay;
+pub mod plot;
