@@ -1,5 +1,9 @@
 //! What people see while jobs run: progress bars (hidden when stderr is not a terminal), one
 //! summary line per epoch, and the per-op time breakdown of `--profile`.
+pub mod font;
+pub mod overlay;
+pub mod plot;
+
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -54,7 +58,10 @@ pub fn profile_table() -> String {
     let entries = std::mem::take(&mut *PROFILE.lock().expect("profile lock"));
     let totals = Profile { entries }.totals();
     let all: f64 = totals.iter().map(|t| t.1.as_secs_f64()).sum();
-    let mut s = format!("{:<28} {:>12} {:>8} {:>7}\n", "op", "total ms", "calls", "share");
+    let mut s = format!(
+        "{:<28} {:>12} {:>8} {:>7}\n",
+        "op", "total ms", "calls", "share"
+    );
     for (name, d, calls) in totals {
         s += &format!(
             "{:<28} {:>12.2} {:>8} {:>6.1}%\n",
@@ -66,5 +73,3 @@ pub fn profile_table() -> String {
     }
     s
 }
-
-pub mod overlay;

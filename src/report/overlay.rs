@@ -1,65 +1,14 @@
 //! Overlays for people: the image with each located cell ringed and the count written in the
-//! corner (a tiny built-in bitmap font, so no font files are needed).
+//! corner (the built-in bitmap font of `report::font`, so no font files are needed).
 use image::{Rgb, RgbImage};
 
+use super::font::draw_text_boxed;
 use crate::infer::points::Point;
 
-/// 5x7 glyphs, one row per byte (low 5 bits, leftmost pixel = bit 4).
-fn glyph(c: char) -> [u8; 7] {
-    match c {
-        '0' => [14, 17, 19, 21, 25, 17, 14],
-        '1' => [4, 12, 4, 4, 4, 4, 14],
-        '2' => [14, 17, 1, 2, 4, 8, 31],
-        '3' => [31, 2, 4, 2, 1, 17, 14],
-        '4' => [2, 6, 10, 18, 31, 2, 2],
-        '5' => [31, 16, 30, 1, 1, 17, 14],
-        '6' => [6, 8, 16, 30, 17, 17, 14],
-        '7' => [31, 1, 2, 4, 8, 8, 8],
-        '8' => [14, 17, 17, 14, 17, 17, 14],
-        '9' => [14, 17, 17, 15, 1, 2, 12],
-        '.' => [0, 0, 0, 0, 0, 12, 12],
-        ':' => [0, 12, 12, 0, 12, 12, 0],
-        'c' => [0, 0, 14, 16, 16, 17, 14],
-        'e' => [0, 0, 14, 17, 31, 16, 14],
-        'l' => [12, 4, 4, 4, 4, 4, 14],
-        'n' => [0, 0, 22, 25, 17, 17, 17],
-        'o' => [0, 0, 14, 17, 17, 17, 14],
-        's' => [0, 0, 15, 16, 14, 1, 30],
-        't' => [8, 8, 28, 8, 8, 9, 6],
-        'u' => [0, 0, 17, 17, 17, 19, 13],
-        _ => [0; 7],
-    }
-}
-
 /// Writes `text` at (x, y) with each font pixel drawn as a `scale`x`scale` block, on a dark box
-/// so it reads on any image.
+/// so it reads on any image (the font lives in `report::font`).
 pub fn draw_text(img: &mut RgbImage, x: u32, y: u32, text: &str, scale: u32, color: Rgb<u8>) {
-    let (w, h) = img.dimensions();
-    let box_w = (text.chars().count() as u32 * 6 + 1) * scale;
-    for by in y..(y + 9 * scale).min(h) {
-        for bx in x..(x + box_w).min(w) {
-            let p = img.get_pixel_mut(bx, by);
-            p.0 = p.0.map(|v| v / 4);
-        }
-    }
-    for (i, c) in text.chars().enumerate() {
-        let g = glyph(c);
-        for (row, bits) in g.iter().enumerate() {
-            for col in 0..5 {
-                if bits >> (4 - col) & 1 == 1 {
-                    for sy in 0..scale {
-                        for sx in 0..scale {
-                            let px = x + (1 + i as u32 * 6 + col) * scale + sx;
-                            let py = y + (1 + row as u32) * scale + sy;
-                            if px < w && py < h {
-                                img.put_pixel(px, py, color);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
+    draw_text_boxed(img, x, y, text, scale, color);
 }
 
 /// Rings each point (radius `r` pixels) in `color`.

@@ -165,7 +165,13 @@ pub fn fit(
 }
 
 /// One optimiser step; returns the loss.
-fn step(job: &mut impl Job, adam: &mut Adam, mut batch: Batch, lr: f32, profile: bool) -> Result<f32> {
+fn step(
+    job: &mut impl Job,
+    adam: &mut Adam,
+    mut batch: Batch,
+    lr: f32,
+    profile: bool,
+) -> Result<f32> {
     let device = job.store().device();
     batch.images = batch.images.into_device(&device)?;
     batch.density = batch.density.into_device(&device)?;
