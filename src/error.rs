@@ -19,6 +19,8 @@ pub enum Error {
     Checkpoint { path: PathBuf, msg: String },
     #[error("{0}")]
     Invalid(String),
+    #[error("interrupted: progress saved in {0}; continue with `dcl train --resume {0}`")]
+    Interrupted(PathBuf),
     #[error("non-finite loss ({value}) at epoch {epoch}, step {step}")]
     NonFiniteLoss {
         value: f32,

@@ -150,8 +150,23 @@ fn options(a: &TrainArgs) -> TrainOptions {
     }
 }
 
+/// Ctrl-C asks the training loop to save and stop after the current step; a second Ctrl-C
+/// exits at once.
+fn install_interrupt_handler() {
+    use crate::train::INTERRUPT;
+    use std::sync::atomic::Ordering;
+    let _ = ctrlc::set_handler(|| {
+        if INTERRUPT.swap(true, Ordering::SeqCst) {
+            eprintln!("\ninterrupted twice: exiting without saving");
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupt: saving after this step (Ctrl-C again to exit at once)");
+    });
+}
+
 pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     let device = super::parse_device(&a.device)?;
+    install_interrupt_handler();
     let (mut opts, model, resume) = match &a.resume {
         Some(dir) => {
             let path = dir.join("config.json");

@@ -211,9 +211,15 @@ impl Loader {
     /// threads (worker k builds batches k, k + workers, ...) and handed over in order; dropping
     /// the iterator stops the workers.
     pub fn epoch(&self, epoch: usize) -> EpochIter {
+        self.epoch_from(epoch, 0)
+    }
+
+    /// The batches of `epoch` from batch `start` on (a run resumed mid-epoch).
+    pub fn epoch_from(&self, epoch: usize, start: usize) -> EpochIter {
         let order = Arc::new(self.order(epoch));
         let total = self.batches_per_epoch();
-        let workers = self.workers.min(total);
+        let start = start.min(total);
+        let workers = self.workers.min(total - start);
         let mut receivers = Vec::with_capacity(workers);
         let mut handles = Vec::with_capacity(workers);
         for k in 0..workers {
@@ -221,7 +227,7 @@ impl Loader {
             let me = self.clone_config();
             let order = Arc::clone(&order);
             handles.push(std::thread::spawn(move || {
-                let mut b = k;
+                let mut b = start + k;
                 while b < total {
                     let r = me.build(&order, epoch, b);
                     let failed = r.is_err();
@@ -241,7 +247,8 @@ impl Loader {
             },
             order,
             epoch,
-            next: 0,
+            start,
+            next: start,
             total,
             receivers,
             handles,
@@ -268,6 +275,7 @@ pub struct EpochIter {
     loader: Option<Loader>,
     order: Arc<Vec<usize>>,
     epoch: usize,
+    start: usize,
     next: usize,
     total: usize,
     receivers: Vec<Receiver<Result<Batch>>>,
@@ -285,7 +293,7 @@ impl Iterator for EpochIter {
         self.next += 1;
         let r = match &self.loader {
             Some(l) => l.build(&self.order, self.epoch, b),
-            None => self.receivers[b % self.receivers.len()]
+            None => self.receivers[(b - self.start) % self.receivers.len()]
                 .recv()
                 .unwrap_or_else(|_| {
                     Err(Error::Invalid(format!(

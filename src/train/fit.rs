@@ -1,6 +1,7 @@
 //! The training loop shared by both networks: SGDR-scheduled Adam steps over shuffled,
 //! augmented batches, a validation score and checkpoints every epoch, exact resume.
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crate::autograd::{Tape, Var};
@@ -11,6 +12,9 @@ use crate::nn::{apply_bn_updates, Forward, ModelConfig, ParamStore};
 use crate::optim::{Adam, Sgdr};
 use crate::train::run::{load_snapshot, save_snapshot, EpochRecord, Progress, RunLog};
 use crate::train::{RunData, TrainOptions};
+
+/// Set by the Ctrl-C handler: the loop saves a snapshot after the current step and stops.
+pub static INTERRUPT: AtomicBool = AtomicBool::new(false);
 
 /// Validation scores of one epoch; `key` (lower is better) picks the best checkpoint.
 #[derive(Clone, Copy, Debug, Default)]
@@ -88,10 +92,23 @@ pub fn fit(
             &format!("{name} epoch {}", epoch + 1),
             opts.quiet,
         );
-        let (mut loss_sum, mut n_loss, mut lr) = (0f64, 0usize, opts.lr);
-        for (i, batch) in loader.epoch(epoch).enumerate() {
+        // A run resumed mid-epoch starts after the batches it had done.
+        let start = std::mem::take(&mut progress.batches_done);
+        bar.set_position(start as u64);
+        let mut loss_sum = std::mem::take(&mut progress.epoch_loss_sum);
+        let (mut n_loss, mut lr) = (start, opts.lr);
+        for (i, batch) in (start..).zip(loader.epoch_from(epoch, start)) {
             if opts.max_steps.is_some_and(|m| progress.steps >= m) {
                 break;
+            }
+            if INTERRUPT.load(Ordering::SeqCst) {
+                bar.finish_and_clear();
+                progress.epochs_done = epoch;
+                progress.batches_done = i;
+                progress.epoch_loss_sum = loss_sum;
+                save_model(&last_path, job.config(), job.store(), progress.bn_steps)?;
+                save_snapshot(&snap_path, job.store(), &adam, &progress)?;
+                return Err(Error::Interrupted(dir.clone()));
             }
             lr = sched.lr(epoch as f64 + i as f64 / per_epoch as f64);
             let loss =
@@ -121,9 +138,6 @@ pub fn fit(
         if !has_val || improved {
             save_model(&best_path, job.config(), job.store(), progress.bn_steps)?;
         }
-        // The snapshot goes last: a crash before it resumes from the previous epoch, and the
-        // files written above are simply rewritten.
-        save_snapshot(&snap_path, job.store(), &adam, &progress)?;
         let rec = EpochRecord {
             model: name.to_string(),
             epoch: epoch + 1,
@@ -140,6 +154,9 @@ pub fn fit(
             seconds: t0.elapsed().as_secs_f64(),
         };
         log.append(&rec)?;
+        // The snapshot goes last: a crash before it resumes from the previous epoch, and the
+        // files and the metrics record written above are simply rewritten.
+        save_snapshot(&snap_path, job.store(), &adam, &progress)?;
         if !opts.quiet {
             eprintln!("{}", crate::report::epoch_line(&rec));
         }

@@ -6,7 +6,7 @@ mod localizer;
 mod run;
 
 pub use counter::train_counter;
-pub use fit::{Job, Scores, Summary};
+pub use fit::{Job, Scores, Summary, INTERRUPT};
 pub use localizer::train_localizer;
 pub use run::{EpochRecord, Progress, RunLog};
 

@@ -90,6 +90,11 @@ impl RunLog {
 pub struct Progress {
     /// Epochs fully done.
     pub epochs_done: usize,
+    /// Batches done of the epoch after those (a run interrupted mid-epoch), with their loss.
+    #[serde(default)]
+    pub batches_done: usize,
+    #[serde(default)]
+    pub epoch_loss_sum: f64,
     /// Optimiser steps taken.
     pub steps: usize,
     /// BatchNorm running-statistics updates (PyTorch's num_batches_tracked).
