@@ -93,6 +93,53 @@ fn all_taps(off: &[f32], n: usize, k: usize, h: usize, w: usize) -> Vec<Vec<Tap>
         .collect()
 }
 
+/// A tap with its masked corner weights precomputed: forward and dx reuse it for every channel.
+#[derive(Clone, Copy)]
+struct Weighted {
+    idx: [u32; 4],
+    w: [f32; 4],
+}
+
+/// Per-image tables of `Weighted` taps, `[p][k]`.
+fn weighted_tables(off: &[f32], n: usize, k: usize, h: usize, w: usize) -> Vec<Vec<Weighted>> {
+    let per = 2 * k * h * w;
+    (0..n)
+        .into_par_iter()
+        .map(|b| {
+            taps(&off[b * per..(b + 1) * per], k, h, w)
+                .iter()
+                .map(|t| Weighted {
+                    idx: t.idx,
+                    w: t.weights(),
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Channels processed together: each tap is loaded once for this many planes.
+const CB: usize = 8;
+
+/// Runs `f(table, x_block, out_block, planes)` over blocks of up to `CB` planes of each image,
+/// in parallel; `a` is written, `b` read, both `[N, C, hw]`.
+fn for_channel_blocks<T: Sync>(
+    a: &mut [f32],
+    b: &[f32],
+    tables: &[Vec<T>],
+    c: usize,
+    hw: usize,
+    f: impl Fn(&[T], &mut [f32], &[f32], usize) + Sync,
+) {
+    a.par_chunks_mut(c * hw)
+        .zip(b.par_chunks(c * hw))
+        .zip(tables)
+        .for_each(|((ai, bi), tab)| {
+            ai.par_chunks_mut(CB * hw)
+                .zip(bi.par_chunks(CB * hw))
+                .for_each(|(ab, bb)| f(tab, ab, bb, ab.len() / hw));
+        });
+}
+
 /// out[n,c,p] = (1/K) Σ_k Σ_corners weight · x[n,c,corner].
 pub fn forward(
     x: &[f32],
@@ -101,29 +148,30 @@ pub fn forward(
     k: usize,
 ) -> Vec<f32> {
     let hw = h * w;
-    let tables = all_taps(off, n, k, h, w);
+    let tables = weighted_tables(off, n, k, h, w);
     let inv_k = 1.0 / k as f32;
     let mut out = vec![0.0f32; n * c * hw];
-    out.par_chunks_mut(hw)
-        .zip(x.par_chunks(hw))
-        .enumerate()
-        .for_each(|(plane, (o, xp))| {
-            let tab = &tables[plane / c];
-            for (p, ov) in o.iter_mut().enumerate() {
-                let mut acc = 0.0f32;
-                for t in &tab[p * k..(p + 1) * k] {
-                    let wt = t.weights();
-                    for q in 0..4 {
-                        acc += wt[q] * xp[t.idx[q] as usize];
+    for_channel_blocks(&mut out, x, &tables, c, hw, |tab, o, xb, planes| {
+        for p in 0..hw {
+            let mut acc = [0.0f32; CB];
+            for t in &tab[p * k..(p + 1) * k] {
+                for q in 0..4 {
+                    let (i, wq) = (t.idx[q] as usize, t.w[q]);
+                    for (cc, a) in acc[..planes].iter_mut().enumerate() {
+                        *a += wq * xb[cc * hw + i];
                     }
                 }
-                *ov = acc * inv_k;
             }
-        });
+            for (cc, a) in acc[..planes].iter().enumerate() {
+                o[cc * hw + p] = a * inv_k;
+            }
+        }
+    });
     out
 }
 
-/// dx[n,c,corner] += (1/K) · weight · dy[n,c,p], scattered within each (n, c) plane.
+/// dx[n,c,corner] += (1/K) · weight · dy[n,c,p], scattered within each (n, c) plane (a block
+/// of planes belongs to one task, so no two threads write the same plane).
 pub fn backward_x(
     dy: &[f32],
     off: &[f32],
@@ -131,27 +179,25 @@ pub fn backward_x(
     k: usize,
 ) -> Vec<f32> {
     let hw = h * w;
-    let tables = all_taps(off, n, k, h, w);
+    let tables = weighted_tables(off, n, k, h, w);
     let inv_k = 1.0 / k as f32;
     let mut dx = vec![0.0f32; n * c * hw];
-    dx.par_chunks_mut(hw)
-        .zip(dy.par_chunks(hw))
-        .enumerate()
-        .for_each(|(plane, (d, g))| {
-            let tab = &tables[plane / c];
-            for (p, &gv) in g.iter().enumerate() {
-                if gv == 0.0 {
-                    continue;
-                }
-                let gk = gv * inv_k;
-                for t in &tab[p * k..(p + 1) * k] {
-                    let wt = t.weights();
-                    for q in 0..4 {
-                        d[t.idx[q] as usize] += wt[q] * gk;
+    for_channel_blocks(&mut dx, dy, &tables, c, hw, |tab, d, g, planes| {
+        for p in 0..hw {
+            let mut gk = [0.0f32; CB];
+            for (cc, v) in gk[..planes].iter_mut().enumerate() {
+                *v = g[cc * hw + p] * inv_k;
+            }
+            for t in &tab[p * k..(p + 1) * k] {
+                for q in 0..4 {
+                    let (i, wq) = (t.idx[q] as usize, t.w[q]);
+                    for (cc, v) in gk[..planes].iter().enumerate() {
+                        d[cc * hw + i] += wq * v;
                     }
                 }
             }
-        });
+        }
+    });
     dx
 }
 
