@@ -53,13 +53,22 @@ fn every_kernel_compiles_for_every_target_arch_with_its_entry_points() {
         defined.sort();
         let mut listed: Vec<String> = names.iter().map(|s| s.to_string()).collect();
         listed.sort();
-        assert_eq!(defined, listed, "{file}: extern \"C\" kernels vs launcher list");
+        assert_eq!(
+            defined, listed,
+            "{file}: extern \"C\" kernels vs launcher list"
+        );
         for arch in ARCHS {
             let num: i32 = arch[3..].parse().unwrap();
-            assert!(supported.contains(&num), "NVRTC {major}.{minor} lacks {arch}");
+            assert!(
+                supported.contains(&num),
+                "NVRTC {major}.{minor} lacks {arch}"
+            );
             let t = std::time::Instant::now();
             let cubin = compile_cubin(file, src, arch).unwrap_or_else(|e| panic!("{e}"));
-            assert!(cubin.starts_with(b"\x7fELF"), "{file} {arch}: not an ELF CUBIN");
+            assert!(
+                cubin.starts_with(b"\x7fELF"),
+                "{file} {arch}: not an ELF CUBIN"
+            );
             for name in names.iter() {
                 assert!(has_symbol(&cubin, name), "{file} {arch}: no symbol {name}");
             }
@@ -81,9 +90,14 @@ fn compile_errors_name_the_file_and_carry_the_log() {
         return;
     }
     let src = "extern \"C\" __global__ void broken(float* y) {\n  y[0] = undefined_name;\n}\n";
-    let e = compile_cubin("broken.cu", src, "sm_90").unwrap_err().to_string();
+    let e = compile_cubin("broken.cu", src, "sm_90")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("broken.cu") && e.contains("sm_90"), "{e}");
-    assert!(e.contains("undefined_name") && e.contains("(2)"), "log with line number: {e}");
+    assert!(
+        e.contains("undefined_name") && e.contains("(2)"),
+        "log with line number: {e}"
+    );
     // a header include fails: NVRTC has no include paths here, kernels must be self-contained
     let e = compile_cubin("inc.cu", "#include <stdint.h>\n", "sm_80")
         .unwrap_err()
@@ -118,5 +132,8 @@ fn disk_cache_reuses_and_repairs_cubins() {
     compile_cubin_cached(file, src, "sm_89", version, Some(dir.path())).unwrap();
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
     // no cache directory: still compiles
-    assert_eq!(compile_cubin_cached(file, src, "sm_86", version, None).unwrap(), first);
+    assert_eq!(
+        compile_cubin_cached(file, src, "sm_86", version, None).unwrap(),
+        first
+    );
 }

@@ -406,7 +406,7 @@ impl CudaDevice {
 
     /// Zeroes an existing buffer (stream-ordered).
     pub fn memset_zeros<T: DeviceScalar>(&self, s: &mut CudaSlice<T>) -> Result<()> {
-        if s.len() == 0 {
+        if s.is_empty() {
             return Ok(());
         }
         self.inner.stream.memset_zeros(s).cuda("zero fill")

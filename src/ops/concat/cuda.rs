@@ -124,9 +124,9 @@ mod tests {
             .collect();
         let mut y = vec![f32::NAN; n * whole];
         for (x, p) in parts.iter().zip(&params) {
-            for i in 0..(p.images * p.part) as usize {
+            for (i, &v) in x.iter().enumerate().take((p.images * p.part) as usize) {
                 let (img, r) = (i / p.part as usize, i % p.part as usize);
-                y[img * whole + p.offset as usize + r] = x[i];
+                y[img * whole + p.offset as usize + r] = v;
             }
         }
         assert!(
@@ -136,9 +136,10 @@ mod tests {
         // image 1, channel 3 (= channel 0 of part 2), element 0
         assert_eq!(y[whole + 3 * hw], (2 * 1000) as f32 + (4 * hw) as f32);
         for (x, p) in parts.iter().zip(&params) {
-            for i in 0..(p.images * p.part) as usize {
+            assert_eq!(x.len(), (p.images * p.part) as usize);
+            for (i, &v) in x.iter().enumerate() {
                 let (img, r) = (i / p.part as usize, i % p.part as usize);
-                assert_eq!(y[img * whole + p.offset as usize + r], x[i]);
+                assert_eq!(y[img * whole + p.offset as usize + r], v);
             }
         }
         assert!(cat_params(1, &[], 4).is_err());

@@ -242,6 +242,19 @@ pub fn conv2d_forward(
     b: Option<&CudaSlice<f32>>,
     s: &Conv2dShape,
 ) -> Result<CudaSlice<f32>> {
+    conv2d_forward_ws(dev, x, w, b, s, COL_WORKSPACE_FLOATS)
+}
+
+/// [`conv2d_forward`] with the column workspace bounded by `workspace_floats` (tests use a
+/// small bound to exercise tiling; benches compare tile sizes).
+pub fn conv2d_forward_ws(
+    dev: &CudaDevice,
+    x: &CudaSlice<f32>,
+    w: &CudaSlice<f32>,
+    b: Option<&CudaSlice<f32>>,
+    s: &Conv2dShape,
+    workspace_floats: usize,
+) -> Result<CudaSlice<f32>> {
     let p_all = s.params(s.n)?;
     check_inputs(s, x, w, b)?;
     let (rows, p) = (s.col_rows(), s.col_cols()?);
@@ -251,7 +264,7 @@ pub fn conv2d_forward(
         if s.is_pointwise() {
             sgemm(dev, &forward_gemm(s, s.n)?, w, x, &mut y)?;
         } else {
-            let tile = images_per_tile(rows * p, s.n, COL_WORKSPACE_FLOATS);
+            let tile = images_per_tile(rows * p, s.n, workspace_floats);
             let mut col = dev.alloc::<f32>(tile * rows * p)?;
             for n0 in (0..s.n).step_by(tile) {
                 let nb = tile.min(s.n - n0);
@@ -326,6 +339,22 @@ pub fn conv2d_backward(
     need_dx: bool,
     has_bias: bool,
 ) -> Result<Conv2dGrads> {
+    conv2d_backward_ws(dev, x, w, dy, s, need_dx, has_bias, COL_WORKSPACE_FLOATS)
+}
+
+/// [`conv2d_backward`] with the column workspace (and the same again for dcol) bounded by
+/// `workspace_floats`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_backward_ws(
+    dev: &CudaDevice,
+    x: &CudaSlice<f32>,
+    w: &CudaSlice<f32>,
+    dy: &CudaSlice<f32>,
+    s: &Conv2dShape,
+    need_dx: bool,
+    has_bias: bool,
+    workspace_floats: usize,
+) -> Result<Conv2dGrads> {
     let p_all = s.params(s.n)?;
     check_inputs(s, x, w, None)?;
     let (rows, p) = (s.col_rows(), s.col_cols()?);
@@ -351,7 +380,7 @@ pub fn conv2d_backward(
                 sgemm(dev, &input_grad_gemm(s, s.n)?, w, dy, dx)?;
             }
         } else {
-            let tile = images_per_tile(rows * p, s.n, COL_WORKSPACE_FLOATS);
+            let tile = images_per_tile(rows * p, s.n, workspace_floats);
             let mut col = dev.alloc::<f32>(tile * rows * p)?;
             let mut dcol = if need_dx {
                 Some(dev.alloc::<f32>(tile * rows * p)?)
@@ -602,7 +631,6 @@ mod tests {
             let w = rand(s.w_len(), 4);
             let (rows, p) = (s.col_rows(), s.col_cols().unwrap());
             let dy = rand(s.n * s.o * p, 5);
-            let ximg = s.c * s.h * s.w;
             // plan, as conv2d_backward runs it
             let mut dw = vec![0.0f32; s.w_len()];
             let mut dx = vec![f32::NAN; s.x_len()];
@@ -652,7 +680,6 @@ mod tests {
                 .collect();
             close(&dw, &want_dw, &format!("dW {s:?}"));
             close(&dx, &want_dx, &format!("dx {s:?}"));
-            let _ = ximg;
         }
     }
 

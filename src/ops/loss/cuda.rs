@@ -28,7 +28,7 @@ const OP_MSE: &str = "mse_loss (cuda)";
 
 /// Per-image predicted counts `S_n = Σ|z_n|` of z `[n, ...]` (`len` values per image).
 pub fn image_abs_sums(dev: &CudaDevice, z: &CudaSlice<f32>, n: usize) -> Result<CudaSlice<f32>> {
-    if n == 0 || z.len() % n != 0 {
+    if n == 0 || !z.len().is_multiple_of(n) {
         return Err(Error::shape(
             OP_L1,
             format!("z has {} values, not a multiple of the batch {n}", z.len()),
@@ -74,7 +74,7 @@ pub fn count_l1_backward(
     dloss: &CudaSlice<f32>,
     n: usize,
 ) -> Result<CudaSlice<f32>> {
-    if n == 0 || z.len() % n != 0 {
+    if n == 0 || !z.len().is_multiple_of(n) {
         return Err(Error::shape(
             OP_L1,
             format!("z has {} values, not a multiple of the batch {n}", z.len()),
