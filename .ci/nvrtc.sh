@@ -26,7 +26,7 @@ if [ -z "$dir" ]; then
     fi
     echo "nvrtc.sh: installing nvidia-cuda-nvrtc==$VERSION into $TARGET" >&2
     rm -rf "$TARGET"
-    "$PY" -m pip install --quiet --disable-pip-version-check --no-deps \
+    PIP_ROOT_USER_ACTION=ignore "$PY" -m pip install --quiet --disable-pip-version-check --no-deps \
         --target "$TARGET" "nvidia-cuda-nvrtc==$VERSION" >&2
     dir="$(find_lib_dir || true)"
     if [ -z "$dir" ]; then
