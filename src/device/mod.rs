@@ -1,6 +1,7 @@
 //! Where tensors live. The CPU is the reference backend; CUDA storage and kernels slot in as a
 //! second variant (issue: CUDA backend) without changing callers, which only see `Device`.
 pub mod cpu;
+pub mod cuda;
 
 use crate::error::{Error, Result};
 

@@ -1,0 +1,88 @@
+// Small elementwise ops and a scalar sum (src/ops/elementwise/cuda.rs). The sum is a two-pass
+// block tree reduction (per-block partials, then one block), so it is deterministic for a given
+// launch configuration and independent of atomics order.
+typedef unsigned long long u64;
+typedef unsigned int u32;
+
+#define GRID_STRIDE(i, n) \
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (u64)blockDim.x * gridDim.x)
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// Block-wide sum returned to every thread; fixed order. `sh` holds 33 floats.
+__device__ float block_sum(float v, float* sh) {
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    v = warp_sum(v);
+    if (lane == 0) sh[wid] = v;
+    __syncthreads();
+    if (wid == 0) {
+        float t = lane < nw ? sh[lane] : 0.0f;
+        t = warp_sum(t);
+        if (lane == 0) sh[32] = t;
+    }
+    __syncthreads();
+    const float r = sh[32];
+    __syncthreads();
+    return r;
+}
+
+extern "C" __global__ void add_f32(const float* __restrict__ a, const float* __restrict__ b,
+                                   float* __restrict__ y, u64 n) {
+    GRID_STRIDE(i, n) y[i] = a[i] + b[i];
+}
+
+// y += x (gradient accumulation in place).
+extern "C" __global__ void add_assign_f32(float* __restrict__ y, const float* __restrict__ x, u64 n) {
+    GRID_STRIDE(i, n) y[i] += x[i];
+}
+
+extern "C" __global__ void scale_f32(const float* __restrict__ x, float s, float* __restrict__ y,
+                                     u64 n) {
+    GRID_STRIDE(i, n) y[i] = s * x[i];
+}
+
+extern "C" __global__ void abs_f32(const float* __restrict__ x, float* __restrict__ y, u64 n) {
+    GRID_STRIDE(i, n) y[i] = fabsf(x[i]);
+}
+
+// dx = sign(x) * dy with sign(0) = 0 (as PyTorch).
+extern "C" __global__ void abs_bwd_f32(const float* __restrict__ x, const float* __restrict__ dy,
+                                       float* __restrict__ dx, u64 n) {
+    GRID_STRIDE(i, n) {
+        const float v = x[i];
+        dx[i] = v > 0.0f ? dy[i] : (v < 0.0f ? -dy[i] : 0.0f);
+    }
+}
+
+extern "C" __global__ void fill_f32(float* __restrict__ y, float v, u64 n) {
+    GRID_STRIDE(i, n) y[i] = v;
+}
+
+// y[i] = s[0]: broadcasts a device scalar (the gradient of a sum) without a host round trip.
+extern "C" __global__ void fill_scalar_f32(const float* __restrict__ s, float* __restrict__ y, u64 n) {
+    const float v = s[0];
+    GRID_STRIDE(i, n) y[i] = v;
+}
+
+// partial[blockIdx.x] = sum of this block's grid-stride share of x.
+extern "C" __global__ void sum_partial_f32(const float* __restrict__ x, float* __restrict__ partial,
+                                           u64 n) {
+    __shared__ float sh[33];
+    float s = 0.0f;
+    GRID_STRIDE(i, n) s += x[i];
+    s = block_sum(s, sh);
+    if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+
+// out[0] = sum of partial[0..parts); launch as a single block.
+extern "C" __global__ void sum_finalize_f32(const float* __restrict__ partial, u32 parts,
+                                            float* __restrict__ out) {
+    __shared__ float sh[33];
+    float s = 0.0f;
+    for (u32 i = threadIdx.x; i < parts; i += blockDim.x) s += partial[i];
+    s = block_sum(s, sh);
+    if (threadIdx.x == 0) out[0] = s;
+}

@@ -1,0 +1,380 @@
+// Global message passing sampling (DESIGN §1, src/ops/gmp/cuda.rs), three versions side by side
+// in the llm.c manner, all computing the same function:
+//   a[n][c][i][j] = (1/K) * sum_k bilinear(x[n][c], j + u_k, i + v_k)
+// with u_k = off[n][2k][i][j] (horizontal), v_k = off[n][2k+1][i][j] (vertical), pixel centres at
+// integer coordinates and zero padding (each of the 4 taps counts only if inside the map), i.e.
+// grid_sample(align_corners=True, padding_mode="zeros"). The residual x + a and the offsets'
+// conv1x1 (cuBLAS) belong to the layer.
+// Backward, given da: dx gets da/K times each tap weight (scatter: atomics); doff gets
+// sum_c da/K * sum_t x(tap t) * d(w_t)/d(pos), derivatives taken in the forward's floor cell.
+//   naive:   one thread per output element (n, c, i, j) looping over K; backward: one thread
+//            per (n, c, i, j) for dx (atomics) and one per (n, k, i, j) looping over C for doff.
+//   unfused: one kernel per stage: per-(n, k, i, j) tap indices and weights, per-(n, k, c, i, j)
+//            samples [N, K, C, H, W], mean over K; backward likewise through [N, K, C, H, W]
+//            position-gradient buffers reduced over C by a last kernel.
+//   fused:   one kernel each way. A thread owns a position (n, i, j) and a group of channels
+//            (blockIdx.y); it computes the K cells once and reuses them for every channel of
+//            its group. Threads of a warp hold neighbouring positions, so NCHW reads and writes
+//            stay coalesced. The backward produces dx (atomics) and doff (per-thread sums over
+//            its channels, added once per channel group) in the same pass.
+typedef unsigned long long u64;
+typedef unsigned int u32;
+
+#define GMP_FUSED_MAX_K 16
+
+// Mirrors `GmpParams` in src/ops/gmp/cuda.rs.
+struct GmpParams {
+    u32 n, c, h, w; // x is [n, c, h, w]; offsets are [n, 2k, h, w]
+    u32 k;          // sampling points
+    u32 c_per_group; // fused only: channels per thread (blockIdx.y selects the group)
+};
+static_assert(sizeof(GmpParams) == 24, "GmpParams layout must match the Rust struct");
+
+#define GRID_STRIDE(i, n) \
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (u64)blockDim.x * gridDim.x)
+
+// The floor cell of a sample point. Taps t = 0..3 sit at (y0, x0), (y0, x0+1), (y0+1, x0),
+// (y0+1, x0+1) (row, column); bit t of mask says tap t is inside the map, and base = y0*w + x0
+// is only dereferenced (plus 0, 1, w, w+1) for taps inside.
+struct Cell {
+    int base;
+    float fx, fy;
+    u32 mask;
+};
+
+__device__ __forceinline__ Cell gmp_cell(float px, float py, u32 h, u32 w) {
+    // Far outside the map every tap is outside; clamping there keeps the float->int conversion
+    // defined and changes no tap's inside/outside status nor any result.
+    px = fminf(fmaxf(px, -2.0f), (float)w + 1.0f);
+    py = fminf(fmaxf(py, -2.0f), (float)h + 1.0f);
+    const float fx0 = floorf(px), fy0 = floorf(py);
+    const int x0 = (int)fx0, y0 = (int)fy0;
+    const bool xin0 = x0 >= 0 && x0 < (int)w, xin1 = x0 + 1 >= 0 && x0 + 1 < (int)w;
+    const bool yin0 = y0 >= 0 && y0 < (int)h, yin1 = y0 + 1 >= 0 && y0 + 1 < (int)h;
+    Cell c;
+    c.base = y0 * (int)w + x0;
+    c.fx = px - fx0;
+    c.fy = py - fy0;
+    c.mask = (u32)(yin0 && xin0) | ((u32)(yin0 && xin1) << 1) | ((u32)(yin1 && xin0) << 2) |
+             ((u32)(yin1 && xin1) << 3);
+    return c;
+}
+
+// Flat index of tap t within the plane (valid only when mask bit t is set).
+__device__ __forceinline__ int tap_index(const Cell& c, int t, u32 w) {
+    return c.base + (t & 1) + ((t >> 1) ? (int)w : 0);
+}
+
+// Bilinear weight of tap t and its derivatives along x (column) and y (row).
+__device__ __forceinline__ float tap_weight(const Cell& c, int t) {
+    const float wx = (t & 1) ? c.fx : 1.0f - c.fx;
+    const float wy = (t >> 1) ? c.fy : 1.0f - c.fy;
+    return wx * wy;
+}
+__device__ __forceinline__ float tap_dwdx(const Cell& c, int t) {
+    const float wy = (t >> 1) ? c.fy : 1.0f - c.fy;
+    return (t & 1) ? wy : -wy;
+}
+__device__ __forceinline__ float tap_dwdy(const Cell& c, int t) {
+    const float wx = (t & 1) ? c.fx : 1.0f - c.fx;
+    return (t >> 1) ? wx : -wx;
+}
+
+// sum over inside taps of w_t * x[tap], in tap order.
+__device__ __forceinline__ float gmp_sample(const float* __restrict__ xp, const Cell& c, u32 w) {
+    float s = 0.0f;
+#pragma unroll
+    for (int t = 0; t < 4; ++t)
+        if (c.mask & (1u << t)) s += tap_weight(c, t) * xp[tap_index(c, t, w)];
+    return s;
+}
+
+// d(sample)/d(px) and d(sample)/d(py).
+__device__ __forceinline__ void gmp_sample_grad(const float* __restrict__ xp, const Cell& c, u32 w,
+                                                float* sx, float* sy) {
+    float gx = 0.0f, gy = 0.0f;
+#pragma unroll
+    for (int t = 0; t < 4; ++t) {
+        if (c.mask & (1u << t)) {
+            const float v = xp[tap_index(c, t, w)];
+            gx += tap_dwdx(c, t) * v;
+            gy += tap_dwdy(c, t) * v;
+        }
+    }
+    *sx = gx;
+    *sy = gy;
+}
+
+// dx[tap] += w_t * g for inside taps.
+__device__ __forceinline__ void gmp_scatter(float* dxp, const Cell& c, u32 w, float g) {
+#pragma unroll
+    for (int t = 0; t < 4; ++t)
+        if (c.mask & (1u << t)) atomicAdd(dxp + tap_index(c, t, w), tap_weight(c, t) * g);
+}
+
+// Cell of sample k at plane position pos = i*w + j; op points at off[n][0][0][0].
+__device__ __forceinline__ Cell cell_at(const GmpParams& p, const float* __restrict__ op, u64 hw,
+                                        u64 pos, u32 k) {
+    const u32 i = (u32)(pos / p.w), j = (u32)(pos % p.w);
+    const float u = op[(2 * (u64)k) * hw + pos];
+    const float v = op[(2 * (u64)k + 1) * hw + pos];
+    return gmp_cell((float)j + u, (float)i + v, p.h, p.w);
+}
+
+// ---------------------------------------------------------------------------------------------
+// naive
+
+extern "C" __global__ void gmp_naive_fwd_f32(GmpParams p, const float* __restrict__ x,
+                                             const float* __restrict__ off, float* __restrict__ a) {
+    const u64 hw = (u64)p.h * p.w;
+    const u64 total = (u64)p.n * p.c * hw;
+    GRID_STRIDE(i, total) {
+        const u64 pos = i % hw;
+        const u64 img = i / (hw * p.c);
+        const float* xp = x + (i / hw) * hw;
+        const float* op = off + img * 2 * p.k * hw;
+        float acc = 0.0f;
+        for (u32 k = 0; k < p.k; ++k) acc += gmp_sample(xp, cell_at(p, op, hw, pos, k), p.w);
+        a[i] = acc / (float)p.k;
+    }
+}
+
+// dx must be zeroed. One thread per (n, c, i, j).
+extern "C" __global__ void gmp_naive_bwd_dx_f32(GmpParams p, const float* __restrict__ off,
+                                                const float* __restrict__ da,
+                                                float* __restrict__ dx) {
+    const u64 hw = (u64)p.h * p.w;
+    const u64 total = (u64)p.n * p.c * hw;
+    GRID_STRIDE(i, total) {
+        const u64 pos = i % hw;
+        const u64 img = i / (hw * p.c);
+        float* dxp = dx + (i / hw) * hw;
+        const float* op = off + img * 2 * p.k * hw;
+        const float g = da[i] / (float)p.k;
+        for (u32 k = 0; k < p.k; ++k) gmp_scatter(dxp, cell_at(p, op, hw, pos, k), p.w, g);
+    }
+}
+
+// One thread per (n, k, i, j), summing over channels: no atomics.
+extern "C" __global__ void gmp_naive_bwd_doff_f32(GmpParams p, const float* __restrict__ x,
+                                                  const float* __restrict__ off,
+                                                  const float* __restrict__ da,
+                                                  float* __restrict__ doff) {
+    const u64 hw = (u64)p.h * p.w;
+    const u64 total = (u64)p.n * p.k * hw;
+    GRID_STRIDE(i, total) {
+        const u64 pos = i % hw;
+        const u32 k = (u32)((i / hw) % p.k);
+        const u64 img = i / (hw * p.k);
+        const float* op = off + img * 2 * p.k * hw;
+        const Cell cell = cell_at(p, op, hw, pos, k);
+        float du = 0.0f, dv = 0.0f;
+        for (u32 ch = 0; ch < p.c; ++ch) {
+            const u64 plane = (img * p.c + ch) * hw;
+            const float g = da[plane + pos] / (float)p.k;
+            float sx, sy;
+            gmp_sample_grad(x + plane, cell, p.w, &sx, &sy);
+            du += g * sx;
+            dv += g * sy;
+        }
+        doff[(img * 2 * p.k + 2 * k) * hw + pos] = du;
+        doff[(img * 2 * p.k + 2 * k + 1) * hw + pos] = dv;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// unfused: tap tables are [N, K, H, W, 4] (index -1 = outside), per-sample buffers [N, K, C, H, W]
+
+// Stage 1: tap indices and weights; with dwx/dwy non-null also the weights' derivatives.
+extern "C" __global__ void gmp_unf_coords_f32(GmpParams p, const float* __restrict__ off,
+                                              int* __restrict__ tidx, float* __restrict__ tw,
+                                              float* __restrict__ tdwx, float* __restrict__ tdwy) {
+    const u64 hw = (u64)p.h * p.w;
+    const u64 total = (u64)p.n * p.k * hw;
+    GRID_STRIDE(i, total) {
+        const u64 pos = i % hw;
+        const u32 k = (u32)((i / hw) % p.k);
+        const u64 img = i / (hw * p.k);
+        const Cell c = cell_at(p, off + img * 2 * p.k * hw, hw, pos, k);
+#pragma unroll
+        for (int t = 0; t < 4; ++t) {
+            const bool in = (c.mask & (1u << t)) != 0;
+            tidx[i * 4 + t] = in ? tap_index(c, t, p.w) : -1;
+            tw[i * 4 + t] = tap_weight(c, t);
+            if (tdwx != nullptr) tdwx[i * 4 + t] = tap_dwdx(c, t);
+            if (tdwy != nullptr) tdwy[i * 4 + t] = tap_dwdy(c, t);
+        }
+    }
+}
+
+// Stage 2: s[n][k][c][pos] = sum over inside taps of w * x[n][c][tap].
+extern "C" __global__ void gmp_unf_sample_f32(GmpParams p, const float* __restrict__ x,
+                                              const int* __restrict__ tidx,
+                                              const float* __restrict__ tw,
+                                              float* __restrict__ s) {
+    const u64 hw = (u64)p.h * p.w;
+    const u64 total = (u64)p.n * p.k * p.c * hw;
+    GRID_STRIDE(i, total) {
+        const u64 pos = i % hw;
+        const u32 ch = (u32)((i / hw) % p.c);
+        const u64 nk = i / (hw * p.c); // img * K + k
+        const u64 img = nk / p.k;
+        const float* xp = x + (img * p.c + ch) * hw;
+        const u64 tb = (nk * hw + pos) * 4;
+        float acc = 0.0f;
+#pragma unroll
+        for (int t = 0; t < 4; ++t) {
+            const int idx = tidx[tb + t];
+            if (idx >= 0) acc += tw[tb + t] * xp[idx];
+        }
+        s[i] = acc;
+    }
+}
+
+// Stage 3: a[n][c][pos] = (1/K) sum_k s[n][k][c][pos].
+extern "C" __global__ void gmp_unf_mean_f32(GmpParams p, const float* __restrict__ s,
+                                            float* __restrict__ a) {
+    const u64 hw = (u64)p.h * p.w;
+    const u64 total = (u64)p.n * p.c * hw;
+    GRID_STRIDE(i, total) {
+        const u64 pos = i % hw;
+        const u32 ch = (u32)((i / hw) % p.c);
+        const u64 img = i / (hw * p.c);
+        float acc = 0.0f;
+        for (u32 k = 0; k < p.k; ++k) acc += s[((img * p.k + k) * p.c + ch) * hw + pos];
+        a[i] = acc / (float)p.k;
+    }
+}
+
+// Backward stage 2: per (n, k, c, pos): scatter into dx (zeroed; atomics) and write the
+// position-gradient contributions gpx, gpy ([N, K, C, H, W]).
+extern "C" __global__ void gmp_unf_bwd_sample_f32(GmpParams p, const float* __restrict__ x,
+                                                  const float* __restrict__ da,
+                                                  const int* __restrict__ tidx,
+                                                  const float* __restrict__ tw,
+                                                  const float* __restrict__ tdwx,
+                                                  const float* __restrict__ tdwy,
+                                                  float* __restrict__ dx, float* __restrict__ gpx,
+                                                  float* __restrict__ gpy) {
+    const u64 hw = (u64)p.h * p.w;
+    const u64 total = (u64)p.n * p.k * p.c * hw;
+    GRID_STRIDE(i, total) {
+        const u64 pos = i % hw;
+        const u32 ch = (u32)((i / hw) % p.c);
+        const u64 nk = i / (hw * p.c);
+        const u64 img = nk / p.k;
+        const u64 plane = (img * p.c + ch) * hw;
+        const float g = da[plane + pos] / (float)p.k;
+        const u64 tb = (nk * hw + pos) * 4;
+        float sx = 0.0f, sy = 0.0f;
+#pragma unroll
+        for (int t = 0; t < 4; ++t) {
+            const int idx = tidx[tb + t];
+            if (idx >= 0) {
+                atomicAdd(dx + plane + idx, tw[tb + t] * g);
+                const float v = x[plane + idx];
+                sx += tdwx[tb + t] * v;
+                sy += tdwy[tb + t] * v;
+            }
+        }
+        gpx[i] = g * sx;
+        gpy[i] = g * sy;
+    }
+}
+
+// Backward stage 3: doff[n][2k][pos] = sum_c gpx, doff[n][2k+1][pos] = sum_c gpy.
+extern "C" __global__ void gmp_unf_bwd_reduce_f32(GmpParams p, const float* __restrict__ gpx,
+                                                  const float* __restrict__ gpy,
+                                                  float* __restrict__ doff) {
+    const u64 hw = (u64)p.h * p.w;
+    const u64 total = (u64)p.n * p.k * hw;
+    GRID_STRIDE(i, total) {
+        const u64 pos = i % hw;
+        const u64 nk = i / hw;
+        const u64 img = nk / p.k;
+        const u32 k = (u32)(nk % p.k);
+        float du = 0.0f, dv = 0.0f;
+        for (u32 ch = 0; ch < p.c; ++ch) {
+            const u64 j = (nk * p.c + ch) * hw + pos;
+            du += gpx[j];
+            dv += gpy[j];
+        }
+        doff[(img * 2 * p.k + 2 * k) * hw + pos] = du;
+        doff[(img * 2 * p.k + 2 * k + 1) * hw + pos] = dv;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// fused (K <= GMP_FUSED_MAX_K; grid.y = ceil(C / c_per_group) channel groups)
+
+extern "C" __global__ void gmp_fused_fwd_f32(GmpParams p, const float* __restrict__ x,
+                                             const float* __restrict__ off,
+                                             float* __restrict__ a) {
+    const u64 hw = (u64)p.h * p.w;
+    const u64 positions = (u64)p.n * hw;
+    const u32 c0 = blockIdx.y * p.c_per_group;
+    const u32 c1 = min(c0 + p.c_per_group, p.c);
+    GRID_STRIDE(q, positions) {
+        const u64 img = q / hw, pos = q % hw;
+        const float* op = off + img * 2 * p.k * hw;
+        Cell cells[GMP_FUSED_MAX_K];
+#pragma unroll
+        for (u32 k = 0; k < GMP_FUSED_MAX_K; ++k)
+            if (k < p.k) cells[k] = cell_at(p, op, hw, pos, k);
+        for (u32 ch = c0; ch < c1; ++ch) {
+            const u64 plane = (img * p.c + ch) * hw;
+            float acc = 0.0f;
+#pragma unroll
+            for (u32 k = 0; k < GMP_FUSED_MAX_K; ++k)
+                if (k < p.k) acc += gmp_sample(x + plane, cells[k], p.w);
+            a[plane + pos] = acc / (float)p.k;
+        }
+    }
+}
+
+// dx and doff must be zeroed: dx takes atomics from overlapping taps, doff one atomicAdd per
+// (element, channel group); with a single channel group doff is deterministic.
+extern "C" __global__ void gmp_fused_bwd_f32(GmpParams p, const float* __restrict__ x,
+                                             const float* __restrict__ off,
+                                             const float* __restrict__ da, float* __restrict__ dx,
+                                             float* __restrict__ doff) {
+    const u64 hw = (u64)p.h * p.w;
+    const u64 positions = (u64)p.n * hw;
+    const u32 c0 = blockIdx.y * p.c_per_group;
+    const u32 c1 = min(c0 + p.c_per_group, p.c);
+    GRID_STRIDE(q, positions) {
+        const u64 img = q / hw, pos = q % hw;
+        const float* op = off + img * 2 * p.k * hw;
+        Cell cells[GMP_FUSED_MAX_K];
+        float du[GMP_FUSED_MAX_K], dv[GMP_FUSED_MAX_K];
+#pragma unroll
+        for (u32 k = 0; k < GMP_FUSED_MAX_K; ++k) {
+            du[k] = 0.0f;
+            dv[k] = 0.0f;
+            if (k < p.k) cells[k] = cell_at(p, op, hw, pos, k);
+        }
+        for (u32 ch = c0; ch < c1; ++ch) {
+            const u64 plane = (img * p.c + ch) * hw;
+            const float g = da[plane + pos] / (float)p.k;
+#pragma unroll
+            for (u32 k = 0; k < GMP_FUSED_MAX_K; ++k) {
+                if (k < p.k) {
+                    float sx, sy;
+                    gmp_sample_grad(x + plane, cells[k], p.w, &sx, &sy);
+                    du[k] += g * sx;
+                    dv[k] += g * sy;
+                    gmp_scatter(dx + plane, cells[k], p.w, g);
+                }
+            }
+        }
+        if (c0 < c1) {
+#pragma unroll
+            for (u32 k = 0; k < GMP_FUSED_MAX_K; ++k) {
+                if (k < p.k) {
+                    atomicAdd(doff + (img * 2 * p.k + 2 * k) * hw + pos, du[k]);
+                    atomicAdd(doff + (img * 2 * p.k + 2 * k + 1) * hw + pos, dv[k]);
+                }
+            }
+        }
+    }
+}

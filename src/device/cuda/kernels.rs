@@ -1,0 +1,98 @@
+//! The embedded kernel sources (build.rs) and the entry points each launcher calls.
+use crate::error::{Error, Result};
+
+include!(concat!(env!("OUT_DIR"), "/kernel_sources.rs"));
+
+/// `(kernel file, extern "C" entry points)` for every file in `kernels/`, as the launchers
+/// name them. CI checks it both ways: each name is in the file's CUBIN, and each
+/// `extern "C" __global__` of the source is listed here.
+pub static KERNEL_ENTRY_POINTS: &[(&str, &[&str])] = &[
+    (super::conv2d::KERNEL_FILE, super::conv2d::ENTRY_POINTS),
+    (
+        super::max_pool2d::KERNEL_FILE,
+        super::max_pool2d::ENTRY_POINTS,
+    ),
+    (super::relu::KERNEL_FILE, super::relu::ENTRY_POINTS),
+    (
+        super::batch_norm2d::KERNEL_FILE,
+        super::batch_norm2d::ENTRY_POINTS,
+    ),
+    (
+        super::upsample_bilinear::KERNEL_FILE,
+        super::upsample_bilinear::ENTRY_POINTS,
+    ),
+    (super::gmp::KERNEL_FILE, super::gmp::ENTRY_POINTS),
+    (super::concat::KERNEL_FILE, super::concat::ENTRY_POINTS),
+    (super::loss::KERNEL_FILE, super::loss::ENTRY_POINTS),
+    (
+        super::elementwise::KERNEL_FILE,
+        super::elementwise::ENTRY_POINTS,
+    ),
+    (super::adam::KERNEL_FILE, super::adam::ENTRY_POINTS),
+];
+
+/// The source of `kernels/<file>`.
+pub fn kernel_source(file: &str) -> Result<&'static str> {
+    KERNEL_SOURCES
+        .iter()
+        .find(|(name, _)| *name == file)
+        .map(|(_, src)| *src)
+        .ok_or_else(|| Error::Device(format!("no embedded kernel file kernels/{file}")))
+}
+
+/// Names of the `extern "C" __global__` functions defined in a kernel source (the kernels are
+/// written one signature per `extern "C" __global__ void name(` line).
+pub fn extern_c_kernels(source: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for line in source.lines() {
+        let line = line.trim_start();
+        if line.starts_with("//") {
+            continue;
+        }
+        let Some(rest) = line.strip_prefix("extern \"C\"") else {
+            continue;
+        };
+        let mut words = rest.split_whitespace();
+        if words.next() != Some("__global__") || words.next() != Some("void") {
+            continue;
+        }
+        if let Some(w) = words.next() {
+            let name: String = w
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if !name.is_empty() {
+                names.push(name);
+            }
+        }
+    }
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn every_kernel_file_is_embedded_and_registered_both_ways() {
+        let embedded: BTreeSet<&str> = KERNEL_SOURCES.iter().map(|(f, _)| *f).collect();
+        let registered: BTreeSet<&str> = KERNEL_ENTRY_POINTS.iter().map(|(f, _)| *f).collect();
+        assert_eq!(embedded, registered);
+        assert!(embedded.len() >= 10, "{embedded:?}");
+        for (file, names) in KERNEL_ENTRY_POINTS {
+            let src = kernel_source(file).unwrap();
+            assert!(!src.contains("#include"), "{file}: NVRTC has no headers");
+            let defined: BTreeSet<String> = extern_c_kernels(src).into_iter().collect();
+            let listed: BTreeSet<String> = names.iter().map(|s| s.to_string()).collect();
+            assert_eq!(defined, listed, "{file}: entry points vs launcher list");
+        }
+        assert!(kernel_source("nope.cu").is_err());
+    }
+
+    #[test]
+    fn parser_reads_signatures() {
+        let src = "// extern \"C\" __global__ void commented(\nextern \"C\" __global__ void a_f32(int x) {}\n  extern \"C\" __global__ void b(\nstatic __global__ void c() {}\n";
+        assert_eq!(extern_c_kernels(src), vec!["a_f32", "b"]);
+    }
+}

@@ -1,0 +1,328 @@
+//! BatchNorm2d on the GPU (kernels/batch_norm.cu): batch statistics by a two-pass per-channel
+//! block reduction (deterministic), running-statistics update, eval mode, and both backwards.
+use cudarc::driver::{CudaSlice, DeviceRepr, PushKernelArg};
+
+use crate::device::cuda::{check_len, dim_u32, launch, numel, CudaDevice, CudaResultExt};
+use crate::error::{Error, Result};
+
+pub const KERNEL_FILE: &str = "batch_norm.cu";
+const STATS: &str = "bn_stats_f32";
+const INVSTD: &str = "bn_invstd_f32";
+const FWD: &str = "bn_fwd_f32";
+const RUNNING: &str = "bn_running_update_f32";
+const BWD_REDUCE: &str = "bn_bwd_reduce_f32";
+const BWD_DX_TRAIN: &str = "bn_bwd_dx_train_f32";
+const BWD_DX_EVAL: &str = "bn_bwd_dx_eval_f32";
+pub const ENTRY_POINTS: &[&str] = &[
+    STATS,
+    INVSTD,
+    FWD,
+    RUNNING,
+    BWD_REDUCE,
+    BWD_DX_TRAIN,
+    BWD_DX_EVAL,
+];
+
+/// Mirrors `struct BnParams` in kernels/batch_norm.cu field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BnParams {
+    pub hw: u64,
+    pub n: u32,
+    pub c: u32,
+    pub eps: f32,
+    pub pad_: u32,
+}
+unsafe impl DeviceRepr for BnParams {}
+const _: () = assert!(std::mem::size_of::<BnParams>() == 24);
+
+const OP: &str = "batch_norm2d (cuda)";
+
+/// Shape of an NCHW batch-norm input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BnDims {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+}
+
+impl BnDims {
+    fn params(&self, eps: f32) -> Result<BnParams> {
+        numel(OP, &[self.n, self.c, self.h, self.w])?;
+        Ok(BnParams {
+            hw: (self.h * self.w) as u64,
+            n: dim_u32(OP, "N", self.n)?,
+            c: dim_u32(OP, "C", self.c)?,
+            eps,
+            pad_: 0,
+        })
+    }
+    fn numel(&self) -> usize {
+        self.n * self.c * self.h * self.w
+    }
+    /// Values per channel, M = N·H·W.
+    pub fn per_channel(&self) -> usize {
+        self.n * self.h * self.w
+    }
+}
+
+/// What the training forward saves: per-channel batch mean, biased variance and
+/// 1/sqrt(var + eps).
+pub struct BnSaved {
+    pub mean: CudaSlice<f32>,
+    pub var: CudaSlice<f32>,
+    pub invstd: CudaSlice<f32>,
+}
+
+fn check_channel_vec(what: &str, s: &CudaSlice<f32>, c: usize) -> Result<()> {
+    check_len(OP, what, s, c)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn launch_fwd(
+    dev: &CudaDevice,
+    p: &BnParams,
+    x: &CudaSlice<f32>,
+    mean: &CudaSlice<f32>,
+    invstd: &CudaSlice<f32>,
+    gamma: &CudaSlice<f32>,
+    beta: &CudaSlice<f32>,
+    total: usize,
+) -> Result<CudaSlice<f32>> {
+    let mut y = dev.alloc::<f32>(total)?;
+    if let Some(cfg) = dev.cfg(total as u64) {
+        let f = dev.function(KERNEL_FILE, FWD)?;
+        let mut b = dev.stream().launch_builder(&f);
+        b.arg(p)
+            .arg(x)
+            .arg(mean)
+            .arg(invstd)
+            .arg(gamma)
+            .arg(beta)
+            .arg(&mut y);
+        unsafe { b.launch(cfg) }.cuda(FWD)?;
+    }
+    Ok(y)
+}
+
+/// Training forward: normalises with the batch statistics. Refuses M = N·H·W < 2 (the
+/// unbiased variance of the running update needs two values, as PyTorch requires).
+pub fn batch_norm2d_train_forward(
+    dev: &CudaDevice,
+    x: &CudaSlice<f32>,
+    gamma: &CudaSlice<f32>,
+    beta: &CudaSlice<f32>,
+    d: BnDims,
+    eps: f32,
+) -> Result<(CudaSlice<f32>, BnSaved)> {
+    let p = d.params(eps)?;
+    check_len(OP, "x", x, d.numel())?;
+    check_channel_vec("gamma", gamma, d.c)?;
+    check_channel_vec("beta", beta, d.c)?;
+    if d.per_channel() < 2 {
+        return Err(Error::shape(
+            OP,
+            format!("training needs more than 1 value per channel, got {d:?}"),
+        ));
+    }
+    let mut mean = dev.alloc::<f32>(d.c)?;
+    let mut var = dev.alloc::<f32>(d.c)?;
+    let mut invstd = dev.alloc::<f32>(d.c)?;
+    if let Some(cfg) = launch::per_item(d.c as u64) {
+        let f = dev.function(KERNEL_FILE, STATS)?;
+        let mut b = dev.stream().launch_builder(&f);
+        b.arg(&p)
+            .arg(x)
+            .arg(&mut mean)
+            .arg(&mut var)
+            .arg(&mut invstd);
+        unsafe { b.launch(cfg) }.cuda(STATS)?;
+    }
+    let y = launch_fwd(dev, &p, x, &mean, &invstd, gamma, beta, d.numel())?;
+    Ok((y, BnSaved { mean, var, invstd }))
+}
+
+/// `r = (1 − momentum)·r + momentum·stat`, with the unbiased variance var·M/(M−1).
+pub fn update_running_stats(
+    dev: &CudaDevice,
+    saved: &BnSaved,
+    running_mean: &mut CudaSlice<f32>,
+    running_var: &mut CudaSlice<f32>,
+    d: BnDims,
+    momentum: f32,
+) -> Result<()> {
+    let c = dim_u32(OP, "C", d.c)?;
+    for (what, s) in [
+        ("saved mean", &saved.mean),
+        ("saved var", &saved.var),
+        ("running_mean", &*running_mean),
+        ("running_var", &*running_var),
+    ] {
+        check_channel_vec(what, s, d.c)?;
+    }
+    let m = d.per_channel();
+    if m < 2 {
+        return Err(Error::shape(
+            OP,
+            "running variance needs more than 1 value per channel",
+        ));
+    }
+    let unbias = (m as f64 / (m - 1) as f64) as f32;
+    if let Some(cfg) = dev.cfg(d.c as u64) {
+        let f = dev.function(KERNEL_FILE, RUNNING)?;
+        let mut b = dev.stream().launch_builder(&f);
+        b.arg(&c)
+            .arg(&momentum)
+            .arg(&unbias)
+            .arg(&saved.mean)
+            .arg(&saved.var)
+            .arg(running_mean)
+            .arg(running_var);
+        unsafe { b.launch(cfg) }.cuda(RUNNING)?;
+    }
+    Ok(())
+}
+
+fn invstd_of(dev: &CudaDevice, var: &CudaSlice<f32>, c: usize, eps: f32) -> Result<CudaSlice<f32>> {
+    let cu = dim_u32(OP, "C", c)?;
+    let mut invstd = dev.alloc::<f32>(c)?;
+    if let Some(cfg) = dev.cfg(c as u64) {
+        let f = dev.function(KERNEL_FILE, INVSTD)?;
+        let mut b = dev.stream().launch_builder(&f);
+        b.arg(var).arg(&mut invstd).arg(&cu).arg(&eps);
+        unsafe { b.launch(cfg) }.cuda(INVSTD)?;
+    }
+    Ok(invstd)
+}
+
+/// Eval forward with the running statistics.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm2d_eval_forward(
+    dev: &CudaDevice,
+    x: &CudaSlice<f32>,
+    gamma: &CudaSlice<f32>,
+    beta: &CudaSlice<f32>,
+    running_mean: &CudaSlice<f32>,
+    running_var: &CudaSlice<f32>,
+    d: BnDims,
+    eps: f32,
+) -> Result<CudaSlice<f32>> {
+    let p = d.params(eps)?;
+    check_len(OP, "x", x, d.numel())?;
+    for (what, s) in [
+        ("gamma", gamma),
+        ("beta", beta),
+        ("running_mean", running_mean),
+        ("running_var", running_var),
+    ] {
+        check_channel_vec(what, s, d.c)?;
+    }
+    let invstd = invstd_of(dev, running_var, d.c, eps)?;
+    launch_fwd(dev, &p, x, running_mean, &invstd, gamma, beta, d.numel())
+}
+
+/// Gradients of a batch-norm layer: (dx, dgamma, dbeta).
+pub struct BnGrads {
+    pub dx: CudaSlice<f32>,
+    pub dgamma: CudaSlice<f32>,
+    pub dbeta: CudaSlice<f32>,
+}
+
+fn reduce(
+    dev: &CudaDevice,
+    p: &BnParams,
+    x: &CudaSlice<f32>,
+    dy: &CudaSlice<f32>,
+    mean: &CudaSlice<f32>,
+    invstd: &CudaSlice<f32>,
+    c: usize,
+) -> Result<(CudaSlice<f32>, CudaSlice<f32>)> {
+    let mut dgamma = dev.alloc::<f32>(c)?;
+    let mut dbeta = dev.alloc::<f32>(c)?;
+    if let Some(cfg) = launch::per_item(c as u64) {
+        let f = dev.function(KERNEL_FILE, BWD_REDUCE)?;
+        let mut b = dev.stream().launch_builder(&f);
+        b.arg(p)
+            .arg(x)
+            .arg(dy)
+            .arg(mean)
+            .arg(invstd)
+            .arg(&mut dgamma)
+            .arg(&mut dbeta);
+        unsafe { b.launch(cfg) }.cuda(BWD_REDUCE)?;
+    }
+    Ok((dgamma, dbeta))
+}
+
+/// Training backward: dgamma = Σ dy·x̂, dbeta = Σ dy,
+/// dx = γ·invstd/M · (M·dy − dbeta − x̂·dgamma).
+pub fn batch_norm2d_train_backward(
+    dev: &CudaDevice,
+    x: &CudaSlice<f32>,
+    dy: &CudaSlice<f32>,
+    gamma: &CudaSlice<f32>,
+    saved: &BnSaved,
+    d: BnDims,
+) -> Result<BnGrads> {
+    let p = d.params(0.0)?;
+    check_len(OP, "x", x, d.numel())?;
+    check_len(OP, "dy", dy, d.numel())?;
+    check_channel_vec("gamma", gamma, d.c)?;
+    check_channel_vec("saved mean", &saved.mean, d.c)?;
+    check_channel_vec("saved invstd", &saved.invstd, d.c)?;
+    let (dgamma, dbeta) = reduce(dev, &p, x, dy, &saved.mean, &saved.invstd, d.c)?;
+    let total = d.numel();
+    let mut dx = dev.alloc::<f32>(total)?;
+    if let Some(cfg) = dev.cfg(total as u64) {
+        let f = dev.function(KERNEL_FILE, BWD_DX_TRAIN)?;
+        let mut b = dev.stream().launch_builder(&f);
+        b.arg(&p)
+            .arg(x)
+            .arg(dy)
+            .arg(&saved.mean)
+            .arg(&saved.invstd)
+            .arg(gamma)
+            .arg(&dgamma)
+            .arg(&dbeta)
+            .arg(&mut dx);
+        unsafe { b.launch(cfg) }.cuda(BWD_DX_TRAIN)?;
+    }
+    Ok(BnGrads { dx, dgamma, dbeta })
+}
+
+/// Eval backward (the running statistics are constants): dx = dy·γ·invstd; dgamma and dbeta
+/// as in training but with x̂ from the running statistics.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm2d_eval_backward(
+    dev: &CudaDevice,
+    x: &CudaSlice<f32>,
+    dy: &CudaSlice<f32>,
+    gamma: &CudaSlice<f32>,
+    running_mean: &CudaSlice<f32>,
+    running_var: &CudaSlice<f32>,
+    d: BnDims,
+    eps: f32,
+) -> Result<BnGrads> {
+    let p = d.params(eps)?;
+    check_len(OP, "x", x, d.numel())?;
+    check_len(OP, "dy", dy, d.numel())?;
+    for (what, s) in [
+        ("gamma", gamma),
+        ("running_mean", running_mean),
+        ("running_var", running_var),
+    ] {
+        check_channel_vec(what, s, d.c)?;
+    }
+    let invstd = invstd_of(dev, running_var, d.c, eps)?;
+    let (dgamma, dbeta) = reduce(dev, &p, x, dy, running_mean, &invstd, d.c)?;
+    let total = d.numel();
+    let mut dx = dev.alloc::<f32>(total)?;
+    if let Some(cfg) = dev.cfg(total as u64) {
+        let f = dev.function(KERNEL_FILE, BWD_DX_EVAL)?;
+        let mut b = dev.stream().launch_builder(&f);
+        b.arg(&p).arg(dy).arg(&invstd).arg(gamma).arg(&mut dx);
+        unsafe { b.launch(cfg) }.cuda(BWD_DX_EVAL)?;
+    }
+    Ok(BnGrads { dx, dgamma, dbeta })
+}
