@@ -89,7 +89,7 @@ impl Profile {
             .into_iter()
             .map(|(n, (d, c))| (n.to_string(), d, c))
             .collect();
-        v.sort_by(|a, b| b.1.cmp(&a.1));
+        v.sort_by_key(|e| std::cmp::Reverse(e.1));
         v
     }
 }

@@ -1,9 +1,9 @@
 //! The counter (DESIGN §1): VGG-19 features without the last max-pool, bilinear x2, global
 //! message passing, and a 1x1 head giving the coarse map z; the count is Σ|z|.
 use crate::autograd::Var;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::nn::config::{Backbone, ModelConfig};
-use crate::nn::layers::{scaled, BatchNorm2d, Conv2d, ConvInit, Forward};
+use crate::nn::layers::{check_image_batch, scaled, BatchNorm2d, Conv2d, ConvInit, Forward};
 use crate::nn::params::ParamStore;
 use crate::ops::elementwise::add;
 use crate::ops::gmp::gmp_sample;
@@ -162,16 +162,7 @@ impl Counter {
 
     /// The coarse map z [N,1,H/8,W/8] of normalised images [N,3,H,W] (H, W multiples of 16).
     pub fn forward(&self, f: &Forward, images: &Var) -> Result<Var> {
-        let d = images.dims();
-        if d.len() != 4 || d[1] != 3 || d[2] % 16 != 0 || d[3] % 16 != 0 || d[2] == 0 {
-            return Err(Error::shape(
-                "counter",
-                format!(
-                    "input must be [N,3,H,W] with H and W positive multiples of 16, got {:?}",
-                    d
-                ),
-            ));
-        }
+        check_image_batch("counter", images.dims())?;
         let mut h = images.clone();
         for layer in &self.features {
             h = match layer {

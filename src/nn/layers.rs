@@ -63,6 +63,24 @@ pub fn apply_bn_updates(store: &mut ParamStore, updates: Vec<RunningUpdate>) -> 
     Ok(())
 }
 
+/// Both networks take [N,3,H,W] with H and W positive multiples of 16 (four 2x2 poolings).
+pub fn check_image_batch(op: &'static str, d: &[usize]) -> Result<()> {
+    let ok = d.len() == 4
+        && d[1] == 3
+        && d[2] > 0
+        && d[3] > 0
+        && d[2].is_multiple_of(16)
+        && d[3].is_multiple_of(16);
+    if ok {
+        Ok(())
+    } else {
+        Err(crate::error::Error::shape(
+            op,
+            format!("input must be [N,3,H,W] with H and W positive multiples of 16, got {d:?}"),
+        ))
+    }
+}
+
 /// Scales a channel count by the width multiplier (at least one channel).
 pub fn scaled(channels: usize, width_mult: f32) -> usize {
     ((channels as f32 * width_mult).round() as usize).max(1)

@@ -1,9 +1,9 @@
 //! The localizer (DESIGN §1): milesial's UNet (bilinear=True) on the normalised image plus the
 //! counter's coarse map |z|, resized to the input and rescaled so it still sums to the count.
 use crate::autograd::Var;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::nn::config::ModelConfig;
-use crate::nn::layers::{scaled, Conv2d, ConvInit, DoubleConv, Forward};
+use crate::nn::layers::{check_image_batch, scaled, Conv2d, ConvInit, DoubleConv, Forward};
 use crate::nn::params::ParamStore;
 use crate::ops::concat::concat_channels;
 use crate::ops::elementwise::{abs, scale};
@@ -87,16 +87,7 @@ impl Localizer {
     /// Predicted density × density_scale, [N,1,H,W], for images [N,3,H,W] (H, W multiples of
     /// 16) and the counter's coarse map z.
     pub fn forward(&self, f: &Forward, images: &Var, z: &Var) -> Result<Var> {
-        let d = images.dims();
-        if d.len() != 4 || d[1] != 3 || d[2] % 16 != 0 || d[3] % 16 != 0 || d[2] == 0 {
-            return Err(Error::shape(
-                "localizer",
-                format!(
-                    "input must be [N,3,H,W] with H and W positive multiples of 16, got {:?}",
-                    d
-                ),
-            ));
-        }
+        check_image_batch("localizer", images.dims())?;
         let x = self.input(f, images, z)?;
         let mut skips = vec![self.inc.forward(f, &x)?];
         for down in &self.downs {

@@ -168,7 +168,7 @@ pub fn open_data(opts: &TrainOptions) -> Result<RunData> {
     let (train, val) = holdout(&ds, opts.seed);
     Ok(RunData {
         train: (ds.clone(), train),
-        val: (!val.is_empty()).then(|| (ds, val)),
+        val: (!val.is_empty()).then_some((ds, val)),
     })
 }
 
