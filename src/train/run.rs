@@ -43,8 +43,8 @@ impl RunLog {
         }
     }
 
-    /// Drops records of `model` from `epoch` on (a resumed run rewrites them), atomically.
-    pub fn truncate(&self, model: &str, epoch: usize) -> Result<()> {
+    /// Drops records of `model` after `epochs_done` (a resumed run rewrites them), atomically.
+    pub fn truncate(&self, model: &str, epochs_done: usize) -> Result<()> {
         let Ok(text) = std::fs::read_to_string(&self.path) else {
             return Ok(());
         };
@@ -52,7 +52,7 @@ impl RunLog {
             .lines()
             .filter(|l| {
                 serde_json::from_str::<EpochRecord>(l)
-                    .map(|r| r.model != model || r.epoch < epoch)
+                    .map(|r| r.model != model || r.epoch <= epochs_done)
                     .unwrap_or(true)
             })
             .map(|l| format!("{l}\n"))
