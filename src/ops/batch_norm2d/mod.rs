@@ -6,7 +6,7 @@
 //!
 //! Both record a backward (to x, gamma, beta). The backward saves x (shared by `Arc`), gamma and
 //! the per-channel mean and 1/√(var + eps), and recomputes x̂ from them.
-pub mod cpu;
+mod cpu;
 
 use std::sync::Arc;
 

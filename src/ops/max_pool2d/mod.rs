@@ -2,7 +2,7 @@
 //! PyTorch's `F.max_pool2d(x, 2)`. The forward records, per output element, the flat index of
 //! its argmax within the (n, c) input plane; the backward scatters dy there, so the tape keeps
 //! only the indices and the input dims, not the input.
-pub mod cpu;
+mod cpu;
 
 use crate::autograd::{Backward, Tape, Var};
 use crate::error::{Error, Result};
