@@ -4,12 +4,8 @@ use std::sync::Arc;
 
 use clap::Args;
 
-use crate::data::{DataOptions, Dataset, Format, Loader};
-use crate::eval::localization::{match_points, MatchCounts};
-use crate::eval::{count_metrics, counter_z, localizer_density_from, predict_counts};
-use crate::infer::points::find_points;
-use crate::infer::Map;
-use crate::ops::loss::per_image_counts;
+use crate::data::{DataOptions, Dataset, Format};
+use crate::eval::{count_metrics, localization_scores, predict_counts};
 
 #[derive(Args, Debug)]
 #[command(
@@ -76,35 +72,15 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         serde_json::json!({ "images": m.n, "mae": m.mae, "rmse": m.rmse, "mse": m.mse });
     if let Some(loc) = &localizer {
         let radius = a.radius.unwrap_or(1.25 * loc.config.sigma);
-        let mut total = MatchCounts::default();
-        let loader = Loader::new(ds.clone(), idx.clone(), a.batch_size, false, false, 0);
-        for batch in loader.epoch(0) {
-            let batch = batch?;
-            let (h, w) = (batch.images.dims()[2], batch.images.dims()[3]);
-            let z = counter_z(&counter, batch.images.clone())?;
-            let counts = per_image_counts(z.value())?;
-            let d = localizer_density_from(loc, batch.images, &z)?
-                .value()
-                .to_vec();
-            for (k, truth) in batch.points.iter().enumerate() {
-                let map = Map {
-                    width: w,
-                    height: h,
-                    data: d[k * h * w..(k + 1) * h * w]
-                        .iter()
-                        .map(|v| v.max(0.0) / loc.config.density_scale)
-                        .collect(),
-                };
-                let pts = find_points(
-                    &map,
-                    counts[k] as f64,
-                    loc.config.point_threshold,
-                    loc.config.min_distance,
-                );
-                let pred: Vec<(f32, f32)> = pts.iter().map(|p| (p.x, p.y)).collect();
-                total.add(match_points(&pred, truth, radius));
-            }
-        }
+        let total = localization_scores(
+            &counter,
+            loc,
+            &ds,
+            &idx,
+            a.batch_size,
+            &[(loc.config.point_threshold, loc.config.min_distance)],
+            radius,
+        )?[0];
         println!(
             "localization (radius {radius:.2} px): precision {:.3}  recall {:.3}  F1 {:.3}",
             total.precision(),

@@ -112,3 +112,45 @@ pub fn localizer_density_from(
     let f = Forward::new(&tape, &bound, &localizer.store, false);
     localizer.forward(&f, &Var::constant(images), z)
 }
+
+/// Localization scores (true/false positives, misses within `radius`) of the points read out
+/// of the localizer's maps for each (threshold, min_distance) candidate, over `indices` of an
+/// annotated data set. The maps are computed once and shared by all candidates.
+pub fn localization_scores(
+    counter: &Counter,
+    localizer: &Localizer,
+    ds: &Arc<Dataset>,
+    indices: &[usize],
+    batch_size: usize,
+    candidates: &[(f32, f32)],
+    radius: f32,
+) -> Result<Vec<localization::MatchCounts>> {
+    use crate::infer::{points::find_points, Map};
+    let mut totals = vec![localization::MatchCounts::default(); candidates.len()];
+    let loader = Loader::new(ds.clone(), indices.to_vec(), batch_size, false, false, 0);
+    for batch in loader.epoch(0) {
+        let batch = batch?;
+        let (h, w) = (batch.images.dims()[2], batch.images.dims()[3]);
+        let z = counter_z(counter, batch.images.clone())?;
+        let counts = per_image_counts(z.value())?;
+        let d = localizer_density_from(localizer, batch.images, &z)?
+            .value()
+            .to_vec();
+        for (k, truth) in batch.points.iter().enumerate() {
+            let map = Map {
+                width: w,
+                height: h,
+                data: d[k * h * w..(k + 1) * h * w]
+                    .iter()
+                    .map(|v| v.max(0.0) / localizer.config.density_scale)
+                    .collect(),
+            };
+            for (t, &(threshold, min_distance)) in totals.iter_mut().zip(candidates) {
+                let pts = find_points(&map, counts[k] as f64, threshold, min_distance);
+                let pred: Vec<(f32, f32)> = pts.iter().map(|p| (p.x, p.y)).collect();
+                t.add(localization::match_points(&pred, truth, radius));
+            }
+        }
+    }
+    Ok(totals)
+}

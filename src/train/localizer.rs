@@ -1,11 +1,12 @@
 //! Training the localizer on the frozen counter's coarse maps (MSE on density maps).
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::autograd::Var;
-use crate::checkpoint::{file_hash, load_counter};
-use crate::data::Batch;
+use crate::checkpoint::{file_hash, load_counter, load_localizer, save_model};
+use crate::data::{Batch, Dataset};
 use crate::error::Result;
-use crate::eval::{counter_z, localizer_mse};
+use crate::eval::{counter_z, localization_scores, localizer_mse};
 use crate::nn::{Counter, Forward, Localizer, ModelConfig, ModelKind, ParamStore};
 use crate::ops::elementwise::scale_tensor;
 use crate::ops::loss::mse_loss;
@@ -63,5 +64,64 @@ pub fn train_localizer(opts: &TrainOptions, counter_path: &Path, resume: bool) -
         counter,
     };
     job.net.store.to_device(&opts.device)?;
-    fit(&mut job, opts, &data, resume)
+    let summary = fit(&mut job, opts, &data, resume)?;
+    let (ds, idx) = data.val.as_ref().unwrap_or(&data.train);
+    for path in [&summary.best_checkpoint, &summary.checkpoint] {
+        tune_point_readout(path, &job.counter, ds, idx, opts.batch_size, opts.quiet)?;
+    }
+    Ok(summary)
+}
+
+/// Chooses the point read-out settings (threshold, minimum distance) that give the best F1 on
+/// the validation images and writes them into the checkpoint's configuration, so `dcl count`
+/// and `dcl eval` use them by default.
+fn tune_point_readout(
+    path: &Path,
+    counter: &Counter,
+    ds: &Arc<Dataset>,
+    idx: &[usize],
+    batch_size: usize,
+    quiet: bool,
+) -> Result<()> {
+    let (mut loc, bn_steps) = load_localizer(path)?;
+    loc.store.to_device(&counter.store.device())?;
+    let sigma = loc.config.sigma;
+    // A lone Gaussian's peak; thresholds are fractions of it.
+    let peak = 1.0 / (2.0 * std::f32::consts::PI * sigma * sigma);
+    let mut candidates = Vec::new();
+    for frac in [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6] {
+        for md in [1.0, 0.5 * sigma, sigma, 1.5 * sigma] {
+            candidates.push((frac * peak, md));
+        }
+    }
+    let scores = localization_scores(
+        counter,
+        &loc,
+        ds,
+        idx,
+        batch_size,
+        &candidates,
+        1.25 * sigma,
+    )?;
+    let (best, f1) = candidates
+        .iter()
+        .zip(&scores)
+        .map(|(c, s)| (*c, s.f1()))
+        .fold(
+            ((0.0, 0.0), -1.0),
+            |acc, x| if x.1 > acc.1 { x } else { acc },
+        );
+    loc.config.point_threshold = best.0;
+    loc.config.min_distance = best.1;
+    save_model(path, &loc.config, &loc.store, bn_steps)?;
+    if !quiet {
+        eprintln!(
+            "point read-out for {}: threshold {:.4} cells/px, min distance {:.1} px (validation F1 {:.3})",
+            path.display(),
+            best.0,
+            best.1,
+            f1
+        );
+    }
+    Ok(())
 }
