@@ -61,18 +61,56 @@ impl Augment {
         }
     }
 
-    /// The destination offset of source pixel (r, c) is `base + r * dr + c * dc` (row-major in
-    /// the output image), found by mapping three pixel centres.
-    fn pixel_map(&self, w: usize, h: usize) -> (isize, isize, isize) {
-        let (ow, _) = self.out_size(w, h);
-        let dest = |r: usize, c: usize| {
+    /// Where output pixels come from: the source offset of output pixel (i, j) is
+    /// `base + i * di + j * dj`. The map on pixel indices is affine with a signed permutation
+    /// matrix A (forward: d = A s + t, found by mapping three pixel centres), so its inverse is
+    /// s = A^T (d - t).
+    fn gather_map(&self, w: usize, h: usize) -> (isize, isize, isize) {
+        let fwd = |r: usize, c: usize| {
             let (x, y) = self.map_point((c as f32 + 0.5, r as f32 + 0.5), w, h);
-            y.floor() as isize * ow as isize + x.floor() as isize
+            (y.floor() as isize, x.floor() as isize)
         };
-        let base = dest(0, 0);
-        let dr = if h > 1 { dest(1, 0) - base } else { 0 };
-        let dc = if w > 1 { dest(0, 1) - base } else { 0 };
-        (base, dr, dc)
+        let t = fwd(0, 0);
+        let (a_r, a_c) = (fwd(1, 0), fwd(0, 1));
+        // Columns of A: images of the unit steps in r and c.
+        let (a00, a10) = (a_r.0 - t.0, a_r.1 - t.1);
+        let (a01, a11) = (a_c.0 - t.0, a_c.1 - t.1);
+        // s = A^T (d - t): r = a00 (i - t0) + a10 (j - t1), c = a01 (i - t0) + a11 (j - t1).
+        let wi = w as isize;
+        let r0 = -a00 * t.0 - a10 * t.1;
+        let c0 = -a01 * t.0 - a11 * t.1;
+        (r0 * wi + c0, a00 * wi + a01, a10 * wi + a11)
+    }
+
+    /// Appends the transformed `w` x `h` plane to `out` (output row-major), writing `f(v)`
+    /// for each value: rows are gathered in output order, so `out` is written once,
+    /// sequentially, with no zero-fill.
+    pub fn extend_plane_with(
+        &self,
+        src: &[f32],
+        w: usize,
+        h: usize,
+        out: &mut Vec<f32>,
+        f: impl Fn(f32) -> f32,
+    ) {
+        assert_eq!(src.len(), w * h, "augment: source plane size");
+        let (ow, oh) = self.out_size(w, h);
+        let (base, di, dj) = self.gather_map(w, h);
+        out.reserve(ow * oh);
+        for i in 0..oh {
+            let row0 = base + i as isize * di;
+            match dj {
+                1 => {
+                    let r = row0 as usize;
+                    out.extend(src[r..r + ow].iter().map(|&v| f(v)));
+                }
+                -1 => {
+                    let r = (row0 + 1 - ow as isize) as usize;
+                    out.extend(src[r..r + ow].iter().rev().map(|&v| f(v)));
+                }
+                _ => out.extend((0..ow as isize).map(|j| f(src[(row0 + j * dj) as usize]))),
+            }
+        }
     }
 
     /// Transforms one `w` x `h` plane into `dst` (same length), writing `f(v)` for each value.
@@ -84,35 +122,10 @@ impl Augment {
         dst: &mut [f32],
         f: impl Fn(f32) -> f32,
     ) {
-        assert_eq!(src.len(), w * h, "augment: source plane size");
         assert_eq!(dst.len(), w * h, "augment: destination plane size");
-        if *self == Augment::IDENTITY {
-            for (d, &s) in dst.iter_mut().zip(src) {
-                *d = f(s);
-            }
-            return;
-        }
-        let (base, dr, dc) = self.pixel_map(w, h);
-        for r in 0..h {
-            let row = &src[r * w..(r + 1) * w];
-            let mut o = base + r as isize * dr;
-            if dc == 1 {
-                let o = o as usize;
-                for (d, &s) in dst[o..o + w].iter_mut().zip(row) {
-                    *d = f(s);
-                }
-            } else if dc == -1 {
-                let start = (o + 1 - w as isize) as usize;
-                for (d, &s) in dst[start..start + w].iter_mut().rev().zip(row) {
-                    *d = f(s);
-                }
-            } else {
-                for &s in row {
-                    dst[o as usize] = f(s);
-                    o += dc;
-                }
-            }
-        }
+        let mut v = Vec::with_capacity(w * h);
+        self.extend_plane_with(src, w, h, &mut v, f);
+        dst.copy_from_slice(&v);
     }
 
     pub fn apply_plane(&self, src: &[f32], w: usize, h: usize, dst: &mut [f32]) {

@@ -88,9 +88,20 @@ pub fn detect(dir: &Path) -> Result<Format> {
     let files = list_files(dir)?;
     let imgs = images_by_stem(&files);
     if imgs.is_empty() {
+        let parts: Vec<&str> = ["train", "val", "test"]
+            .into_iter()
+            .filter(|p| dir.join(p).is_dir())
+            .collect();
+        let hint = if parts.is_empty() {
+            String::new()
+        } else {
+            format!(" (it holds {}/: give one of those)", parts.join("/, "))
+        };
         return Err(Error::file(
             dir,
-            "empty folder: no PNG, JPEG or TIFF images (and no images/ + annotations/ folders)",
+            format!(
+                "empty folder: no PNG, JPEG or TIFF images (and no images/ + annotations/ folders){hint}"
+            ),
         ));
     }
     let has = |s: &str| imgs.contains_key(s);

@@ -178,21 +178,17 @@ impl Loader {
                 _ => {}
             }
             let plane = w * h;
-            let at = images.len();
-            images.resize(at + 3 * plane, 0.0);
             for c in 0..3 {
                 let (m, inv) = (IMAGENET_MEAN[c], 1.0 / IMAGENET_STD[c]);
-                aug.apply_plane_with(
+                aug.extend_plane_with(
                     &s.image[c * plane..(c + 1) * plane],
                     w,
                     h,
-                    &mut images[at + c * plane..at + (c + 1) * plane],
+                    &mut images,
                     |v| (v - m) * inv,
                 );
             }
-            let at = density.len();
-            density.resize(at + plane, 0.0);
-            aug.apply_plane(&s.density, w, h, &mut density[at..]);
+            aug.extend_plane_with(&s.density, w, h, &mut density, |v| v);
             counts.push(s.count());
             names.push(s.name.clone());
             points.push(aug.apply_points(&s.points, w, h));

@@ -140,12 +140,12 @@ pub fn render(seed: u64, index: usize, size: usize) -> SynthImage {
             (
                 rng.range(0.1, 0.9) * nf,
                 rng.range(0.1, 0.9) * nf,
-                rng.range(10.0, 40.0) * nf / 256.0,
+                rng.range(15.0, 45.0) * nf / 256.0,
             )
         })
         .collect();
-    let clustered = rng.range(0.2, 0.7);
-    let mean_r = rng.range(3.5, 5.5) * (nf / 256.0).sqrt();
+    let clustered = rng.range(0.15, 0.5);
+    let mean_r = rng.range(3.5, 5.0);
     let defocus = rng.range(0.0, 1.0);
     let mut occupied = vec![false; n * n];
     let mut cells = Vec::with_capacity(count);
@@ -175,12 +175,12 @@ pub fn render(seed: u64, index: usize, size: usize) -> SynthImage {
             b: r * ecc,
             theta: rng.range(0.0, std::f32::consts::PI),
             wob: [
-                (rng.range(0.0, 0.12), rng.range(0.0, 6.3)),
                 (rng.range(0.0, 0.08), rng.range(0.0, 6.3)),
+                (rng.range(0.0, 0.05), rng.range(0.0, 6.3)),
             ],
-            bright: rng.range(0.25, 1.0).powf(1.3),
-            green: rng.range(0.0, 0.35),
-            soft: rng.range(0.5, 1.2) + defocus * rng.range(0.0, 2.0),
+            bright: rng.range(0.5, 1.0),
+            green: rng.range(0.0, 0.12),
+            soft: rng.range(0.4, 1.0) + defocus * rng.range(0.0, 1.5),
             core: rng.range(-0.3, 0.4),
         });
     }
@@ -223,17 +223,17 @@ pub fn render(seed: u64, index: usize, size: usize) -> SynthImage {
     }
     // Optics: blur (stronger when the field is out of focus).
     let mut tmp = Vec::new();
-    let sigma = 0.6 + defocus * rng.range(0.3, 1.2);
+    let sigma = 0.9 + defocus * rng.range(0.2, 0.7);
     blur(&mut blue, n, sigma, &mut tmp);
     blur(&mut green, n, sigma, &mut tmp);
-    // Uneven illumination: a smooth multiplicative field between about 0.55 and 1.25, plus a
+    // Uneven illumination: a smooth multiplicative field between about 0.45 and 1.35, plus a
     // slow gradient across the image.
     let illum = smooth_field(&mut rng, n, 2);
-    let (gx, gy) = (rng.range(-0.25, 0.25), rng.range(-0.25, 0.25));
-    let gain = rng.range(0.45, 0.85);
+    let (gx, gy) = (rng.range(-0.4, 0.4), rng.range(-0.4, 0.4));
+    let gain = rng.range(0.75, 1.0);
     // Background autofluorescence: dim, smooth, mostly blue.
     let bg = smooth_field(&mut rng, n, 6);
-    let bg_level = rng.range(0.01, 0.05);
+    let bg_level = rng.range(0.1, 0.25);
     let read_noise = rng.range(0.004, 0.015);
     let shot = rng.range(0.01, 0.03);
     let mut rgb = vec![0u8; 3 * n * n];
@@ -241,13 +241,14 @@ pub fn render(seed: u64, index: usize, size: usize) -> SynthImage {
         for x in 0..n {
             let i = y * n + x;
             let l =
-                (0.9 + 0.3 * illum[i] + gx * (x as f32 / nf - 0.5) + gy * (y as f32 / nf - 0.5))
+                (0.9 + 0.35 * illum[i] + gx * (x as f32 / nf - 0.5) + gy * (y as f32 / nf - 0.5))
                     .max(0.3)
                     * gain;
-            let b0 = bg_level * (1.0 + 0.6 * bg[i]);
-            let sb = (blue[i] * l + b0).min(1.5);
-            let sg = green[i] * l + 0.3 * b0;
-            let sr = 0.1 * b0 + 0.04 * green[i] * l;
+            let b0 = bg_level * (1.0 + 0.3 * bg[i]);
+            // Overlapping cells add up, then the detector saturates softly.
+            let sb = (1.3 * (1.0 - (-1.3 * blue[i]).exp()) + b0) * l;
+            let sg = (green[i] + 0.03 * b0) * l;
+            let sr = 0.02 * b0 * l;
             let mut px = [sr, sg, sb];
             for v in &mut px {
                 *v += rng.normal() * (read_noise + shot * v.max(0.0).sqrt());

@@ -1,0 +1,284 @@
+//! Loader, augmentation through batches, splits and the bounded cache.
+use std::path::Path;
+use std::sync::Arc;
+
+use dcl::data::{DataOptions, Dataset, Loader, SplitSpec, IMAGENET_MEAN, IMAGENET_STD};
+use image::{ImageBuffer, Rgb};
+
+fn small_synthetic(n: usize) -> Arc<Dataset> {
+    Arc::new(Dataset::synthetic(n, 5, 64, 2.0).unwrap())
+}
+
+#[test]
+fn batches_have_the_promised_shapes_and_values() {
+    let ds = small_synthetic(5);
+    let loader = Loader::new(ds.clone(), (0..5).collect(), 2, false, false, 0).with_workers(0);
+    assert_eq!(loader.batches_per_epoch(), 3);
+    let batches: Vec<_> = loader.epoch(0).map(|b| b.unwrap()).collect();
+    assert_eq!(batches.len(), 3);
+    assert_eq!(batches[0].images.dims(), [2, 3, 64, 64]);
+    assert_eq!(batches[0].density.dims(), [2, 1, 64, 64]);
+    assert_eq!(
+        batches[2].images.dims(),
+        [1, 3, 64, 64],
+        "last partial batch kept"
+    );
+    // No shuffle, no augmentation: the samples in order, ImageNet-normalised.
+    let b = &batches[0];
+    let s = ds.sample(1);
+    assert_eq!(b.names[1], s.name);
+    assert_eq!(b.counts[1], s.count());
+    let img = b.images.as_cpu().unwrap();
+    let plane = 64 * 64;
+    for c in 0..3 {
+        let i = 3 * plane + c * plane + 100;
+        let want = (s.image[c * plane + 100] - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
+        assert!((img[i] - want).abs() < 1e-6);
+    }
+    let dens = b.density.as_cpu().unwrap();
+    let sum: f64 = dens[plane..].iter().map(|&v| v as f64).sum();
+    assert!((sum - s.count() as f64).abs() < 1e-3);
+}
+
+#[test]
+fn epochs_are_pure_functions_of_seed_and_epoch_whatever_the_threads() {
+    let ds = small_synthetic(7);
+    let idx: Vec<usize> = (0..7).collect();
+    let collect =
+        |workers: usize, seed: u64, epoch: usize| -> Vec<(Vec<String>, Vec<f32>, Vec<f32>)> {
+            Loader::new(ds.clone(), idx.clone(), 3, true, true, seed)
+                .with_workers(workers)
+                .with_prefetch(1)
+                .epoch(epoch)
+                .map(|b| {
+                    let b = b.unwrap();
+                    (b.names, b.images.to_vec(), b.density.to_vec())
+                })
+                .collect()
+        };
+    let a = collect(0, 11, 2);
+    assert_eq!(a, collect(3, 11, 2), "threads must not change the batches");
+    assert_eq!(a, collect(1, 11, 2));
+    assert_ne!(
+        a,
+        collect(0, 11, 3),
+        "another epoch, another order / augmentation"
+    );
+    assert_ne!(a, collect(0, 12, 2), "another seed");
+    // Every sample appears once per epoch.
+    let mut names: Vec<String> = a.iter().flat_map(|b| b.0.clone()).collect();
+    names.sort();
+    let mut want: Vec<String> = (0..7).map(|i| ds.sample(i).name.clone()).collect();
+    want.sort();
+    assert_eq!(names, want);
+    // A batch can be rebuilt alone (resume).
+    let l = Loader::new(ds.clone(), idx.clone(), 3, true, true, 11);
+    let b1 = l.batch(2, 1).unwrap();
+    assert_eq!(b1.images.to_vec(), a[1].1);
+    assert!(l.batch(2, 3).is_err());
+}
+
+#[test]
+fn dropping_an_epoch_early_stops_the_workers() {
+    let ds = small_synthetic(8);
+    let l = Loader::new(ds, (0..8).collect(), 1, true, true, 0)
+        .with_workers(2)
+        .with_prefetch(1);
+    let mut it = l.epoch(0);
+    assert!(it.next().unwrap().is_ok());
+    drop(it); // joins the workers; a hang here would fail the test by timeout
+}
+
+#[test]
+fn dots_and_density_move_with_the_pixels_under_augmentation() {
+    // One image whose pixels mark its dots: bright red at each dot, black elsewhere.
+    let d = tempfile::tempdir().unwrap();
+    let dots = [(3u32, 5u32), (30, 2), (17, 28), (0, 31), (31, 0)];
+    let mark = |x: u32, y: u32| {
+        if dots.contains(&(x, y)) {
+            [255u8, 0, 0]
+        } else {
+            [0, 0, 0]
+        }
+    };
+    ImageBuffer::from_fn(32, 32, |x, y| Rgb(mark(x, y)))
+        .save(d.path().join("001cell.png"))
+        .unwrap();
+    ImageBuffer::from_fn(32, 32, |x, y| Rgb(mark(x, y)))
+        .save(d.path().join("001dots.png"))
+        .unwrap();
+    let ds = Arc::new(
+        Dataset::open(
+            d.path(),
+            &DataOptions {
+                sigma: 1.0,
+                ..Default::default()
+            },
+        )
+        .unwrap(),
+    );
+    let plain = ds.sample(0).density.clone();
+    let mut seen = std::collections::HashSet::new();
+    for seed in 0..40 {
+        let b = Loader::new(ds.clone(), vec![0], 1, false, true, seed)
+            .batch(0, 0)
+            .unwrap();
+        let img = b.images.to_vec();
+        let dens = b.density.to_vec();
+        let red_hi = (1.0 - IMAGENET_MEAN[0]) / IMAGENET_STD[0];
+        assert_eq!(b.points[0].len(), dots.len());
+        for &(x, y) in &b.points[0] {
+            let (c, r) = (x.floor() as usize, y.floor() as usize);
+            assert!(
+                (img[r * 32 + c] - red_hi).abs() < 1e-5,
+                "seed {seed}: dot ({x},{y}) not on a marked pixel"
+            );
+        }
+        let marked = img[..32 * 32]
+            .iter()
+            .filter(|&&v| (v - red_hi).abs() < 1e-5)
+            .count();
+        assert_eq!(marked, dots.len());
+        // The transformed map equals the map of the transformed dots.
+        let want = dcl::data::density_map(32, 32, &b.points[0], 1.0);
+        for (a, w) in dens.iter().zip(&want) {
+            assert!((a - w).abs() < 1e-6);
+        }
+        seen.insert(dens.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+        let sum: f64 = dens.iter().map(|&v| v as f64).sum();
+        assert!((sum - dots.len() as f64).abs() < 1e-3);
+    }
+    // The dots are asymmetric, so the 8 symmetries of the square give 8 distinct maps.
+    assert_eq!(seen.len(), 8);
+    assert!(seen.contains(&plain.iter().map(|v| v.to_bits()).collect::<Vec<_>>()));
+}
+
+#[test]
+fn split_is_seeded_10_9_1_and_keeps_groups_together() {
+    let ds = Dataset::synthetic(40, 1, 32, 1.0).unwrap();
+    let spec = SplitSpec {
+        seed: 3,
+        ..Default::default()
+    };
+    let s = ds.split(&spec).unwrap();
+    assert_eq!((s.train.len(), s.test.len(), s.val.len()), (20, 18, 2));
+    assert_eq!(s, ds.split(&spec).unwrap());
+    assert_ne!(
+        s,
+        ds.split(&SplitSpec {
+            seed: 4,
+            ..Default::default()
+        })
+        .unwrap()
+    );
+    let mut all: Vec<usize> = s
+        .train
+        .iter()
+        .chain(&s.test)
+        .chain(&s.val)
+        .copied()
+        .collect();
+    all.sort();
+    assert_eq!(all, (0..40).collect::<Vec<_>>());
+    // Group key: stems 001cell..040cell grouped by their tens digit ("00", "01", ...): four
+    // groups of ten (the first of nine, the last of one) never straddle parts.
+    let spec = SplitSpec {
+        seed: 3,
+        group: Some(r"^(\d\d)".into()),
+        ..Default::default()
+    };
+    let s = ds.split(&spec).unwrap();
+    let key = |i: usize| ds.image_of(i).stem[..2].to_string();
+    for (a, b) in [(&s.train, &s.test), (&s.train, &s.val), (&s.test, &s.val)] {
+        for i in a {
+            assert!(
+                b.iter().all(|&j| key(j) != key(*i)),
+                "group {} straddles",
+                key(*i)
+            );
+        }
+    }
+    assert!(ds
+        .split(&SplitSpec {
+            group: Some("(".into()),
+            ..Default::default()
+        })
+        .is_err());
+}
+
+#[test]
+fn mbm_default_group_is_the_slide() {
+    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mbm");
+    let ds = Dataset::open(&fx, &DataOptions::default()).unwrap();
+    assert_eq!(ds.group_keys(None).unwrap(), ["BM_GRAZ_HE_0001_01"]);
+    // Four patches of one crop: always in one part.
+    let s = ds.split(&SplitSpec::default()).unwrap();
+    assert!([s.train.len(), s.test.len(), s.val.len()].contains(&4));
+}
+
+#[test]
+fn cache_budget_bounds_memory_and_decodes_the_same_samples() {
+    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mbm");
+    let full = Dataset::open(&fx, &DataOptions::default()).unwrap();
+    let one_mib = 1 << 20;
+    let bounded = Dataset::open(
+        &fx,
+        &DataOptions {
+            cache_bytes: 2 * one_mib,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(full.cached_bytes() > 4 * one_mib - 4096);
+    assert!(bounded.cached_bytes() <= 2 * one_mib);
+    for i in 0..4 {
+        assert_eq!(*full.sample(i), *bounded.sample(i));
+    }
+    let none = Dataset::open(
+        &fx,
+        &DataOptions {
+            cache_bytes: 0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(none.cached_bytes(), 0);
+    assert_eq!(
+        none.image_samples(0).unwrap(),
+        full.image_samples(0).unwrap()
+    );
+    // Batches from the uncached set equal those of the cached one.
+    let a = Loader::new(Arc::new(full), (0..4).collect(), 4, true, true, 9)
+        .batch(0, 0)
+        .unwrap();
+    let b = Loader::new(Arc::new(none), (0..4).collect(), 4, true, true, 9)
+        .batch(0, 0)
+        .unwrap();
+    assert_eq!(a.images.to_vec(), b.images.to_vec());
+}
+
+#[test]
+fn mixed_sizes_in_a_batch_are_an_error() {
+    let d = tempfile::tempdir().unwrap();
+    for (stem, n) in [("001", 16u32), ("002", 20)] {
+        ImageBuffer::from_fn(n, n, |_, _| Rgb([1u8, 2, 3]))
+            .save(d.path().join(format!("{stem}cell.png")))
+            .unwrap();
+        ImageBuffer::from_fn(n, n, |x, y| {
+            Rgb(if x == y { [255u8, 0, 0] } else { [0, 0, 0] })
+        })
+        .save(d.path().join(format!("{stem}dots.png")))
+        .unwrap();
+    }
+    let ds = Arc::new(Dataset::open(d.path(), &DataOptions::default()).unwrap());
+    let err = Loader::new(ds.clone(), vec![0, 1], 2, false, false, 0)
+        .batch(0, 0)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("mixes sample sizes"), "{err}");
+    // The epoch iterator ends after the error.
+    let l = Loader::new(ds, vec![0, 1], 2, false, false, 0).with_workers(1);
+    let v: Vec<_> = l.epoch(0).collect();
+    assert_eq!(v.len(), 1);
+    assert!(v[0].is_err());
+}
