@@ -62,9 +62,14 @@ fn vgg_counts_red_pixels_and_is_used_as_is() {
     assert_eq!(ds.format(), Some(&Format::Vgg));
     assert_eq!(
         counts(&ds),
-        [("001cell".to_string(), 135), ("005cell".to_string(), 96)]
+        [
+            ("001cell".to_string(), 135),
+            ("005cell".to_string(), 96),
+            ("007cell".to_string(), 169),
+            ("008cell".to_string(), 122)
+        ]
     );
-    assert_eq!(ds.len(), 2);
+    assert_eq!(ds.len(), 4);
     let s = ds.sample(0);
     assert_eq!((s.name.as_str(), s.width, s.height), ("001cell", 256, 256));
     assert!(s.source.ends_with("001cell.png"));

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use clap::Args;
 
-use crate::data::{DataOptions, Dataset, Format};
+use crate::data::{DataOptions, Dataset, Format, SplitSpec};
 use crate::eval::{count_metrics, localization_scores, predict_counts};
 
 #[derive(Args, Debug)]
@@ -25,6 +25,18 @@ pub struct EvalArgs {
     /// Force a layout: vgg, adi, mbm, dots[:SUFFIX], points-csv.
     #[arg(long)]
     pub format: Option<String>,
+    /// Evaluate one part of a seeded split of --data (as `dcl train --split`), e.g. 10:9:1.
+    #[arg(long)]
+    pub split: Option<String>,
+    /// The part of --split to evaluate: train, test or val.
+    #[arg(long, default_value = "test", requires = "split")]
+    pub part: String,
+    /// Seed of --split (the training run's --seed).
+    #[arg(long, default_value_t = 0)]
+    pub split_seed: u64,
+    /// Skip unreadable or badly annotated files, listing them.
+    #[arg(long)]
+    pub skip_bad: bool,
     /// Matching radius in network pixels (default 1.25 σ).
     #[arg(long)]
     pub radius: Option<f32>,
@@ -45,10 +57,32 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     let opts = DataOptions {
         format,
         sigma: counter.config.sigma,
+        skip_bad: a.skip_bad,
         ..DataOptions::default()
     };
     let ds = Arc::new(Dataset::open(&a.data, &opts)?);
-    let idx: Vec<usize> = (0..ds.len()).collect();
+    for (path, why) in ds.skipped() {
+        eprintln!("skipped {}: {why}", path.display());
+    }
+    let idx: Vec<usize> = match &a.split {
+        None => (0..ds.len()).collect(),
+        Some(r) => {
+            let split = ds.split(&SplitSpec {
+                seed: a.split_seed,
+                ratios: SplitSpec::parse_ratios(r)?,
+                group: None,
+            })?;
+            match a.part.as_str() {
+                "train" => split.train,
+                "test" => split.test,
+                "val" => split.val,
+                other => anyhow::bail!("--part must be train, test or val, not '{other}'"),
+            }
+        }
+    };
+    if idx.is_empty() {
+        anyhow::bail!("{}: no images to evaluate", a.data.display());
+    }
     let counts = predict_counts(&counter, &ds, &idx, a.batch_size)?;
     let pairs: Vec<(f64, f64)> = counts.iter().map(|c| (c.predicted, c.truth)).collect();
     let m = count_metrics(&pairs);

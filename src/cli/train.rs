@@ -76,6 +76,11 @@ pub struct TrainArgs {
     /// Turn off flips and rotations.
     #[arg(long)]
     pub no_augment: bool,
+    /// Probability that a training sample is a random crop across a 2x2 mosaic of patches, so
+    /// counts do not depend on where a tile's edge falls (tiled counting of large images);
+    /// 0 trains with the paper's flips and rotations only.
+    #[arg(long, default_value_t = 0.5)]
+    pub mosaic: f32,
     /// Images generated for `--data synthetic`.
     #[arg(long, default_value_t = 64)]
     pub synthetic_n: usize,
@@ -85,6 +90,20 @@ pub struct TrainArgs {
     /// Stop after this many optimiser steps per network.
     #[arg(long)]
     pub max_steps: Option<usize>,
+    /// Folder layout: vgg, adi, mbm, dots[:SUFFIX] or points-csv (default: detected).
+    #[arg(long)]
+    pub format: Option<String>,
+    /// Continue past unreadable or badly annotated files, listing them.
+    #[arg(long)]
+    pub skip_bad: bool,
+    /// Without --val: train:test:val ratios of a seeded split of --data (the paper's 10:9:1;
+    /// default 9:0:1). Whole images, or groups (--group), stay on one side.
+    #[arg(long)]
+    pub split: Option<String>,
+    /// Regex on file stems whose first group keeps related files together in splits
+    /// (default: MBM by slide, else per image).
+    #[arg(long)]
+    pub group: Option<String>,
     /// Localizer only: the frozen counter checkpoint.
     #[arg(long)]
     pub counter: Option<PathBuf>,
@@ -140,10 +159,15 @@ fn options(a: &TrainArgs) -> TrainOptions {
         density_scale: a.density_scale,
         seed: a.seed,
         augment: !a.no_augment,
+        mosaic: a.mosaic,
         synthetic_n: a.synthetic_n,
         synthetic_size: a.synthetic_size,
         max_steps: a.max_steps,
         counter: a.counter.clone(),
+        format: a.format.clone(),
+        skip_bad: a.skip_bad,
+        split: a.split.clone(),
+        group: a.group.clone(),
         device: Default::default(),
         profile: a.profile,
         quiet: a.quiet,

@@ -67,10 +67,14 @@ pub struct Loader {
     seed: u64,
     workers: usize,
     prefetch: usize,
+    /// Probability that a training sample is a mosaic crop (see `mosaic`).
+    mosaic: f32,
 }
 
 /// Stream ids of the per-epoch generator.
 const ORDER_STREAM: u64 = 0;
+/// Marks the generator streams of mosaic choices, apart from the per-sample augmentations.
+const MOSAIC_STREAM: u64 = 1 << 40;
 
 impl Loader {
     /// A loader over `indices` of `ds`. Background workers default to the cores available
@@ -95,7 +99,19 @@ impl Loader {
             seed,
             workers: cores.saturating_sub(1).clamp(1, 4),
             prefetch: 2,
+            mosaic: 0.0,
         }
+    }
+
+    /// With probability `p` a sample becomes a mosaic crop: its augmented patch and three
+    /// others drawn from the loader's indices are laid out 2x2 and a patch-sized window at a
+    /// random offset is cut out, with its dots and density. The count target of such a sample
+    /// is the density inside the window (cells cut by the window count fractionally). Image
+    /// borders then fall anywhere, even through cells, so the counter learns densities that do
+    /// not depend on where a tile's edge is: what tiled inference of large images needs.
+    pub fn with_mosaic(mut self, p: f32) -> Loader {
+        self.mosaic = p.clamp(0.0, 1.0);
+        self
     }
 
     /// Background threads (0: batches are built on the caller's thread, on demand).
@@ -178,6 +194,16 @@ impl Loader {
                 _ => {}
             }
             let plane = w * h;
+            let mut mrng = erng.fork((p as u64 + 1) | MOSAIC_STREAM);
+            if self.augment && self.mosaic > 0.0 && mrng.uniform() < self.mosaic {
+                let (img, den, pts) = self.mosaic_sample(&s, aug, &mut mrng, &erng, p)?;
+                images.extend_from_slice(&img);
+                counts.push(den.iter().map(|&v| v as f64).sum::<f64>() as f32);
+                density.extend_from_slice(&den);
+                names.push(format!("{}+mosaic", s.name));
+                points.push(pts);
+                continue;
+            }
             for c in 0..3 {
                 let (m, inv) = (IMAGENET_MEAN[c], 1.0 / IMAGENET_STD[c]);
                 aug.extend_plane_with(
@@ -201,6 +227,82 @@ impl Loader {
             names,
             points,
         })
+    }
+
+    /// A mosaic crop around sample `s` (augmented by `aug`): normalised image planes, density
+    /// and dots of the window.
+    fn mosaic_sample(
+        &self,
+        s: &crate::data::Sample,
+        aug: Augment,
+        rng: &mut Rng,
+        erng: &Rng,
+        p: usize,
+    ) -> Result<(Vec<f32>, Vec<f32>, Vec<(f32, f32)>)> {
+        let (w, h) = aug.out_size(s.width, s.height);
+        let (ox, oy) = (rng.below(w + 1), rng.below(h + 1));
+        let mut img = vec![0f32; 3 * w * h];
+        let mut den = vec![0f32; w * h];
+        let mut pts = Vec::new();
+        for k in 0..4usize {
+            let other;
+            let (t, taug): (&crate::data::Sample, Augment) = if k == 0 {
+                (s, aug)
+            } else {
+                let pool = if self.indices.is_empty() {
+                    1
+                } else {
+                    self.indices.len()
+                };
+                let i = self.indices.get(rng.below(pool)).copied().unwrap_or(0);
+                other = self.ds.try_sample(i)?;
+                let a = Augment::random(
+                    &mut erng.fork(((p as u64 + 1) << 2 | k as u64) | MOSAIC_STREAM << 1),
+                    w == h,
+                );
+                (&*other, a)
+            };
+            if taug.out_size(t.width, t.height) != (w, h) {
+                return Err(Error::Invalid(format!(
+                    "mosaic: '{}' is {}x{}, '{}' {w}x{h}; mosaics need one patch size",
+                    t.name, t.width, t.height, s.name
+                )));
+            }
+            // Tile k sits at (tx, ty) of the 2w x 2h canvas; the window starts at (ox, oy).
+            let (tx, ty) = ((k % 2) * w, (k / 2) * h);
+            let (x0, x1) = (ox.max(tx), (ox + w).min(tx + w));
+            let (y0, y1) = (oy.max(ty), (oy + h).min(ty + h));
+            if x0 >= x1 || y0 >= y1 {
+                continue;
+            }
+            let (tw, th) = (t.width, t.height);
+            let mut plane = vec![0f32; w * h];
+            for c in 0..4 {
+                let (src, out, m, inv): (&[f32], &mut [f32], f32, f32) = if c < 3 {
+                    (
+                        &t.image[c * tw * th..(c + 1) * tw * th],
+                        &mut img[c * w * h..(c + 1) * w * h],
+                        IMAGENET_MEAN[c],
+                        1.0 / IMAGENET_STD[c],
+                    )
+                } else {
+                    (&t.density, &mut den[..], 0.0, 1.0)
+                };
+                taug.apply_plane_with(src, tw, th, &mut plane, |v| (v - m) * inv);
+                for y in y0..y1 {
+                    let src_row = &plane[(y - ty) * w + (x0 - tx)..(y - ty) * w + (x1 - tx)];
+                    out[(y - oy) * w + (x0 - ox)..(y - oy) * w + (x1 - ox)]
+                        .copy_from_slice(src_row);
+                }
+            }
+            for (x, y) in taug.apply_points(&t.points, tw, th) {
+                let (cx, cy) = (x + tx as f32 - ox as f32, y + ty as f32 - oy as f32);
+                if cx >= 0.0 && cy >= 0.0 && cx < w as f32 && cy < h as f32 {
+                    pts.push((cx, cy));
+                }
+            }
+        }
+        Ok((img, den, pts))
     }
 
     /// The batches of one epoch, in order. With workers, they are built ahead on background
@@ -255,13 +357,19 @@ impl Loader {
     fn clone_config(&self) -> Loader {
         Loader {
             ds: Arc::clone(&self.ds),
-            indices: Vec::new(),
+            // workers need the indices only to draw mosaic partners
+            indices: if self.mosaic > 0.0 {
+                self.indices.clone()
+            } else {
+                Vec::new()
+            },
             batch_size: self.batch_size,
             shuffle: self.shuffle,
             augment: self.augment,
             seed: self.seed,
             workers: 0,
             prefetch: self.prefetch,
+            mosaic: self.mosaic,
         }
     }
 }

@@ -78,7 +78,8 @@ pub fn fit(
         true,
         opts.augment,
         opts.seed,
-    );
+    )
+    .with_mosaic(opts.mosaic);
     let per_epoch = loader.batches_per_epoch().max(1);
     let mut last = None;
 

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::{DataOptions, Dataset};
+use crate::data::{DataOptions, Dataset, SplitSpec};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::nn::{Backbone, ModelConfig, ModelKind};
@@ -45,6 +45,10 @@ pub struct TrainOptions {
     pub density_scale: f32,
     pub seed: u64,
     pub augment: bool,
+    /// Probability that a training sample is a mosaic crop across four patches (see
+    /// `Loader::with_mosaic`); 0 gives the paper's flips and rotations only.
+    #[serde(default)]
+    pub mosaic: f32,
     /// Number of synthetic images when `data` is `synthetic`.
     pub synthetic_n: usize,
     /// Side of the synthetic images (a multiple of 16).
@@ -54,6 +58,18 @@ pub struct TrainOptions {
     pub max_steps: Option<usize>,
     /// Localizer only: the frozen counter's checkpoint.
     pub counter: Option<PathBuf>,
+    /// Folder layout (vgg, adi, mbm, dots[:SUFFIX], points-csv); None: detected.
+    #[serde(default)]
+    pub format: Option<String>,
+    /// Skip unreadable files with a warning instead of stopping.
+    #[serde(default)]
+    pub skip_bad: bool,
+    /// train:test:val ratios when no `val` folder is given (default 9:0:1).
+    #[serde(default)]
+    pub split: Option<String>,
+    /// Regex whose first group names a file's split group (default: per data set).
+    #[serde(default)]
+    pub group: Option<String>,
     #[serde(skip)]
     pub device: Device,
     #[serde(skip)]
@@ -87,10 +103,15 @@ impl Default for TrainOptions {
             density_scale: 100.0,
             seed: 0,
             augment: true,
+            mosaic: 0.5,
             synthetic_n: 64,
             synthetic_size: 256,
             max_steps: None,
             counter: None,
+            format: None,
+            skip_bad: false,
+            split: None,
+            group: None,
             device: Device::Cpu,
             profile: false,
             quiet: false,
@@ -144,47 +165,64 @@ pub struct RunData {
     pub val: Option<(Arc<Dataset>, Vec<usize>)>,
 }
 
-/// Opens the run's data: an explicit `--val` folder, or else a seeded hold-out of about a tenth
-/// of the training images (at least one) when there are enough of them.
+impl TrainOptions {
+    pub fn data_options(&self) -> Result<DataOptions> {
+        Ok(DataOptions {
+            format: self.format.as_deref().map(str::parse).transpose()?,
+            sigma: self.sigma,
+            skip_bad: self.skip_bad,
+            ..DataOptions::default()
+        })
+    }
+}
+
+/// Opens the run's data: with `--val`, all of `data` trains and `val` validates; otherwise
+/// `data` is split by seeded permutation of source images (or groups, e.g. MBM slides) into
+/// train:test:val by `--split` (default 9:0:1), the test part being held back.
 pub fn open_data(opts: &TrainOptions) -> Result<RunData> {
-    let data_opts = DataOptions {
-        sigma: opts.sigma,
-        ..DataOptions::default()
-    };
+    let data_opts = opts.data_options()?;
     let ds = if opts.data == "synthetic" {
         Dataset::synthetic(opts.synthetic_n, opts.seed, opts.synthetic_size, opts.sigma)?
     } else {
         Dataset::open(std::path::Path::new(&opts.data), &data_opts)?
     };
     let ds = Arc::new(ds);
+    warn_skipped(&ds);
     if let Some(v) = &opts.val {
         let val = Arc::new(Dataset::open(v, &data_opts)?);
+        warn_skipped(&val);
         let vi = (0..val.len()).collect();
         return Ok(RunData {
             train: (ds.clone(), (0..ds.len()).collect()),
             val: Some((val, vi)),
         });
     }
-    let (train, val) = holdout(&ds, opts.seed);
+    let spec = SplitSpec {
+        seed: opts.seed,
+        ratios: match &opts.split {
+            Some(r) => SplitSpec::parse_ratios(r)?,
+            None => [9.0, 0.0, 1.0],
+        },
+        group: opts.group.clone(),
+    };
+    let split = ds.split(&spec)?;
+    if split.train.is_empty() {
+        return Err(Error::Invalid(format!(
+            "{}: the split {:?} leaves no training images",
+            opts.data, spec.ratios
+        )));
+    }
     Ok(RunData {
-        train: (ds.clone(), train),
-        val: (!val.is_empty()).then_some((ds, val)),
+        train: (ds.clone(), split.train),
+        val: (!split.val.is_empty()).then_some((ds, split.val)),
     })
 }
 
-/// Splits sample indices by source image: every tenth source (seeded order) is held out, so
-/// patches of one image never straddle the split. Fewer than 5 sources: no hold-out.
-fn holdout(ds: &Dataset, seed: u64) -> (Vec<usize>, Vec<usize>) {
-    let mut sources: Vec<String> = (0..ds.len()).map(|i| ds.sample(i).source.clone()).collect();
-    sources.sort();
-    sources.dedup();
-    if sources.len() < 5 {
-        return ((0..ds.len()).collect(), vec![]);
+/// `--skip-bad`: what was left out, so nothing is dropped silently.
+fn warn_skipped(ds: &Dataset) {
+    for (path, why) in ds.skipped() {
+        eprintln!("warning: skipped {}: {why}", path.display());
     }
-    crate::rng::Rng::new(seed ^ 0x7A11).shuffle(&mut sources);
-    let n_val = sources.len().div_ceil(10);
-    let held: std::collections::HashSet<&String> = sources[..n_val].iter().collect();
-    (0..ds.len()).partition(|&i| !held.contains(&ds.sample(i).source))
 }
 
 /// Network pixels per original image pixel of a data set's preprocessing (the median over its
