@@ -71,6 +71,9 @@ pub struct Loader {
     mosaic: f32,
 }
 
+/// A mosaic window: normalised image planes, density and dots.
+type MosaicCrop = (Vec<f32>, Vec<f32>, Vec<(f32, f32)>);
+
 /// Stream ids of the per-epoch generator.
 const ORDER_STREAM: u64 = 0;
 /// Marks the generator streams of mosaic choices, apart from the per-sample augmentations.
@@ -238,7 +241,7 @@ impl Loader {
         rng: &mut Rng,
         erng: &Rng,
         p: usize,
-    ) -> Result<(Vec<f32>, Vec<f32>, Vec<(f32, f32)>)> {
+    ) -> Result<MosaicCrop> {
         let (w, h) = aug.out_size(s.width, s.height);
         let (ox, oy) = (rng.below(w + 1), rng.below(h + 1));
         let mut img = vec![0f32; 3 * w * h];
