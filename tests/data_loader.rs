@@ -282,3 +282,38 @@ fn mixed_sizes_in_a_batch_are_an_error() {
     assert_eq!(v.len(), 1);
     assert!(v[0].is_err());
 }
+
+#[test]
+fn mosaic_crops_keep_dots_on_their_density_and_count_the_window() {
+    let ds = small_synthetic(6);
+    let idx: Vec<usize> = (0..ds.len()).collect();
+    let loader = Loader::new(ds.clone(), idx.clone(), 3, true, true, 9).with_mosaic(1.0);
+    let b = loader.batch(0, 1).unwrap();
+    let (h, w) = (b.images.dims()[2], b.images.dims()[3]);
+    let den = b.density.to_vec();
+    for (k, name) in b.names.iter().enumerate() {
+        assert!(name.ends_with("+mosaic"), "{name}");
+        let plane = &den[k * h * w..(k + 1) * h * w];
+        let sum: f64 = plane.iter().map(|&v| v as f64).sum();
+        assert!(
+            (sum - b.counts[k] as f64).abs() < 1e-3,
+            "count target is the window's density"
+        );
+        for &(x, y) in &b.points[k] {
+            assert!(x >= 0.0 && y >= 0.0 && x < w as f32 && y < h as f32);
+            assert!(
+                plane[y as usize * w + x as usize] > 0.0,
+                "dot off its density blob"
+            );
+        }
+    }
+    // deterministic, and different from the plain batch
+    let again = Loader::new(ds.clone(), idx.clone(), 3, true, true, 9).with_mosaic(1.0);
+    assert_eq!(
+        again.batch(0, 1).unwrap().images.to_vec(),
+        b.images.to_vec()
+    );
+    let plain = Loader::new(ds, idx, 3, true, true, 9).batch(0, 1).unwrap();
+    assert!(plain.names.iter().all(|n| !n.ends_with("+mosaic")));
+    assert_ne!(plain.images.to_vec(), b.images.to_vec());
+}
