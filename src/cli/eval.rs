@@ -40,11 +40,14 @@ pub struct EvalArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    #[command(flatten)]
+    pub gpu: super::gpu::GpuArgs,
 }
 
 pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     let (counter, localizer) =
         super::count::load_models(&a.counter, a.localizer.as_deref(), &a.device)?;
+    a.gpu.apply(&counter.store.device())?;
     let format: Option<Format> = a.format.as_deref().map(str::parse).transpose()?;
     let opts = DataOptions {
         format,
@@ -85,7 +88,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             let counts = per_image_counts(z.value())?;
             let d = localizer_density_from(loc, batch.images, &z)?
                 .value()
-                .to_vec();
+                .to_host()?;
             for (k, truth) in batch.points.iter().enumerate() {
                 let map = Map {
                     width: w,

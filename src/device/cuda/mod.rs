@@ -23,41 +23,24 @@ pub mod kernels;
 pub mod launch;
 pub mod nvrtc;
 
-// Launchers, kept beside their ops; the ops' mod.rs will declare them at integration.
-#[path = "../../optim/cuda.rs"]
-pub mod adam;
-#[path = "../../ops/batch_norm2d/cuda.rs"]
-pub mod batch_norm2d;
-#[path = "../../ops/concat/cuda.rs"]
-pub mod concat;
-#[path = "../../ops/conv2d/cuda.rs"]
-pub mod conv2d;
-#[path = "../../ops/elementwise/cuda.rs"]
-pub mod elementwise;
-#[path = "../../ops/gmp/cuda.rs"]
-pub mod gmp;
-#[path = "../../ops/loss/cuda.rs"]
-pub mod loss;
-#[path = "../../ops/max_pool2d/cuda.rs"]
-pub mod max_pool2d;
-#[path = "../../ops/relu/cuda.rs"]
-pub mod relu;
-#[path = "../../ops/upsample_bilinear/cuda.rs"]
-pub mod upsample_bilinear;
+pub mod storage;
+
+pub use storage::CudaStorage;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::cublas::sys::cublasMath_t;
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::sys as drv;
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
-    LaunchConfig, ValidAsZeroBits,
+    CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr,
+    DevicePtrMut, DeviceRepr, LaunchConfig, ValidAsZeroBits,
 };
 
 use crate::error::{Error, Result};
+use crate::ops::gmp::GmpKernel;
 
 pub use kernels::{KERNEL_ENTRY_POINTS, KERNEL_SOURCES};
 pub use nvrtc::compile_cubin;
@@ -195,6 +178,29 @@ impl std::fmt::Display for CudaDeviceInfo {
     }
 }
 
+/// The process-wide handles opened by [`CudaDevice::shared`].
+static DEVICES: OnceLock<Mutex<HashMap<usize, CudaDevice>>> = OnceLock::new();
+
+/// The GPUs this process has opened through [`CudaDevice::shared`] (none without CUDA).
+pub fn opened_devices() -> Vec<CudaDevice> {
+    match DEVICES.get() {
+        Some(m) => {
+            let mut v: Vec<CudaDevice> = lock(m).values().cloned().collect();
+            v.sort_by_key(|d| d.ordinal());
+            v
+        }
+        None => Vec::new(),
+    }
+}
+
+fn gmp_kernel_code(k: GmpKernel) -> u8 {
+    match k {
+        GmpKernel::Naive => 0,
+        GmpKernel::Unfused => 1,
+        GmpKernel::Fused => 2,
+    }
+}
+
 struct Inner {
     // Field order is drop order: functions and modules before the handle, stream and context.
     functions: Mutex<HashMap<(&'static str, &'static str), CudaFunction>>,
@@ -208,6 +214,7 @@ struct Inner {
     alloc_calls: AtomicU64,
     alloc_bytes: AtomicU64,
     tf32: AtomicBool,
+    gmp_kernel: AtomicU8,
 }
 
 /// A GPU: cheap to clone (shared), `Send + Sync`.
@@ -326,6 +333,7 @@ impl CudaDevice {
                 alloc_calls: AtomicU64::new(0),
                 alloc_bytes: AtomicU64::new(0),
                 tf32: AtomicBool::new(false),
+                gmp_kernel: AtomicU8::new(gmp_kernel_code(GmpKernel::default())),
             }),
         };
         dev.set_tf32(false)?;
@@ -335,7 +343,6 @@ impl CudaDevice {
     /// The process-wide handle of GPU `ordinal` (one context, stream and cuBLAS handle per
     /// device), opened on first use.
     pub fn shared(ordinal: usize) -> Result<Self> {
-        static DEVICES: OnceLock<Mutex<HashMap<usize, CudaDevice>>> = OnceLock::new();
         let mut map = lock(DEVICES.get_or_init(|| Mutex::new(HashMap::new())));
         if let Some(d) = map.get(&ordinal) {
             return Ok(d.clone());
@@ -495,6 +502,71 @@ impl CudaDevice {
     }
     pub fn tf32(&self) -> bool {
         self.inner.tf32.load(Ordering::Relaxed)
+    }
+
+    /// Which GMP implementation the `gmp_sample` op runs on this device
+    /// (`--gmp-kernel naive|unfused|fused`, default fused).
+    pub fn set_gmp_kernel(&self, k: GmpKernel) {
+        self.inner
+            .gmp_kernel
+            .store(gmp_kernel_code(k), Ordering::Relaxed);
+    }
+    pub fn gmp_kernel(&self) -> GmpKernel {
+        match self.inner.gmp_kernel.load(Ordering::Relaxed) {
+            0 => GmpKernel::Naive,
+            1 => GmpKernel::Unfused,
+            _ => GmpKernel::Fused,
+        }
+    }
+
+    /// A copy of a device buffer (or view) in a new counted allocation, on the stream.
+    pub fn dtod<T: DeviceScalar, S: DevicePtr<T>>(&self, src: &S) -> Result<CudaSlice<T>> {
+        let mut dst = self.alloc::<T>(src.len())?;
+        if src.len() > 0 {
+            self.inner
+                .stream
+                .memcpy_dtod(src, &mut dst)
+                .cuda("device-to-device copy")?;
+        }
+        Ok(dst)
+    }
+
+    /// Copies `src` into the existing buffer `dst` of at least the same length.
+    pub fn copy_dtod<T: DeviceScalar, S: DevicePtr<T>, D: DevicePtrMut<T>>(
+        &self,
+        src: &S,
+        dst: &mut D,
+    ) -> Result<()> {
+        if dst.len() < src.len() {
+            return Err(Error::shape(
+                "copy_dtod",
+                format!("{} elements into a buffer of {}", src.len(), dst.len()),
+            ));
+        }
+        if src.len() > 0 {
+            self.inner
+                .stream
+                .memcpy_dtod(src, dst)
+                .cuda("device-to-device copy")?;
+        }
+        Ok(())
+    }
+
+    /// A timing event recorded on the stream now (timing enabled, unlike cudarc's default).
+    pub fn record_event(&self) -> Result<CudaEvent> {
+        self.inner
+            .stream
+            .record_event(Some(drv::CUevent_flags::CU_EVENT_DEFAULT))
+            .cuda("recording a timing event")
+    }
+
+    /// Milliseconds of stream time between two events from [`CudaDevice::record_event`]
+    /// (waits for `end`).
+    pub fn elapsed_ms(&self, start: &CudaEvent, end: &CudaEvent) -> Result<f64> {
+        start
+            .elapsed_ms(end)
+            .map(|ms| ms as f64)
+            .cuda("event timing")
     }
 
     fn module(&self, file: &'static str) -> Result<Arc<CudaModule>> {
