@@ -1016,6 +1016,11 @@ fn steps_and_adam(b: &Bench, r: &mut Rows, o: &KernelBenchOptions, rng: &mut Rng
     counter.store.to_device(dev)?;
     let mut adam = Adam::new(AdamConfig::default(), &counter.store)?;
     let params = counter.store.trainable_count();
+    let tensors = counter
+        .store
+        .iter()
+        .filter(|(_, p)| p.kind == crate::nn::ParamKind::Trainable)
+        .count();
 
     let images = randn(&[n, 3, s, s], 1.0, rng, dev)?;
     let counts: Vec<f32> = (0..n).map(|i| 20.0 + 3.0 * i as f32).collect();
@@ -1043,10 +1048,10 @@ fn steps_and_adam(b: &Bench, r: &mut Rows, o: &KernelBenchOptions, rng: &mut Rng
     r.bw(
         "adam (all counter params)",
         "update",
-        &format!("{params} parameters, one launch per tensor"),
+        &format!("{params} parameters in {tensors} tensors"),
         ta,
         7.0 * params as f64 * F32,
-        "p, g, m, v read; p, m, v written".into(),
+        "fused per tensor; p, g, m, v read, p, m, v written".into(),
     );
     drop(grads);
     let tc = b.time(|| counter_step(&mut counter, &mut adam).map(drop))?;

@@ -421,6 +421,29 @@ mod tests {
         close(&g.doffsets.unwrap().to_vec(), &doff, "doffsets");
     }
 
+    /// Non-finite moves do not panic: the sample (and every gradient it touches) is NaN, while
+    /// a huge finite move is simply outside the map. The CUDA kernels reproduce this exactly.
+    #[test]
+    fn non_finite_offsets_give_nan_samples_without_panicking() {
+        let x = grid();
+        for (u, nan) in [
+            (f32::NAN, true),
+            (f32::INFINITY, true),
+            (f32::NEG_INFINITY, true),
+            (1e30, false),
+        ] {
+            let o = constant_offsets(&[(u, 0.0)]);
+            let y = gmp_sample_forward(&x, &o).unwrap().to_vec();
+            assert!(y.iter().all(|v| v.is_nan() == nan), "{u}: {y:?}");
+            if !nan {
+                assert!(y.iter().all(|&v| v == 0.0), "{u}: {y:?}");
+            }
+            let dy = Tensor::full(&[1, 1, H, W], 1.0, &crate::device::Device::Cpu);
+            let g = gmp_sample_backward(&x, &o, &dy, true, true).unwrap();
+            assert_eq!(g.dx.unwrap().to_vec().iter().any(|v| v.is_nan()), nan);
+        }
+    }
+
     /// Only the requested gradients are computed.
     #[test]
     fn backward_honours_needs() {
