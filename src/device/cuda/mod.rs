@@ -1,6 +1,7 @@
 //! The CUDA backend's device layer: one [`CudaDevice`] per GPU (context, a single stream for
 //! kernels, copies and cuBLAS, one cuBLAS handle, a stream-ordered memory pool that keeps freed
-//! memory, counted allocations, and the NVRTC-compiled kernels loaded once per process).
+//! memory, counted allocations, and the NVRTC-compiled kernels loaded once per process), and
+//! [`CudaStorage`], a tensor's buffer on it (`Storage::Cuda` in `crate::tensor`).
 //!
 //! Libraries are loaded at run time (cudarc `dynamic-loading`), so the crate builds and its CPU
 //! path runs with no CUDA anywhere; [`CudaDevice::new`] probes libcuda, libnvrtc and libcublas
@@ -8,16 +9,40 @@
 //!
 //! Kernels (`kernels/*.cu`, embedded by build.rs) are compiled by NVRTC to a CUBIN for the
 //! device's own `sm_XX` on first use and cached on disk ([`nvrtc`]). The launchers live beside
-//! each op in `src/ops/<op>/cuda.rs` (declared here until the ops' `mod.rs` take them over).
+//! each op in `src/ops/<op>/cuda.rs` (and `src/optim/cuda.rs`), declared by the op's `mod.rs`,
+//! whose `match` on `Storage` calls them; the device also carries the `--tf32` math mode and
+//! the `--gmp-kernel` choice the GMP op reads.
 //!
-//! Never run on a GPU yet (written and checked on a machine without one): everything that
-//! touches a device — context/stream/pool setup, CUBIN loading, every launch and kernel result,
-//! the cuBLAS operand order on the device, TF32 switching, the allocation counters' behaviour.
+//! STATUS: NOTHING IN THIS BACKEND HAS RUN ON A GPU YET. It was written and checked on machines
+//! without one. Never run on a device, so unverified:
+//! - device setup: context, stream, cuBLAS handle, memory-pool release threshold, the
+//!   `disable_event_tracking` call, CUBIN loading of the NVRTC output, the driver/NVRTC version
+//!   check on a real driver;
+//! - every kernel launch and result on a device: launch configurations, shared-memory and
+//!   warp-shuffle reductions (batch norm, losses, sum, conv bias gradient), atomics under
+//!   contention (GMP, bilinear backward), FMA contraction differences against the CPU;
+//! - cuBLAS: the row-major operand mapping on the device, strided-batched GEMMs with a
+//!   broadcast operand, TF32 switching;
+//! - tensors on the GPU: host/device copies, device-to-device clones, `Storage::Cuda` through
+//!   every op's CUDA arm, the tape's in-place gradient accumulation, Adam on device tensors,
+//!   BatchNorm running statistics on the device, checkpoints saved from and loaded to a GPU;
+//! - training, evaluation and counting with `--device cuda`, `--gmp-kernel`, `--tf32`;
+//!   `dcl train --profile` on a GPU (stream synchronised around each timed op);
+//! - `dcl bench kernels --device cuda` (CUDA-event timing, copy and SGEMM ceilings);
+//! - the allocation counters' behaviour and the claim that a training step allocates nothing
+//!   new after warm-up.
+//!
 //! What is checked without a GPU: every kernel compiles with NVRTC 13.0 for sm_80/86/89/90 and
-//! defines exactly the entry points the launchers call, the GEMM operand mapping (against a
-//! CPU model of cuBLAS), launch-grid arithmetic, cache keys, the launchers' size checks and the
-//! no-library error path. `tests/cuda_parity.rs` (run with `DCL_TEST_CUDA=1`) holds the GPU
-//! checks for the first device run.
+//! defines exactly the entry points the launchers call (`tests/nvrtc_kernels.rs`); the GMP
+//! kernels (all three versions), max pooling, bilinear resize and Adam compiled as host C++
+//! and run sequentially agree with the CPU reference ops, including non-finite GMP offsets and
+//! max-pool NaNs/ties (`tests/kernels_on_host.rs`); the GEMM operand mapping against a CPU
+//! model of cuBLAS, launch-grid arithmetic, cache keys, the launchers' size checks; the
+//! no-library error path (`Device::parse("cuda")` and `dcl ... --device cuda` give one line,
+//! exit 1); `dcl bench kernels --device cpu`. `tests/cuda_parity.rs` (run with
+//! `DCL_TEST_CUDA=1`) holds the GPU checks for the first device run: every op against the CPU
+//! ops, a counter and a localizer training step (loss and every gradient), the allocation
+//! test, and a small `bench kernels` on the GPU.
 pub mod gemm;
 pub mod kernels;
 pub mod launch;
