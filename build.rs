@@ -5,7 +5,11 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 fn main() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
+    // Read at run time: `env!` would bake in the directory the build script was first compiled
+    // in, and a target folder copied from another checkout would then keep embedding (and
+    // watching) that checkout's kernels.
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let dir = Path::new(&manifest).join("kernels");
     println!("cargo:rerun-if-changed={}", dir.display());
     let mut files: Vec<_> = match std::fs::read_dir(&dir) {
         Ok(entries) => entries

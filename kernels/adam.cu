@@ -1,6 +1,7 @@
-// Adam, fused per parameter tensor (src/optim/cuda.rs): PyTorch's Adam with L2 weight decay.
-//   g = grad + wd * p;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
-//   p -= lr * (m / bc1) / (sqrt(v / bc2) + eps),  bc1 = 1 - b1^t, bc2 = 1 - b2^t (from the host)
+// Adam, fused per parameter tensor (src/optim/cuda.rs): PyTorch's Adam with L2 weight decay,
+// written in the CPU reference's (and torch's) form:
+//   g = grad + wd * p;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g g
+//   p -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps),  bc1 = 1 - b1^t, bc2 = 1 - b2^t (host)
 typedef unsigned long long u64;
 
 // Mirrors `AdamParams` in src/optim/cuda.rs.
@@ -17,12 +18,14 @@ extern "C" __global__ void adam_f32(AdamParams p, float* __restrict__ param,
                                     float* __restrict__ v) {
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < p.n;
          i += (u64)blockDim.x * gridDim.x) {
-        float g = grad[i];
-        if (p.weight_decay != 0.0f) g += p.weight_decay * param[i];
+        const float pi = param[i];
+        const float g = grad[i] + p.weight_decay * pi;
         const float mi = p.beta1 * m[i] + (1.0f - p.beta1) * g;
         const float vi = p.beta2 * v[i] + (1.0f - p.beta2) * g * g;
         m[i] = mi;
         v[i] = vi;
-        param[i] -= p.lr * (mi / p.bias_c1) / (sqrtf(vi / p.bias_c2) + p.eps);
+        const float step_size = p.lr / p.bias_c1;
+        const float denom = sqrtf(vi) / sqrtf(p.bias_c2) + p.eps;
+        param[i] = pi - step_size * mi / denom;
     }
 }

@@ -75,7 +75,8 @@ extern "C" __global__ void bn_invstd_f32(const float* __restrict__ var, float* _
     GRID_STRIDE(i, (u64)c) invstd[i] = 1.0f / sqrtf(var[i] + eps);
 }
 
-// y = (x - mean[c]) * invstd[c] * gamma[c] + beta[c] (train: batch stats; eval: running stats).
+// y = (x - mean[c]) * (invstd[c] * gamma[c]) + beta[c] (train: batch stats; eval: running
+// stats), grouped as the CPU reference.
 extern "C" __global__ void bn_fwd_f32(BnParams p, const float* __restrict__ x,
                                       const float* __restrict__ mean,
                                       const float* __restrict__ invstd,
@@ -84,7 +85,7 @@ extern "C" __global__ void bn_fwd_f32(BnParams p, const float* __restrict__ x,
     const u64 total = (u64)p.n * p.c * p.hw;
     GRID_STRIDE(i, total) {
         const u32 ch = (u32)((i / p.hw) % p.c);
-        y[i] = (x[i] - mean[ch]) * invstd[ch] * gamma[ch] + beta[ch];
+        y[i] = (x[i] - mean[ch]) * (invstd[ch] * gamma[ch]) + beta[ch];
     }
 }
 
@@ -129,7 +130,8 @@ extern "C" __global__ void bn_bwd_reduce_f32(BnParams p, const float* __restrict
     }
 }
 
-// Training-mode input gradient: dx = gamma*invstd/M * (M*dy - dbeta - xhat*dgamma).
+// Training-mode input gradient, in the CPU reference's form:
+// dx = gamma*invstd * (dy - dbeta/M - xhat*dgamma/M).
 extern "C" __global__ void bn_bwd_dx_train_f32(BnParams p, const float* __restrict__ x,
                                                const float* __restrict__ dy,
                                                const float* __restrict__ mean,
@@ -144,7 +146,8 @@ extern "C" __global__ void bn_bwd_dx_train_f32(BnParams p, const float* __restri
         const u32 ch = (u32)((i / p.hw) % p.c);
         const float is = invstd[ch];
         const float xhat = (x[i] - mean[ch]) * is;
-        dx[i] = gamma[ch] * is / m * (m * dy[i] - dbeta[ch] - xhat * dgamma[ch]);
+        const float mdy = dbeta[ch] / m, mdyx = dgamma[ch] / m;
+        dx[i] = gamma[ch] * is * (dy[i] - mdy - xhat * mdyx);
     }
 }
 
@@ -156,6 +159,6 @@ extern "C" __global__ void bn_bwd_dx_eval_f32(BnParams p, const float* __restric
     const u64 total = (u64)p.n * p.c * p.hw;
     GRID_STRIDE(i, total) {
         const u32 ch = (u32)((i / p.hw) % p.c);
-        dx[i] = dy[i] * gamma[ch] * invstd[ch];
+        dx[i] = dy[i] * (gamma[ch] * invstd[ch]);
     }
 }

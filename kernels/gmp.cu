@@ -33,9 +33,11 @@ static_assert(sizeof(GmpParams) == 24, "GmpParams layout must match the Rust str
 #define GRID_STRIDE(i, n) \
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (u64)blockDim.x * gridDim.x)
 
-// The floor cell of a sample point. Taps t = 0..3 sit at (y0, x0), (y0, x0+1), (y0+1, x0),
-// (y0+1, x0+1) (row, column); bit t of mask says tap t is inside the map, and base = y0*w + x0
-// is only dereferenced (plus 0, 1, w, w+1) for taps inside.
+// The floor cell of a sample point, with exactly the CPU reference's semantics
+// (src/ops/gmp/cpu.rs `taps`): taps t = 0..3 sit at (y0, x0), (y0, x0+1), (y0+1, x0),
+// (y0+1, x0+1) (row, column); bit t of mask says tap t is inside the map. A tap outside reads
+// index 0 with weight 0 (so a non-finite x[0] or weight still propagates, as on the CPU), and
+// base = y0*w + x0 is only used for taps inside.
 struct Cell {
     int base;
     float fx, fy;
@@ -43,16 +45,18 @@ struct Cell {
 };
 
 __device__ __forceinline__ Cell gmp_cell(float px, float py, u32 h, u32 w) {
-    // Far outside the map every tap is outside; clamping there keeps the float->int conversion
-    // defined and changes no tap's inside/outside status nor any result.
-    px = fminf(fmaxf(px, -2.0f), (float)w + 1.0f);
-    py = fminf(fmaxf(py, -2.0f), (float)h + 1.0f);
     const float fx0 = floorf(px), fy0 = floorf(py);
-    const int x0 = (int)fx0, y0 = (int)fy0;
+    // The CPU casts floor() to i64 with saturation (NaN -> 0). Only each tap's inside/outside
+    // status and the indices of inside taps matter, and clamping to [-2, size+1] keeps both for
+    // every value while keeping the float->int conversion defined.
+    const int x0 = (fx0 != fx0) ? 0 : (int)fminf(fmaxf(fx0, -2.0f), (float)w + 1.0f);
+    const int y0 = (fy0 != fy0) ? 0 : (int)fminf(fmaxf(fy0, -2.0f), (float)h + 1.0f);
     const bool xin0 = x0 >= 0 && x0 < (int)w, xin1 = x0 + 1 >= 0 && x0 + 1 < (int)w;
     const bool yin0 = y0 >= 0 && y0 < (int)h, yin1 = y0 + 1 >= 0 && y0 + 1 < (int)h;
     Cell c;
     c.base = y0 * (int)w + x0;
+    // From the unclamped position, as the CPU: NaN for a non-finite position, and then every
+    // weight (inside or not) is NaN and the sample is NaN.
     c.fx = px - fx0;
     c.fy = py - fy0;
     c.mask = (u32)(yin0 && xin0) | ((u32)(yin0 && xin1) << 1) | ((u32)(yin1 && xin0) << 2) |
@@ -60,33 +64,36 @@ __device__ __forceinline__ Cell gmp_cell(float px, float py, u32 h, u32 w) {
     return c;
 }
 
-// Flat index of tap t within the plane (valid only when mask bit t is set).
+__device__ __forceinline__ bool tap_inside(const Cell& c, int t) { return (c.mask >> t) & 1u; }
+
+// Index of tap t within the plane: its position when inside, else 0 (the CPU table's index).
 __device__ __forceinline__ int tap_index(const Cell& c, int t, u32 w) {
-    return c.base + (t & 1) + ((t >> 1) ? (int)w : 0);
+    return tap_inside(c, t) ? c.base + (t & 1) + ((t >> 1) ? (int)w : 0) : 0;
 }
 
-// Bilinear weight of tap t and its derivatives along x (column) and y (row).
+// Bilinear weight of tap t, times 1 inside and 0 outside (the CPU's `weights`).
 __device__ __forceinline__ float tap_weight(const Cell& c, int t) {
     const float wx = (t & 1) ? c.fx : 1.0f - c.fx;
     const float wy = (t >> 1) ? c.fy : 1.0f - c.fy;
-    return wx * wy;
+    return wx * wy * (tap_inside(c, t) ? 1.0f : 0.0f);
 }
+// d(weight)/dx (column) and d(weight)/dy (row) on the floor cell, masked (the CPU's
+// `dweights`).
 __device__ __forceinline__ float tap_dwdx(const Cell& c, int t) {
     const float wy = (t >> 1) ? c.fy : 1.0f - c.fy;
-    return (t & 1) ? wy : -wy;
+    return ((t & 1) ? wy : -wy) * (tap_inside(c, t) ? 1.0f : 0.0f);
 }
 __device__ __forceinline__ float tap_dwdy(const Cell& c, int t) {
     const float wx = (t & 1) ? c.fx : 1.0f - c.fx;
-    return (t >> 1) ? wx : -wx;
+    return ((t >> 1) ? wx : -wx) * (tap_inside(c, t) ? 1.0f : 0.0f);
 }
 
-// sum over inside taps of w_t * x[tap], in tap order.
-__device__ __forceinline__ float gmp_sample(const float* __restrict__ xp, const Cell& c, u32 w) {
-    float s = 0.0f;
+// acc += w_t * x[tap] for the four taps, in tap order (outside taps read x[0] with weight 0).
+__device__ __forceinline__ float gmp_accumulate(float acc, const float* __restrict__ xp,
+                                                const Cell& c, u32 w) {
 #pragma unroll
-    for (int t = 0; t < 4; ++t)
-        if (c.mask & (1u << t)) s += tap_weight(c, t) * xp[tap_index(c, t, w)];
-    return s;
+    for (int t = 0; t < 4; ++t) acc += tap_weight(c, t) * xp[tap_index(c, t, w)];
+    return acc;
 }
 
 // d(sample)/d(px) and d(sample)/d(py).
@@ -95,21 +102,23 @@ __device__ __forceinline__ void gmp_sample_grad(const float* __restrict__ xp, co
     float gx = 0.0f, gy = 0.0f;
 #pragma unroll
     for (int t = 0; t < 4; ++t) {
-        if (c.mask & (1u << t)) {
-            const float v = xp[tap_index(c, t, w)];
-            gx += tap_dwdx(c, t) * v;
-            gy += tap_dwdy(c, t) * v;
-        }
+        const float v = xp[tap_index(c, t, w)];
+        gx += v * tap_dwdx(c, t);
+        gy += v * tap_dwdy(c, t);
     }
     *sx = gx;
     *sy = gy;
 }
 
-// dx[tap] += w_t * g for inside taps.
+// dx[tap] += w_t * g. A zero product changes nothing, so it is skipped: that spares the
+// atomics of outside taps (all aimed at index 0) unless the product is NaN, which the CPU
+// adds there too.
 __device__ __forceinline__ void gmp_scatter(float* dxp, const Cell& c, u32 w, float g) {
 #pragma unroll
-    for (int t = 0; t < 4; ++t)
-        if (c.mask & (1u << t)) atomicAdd(dxp + tap_index(c, t, w), tap_weight(c, t) * g);
+    for (int t = 0; t < 4; ++t) {
+        const float v = tap_weight(c, t) * g;
+        if (v != 0.0f) atomicAdd(dxp + tap_index(c, t, w), v);
+    }
 }
 
 // Cell of sample k at plane position pos = i*w + j; op points at off[n][0][0][0].
@@ -134,8 +143,8 @@ extern "C" __global__ void gmp_naive_fwd_f32(GmpParams p, const float* __restric
         const float* xp = x + (i / hw) * hw;
         const float* op = off + img * 2 * p.k * hw;
         float acc = 0.0f;
-        for (u32 k = 0; k < p.k; ++k) acc += gmp_sample(xp, cell_at(p, op, hw, pos, k), p.w);
-        a[i] = acc / (float)p.k;
+        for (u32 k = 0; k < p.k; ++k) acc = gmp_accumulate(acc, xp, cell_at(p, op, hw, pos, k), p.w);
+        a[i] = acc * (1.0f / (float)p.k);
     }
 }
 
@@ -150,7 +159,7 @@ extern "C" __global__ void gmp_naive_bwd_dx_f32(GmpParams p, const float* __rest
         const u64 img = i / (hw * p.c);
         float* dxp = dx + (i / hw) * hw;
         const float* op = off + img * 2 * p.k * hw;
-        const float g = da[i] / (float)p.k;
+        const float g = da[i] * (1.0f / (float)p.k);
         for (u32 k = 0; k < p.k; ++k) gmp_scatter(dxp, cell_at(p, op, hw, pos, k), p.w, g);
     }
 }
@@ -171,19 +180,22 @@ extern "C" __global__ void gmp_naive_bwd_doff_f32(GmpParams p, const float* __re
         float du = 0.0f, dv = 0.0f;
         for (u32 ch = 0; ch < p.c; ++ch) {
             const u64 plane = (img * p.c + ch) * hw;
-            const float g = da[plane + pos] / (float)p.k;
+            const float g = da[plane + pos];
+            if (g == 0.0f) continue; // as the CPU, which skips zero gradients
             float sx, sy;
             gmp_sample_grad(x + plane, cell, p.w, &sx, &sy);
             du += g * sx;
             dv += g * sy;
         }
-        doff[(img * 2 * p.k + 2 * k) * hw + pos] = du;
-        doff[(img * 2 * p.k + 2 * k + 1) * hw + pos] = dv;
+        const float inv_k = 1.0f / (float)p.k;
+        doff[(img * 2 * p.k + 2 * k) * hw + pos] = du * inv_k;
+        doff[(img * 2 * p.k + 2 * k + 1) * hw + pos] = dv * inv_k;
     }
 }
 
 // ---------------------------------------------------------------------------------------------
-// unfused: tap tables are [N, K, H, W, 4] (index -1 = outside), per-sample buffers [N, K, C, H, W]
+// unfused: tap tables are [N, K, H, W, 4] (index 0 and masked weights outside, as the CPU
+// table), per-sample buffers [N, K, C, H, W]
 
 // Stage 1: tap indices and weights; with dwx/dwy non-null also the weights' derivatives.
 extern "C" __global__ void gmp_unf_coords_f32(GmpParams p, const float* __restrict__ off,
@@ -198,8 +210,7 @@ extern "C" __global__ void gmp_unf_coords_f32(GmpParams p, const float* __restri
         const Cell c = cell_at(p, off + img * 2 * p.k * hw, hw, pos, k);
 #pragma unroll
         for (int t = 0; t < 4; ++t) {
-            const bool in = (c.mask & (1u << t)) != 0;
-            tidx[i * 4 + t] = in ? tap_index(c, t, p.w) : -1;
+            tidx[i * 4 + t] = tap_index(c, t, p.w);
             tw[i * 4 + t] = tap_weight(c, t);
             if (tdwx != nullptr) tdwx[i * 4 + t] = tap_dwdx(c, t);
             if (tdwy != nullptr) tdwy[i * 4 + t] = tap_dwdy(c, t);
@@ -223,10 +234,7 @@ extern "C" __global__ void gmp_unf_sample_f32(GmpParams p, const float* __restri
         const u64 tb = (nk * hw + pos) * 4;
         float acc = 0.0f;
 #pragma unroll
-        for (int t = 0; t < 4; ++t) {
-            const int idx = tidx[tb + t];
-            if (idx >= 0) acc += tw[tb + t] * xp[idx];
-        }
+        for (int t = 0; t < 4; ++t) acc += tw[tb + t] * xp[tidx[tb + t]];
         s[i] = acc;
     }
 }
@@ -242,7 +250,7 @@ extern "C" __global__ void gmp_unf_mean_f32(GmpParams p, const float* __restrict
         const u64 img = i / (hw * p.c);
         float acc = 0.0f;
         for (u32 k = 0; k < p.k; ++k) acc += s[((img * p.k + k) * p.c + ch) * hw + pos];
-        a[i] = acc / (float)p.k;
+        a[i] = acc * (1.0f / (float)p.k);
     }
 }
 
@@ -264,21 +272,23 @@ extern "C" __global__ void gmp_unf_bwd_sample_f32(GmpParams p, const float* __re
         const u64 nk = i / (hw * p.c);
         const u64 img = nk / p.k;
         const u64 plane = (img * p.c + ch) * hw;
-        const float g = da[plane + pos] / (float)p.k;
+        const float gd = da[plane + pos];
+        const float g = gd * (1.0f / (float)p.k);
         const u64 tb = (nk * hw + pos) * 4;
         float sx = 0.0f, sy = 0.0f;
 #pragma unroll
         for (int t = 0; t < 4; ++t) {
             const int idx = tidx[tb + t];
-            if (idx >= 0) {
-                atomicAdd(dx + plane + idx, tw[tb + t] * g);
-                const float v = x[plane + idx];
-                sx += tdwx[tb + t] * v;
-                sy += tdwy[tb + t] * v;
-            }
+            const float c = tw[tb + t] * g;
+            if (c != 0.0f) atomicAdd(dx + plane + idx, c); // see gmp_scatter
+            const float v = x[plane + idx];
+            sx += v * tdwx[tb + t];
+            sy += v * tdwy[tb + t];
         }
-        gpx[i] = g * sx;
-        gpy[i] = g * sy;
+        // Unscaled by 1/K (applied once in the reduction); zero gradients contribute nothing,
+        // as the CPU skips them.
+        gpx[i] = gd == 0.0f ? 0.0f : gd * sx;
+        gpy[i] = gd == 0.0f ? 0.0f : gd * sy;
     }
 }
 
@@ -299,8 +309,9 @@ extern "C" __global__ void gmp_unf_bwd_reduce_f32(GmpParams p, const float* __re
             du += gpx[j];
             dv += gpy[j];
         }
-        doff[(img * 2 * p.k + 2 * k) * hw + pos] = du;
-        doff[(img * 2 * p.k + 2 * k + 1) * hw + pos] = dv;
+        const float inv_k = 1.0f / (float)p.k;
+        doff[(img * 2 * p.k + 2 * k) * hw + pos] = du * inv_k;
+        doff[(img * 2 * p.k + 2 * k + 1) * hw + pos] = dv * inv_k;
     }
 }
 
@@ -326,8 +337,8 @@ extern "C" __global__ void gmp_fused_fwd_f32(GmpParams p, const float* __restric
             float acc = 0.0f;
 #pragma unroll
             for (u32 k = 0; k < GMP_FUSED_MAX_K; ++k)
-                if (k < p.k) acc += gmp_sample(x + plane, cells[k], p.w);
-            a[plane + pos] = acc / (float)p.k;
+                if (k < p.k) acc = gmp_accumulate(acc, x + plane, cells[k], p.w);
+            a[plane + pos] = acc * (1.0f / (float)p.k);
         }
     }
 }
@@ -353,16 +364,20 @@ extern "C" __global__ void gmp_fused_bwd_f32(GmpParams p, const float* __restric
             dv[k] = 0.0f;
             if (k < p.k) cells[k] = cell_at(p, op, hw, pos, k);
         }
+        const float inv_k = 1.0f / (float)p.k;
         for (u32 ch = c0; ch < c1; ++ch) {
             const u64 plane = (img * p.c + ch) * hw;
-            const float g = da[plane + pos] / (float)p.k;
+            const float gd = da[plane + pos];
+            const float g = gd * inv_k;
 #pragma unroll
             for (u32 k = 0; k < GMP_FUSED_MAX_K; ++k) {
                 if (k < p.k) {
-                    float sx, sy;
-                    gmp_sample_grad(x + plane, cells[k], p.w, &sx, &sy);
-                    du[k] += g * sx;
-                    dv[k] += g * sy;
+                    if (gd != 0.0f) { // the CPU skips zero gradients in the offsets' sum
+                        float sx, sy;
+                        gmp_sample_grad(x + plane, cells[k], p.w, &sx, &sy);
+                        du[k] += gd * sx;
+                        dv[k] += gd * sy;
+                    }
                     gmp_scatter(dx + plane, cells[k], p.w, g);
                 }
             }
@@ -371,8 +386,8 @@ extern "C" __global__ void gmp_fused_bwd_f32(GmpParams p, const float* __restric
 #pragma unroll
             for (u32 k = 0; k < GMP_FUSED_MAX_K; ++k) {
                 if (k < p.k) {
-                    atomicAdd(doff + (img * 2 * p.k + 2 * k) * hw + pos, du[k]);
-                    atomicAdd(doff + (img * 2 * p.k + 2 * k + 1) * hw + pos, dv[k]);
+                    atomicAdd(doff + (img * 2 * p.k + 2 * k) * hw + pos, du[k] * inv_k);
+                    atomicAdd(doff + (img * 2 * p.k + 2 * k + 1) * hw + pos, dv[k] * inv_k);
                 }
             }
         }

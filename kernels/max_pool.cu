@@ -13,7 +13,8 @@ struct PoolParams {
 };
 static_assert(sizeof(PoolParams) == 20, "PoolParams layout must match the Rust struct");
 
-// First maximum in row-major window order; a NaN wins and propagates (as PyTorch).
+// First maximum in row-major window order; a NaN wins over anything before it, including an
+// earlier NaN (the last NaN in scan order is the argmax), exactly as the CPU reference.
 extern "C" __global__ void max_pool2x2_fwd_f32(PoolParams p, const float* __restrict__ x,
                                                float* __restrict__ y, u32* __restrict__ argmax) {
     const u64 total = (u64)p.planes * p.oh * p.ow;
@@ -30,7 +31,7 @@ extern "C" __global__ void max_pool2x2_fwd_f32(PoolParams p, const float* __rest
             for (u32 dx = 0; dx < 2; ++dx) {
                 const u32 idx = (y0 + dy) * p.w + x0 + dx;
                 const float v = xp[idx];
-                if (v > best || (v != v && best == best)) {
+                if (v > best || v != v) {
                     best = v;
                     best_i = idx;
                 }

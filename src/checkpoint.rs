@@ -27,18 +27,19 @@ pub fn write_tensors(
     scalars_i64: &[(String, i64)],
     metadata: HashMap<String, String>,
 ) -> Result<()> {
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>, Dtype)> = tensors
+    let mut bytes: Vec<(String, Vec<usize>, Vec<u8>, Dtype)> = tensors
         .iter()
         .map(|(n, t)| {
-            let data = bytemuck::cast_slice::<f32, u8>(&t.to_vec()).to_vec();
-            (n.clone(), t.dims().to_vec(), data, Dtype::F32)
+            // to_host: a GPU tensor's copy can fail (and surface an earlier kernel fault).
+            let data = bytemuck::cast_slice::<f32, u8>(&t.to_host()?).to_vec();
+            Ok((n.clone(), t.dims().to_vec(), data, Dtype::F32))
         })
-        .chain(
-            scalars_i64
-                .iter()
-                .map(|(n, v)| (n.clone(), vec![], v.to_le_bytes().to_vec(), Dtype::I64)),
-        )
-        .collect();
+        .collect::<Result<_>>()?;
+    bytes.extend(
+        scalars_i64
+            .iter()
+            .map(|(n, v)| (n.clone(), vec![], v.to_le_bytes().to_vec(), Dtype::I64)),
+    );
     let views = bytes
         .iter()
         .map(|(n, dims, data, dt)| {

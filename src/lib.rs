@@ -2,6 +2,7 @@
 //! CPU references (and CUDA kernels), an autograd tape, the counter and localizer networks,
 //! training, data and the `dcl` command-line tool.
 pub mod autograd;
+pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod data;

@@ -40,7 +40,7 @@ fn a_training_step_frees_its_activations_and_its_peak_is_stable() {
         ..ModelConfig::default()
     };
     let mut net = Counter::new(&cfg, 0).unwrap();
-    let mut adam = Adam::new(AdamConfig::default(), &net.store);
+    let mut adam = Adam::new(AdamConfig::default(), &net.store).unwrap();
     let images = random_input(&[2, 3, 64, 64], 1);
     let mut step = || {
         let tape = Tape::new();

@@ -94,6 +94,14 @@ impl Profile {
     }
 }
 
+/// Waits for every GPU this process has opened (none on a CPU run, where this costs a lock).
+fn sync_gpus_for_profile() -> Result<()> {
+    for d in crate::device::cuda::opened_devices() {
+        d.synchronize()?;
+    }
+    Ok(())
+}
+
 pub struct Tape {
     nodes: RefCell<Vec<Node>>,
     recording: bool,
@@ -139,13 +147,17 @@ impl Tape {
         std::mem::take(&mut self.profile.borrow_mut())
     }
 
-    /// Times `f` under `name` when profiling (ops call this around their forward work).
+    /// Times `f` under `name` when profiling (ops call this around their forward work). GPU
+    /// launches are asynchronous, so every open GPU's stream is synchronised before and after
+    /// `f`: the wall time then covers the op's device work (and only it).
     pub fn timed<T>(&self, name: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
         if !self.profiling.get() {
             return f();
         }
+        sync_gpus_for_profile()?;
         let t0 = Instant::now();
         let r = f();
+        sync_gpus_for_profile()?;
         self.profile
             .borrow_mut()
             .entries
@@ -233,7 +245,11 @@ impl Tape {
             }
         }
         let mut grads: Vec<Option<Tensor>> = (0..nodes.len()).map(|_| None).collect();
-        grads[root] = Some(Tensor::full(loss.value.dims(), 1.0, &loss.value.device()));
+        grads[root] = Some(Tensor::try_full(
+            loss.value.dims(),
+            1.0,
+            &loss.value.device(),
+        )?);
         let mut leaves = Gradients::default();
         let mut nodes = nodes;
         for i in (0..=root).rev() {
@@ -248,10 +264,14 @@ impl Tape {
                 .iter()
                 .map(|n| n.is_some_and(|n| needed[n]))
                 .collect();
+            if self.profiling.get() {
+                sync_gpus_for_profile()?;
+            }
             let t0 = self.profiling.get().then(Instant::now);
             let name = bw.name();
             let input_grads = bw.backward(&g, &needs)?;
             if let Some(t0) = t0 {
+                sync_gpus_for_profile()?;
                 self.profile
                     .borrow_mut()
                     .entries
@@ -272,7 +292,10 @@ impl Tape {
                     }
                     grads[*j] = Some(match grads[*j].take() {
                         None => ig,
-                        Some(acc) => crate::ops::elementwise::add_tensors(&acc, &ig)?,
+                        Some(mut acc) => {
+                            crate::ops::elementwise::add_assign_tensors(&mut acc, &ig)?;
+                            acc
+                        }
                     });
                 }
             }

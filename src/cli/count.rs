@@ -49,6 +49,8 @@ pub struct CountArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    #[command(flatten)]
+    pub gpu: super::gpu::GpuArgs,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -194,6 +196,7 @@ pub fn prediction_points(p: &Prediction, threshold: f32, min_distance: f32) -> O
 
 pub fn run(a: CountArgs) -> anyhow::Result<()> {
     let (counter, localizer) = load_models(&a.counter, a.localizer.as_deref(), &a.device)?;
+    a.gpu.apply(&counter.store.device())?;
     let hash = file_hash(&a.counter)?;
     let files = collect_images(&a.paths, a.glob.as_deref())?;
     if files.is_empty() {

@@ -82,6 +82,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         out: Some(a.out.join("eval")),
         batch_size: 8,
         device: a.device.clone(),
+        gpu: Default::default(),
     })?;
 
     eprintln!("[4/4] counting the held-out folder");
@@ -98,6 +99,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         tile: 256,
         overlap: 32,
         device: a.device.clone(),
+        gpu: Default::default(),
         quiet: false,
     })?;
     eprintln!("\ndone in {:.0}s:", t0.elapsed().as_secs_f64());

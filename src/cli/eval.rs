@@ -48,11 +48,14 @@ pub struct EvalArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    #[command(flatten)]
+    pub gpu: super::gpu::GpuArgs,
 }
 
 pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     let (counter, localizer) =
         super::count::load_models(&a.counter, a.localizer.as_deref(), &a.device)?;
+    a.gpu.apply(&counter.store.device())?;
     let format: Option<Format> = a.format.as_deref().map(str::parse).transpose()?;
     let opts = DataOptions {
         format,

@@ -1,8 +1,10 @@
 //! The `dcl` command-line tool: one file per subcommand.
+pub mod bench;
 pub mod count;
 pub mod data;
 pub mod demo;
 pub mod eval;
+pub mod gpu;
 pub mod outputs;
 pub mod plot;
 pub mod train;
@@ -36,6 +38,9 @@ pub enum Command {
     /// Inspect, render and generate data sets.
     #[command(subcommand)]
     Data(data::DataCommand),
+    /// Benchmarks on a device: `dcl bench kernels`.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -46,6 +51,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Data(c) => data::run(c),
         Command::Demo(a) => demo::run(a),
         Command::Plot(a) => plot::run(a),
+        Command::Bench(c) => bench::run(c),
     }
 }
 

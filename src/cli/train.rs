@@ -110,6 +110,8 @@ pub struct TrainArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    #[command(flatten)]
+    pub gpu: super::gpu::GpuArgs,
     /// Print a per-op time breakdown of the training steps at the end.
     #[arg(long)]
     pub profile: bool,
@@ -189,7 +191,7 @@ fn install_interrupt_handler() {
 }
 
 pub fn run(a: TrainArgs) -> anyhow::Result<()> {
-    let device = super::parse_device(&a.device)?;
+    let device = super::gpu::open_device(&a.device, &a.gpu)?;
     install_interrupt_handler();
     let (mut opts, model, resume) = match &a.resume {
         Some(dir) => {

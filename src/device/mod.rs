@@ -1,34 +1,77 @@
-//! Where tensors live. The CPU is the reference backend; CUDA storage and kernels slot in as a
-//! second variant (issue: CUDA backend) without changing callers, which only see `Device`.
+//! Where tensors live. The CPU is the reference backend; a CUDA GPU is the second variant,
+//! opened through [`cuda::CudaDevice::shared`] (one context, stream and cuBLAS handle per GPU
+//! and process). Callers only see `Device`.
 pub mod cpu;
 pub mod cuda;
 
 use crate::error::{Error, Result};
 
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub use cuda::CudaDevice;
+
+#[derive(Clone, Debug, Default)]
 pub enum Device {
     #[default]
     Cpu,
+    Cuda(CudaDevice),
 }
 
-impl Device {
-    /// Parses `cpu`, `cuda` or `cuda:N`. CUDA is refused with one clear line until the CUDA
-    /// backend exists; it never panics.
-    pub fn parse(s: &str) -> Result<Device> {
-        match s {
-            "cpu" => Ok(Device::Cpu),
-            s if s == "cuda" || s.starts_with("cuda:") => Err(Error::Device(format!(
-                "--device {s}: this build has no CUDA backend yet; use --device cpu"
-            ))),
-            other => Err(Error::Device(format!(
-                "unknown device '{other}' (expected cpu, cuda or cuda:N)"
-            ))),
+/// Two CUDA devices are the same device when they are the same GPU (ordinal).
+impl PartialEq for Device {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Device::Cpu, Device::Cpu) => true,
+            (Device::Cuda(a), Device::Cuda(b)) => a.ordinal() == b.ordinal(),
+            _ => false,
         }
+    }
+}
+impl Eq for Device {}
+
+impl Device {
+    /// Parses `cpu`, `cuda` (= `cuda:0`) or `cuda:N`, opening the GPU. Without CUDA (no driver,
+    /// libraries or device) the error is the probe's one line; it never panics.
+    pub fn parse(s: &str) -> Result<Device> {
+        let ordinal = match s {
+            "cpu" => return Ok(Device::Cpu),
+            "cuda" => 0,
+            s if s.starts_with("cuda:") => s["cuda:".len()..].parse::<usize>().map_err(|_| {
+                Error::Device(format!(
+                    "--device {s}: expected cuda:N with N a GPU number, e.g. cuda:0"
+                ))
+            })?,
+            other => {
+                return Err(Error::Device(format!(
+                    "unknown device '{other}' (expected cpu, cuda or cuda:N)"
+                )))
+            }
+        };
+        Ok(Device::Cuda(CudaDevice::shared(ordinal)?))
     }
 
     pub fn name(&self) -> String {
         match self {
             Device::Cpu => "cpu".into(),
+            Device::Cuda(d) => format!("cuda:{}", d.ordinal()),
+        }
+    }
+
+    /// The GPU, when this is one.
+    pub fn cuda(&self) -> Option<&CudaDevice> {
+        match self {
+            Device::Cpu => None,
+            Device::Cuda(d) => Some(d),
+        }
+    }
+
+    pub fn is_cuda(&self) -> bool {
+        self.cuda().is_some()
+    }
+
+    /// Waits for the device's queued work (a no-op on the CPU): for timing and profiling.
+    pub fn synchronize(&self) -> Result<()> {
+        match self {
+            Device::Cpu => Ok(()),
+            Device::Cuda(d) => d.synchronize(),
         }
     }
 }
@@ -36,5 +79,38 @@ impl Device {
 impl std::fmt::Display for Device {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_cpu_and_refuse_unknown_names() {
+        assert_eq!(Device::parse("cpu").unwrap(), Device::Cpu);
+        let e = Device::parse("tpu").unwrap_err().to_string();
+        assert!(e.contains("tpu") && e.contains("cuda:N"), "{e}");
+        let e = Device::parse("cuda:x").unwrap_err().to_string();
+        assert!(e.contains("cuda:x") && !e.contains('\n'), "{e}");
+    }
+
+    /// Without CUDA (this CI machine) `cuda` is one clear line, not a panic; with a GPU it
+    /// opens it and the name round-trips.
+    #[test]
+    fn parse_cuda_opens_the_gpu_or_says_why_not() {
+        for s in ["cuda", "cuda:0"] {
+            match Device::parse(s) {
+                Ok(d) => {
+                    assert_eq!(d.name(), "cuda:0");
+                    assert_eq!(d, Device::parse("cuda").unwrap());
+                    assert_ne!(d, Device::Cpu);
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    assert!(msg.contains("CUDA") && !msg.contains('\n'), "{msg}");
+                }
+            }
+        }
     }
 }

@@ -135,7 +135,7 @@ pub fn localization_scores(
         let counts = per_image_counts(z.value())?;
         let d = localizer_density_from(localizer, batch.images, &z)?
             .value()
-            .to_vec();
+            .to_host()?;
         for (k, truth) in batch.points.iter().enumerate() {
             let map = Map {
                 width: w,

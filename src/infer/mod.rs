@@ -132,7 +132,7 @@ pub fn predict(
         }
         let images = Tensor::from_vec(buf, &[group.len(), 3, th, tw])?;
         let z = counter_z(counter, images.clone())?;
-        let zv = z.value().to_vec();
+        let zv = z.value().to_host()?;
         let (zh, zw) = (th / c, tw / c);
         for (k, &(ty, tx)) in group.iter().enumerate() {
             let plane = &zv[k * zh * zw..(k + 1) * zh * zw];
@@ -150,7 +150,7 @@ pub fn predict(
         }
         if let (Some(loc), Some(dmap), Some((wx, wy))) = (localizer, density.as_mut(), &full_w) {
             let d = crate::eval::localizer_density_from(loc, images, &z)?;
-            let dv = d.value().to_vec();
+            let dv = d.value().to_host()?;
             let inv = 1.0 / loc.config.density_scale;
             for (k, &(ty, tx)) in group.iter().enumerate() {
                 let plane = &dv[k * th * tw..(k + 1) * th * tw];

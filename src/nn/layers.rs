@@ -54,8 +54,9 @@ pub struct RunningUpdate {
 /// Applies collected running-statistics updates to the store.
 pub fn apply_bn_updates(store: &mut ParamStore, updates: Vec<RunningUpdate>) -> Result<()> {
     for u in updates {
-        let mut rm = store.value(u.running_mean).clone();
-        let mut rv = store.value(u.running_var).clone();
+        // try_clone: on a GPU this is a device copy, whose failure is an error, not a panic
+        let mut rm = store.value(u.running_mean).try_clone()?;
+        let mut rv = store.value(u.running_var).try_clone()?;
         batch_norm2d::update_running_stats(&mut rm, &mut rv, &u.stats, u.momentum)?;
         store.set(u.running_mean, rm)?;
         store.set(u.running_var, rv)?;

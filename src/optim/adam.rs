@@ -47,24 +47,27 @@ pub struct Adam {
 }
 
 impl Adam {
-    pub fn new(config: AdamConfig, store: &ParamStore) -> Adam {
+    /// Zero moments on each parameter's device (an error only if a GPU allocation fails).
+    pub fn new(config: AdamConfig, store: &ParamStore) -> Result<Adam> {
         let moments = store
             .iter()
             .map(|(_, p)| {
-                (p.kind == ParamKind::Trainable).then(|| {
-                    let d = p.value.device();
-                    (
-                        Tensor::zeros(p.value.dims(), &d),
-                        Tensor::zeros(p.value.dims(), &d),
-                    )
-                })
+                (p.kind == ParamKind::Trainable)
+                    .then(|| {
+                        let d = p.value.device();
+                        Ok((
+                            Tensor::try_full(p.value.dims(), 0.0, &d)?,
+                            Tensor::try_full(p.value.dims(), 0.0, &d)?,
+                        ))
+                    })
+                    .transpose()
             })
-            .collect();
-        Adam {
+            .collect::<Result<_>>()?;
+        Ok(Adam {
             config,
             step: 0,
             moments,
-        }
+        })
     }
 
     /// One update of every parameter that has a gradient (`grads` indexed like the store).
@@ -121,6 +124,7 @@ pub fn update_tensor(
     v: &mut Tensor,
     h: &AdamStep,
 ) -> Result<()> {
+    crate::tensor::same_device("adam", &[p, g, m, v])?;
     match (
         p.storage_mut(),
         g.storage(),
@@ -131,10 +135,19 @@ pub fn update_tensor(
             update_cpu(p, g, m, v, h);
             Ok(())
         }
-        #[allow(unreachable_patterns)]
-        _ => Err(Error::Invalid(
-            "adam: parameter, gradient and moments on different devices".into(),
-        )),
+        (Storage::Cuda(p), Storage::Cuda(g), Storage::Cuda(m), Storage::Cuda(v)) => {
+            let dev = p.device().clone();
+            let params = super::cuda::adam_params_from_step(h, p.len());
+            super::cuda::adam_launch(
+                &dev,
+                &params,
+                p.slice_mut(),
+                g.slice(),
+                m.slice_mut(),
+                v.slice_mut(),
+            )
+        }
+        _ => unreachable!("devices checked above"),
     }
 }
 
@@ -172,7 +185,7 @@ mod tests {
             weight_decay: 0.1,
             ..Default::default()
         };
-        let mut adam = Adam::new(cfg, &store);
+        let mut adam = Adam::new(cfg, &store).unwrap();
         let g = || vec![Some(Tensor::from_vec(vec![0.5], &[1]).unwrap())];
         adam.update(&mut store, &g(), 0.1).unwrap();
         let p1 = store.value(id).to_vec()[0];
@@ -199,7 +212,7 @@ mod tests {
             ParamKind::Buffer,
             Tensor::from_vec(vec![3.0], &[1]).unwrap(),
         );
-        let mut adam = Adam::new(AdamConfig::default(), &store);
+        let mut adam = Adam::new(AdamConfig::default(), &store).unwrap();
         adam.update(&mut store, &[None, None], 0.1).unwrap();
         assert_eq!(store.value(a).to_vec(), vec![1.0, 2.0]);
         assert_eq!(store.value(b).to_vec(), vec![3.0]);

@@ -57,6 +57,50 @@ pub fn adam_params(h: &AdamHyper, t: u64, n: usize) -> Result<AdamParams> {
     })
 }
 
+/// Kernel parameters from the host-side step of the CPU optimiser, so both backends use the
+/// same bias corrections to the bit.
+pub fn adam_params_from_step(h: &crate::optim::adam::AdamStep, n: usize) -> AdamParams {
+    AdamParams {
+        lr: h.lr,
+        beta1: h.beta1,
+        beta2: h.beta2,
+        eps: h.eps,
+        weight_decay: h.weight_decay,
+        bias_c1: h.bias_correction1,
+        bias_c2: h.bias_correction2,
+        pad_: 0.0,
+        n: n as u64,
+    }
+}
+
+/// Launches the update with prepared parameters (`p.n` must be the buffers' length).
+pub fn adam_launch(
+    dev: &CudaDevice,
+    p: &AdamParams,
+    param: &mut CudaSlice<f32>,
+    grad: &CudaSlice<f32>,
+    m: &mut CudaSlice<f32>,
+    v: &mut CudaSlice<f32>,
+) -> Result<()> {
+    let n = param.len();
+    if p.n != n as u64 {
+        return Err(Error::shape(
+            OP,
+            format!("parameters for {} values, buffer of {n}", p.n),
+        ));
+    }
+    check_len(OP, "grad", grad, n)?;
+    check_len(OP, "m", &*m, n)?;
+    check_len(OP, "v", &*v, n)?;
+    if let Some(cfg) = dev.cfg(n as u64) {
+        let f = dev.function(KERNEL_FILE, ADAM)?;
+        let mut b = dev.stream().launch_builder(&f);
+        b.arg(p).arg(param).arg(grad).arg(m).arg(v);
+        unsafe { b.launch(cfg) }.cuda(ADAM)?;
+    }
+    Ok(())
+}
+
 /// One Adam step `t` (1-based) on `param` with `grad`, updating the moments `m`, `v` in place.
 pub fn adam_step(
     dev: &CudaDevice,
@@ -67,18 +111,8 @@ pub fn adam_step(
     h: &AdamHyper,
     t: u64,
 ) -> Result<()> {
-    let n = param.len();
-    check_len(OP, "grad", grad, n)?;
-    check_len(OP, "m", &*m, n)?;
-    check_len(OP, "v", &*v, n)?;
-    let p = adam_params(h, t, n)?;
-    if let Some(cfg) = dev.cfg(n as u64) {
-        let f = dev.function(KERNEL_FILE, ADAM)?;
-        let mut b = dev.stream().launch_builder(&f);
-        b.arg(&p).arg(param).arg(grad).arg(m).arg(v);
-        unsafe { b.launch(cfg) }.cuda(ADAM)?;
-    }
-    Ok(())
+    let p = adam_params(h, t, param.len())?;
+    adam_launch(dev, &p, param, grad, m, v)
 }
 
 #[cfg(test)]

@@ -58,7 +58,20 @@ pub fn profile_table() -> String {
     let entries = std::mem::take(&mut *PROFILE.lock().expect("profile lock"));
     let totals = Profile { entries }.totals();
     let all: f64 = totals.iter().map(|t| t.1.as_secs_f64()).sum();
-    let mut s = format!(
+    let gpus: Vec<String> = crate::device::cuda::opened_devices()
+        .iter()
+        .map(|d| format!("cuda:{}", d.ordinal()))
+        .collect();
+    let mut s = if gpus.is_empty() {
+        "per-op wall time (CPU)\n".to_string()
+    } else {
+        format!(
+            "per-op time on {}: wall time with the CUDA stream synchronised before and after \
+             each op, so it is the op's GPU time (plus launch overhead)\n",
+            gpus.join(", ")
+        )
+    };
+    s += &format!(
         "{:<28} {:>12} {:>8} {:>7}\n",
         "op", "total ms", "calls", "share"
     );

@@ -2,7 +2,8 @@
 mod shape;
 pub use shape::Shape;
 
-use crate::device::Device;
+use crate::device::cuda::CudaStorage;
+use crate::device::{CudaDevice, Device};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 
@@ -10,6 +11,7 @@ use crate::rng::Rng;
 #[derive(Clone, Debug)]
 pub enum Storage {
     Cpu(Vec<f32>),
+    Cuda(CudaStorage),
 }
 
 #[derive(Clone, Debug)]
@@ -34,18 +36,29 @@ impl Tensor {
         })
     }
 
+    /// Zeros on `device`. On a GPU a failed allocation panics (as a failed `Vec` allocation
+    /// aborts); [`Tensor::try_full`] returns the error instead.
     pub fn zeros(dims: &[usize], device: &Device) -> Tensor {
         Self::full(dims, 0.0, device)
     }
 
+    /// `value` everywhere on `device`; panics only if a GPU allocation fails (see `try_full`).
     pub fn full(dims: &[usize], value: f32, device: &Device) -> Tensor {
+        Self::try_full(dims, value, device)
+            .unwrap_or_else(|e| panic!("Tensor::full {dims:?} on {device}: {e}"))
+    }
+
+    /// `value` everywhere on `device`, with a device error returned rather than panicking.
+    pub fn try_full(dims: &[usize], value: f32, device: &Device) -> Result<Tensor> {
         let shape = Shape::new(dims);
-        match device {
-            Device::Cpu => Tensor {
-                storage: Storage::Cpu(vec![value; shape.numel()]),
-                shape,
-            },
-        }
+        let storage = match device {
+            Device::Cpu => Storage::Cpu(vec![value; shape.numel()]),
+            Device::Cuda(dev) => Storage::Cuda(CudaStorage::new(
+                dev,
+                crate::ops::elementwise::cuda::fill(dev, shape.numel(), value)?,
+            )),
+        };
+        Ok(Tensor { shape, storage })
     }
 
     pub fn scalar(v: f32) -> Tensor {
@@ -90,6 +103,27 @@ impl Tensor {
     pub fn device(&self) -> Device {
         match &self.storage {
             Storage::Cpu(_) => Device::Cpu,
+            Storage::Cuda(s) => Device::Cuda(s.device().clone()),
+        }
+    }
+
+    /// The GPU buffer, when the tensor lives on one.
+    pub fn cuda_storage(&self) -> Option<&CudaStorage> {
+        match &self.storage {
+            Storage::Cuda(s) => Some(s),
+            Storage::Cpu(_) => None,
+        }
+    }
+
+    /// A tensor owning a GPU buffer of `dims` (ops build their outputs with this).
+    pub fn from_cuda(
+        dev: &CudaDevice,
+        buf: cudarc::driver::CudaSlice<f32>,
+        dims: &[usize],
+    ) -> Tensor {
+        Tensor {
+            shape: Shape::new(dims),
+            storage: Storage::Cuda(CudaStorage::new(dev, buf)),
         }
     }
 
@@ -109,30 +143,78 @@ impl Tensor {
         }
     }
 
-    /// The values on the host (a copy when the tensor lives on a GPU).
+    /// The values on the host (a copy when the tensor lives on a GPU). A failed device copy
+    /// panics with the CUDA error; [`Tensor::to_host`] returns it instead.
     pub fn to_vec(&self) -> Vec<f32> {
+        self.to_host()
+            .unwrap_or_else(|e| panic!("copying a tensor of shape {} to the host: {e}", self.shape))
+    }
+
+    /// The values on the host, with a device error (a failed copy, or an earlier kernel's
+    /// asynchronous fault surfacing here) returned.
+    pub fn to_host(&self) -> Result<Vec<f32>> {
         match &self.storage {
-            Storage::Cpu(v) => v.clone(),
+            Storage::Cpu(v) => Ok(v.clone()),
+            Storage::Cuda(s) => s.to_host(),
         }
+    }
+
+    fn not_on_cpu(&self, what: &str) -> Error {
+        Error::Device(format!(
+            "{what}: the tensor of shape {} lives on {}, not the CPU; copy it with to_vec() or \
+             to_device(&Device::Cpu)",
+            self.shape,
+            self.device()
+        ))
     }
 
     /// Borrow CPU values; errors for device tensors (use `to_vec` to copy instead).
     pub fn as_cpu(&self) -> Result<&[f32]> {
         match &self.storage {
             Storage::Cpu(v) => Ok(v),
+            Storage::Cuda(_) => Err(self.not_on_cpu("as_cpu")),
         }
     }
 
     pub fn as_cpu_mut(&mut self) -> Result<&mut [f32]> {
+        if let Storage::Cuda(_) = &self.storage {
+            return Err(self.not_on_cpu("as_cpu_mut"));
+        }
         match &mut self.storage {
             Storage::Cpu(v) => Ok(v),
+            Storage::Cuda(_) => unreachable!("checked above"),
         }
     }
 
+    /// A copy on `device` (host↔GPU through the stream; GPU to the same GPU is a device copy).
     pub fn to_device(&self, device: &Device) -> Result<Tensor> {
-        match device {
-            Device::Cpu => Ok(Tensor::from_vec(self.to_vec(), self.dims())?),
-        }
+        let storage = match (&self.storage, device) {
+            (Storage::Cpu(v), Device::Cpu) => Storage::Cpu(v.clone()),
+            (Storage::Cpu(v), Device::Cuda(d)) => Storage::Cuda(CudaStorage::from_host(d, v)?),
+            (Storage::Cuda(s), Device::Cpu) => Storage::Cpu(s.to_host()?),
+            (Storage::Cuda(s), Device::Cuda(d)) if s.device().ordinal() == d.ordinal() => {
+                Storage::Cuda(s.try_clone()?)
+            }
+            (Storage::Cuda(s), Device::Cuda(d)) => {
+                Storage::Cuda(CudaStorage::from_host(d, &s.to_host()?)?)
+            }
+        };
+        Ok(Tensor {
+            shape: self.shape.clone(),
+            storage,
+        })
+    }
+
+    /// A deep copy with a device error returned instead of panicking (`clone` panics on a
+    /// failed GPU copy).
+    pub fn try_clone(&self) -> Result<Tensor> {
+        Ok(Tensor {
+            shape: self.shape.clone(),
+            storage: match &self.storage {
+                Storage::Cpu(v) => Storage::Cpu(v.clone()),
+                Storage::Cuda(s) => Storage::Cuda(s.try_clone()?),
+            },
+        })
     }
 
     /// Moves the tensor to `device`; free when it is already there.
@@ -165,7 +247,7 @@ impl Tensor {
                 format!("tensor of shape {} is not a scalar", self.shape),
             ));
         }
-        Ok(self.to_vec()[0])
+        Ok(self.to_host()?[0])
     }
 
     /// Bytes the tensor's storage occupies (for memory accounting).
@@ -188,6 +270,19 @@ pub fn expect_rank<'a>(
         ));
     }
     Ok(t.dims())
+}
+
+/// The error for operands whose storages do not match (after `same_device` passed, this can
+/// only be a tensor and a non-tensor operand, such as pooling indices, on different devices).
+pub fn device_mismatch(op: &'static str, ts: &[&Tensor]) -> Error {
+    match same_device(op, ts) {
+        Err(e) => e,
+        Ok(d) => Error::DeviceMismatch {
+            op,
+            a: d.name(),
+            b: "an operand on another device".into(),
+        },
+    }
 }
 
 /// Errors unless all tensors share one device; returns it.

@@ -63,7 +63,7 @@ pub fn fit(
     let snap_path = dir.join(format!("{name}.snapshot.safetensors"));
     let log = RunLog::new(dir);
 
-    let mut adam = Adam::new(opts.adam(), job.store());
+    let mut adam = Adam::new(opts.adam(), job.store())?;
     let mut progress = Progress::default();
     if resume && snap_path.exists() {
         progress = load_snapshot(&snap_path, job.store_mut(), &mut adam)?;

@@ -7,28 +7,46 @@ include!(concat!(env!("OUT_DIR"), "/kernel_sources.rs"));
 /// name them. CI checks it both ways: each name is in the file's CUBIN, and each
 /// `extern "C" __global__` of the source is listed here.
 pub static KERNEL_ENTRY_POINTS: &[(&str, &[&str])] = &[
-    (super::conv2d::KERNEL_FILE, super::conv2d::ENTRY_POINTS),
     (
-        super::max_pool2d::KERNEL_FILE,
-        super::max_pool2d::ENTRY_POINTS,
-    ),
-    (super::relu::KERNEL_FILE, super::relu::ENTRY_POINTS),
-    (
-        super::batch_norm2d::KERNEL_FILE,
-        super::batch_norm2d::ENTRY_POINTS,
+        crate::ops::conv2d::cuda::KERNEL_FILE,
+        crate::ops::conv2d::cuda::ENTRY_POINTS,
     ),
     (
-        super::upsample_bilinear::KERNEL_FILE,
-        super::upsample_bilinear::ENTRY_POINTS,
+        crate::ops::max_pool2d::cuda::KERNEL_FILE,
+        crate::ops::max_pool2d::cuda::ENTRY_POINTS,
     ),
-    (super::gmp::KERNEL_FILE, super::gmp::ENTRY_POINTS),
-    (super::concat::KERNEL_FILE, super::concat::ENTRY_POINTS),
-    (super::loss::KERNEL_FILE, super::loss::ENTRY_POINTS),
     (
-        super::elementwise::KERNEL_FILE,
-        super::elementwise::ENTRY_POINTS,
+        crate::ops::relu::cuda::KERNEL_FILE,
+        crate::ops::relu::cuda::ENTRY_POINTS,
     ),
-    (super::adam::KERNEL_FILE, super::adam::ENTRY_POINTS),
+    (
+        crate::ops::batch_norm2d::cuda::KERNEL_FILE,
+        crate::ops::batch_norm2d::cuda::ENTRY_POINTS,
+    ),
+    (
+        crate::ops::upsample_bilinear::cuda::KERNEL_FILE,
+        crate::ops::upsample_bilinear::cuda::ENTRY_POINTS,
+    ),
+    (
+        crate::ops::gmp::cuda::KERNEL_FILE,
+        crate::ops::gmp::cuda::ENTRY_POINTS,
+    ),
+    (
+        crate::ops::concat::cuda::KERNEL_FILE,
+        crate::ops::concat::cuda::ENTRY_POINTS,
+    ),
+    (
+        crate::ops::loss::cuda::KERNEL_FILE,
+        crate::ops::loss::cuda::ENTRY_POINTS,
+    ),
+    (
+        crate::ops::elementwise::cuda::KERNEL_FILE,
+        crate::ops::elementwise::cuda::ENTRY_POINTS,
+    ),
+    (
+        crate::optim::cuda::KERNEL_FILE,
+        crate::optim::cuda::ENTRY_POINTS,
+    ),
 ];
 
 /// The source of `kernels/<file>`.

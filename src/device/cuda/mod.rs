@@ -1,6 +1,7 @@
 //! The CUDA backend's device layer: one [`CudaDevice`] per GPU (context, a single stream for
 //! kernels, copies and cuBLAS, one cuBLAS handle, a stream-ordered memory pool that keeps freed
-//! memory, counted allocations, and the NVRTC-compiled kernels loaded once per process).
+//! memory, counted allocations, and the NVRTC-compiled kernels loaded once per process), and
+//! [`CudaStorage`], a tensor's buffer on it (`Storage::Cuda` in `crate::tensor`).
 //!
 //! Libraries are loaded at run time (cudarc `dynamic-loading`), so the crate builds and its CPU
 //! path runs with no CUDA anywhere; [`CudaDevice::new`] probes libcuda, libnvrtc and libcublas
@@ -8,56 +9,63 @@
 //!
 //! Kernels (`kernels/*.cu`, embedded by build.rs) are compiled by NVRTC to a CUBIN for the
 //! device's own `sm_XX` on first use and cached on disk ([`nvrtc`]). The launchers live beside
-//! each op in `src/ops/<op>/cuda.rs` (declared here until the ops' `mod.rs` take them over).
+//! each op in `src/ops/<op>/cuda.rs` (and `src/optim/cuda.rs`), declared by the op's `mod.rs`,
+//! whose `match` on `Storage` calls them; the device also carries the `--tf32` math mode and
+//! the `--gmp-kernel` choice the GMP op reads.
 //!
-//! Never run on a GPU yet (written and checked on a machine without one): everything that
-//! touches a device — context/stream/pool setup, CUBIN loading, every launch and kernel result,
-//! the cuBLAS operand order on the device, TF32 switching, the allocation counters' behaviour.
+//! STATUS: NOTHING IN THIS BACKEND HAS RUN ON A GPU YET. It was written and checked on machines
+//! without one. Never run on a device, so unverified:
+//! - device setup: context, stream, cuBLAS handle, memory-pool release threshold, the
+//!   `disable_event_tracking` call, CUBIN loading of the NVRTC output, the driver/NVRTC version
+//!   check on a real driver;
+//! - every kernel launch and result on a device: launch configurations, shared-memory and
+//!   warp-shuffle reductions (batch norm, losses, sum, conv bias gradient), atomics under
+//!   contention (GMP, bilinear backward), FMA contraction differences against the CPU;
+//! - cuBLAS: the row-major operand mapping on the device, strided-batched GEMMs with a
+//!   broadcast operand, TF32 switching;
+//! - tensors on the GPU: host/device copies, device-to-device clones, `Storage::Cuda` through
+//!   every op's CUDA arm, the tape's in-place gradient accumulation, Adam on device tensors,
+//!   BatchNorm running statistics on the device, checkpoints saved from and loaded to a GPU;
+//! - training, evaluation and counting with `--device cuda`, `--gmp-kernel`, `--tf32`;
+//!   `dcl train --profile` on a GPU (stream synchronised around each timed op);
+//! - `dcl bench kernels --device cuda` (CUDA-event timing, copy and SGEMM ceilings);
+//! - the allocation counters' behaviour and the claim that a training step allocates nothing
+//!   new after warm-up.
+//!
 //! What is checked without a GPU: every kernel compiles with NVRTC 13.0 for sm_80/86/89/90 and
-//! defines exactly the entry points the launchers call, the GEMM operand mapping (against a
-//! CPU model of cuBLAS), launch-grid arithmetic, cache keys, the launchers' size checks and the
-//! no-library error path. `tests/cuda_parity.rs` (run with `DCL_TEST_CUDA=1`) holds the GPU
-//! checks for the first device run.
+//! defines exactly the entry points the launchers call (`tests/nvrtc_kernels.rs`); the GMP
+//! kernels (all three versions), max pooling, bilinear resize and Adam compiled as host C++
+//! and run sequentially agree with the CPU reference ops, including non-finite GMP offsets and
+//! max-pool NaNs/ties (`tests/kernels_on_host.rs`); the GEMM operand mapping against a CPU
+//! model of cuBLAS, launch-grid arithmetic, cache keys, the launchers' size checks; the
+//! no-library error path (`Device::parse("cuda")` and `dcl ... --device cuda` give one line,
+//! exit 1); `dcl bench kernels --device cpu`. `tests/cuda_parity.rs` (run with
+//! `DCL_TEST_CUDA=1`) holds the GPU checks for the first device run: every op against the CPU
+//! ops, a counter and a localizer training step (loss and every gradient), the allocation
+//! test, and a small `bench kernels` on the GPU.
 pub mod gemm;
 pub mod kernels;
 pub mod launch;
 pub mod nvrtc;
 
-// Launchers, kept beside their ops; the ops' mod.rs will declare them at integration.
-#[path = "../../optim/cuda.rs"]
-pub mod adam;
-#[path = "../../ops/batch_norm2d/cuda.rs"]
-pub mod batch_norm2d;
-#[path = "../../ops/concat/cuda.rs"]
-pub mod concat;
-#[path = "../../ops/conv2d/cuda.rs"]
-pub mod conv2d;
-#[path = "../../ops/elementwise/cuda.rs"]
-pub mod elementwise;
-#[path = "../../ops/gmp/cuda.rs"]
-pub mod gmp;
-#[path = "../../ops/loss/cuda.rs"]
-pub mod loss;
-#[path = "../../ops/max_pool2d/cuda.rs"]
-pub mod max_pool2d;
-#[path = "../../ops/relu/cuda.rs"]
-pub mod relu;
-#[path = "../../ops/upsample_bilinear/cuda.rs"]
-pub mod upsample_bilinear;
+pub mod storage;
+
+pub use storage::CudaStorage;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::cublas::sys::cublasMath_t;
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::sys as drv;
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
-    LaunchConfig, ValidAsZeroBits,
+    CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr,
+    DevicePtrMut, DeviceRepr, LaunchConfig, ValidAsZeroBits,
 };
 
 use crate::error::{Error, Result};
+use crate::ops::gmp::GmpKernel;
 
 pub use kernels::{KERNEL_ENTRY_POINTS, KERNEL_SOURCES};
 pub use nvrtc::compile_cubin;
@@ -195,6 +203,29 @@ impl std::fmt::Display for CudaDeviceInfo {
     }
 }
 
+/// The process-wide handles opened by [`CudaDevice::shared`].
+static DEVICES: OnceLock<Mutex<HashMap<usize, CudaDevice>>> = OnceLock::new();
+
+/// The GPUs this process has opened through [`CudaDevice::shared`] (none without CUDA).
+pub fn opened_devices() -> Vec<CudaDevice> {
+    match DEVICES.get() {
+        Some(m) => {
+            let mut v: Vec<CudaDevice> = lock(m).values().cloned().collect();
+            v.sort_by_key(|d| d.ordinal());
+            v
+        }
+        None => Vec::new(),
+    }
+}
+
+fn gmp_kernel_code(k: GmpKernel) -> u8 {
+    match k {
+        GmpKernel::Naive => 0,
+        GmpKernel::Unfused => 1,
+        GmpKernel::Fused => 2,
+    }
+}
+
 struct Inner {
     // Field order is drop order: functions and modules before the handle, stream and context.
     functions: Mutex<HashMap<(&'static str, &'static str), CudaFunction>>,
@@ -208,6 +239,7 @@ struct Inner {
     alloc_calls: AtomicU64,
     alloc_bytes: AtomicU64,
     tf32: AtomicBool,
+    gmp_kernel: AtomicU8,
 }
 
 /// A GPU: cheap to clone (shared), `Send + Sync`.
@@ -326,6 +358,7 @@ impl CudaDevice {
                 alloc_calls: AtomicU64::new(0),
                 alloc_bytes: AtomicU64::new(0),
                 tf32: AtomicBool::new(false),
+                gmp_kernel: AtomicU8::new(gmp_kernel_code(GmpKernel::default())),
             }),
         };
         dev.set_tf32(false)?;
@@ -335,7 +368,6 @@ impl CudaDevice {
     /// The process-wide handle of GPU `ordinal` (one context, stream and cuBLAS handle per
     /// device), opened on first use.
     pub fn shared(ordinal: usize) -> Result<Self> {
-        static DEVICES: OnceLock<Mutex<HashMap<usize, CudaDevice>>> = OnceLock::new();
         let mut map = lock(DEVICES.get_or_init(|| Mutex::new(HashMap::new())));
         if let Some(d) = map.get(&ordinal) {
             return Ok(d.clone());
@@ -495,6 +527,71 @@ impl CudaDevice {
     }
     pub fn tf32(&self) -> bool {
         self.inner.tf32.load(Ordering::Relaxed)
+    }
+
+    /// Which GMP implementation the `gmp_sample` op runs on this device
+    /// (`--gmp-kernel naive|unfused|fused`, default fused).
+    pub fn set_gmp_kernel(&self, k: GmpKernel) {
+        self.inner
+            .gmp_kernel
+            .store(gmp_kernel_code(k), Ordering::Relaxed);
+    }
+    pub fn gmp_kernel(&self) -> GmpKernel {
+        match self.inner.gmp_kernel.load(Ordering::Relaxed) {
+            0 => GmpKernel::Naive,
+            1 => GmpKernel::Unfused,
+            _ => GmpKernel::Fused,
+        }
+    }
+
+    /// A copy of a device buffer (or view) in a new counted allocation, on the stream.
+    pub fn dtod<T: DeviceScalar, S: DevicePtr<T>>(&self, src: &S) -> Result<CudaSlice<T>> {
+        let mut dst = self.alloc::<T>(src.len())?;
+        if src.len() > 0 {
+            self.inner
+                .stream
+                .memcpy_dtod(src, &mut dst)
+                .cuda("device-to-device copy")?;
+        }
+        Ok(dst)
+    }
+
+    /// Copies `src` into the existing buffer `dst` of at least the same length.
+    pub fn copy_dtod<T: DeviceScalar, S: DevicePtr<T>, D: DevicePtrMut<T>>(
+        &self,
+        src: &S,
+        dst: &mut D,
+    ) -> Result<()> {
+        if dst.len() < src.len() {
+            return Err(Error::shape(
+                "copy_dtod",
+                format!("{} elements into a buffer of {}", src.len(), dst.len()),
+            ));
+        }
+        if src.len() > 0 {
+            self.inner
+                .stream
+                .memcpy_dtod(src, dst)
+                .cuda("device-to-device copy")?;
+        }
+        Ok(())
+    }
+
+    /// A timing event recorded on the stream now (timing enabled, unlike cudarc's default).
+    pub fn record_event(&self) -> Result<CudaEvent> {
+        self.inner
+            .stream
+            .record_event(Some(drv::CUevent_flags::CU_EVENT_DEFAULT))
+            .cuda("recording a timing event")
+    }
+
+    /// Milliseconds of stream time between two events from [`CudaDevice::record_event`]
+    /// (waits for `end`).
+    pub fn elapsed_ms(&self, start: &CudaEvent, end: &CudaEvent) -> Result<f64> {
+        start
+            .elapsed_ms(end)
+            .map(|ms| ms as f64)
+            .cuda("event timing")
     }
 
     fn module(&self, file: &'static str) -> Result<Arc<CudaModule>> {

@@ -106,20 +106,11 @@ fn launch_fwd(
     Ok(y)
 }
 
-/// Training forward: normalises with the batch statistics. Refuses M = N·H·W < 2 (the
-/// unbiased variance of the running update needs two values, as PyTorch requires).
-pub fn batch_norm2d_train_forward(
-    dev: &CudaDevice,
-    x: &CudaSlice<f32>,
-    gamma: &CudaSlice<f32>,
-    beta: &CudaSlice<f32>,
-    d: BnDims,
-    eps: f32,
-) -> Result<(CudaSlice<f32>, BnSaved)> {
+/// Per-channel batch statistics of x: mean, biased variance and 1/sqrt(var + eps). Refuses
+/// M = N·H·W < 2 (the unbiased variance of the running update needs two values, as PyTorch).
+pub fn batch_stats(dev: &CudaDevice, x: &CudaSlice<f32>, d: BnDims, eps: f32) -> Result<BnSaved> {
     let p = d.params(eps)?;
     check_len(OP, "x", x, d.numel())?;
-    check_channel_vec("gamma", gamma, d.c)?;
-    check_channel_vec("beta", beta, d.c)?;
     if d.per_channel() < 2 {
         return Err(Error::shape(
             OP,
@@ -139,8 +130,23 @@ pub fn batch_norm2d_train_forward(
             .arg(&mut invstd);
         unsafe { b.launch(cfg) }.cuda(STATS)?;
     }
-    let y = launch_fwd(dev, &p, x, &mean, &invstd, gamma, beta, d.numel())?;
-    Ok((y, BnSaved { mean, var, invstd }))
+    Ok(BnSaved { mean, var, invstd })
+}
+
+/// Training forward: normalises with the batch statistics ([`batch_stats`]).
+pub fn batch_norm2d_train_forward(
+    dev: &CudaDevice,
+    x: &CudaSlice<f32>,
+    gamma: &CudaSlice<f32>,
+    beta: &CudaSlice<f32>,
+    d: BnDims,
+    eps: f32,
+) -> Result<(CudaSlice<f32>, BnSaved)> {
+    check_channel_vec("gamma", gamma, d.c)?;
+    check_channel_vec("beta", beta, d.c)?;
+    let saved = batch_stats(dev, x, d, eps)?;
+    let y = normalize(dev, x, &saved.mean, &saved.invstd, gamma, beta, d)?;
+    Ok((y, saved))
 }
 
 /// `r = (1 − momentum)·r + momentum·stat`, with the unbiased variance var·M/(M−1).
@@ -184,7 +190,13 @@ pub fn update_running_stats(
     Ok(())
 }
 
-fn invstd_of(dev: &CudaDevice, var: &CudaSlice<f32>, c: usize, eps: f32) -> Result<CudaSlice<f32>> {
+/// invstd = 1/sqrt(var + eps) per channel (the eval path's normaliser).
+pub fn invstd_of(
+    dev: &CudaDevice,
+    var: &CudaSlice<f32>,
+    c: usize,
+    eps: f32,
+) -> Result<CudaSlice<f32>> {
     let cu = dim_u32(OP, "C", c)?;
     let mut invstd = dev.alloc::<f32>(c)?;
     if let Some(cfg) = dev.cfg(c as u64) {
@@ -222,6 +234,111 @@ pub fn batch_norm2d_eval_forward(
     launch_fwd(dev, &p, x, running_mean, &invstd, gamma, beta, d.numel())
 }
 
+/// y = (x − mean)·invstd·gamma + beta with given per-channel statistics (batch or running).
+#[allow(clippy::too_many_arguments)]
+pub fn normalize(
+    dev: &CudaDevice,
+    x: &CudaSlice<f32>,
+    mean: &CudaSlice<f32>,
+    invstd: &CudaSlice<f32>,
+    gamma: &CudaSlice<f32>,
+    beta: &CudaSlice<f32>,
+    d: BnDims,
+) -> Result<CudaSlice<f32>> {
+    let p = d.params(0.0)?;
+    check_len(OP, "x", x, d.numel())?;
+    for (what, s) in [
+        ("mean", mean),
+        ("invstd", invstd),
+        ("gamma", gamma),
+        ("beta", beta),
+    ] {
+        check_channel_vec(what, s, d.c)?;
+    }
+    launch_fwd(dev, &p, x, mean, invstd, gamma, beta, d.numel())
+}
+
+/// `r = (1 − momentum)·r + momentum·stat` for the running mean and variance, given the batch
+/// mean and the already unbiased batch variance.
+pub fn running_blend(
+    dev: &CudaDevice,
+    momentum: f32,
+    mean: &CudaSlice<f32>,
+    var_unbiased: &CudaSlice<f32>,
+    running_mean: &mut CudaSlice<f32>,
+    running_var: &mut CudaSlice<f32>,
+) -> Result<()> {
+    let c = mean.len();
+    for (what, s) in [
+        ("batch var", var_unbiased),
+        ("running_mean", &*running_mean),
+        ("running_var", &*running_var),
+    ] {
+        check_channel_vec(what, s, c)?;
+    }
+    let cu = dim_u32(OP, "C", c)?;
+    let unbias = 1.0f32;
+    if let Some(cfg) = dev.cfg(c as u64) {
+        let f = dev.function(KERNEL_FILE, RUNNING)?;
+        let mut b = dev.stream().launch_builder(&f);
+        b.arg(&cu)
+            .arg(&momentum)
+            .arg(&unbias)
+            .arg(mean)
+            .arg(var_unbiased)
+            .arg(running_mean)
+            .arg(running_var);
+        unsafe { b.launch(cfg) }.cuda(RUNNING)?;
+    }
+    Ok(())
+}
+
+/// Backward from the statistics the forward normalised with: dgamma = Σ dy·x̂, dbeta = Σ dy,
+/// and dx in training mode (the statistics depend on x) or eval mode (constants).
+#[allow(clippy::too_many_arguments)]
+pub fn backward_with_stats(
+    dev: &CudaDevice,
+    x: &CudaSlice<f32>,
+    dy: &CudaSlice<f32>,
+    gamma: &CudaSlice<f32>,
+    mean: &CudaSlice<f32>,
+    invstd: &CudaSlice<f32>,
+    d: BnDims,
+    training: bool,
+) -> Result<BnGrads> {
+    let p = d.params(0.0)?;
+    check_len(OP, "x", x, d.numel())?;
+    check_len(OP, "dy", dy, d.numel())?;
+    for (what, s) in [("gamma", gamma), ("mean", mean), ("invstd", invstd)] {
+        check_channel_vec(what, s, d.c)?;
+    }
+    let (dgamma, dbeta) = reduce(dev, &p, x, dy, mean, invstd, d.c)?;
+    let total = d.numel();
+    let mut dx = dev.alloc::<f32>(total)?;
+    if let Some(cfg) = dev.cfg(total as u64) {
+        if training {
+            let f = dev.function(KERNEL_FILE, BWD_DX_TRAIN)?;
+            let mut b = dev.stream().launch_builder(&f);
+            b.arg(&p)
+                .arg(x)
+                .arg(dy)
+                .arg(mean)
+                .arg(invstd)
+                .arg(gamma)
+                .arg(&dgamma)
+                .arg(&dbeta)
+                .arg(&mut dx);
+            unsafe { b.launch(cfg) }.cuda(BWD_DX_TRAIN)?;
+        } else {
+            let f = dev.function(KERNEL_FILE, BWD_DX_EVAL)?;
+            let mut b = dev.stream().launch_builder(&f);
+            b.arg(&p).arg(dy).arg(invstd).arg(gamma).arg(&mut dx);
+            unsafe { b.launch(cfg) }.cuda(BWD_DX_EVAL)?;
+        }
+    }
+    Ok(BnGrads { dx, dgamma, dbeta })
+}
+
 /// Gradients of a batch-norm layer: (dx, dgamma, dbeta).
 pub struct BnGrads {
     pub dx: CudaSlice<f32>,
@@ -256,7 +373,7 @@ fn reduce(
 }
 
 /// Training backward: dgamma = Σ dy·x̂, dbeta = Σ dy,
-/// dx = γ·invstd/M · (M·dy − dbeta − x̂·dgamma).
+/// dx = γ·invstd·(dy − dbeta/M − x̂·dgamma/M).
 pub fn batch_norm2d_train_backward(
     dev: &CudaDevice,
     x: &CudaSlice<f32>,
@@ -265,30 +382,7 @@ pub fn batch_norm2d_train_backward(
     saved: &BnSaved,
     d: BnDims,
 ) -> Result<BnGrads> {
-    let p = d.params(0.0)?;
-    check_len(OP, "x", x, d.numel())?;
-    check_len(OP, "dy", dy, d.numel())?;
-    check_channel_vec("gamma", gamma, d.c)?;
-    check_channel_vec("saved mean", &saved.mean, d.c)?;
-    check_channel_vec("saved invstd", &saved.invstd, d.c)?;
-    let (dgamma, dbeta) = reduce(dev, &p, x, dy, &saved.mean, &saved.invstd, d.c)?;
-    let total = d.numel();
-    let mut dx = dev.alloc::<f32>(total)?;
-    if let Some(cfg) = dev.cfg(total as u64) {
-        let f = dev.function(KERNEL_FILE, BWD_DX_TRAIN)?;
-        let mut b = dev.stream().launch_builder(&f);
-        b.arg(&p)
-            .arg(x)
-            .arg(dy)
-            .arg(&saved.mean)
-            .arg(&saved.invstd)
-            .arg(gamma)
-            .arg(&dgamma)
-            .arg(&dbeta)
-            .arg(&mut dx);
-        unsafe { b.launch(cfg) }.cuda(BWD_DX_TRAIN)?;
-    }
-    Ok(BnGrads { dx, dgamma, dbeta })
+    backward_with_stats(dev, x, dy, gamma, &saved.mean, &saved.invstd, d, true)
 }
 
 /// Eval backward (the running statistics are constants): dx = dy·γ·invstd; dgamma and dbeta
@@ -304,25 +398,7 @@ pub fn batch_norm2d_eval_backward(
     d: BnDims,
     eps: f32,
 ) -> Result<BnGrads> {
-    let p = d.params(eps)?;
-    check_len(OP, "x", x, d.numel())?;
-    check_len(OP, "dy", dy, d.numel())?;
-    for (what, s) in [
-        ("gamma", gamma),
-        ("running_mean", running_mean),
-        ("running_var", running_var),
-    ] {
-        check_channel_vec(what, s, d.c)?;
-    }
+    check_channel_vec("running_var", running_var, d.c)?;
     let invstd = invstd_of(dev, running_var, d.c, eps)?;
-    let (dgamma, dbeta) = reduce(dev, &p, x, dy, running_mean, &invstd, d.c)?;
-    let total = d.numel();
-    let mut dx = dev.alloc::<f32>(total)?;
-    if let Some(cfg) = dev.cfg(total as u64) {
-        let f = dev.function(KERNEL_FILE, BWD_DX_EVAL)?;
-        let mut b = dev.stream().launch_builder(&f);
-        b.arg(&p).arg(dy).arg(&invstd).arg(gamma).arg(&mut dx);
-        unsafe { b.launch(cfg) }.cuda(BWD_DX_EVAL)?;
-    }
-    Ok(BnGrads { dx, dgamma, dbeta })
+    backward_with_stats(dev, x, dy, gamma, running_mean, &invstd, d, false)
 }

@@ -7,12 +7,25 @@
 //! Both record a backward (to x, gamma, beta). The backward saves x (shared by `Arc`), gamma and
 //! the per-channel mean and 1/√(var + eps), and recomputes x̂ from them.
 mod cpu;
+pub mod cuda;
 
 use std::sync::Arc;
 
 use crate::autograd::{Backward, Tape, Var};
+use crate::device::cuda::CudaStorage;
 use crate::error::{Error, Result};
-use crate::tensor::{same_device, Storage, Tensor};
+use crate::tensor::{device_mismatch, same_device, Storage, Tensor};
+
+/// The CUDA launchers' view of x `[N, C, H, W]` (rank checked by the caller).
+fn bn_dims(x: &Tensor) -> cuda::BnDims {
+    let d = x.dims();
+    cuda::BnDims {
+        n: d[0],
+        c: d[1],
+        h: d[2],
+        w: d[3],
+    }
+}
 
 const OP: &str = "batch_norm2d";
 
@@ -117,6 +130,26 @@ fn normalize(x: &Tensor, gamma: &Tensor, beta: &Tensor, s: &BatchNormSaved) -> R
         (Storage::Cpu(xs), Storage::Cpu(g), Storage::Cpu(b), Storage::Cpu(m), Storage::Cpu(is)) => {
             Storage::Cpu(cpu::normalize(xs, m, is, g, b, hw))
         }
+        (
+            Storage::Cuda(xs),
+            Storage::Cuda(g),
+            Storage::Cuda(b),
+            Storage::Cuda(m),
+            Storage::Cuda(is),
+        ) => {
+            let dev = xs.device();
+            let y = cuda::normalize(
+                dev,
+                xs.slice(),
+                m.slice(),
+                is.slice(),
+                g.slice(),
+                b.slice(),
+                bn_dims(x),
+            )?;
+            Storage::Cuda(CudaStorage::new(dev, y))
+        }
+        _ => return Err(device_mismatch(OP, &[x, gamma, beta, &s.mean, &s.invstd])),
     };
     Ok(Tensor::from_storage(y, x.dims()))
 }
@@ -162,6 +195,26 @@ pub fn batch_norm2d_train_forward(
                 BatchStats {
                     mean: Tensor::from_storage(Storage::Cpu(mean), &[c]),
                     var_unbiased: Tensor::from_storage(Storage::Cpu(unbiased), &[c]),
+                },
+            )
+        }
+        Storage::Cuda(xs) => {
+            let dev = xs.device();
+            let st = cuda::batch_stats(dev, xs.slice(), bn_dims(x), eps)?;
+            let unbiased = crate::ops::elementwise::cuda::scale(
+                dev,
+                &st.var,
+                (m as f64 / (m - 1) as f64) as f32,
+            )?;
+            let mean_copy = dev.dtod(&st.mean)?;
+            (
+                BatchNormSaved {
+                    mean: Tensor::from_cuda(dev, st.mean, &[c]),
+                    invstd: Tensor::from_cuda(dev, st.invstd, &[c]),
+                },
+                BatchStats {
+                    mean: Tensor::from_cuda(dev, mean_copy, &[c]),
+                    var_unbiased: Tensor::from_cuda(dev, unbiased, &[c]),
                 },
             )
         }
@@ -211,9 +264,16 @@ impl BatchNormSaved {
                     .map(|&v| (1.0 / (v as f64 + eps as f64).sqrt()) as f32)
                     .collect(),
             ),
+            Storage::Cuda(v) => {
+                let dev = v.device();
+                Storage::Cuda(CudaStorage::new(
+                    dev,
+                    cuda::invstd_of(dev, v.slice(), v.len(), eps)?,
+                ))
+            }
         };
         Ok(BatchNormSaved {
-            mean: running_mean.clone(),
+            mean: running_mean.try_clone()?,
             invstd: Tensor::from_storage(invstd, running_var.dims()),
         })
     }
@@ -301,6 +361,34 @@ fn backward(
                 need_dbeta.then(|| Storage::Cpu(pick(|v| v.0))),
             )
         }
+        (
+            Storage::Cuda(xs),
+            Storage::Cuda(g),
+            Storage::Cuda(m),
+            Storage::Cuda(is),
+            Storage::Cuda(dys),
+        ) => {
+            let dev = xs.device();
+            // One reduction gives dgamma and dbeta, which the training dx needs anyway; the
+            // unrequested outputs are dropped.
+            let gr = cuda::backward_with_stats(
+                dev,
+                xs.slice(),
+                dys.slice(),
+                g.slice(),
+                m.slice(),
+                is.slice(),
+                bn_dims(x),
+                training,
+            )?;
+            let st = |b| Storage::Cuda(CudaStorage::new(dev, b));
+            (
+                need_dx.then(|| st(gr.dx)),
+                need_dgamma.then(|| st(gr.dgamma)),
+                need_dbeta.then(|| st(gr.dbeta)),
+            )
+        }
+        _ => return Err(device_mismatch(OP, &[x, gamma, &s.mean, &s.invstd, dy])),
     };
     Ok(BatchNormGrads {
         dx: dx.map(|s| Tensor::from_storage(s, x.dims())),
@@ -342,11 +430,35 @@ pub fn update_running_stats(
             *r = (1.0 - momentum) * *r + momentum * s;
         }
     };
+    same_device(OP, &[running_mean, running_var])?;
+    if let (Storage::Cuda(_), Storage::Cuda(_)) = (running_mean.storage(), running_var.storage()) {
+        let (Storage::Cuda(m), Storage::Cuda(v)) =
+            (stats.mean.storage(), stats.var_unbiased.storage())
+        else {
+            return Err(device_mismatch(OP, &[running_mean, &stats.mean]));
+        };
+        let (Storage::Cuda(rm), Storage::Cuda(rv)) =
+            (running_mean.storage_mut(), running_var.storage_mut())
+        else {
+            unreachable!("checked above")
+        };
+        let dev = rm.device().clone();
+        return cuda::running_blend(
+            &dev,
+            momentum,
+            m.slice(),
+            v.slice(),
+            rm.slice_mut(),
+            rv.slice_mut(),
+        );
+    }
     match (running_mean.storage_mut(), stats.mean.storage()) {
         (Storage::Cpu(r), Storage::Cpu(s)) => blend(r, s),
+        _ => unreachable!("devices checked above"),
     }
     match (running_var.storage_mut(), stats.var_unbiased.storage()) {
         (Storage::Cpu(r), Storage::Cpu(s)) => blend(r, s),
+        _ => unreachable!("devices checked above"),
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Concatenation along dim 1 (channels) of NCHW tensors with equal N, H, W: the UNet decoder's
 //! `cat([skip, upsampled])`. The backward splits dy into the inputs' channel ranges.
 mod cpu;
+pub mod cuda;
 
 use crate::autograd::{Backward, Tape, Var};
 use crate::error::{Error, Result};
@@ -49,6 +50,23 @@ pub fn concat_channels_forward(xs: &[&Tensor]) -> Result<Tensor> {
                 &dims,
             ))
         }
+        Storage::Cuda(first) => {
+            let dev = first.device();
+            let parts = xs
+                .iter()
+                .zip(&chans)
+                .map(|(x, &c)| {
+                    x.cuda_storage()
+                        .map(|s| (s.slice(), c))
+                        .ok_or_else(|| crate::tensor::device_mismatch(OP, xs))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Tensor::from_cuda(
+                dev,
+                cuda::concat_channels_forward(dev, &parts, n, h, w)?,
+                &dims,
+            ))
+        }
     }
 }
 
@@ -72,6 +90,16 @@ pub fn concat_channels_backward(dy: &Tensor, chans: &[usize]) -> Result<Vec<Tens
             .zip(chans)
             .map(|(v, &ct)| Tensor::from_storage(Storage::Cpu(v), &[n, ct, h, w]))
             .collect()),
+        Storage::Cuda(g) => {
+            let dev = g.device();
+            Ok(
+                cuda::concat_channels_backward(dev, g.slice(), chans, n, h, w)?
+                    .into_iter()
+                    .zip(chans)
+                    .map(|(v, &ct)| Tensor::from_cuda(dev, v, &[n, ct, h, w]))
+                    .collect(),
+            )
+        }
     }
 }
 

@@ -319,14 +319,22 @@ pub fn conv2d_bias_grad(
     Ok(db)
 }
 
-/// Gradients of a convolution.
+/// Gradients of a convolution; each is `None` unless asked for.
 pub struct Conv2dGrads {
-    /// `[n, c, h, w]`, when asked for.
+    /// `[n, c, h, w]`.
     pub dx: Option<CudaSlice<f32>>,
     /// `[o, c, kh, kw]`.
-    pub dw: CudaSlice<f32>,
-    /// `[o]`, when the layer has a bias.
+    pub dw: Option<CudaSlice<f32>>,
+    /// `[o]`.
     pub db: Option<CudaSlice<f32>>,
+}
+
+/// Which gradients a backward computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvNeeds {
+    pub dx: bool,
+    pub dw: bool,
+    pub db: bool,
 }
 
 /// Backward of [`conv2d_forward`] given dy `[n, o, oh, ow]`.
@@ -336,23 +344,20 @@ pub fn conv2d_backward(
     w: &CudaSlice<f32>,
     dy: &CudaSlice<f32>,
     s: &Conv2dShape,
-    need_dx: bool,
-    has_bias: bool,
+    needs: ConvNeeds,
 ) -> Result<Conv2dGrads> {
-    conv2d_backward_ws(dev, x, w, dy, s, need_dx, has_bias, COL_WORKSPACE_FLOATS)
+    conv2d_backward_ws(dev, x, w, dy, s, needs, COL_WORKSPACE_FLOATS)
 }
 
 /// [`conv2d_backward`] with the column workspace (and the same again for dcol) bounded by
 /// `workspace_floats`.
-#[allow(clippy::too_many_arguments)]
 pub fn conv2d_backward_ws(
     dev: &CudaDevice,
     x: &CudaSlice<f32>,
     w: &CudaSlice<f32>,
     dy: &CudaSlice<f32>,
     s: &Conv2dShape,
-    need_dx: bool,
-    has_bias: bool,
+    needs: ConvNeeds,
     workspace_floats: usize,
 ) -> Result<Conv2dGrads> {
     let p_all = s.params(s.n)?;
@@ -362,27 +367,37 @@ pub fn conv2d_backward_ws(
     let ximg = s.c * s.h * s.w;
     let yimg = s.o * p;
     // Zeroed so every image accumulates with beta = 1 (and a batch of 0 gives 0).
-    let mut dw = dev.alloc_zeros::<f32>(s.w_len())?;
-    let mut dx = if need_dx {
+    let mut dw = if needs.dw {
+        Some(dev.alloc_zeros::<f32>(s.w_len())?)
+    } else {
+        None
+    };
+    let mut dx = if needs.dx {
         Some(dev.alloc::<f32>(s.x_len())?)
     } else {
         None
     };
     let gw = weight_grad_gemm(s)?;
-    if s.n > 0 {
+    if s.n > 0 && (needs.dx || needs.dw) {
         if s.is_pointwise() {
-            for i in 0..s.n {
-                let dyv = dy.slice(i * yimg..(i + 1) * yimg);
-                let xv = x.slice(i * ximg..(i + 1) * ximg);
-                sgemm(dev, &gw, &dyv, &xv, &mut dw)?;
+            if let Some(dw) = dw.as_mut() {
+                for i in 0..s.n {
+                    let dyv = dy.slice(i * yimg..(i + 1) * yimg);
+                    let xv = x.slice(i * ximg..(i + 1) * ximg);
+                    sgemm(dev, &gw, &dyv, &xv, dw)?;
+                }
             }
             if let Some(dx) = dx.as_mut() {
                 sgemm(dev, &input_grad_gemm(s, s.n)?, w, dy, dx)?;
             }
         } else {
             let tile = images_per_tile(rows * p, s.n, workspace_floats);
-            let mut col = dev.alloc::<f32>(tile * rows * p)?;
-            let mut dcol = if need_dx {
+            let mut col = if needs.dw {
+                Some(dev.alloc::<f32>(tile * rows * p)?)
+            } else {
+                None
+            };
+            let mut dcol = if needs.dx {
                 Some(dev.alloc::<f32>(tile * rows * p)?)
             } else {
                 None
@@ -393,11 +408,13 @@ pub fn conv2d_backward_ws(
                     images: nb as u32,
                     ..p_all
                 };
-                im2col(dev, &pt, &x.slice(n0 * ximg..(n0 + nb) * ximg), &mut col)?;
-                for i in 0..nb {
-                    let dyv = dy.slice((n0 + i) * yimg..(n0 + i + 1) * yimg);
-                    let cv = col.slice(i * rows * p..(i + 1) * rows * p);
-                    sgemm(dev, &gw, &dyv, &cv, &mut dw)?;
+                if let (Some(dw), Some(col)) = (dw.as_mut(), col.as_mut()) {
+                    im2col(dev, &pt, &x.slice(n0 * ximg..(n0 + nb) * ximg), col)?;
+                    for i in 0..nb {
+                        let dyv = dy.slice((n0 + i) * yimg..(n0 + i + 1) * yimg);
+                        let cv = col.slice(i * rows * p..(i + 1) * rows * p);
+                        sgemm(dev, &gw, &dyv, &cv, dw)?;
+                    }
                 }
                 if let (Some(dx), Some(dcol)) = (dx.as_mut(), dcol.as_mut()) {
                     let dyv = dy.slice(n0 * yimg..(n0 + nb) * yimg);
@@ -408,7 +425,7 @@ pub fn conv2d_backward_ws(
             }
         }
     }
-    let db = if has_bias {
+    let db = if needs.db {
         Some(conv2d_bias_grad(dev, dy, s.n, s.o, p)?)
     } else {
         None

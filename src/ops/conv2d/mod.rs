@@ -2,12 +2,13 @@
 //! OH = (H + 2p − kh)/s + 1 (floor), zero padding, as PyTorch's `F.conv2d` (groups = 1,
 //! dilation = 1). CPU: im2col + GEMM per image (see `cpu.rs`).
 pub mod cpu;
+pub mod cuda;
 
 use std::sync::Arc;
 
 use crate::autograd::{Backward, Tape, Var};
 use crate::error::{Error, Result};
-use crate::tensor::{expect_rank, same_device, Storage, Tensor};
+use crate::tensor::{device_mismatch, expect_rank, same_device, Storage, Tensor};
 
 const OP: &str = "conv2d";
 
@@ -113,6 +114,21 @@ impl Conv2dGeometry {
     pub fn forward_flops(&self) -> u64 {
         2 * (self.n * self.o * self.col_rows() * self.col_cols()) as u64
     }
+
+    /// The same sizes in the CUDA launchers' terms.
+    pub fn cuda_shape(&self) -> cuda::Conv2dShape {
+        cuda::Conv2dShape {
+            n: self.n,
+            c: self.c,
+            h: self.h,
+            w: self.w,
+            o: self.o,
+            kh: self.kh,
+            kw: self.kw,
+            stride: self.stride,
+            pad: self.pad,
+        }
+    }
 }
 
 fn check_bias(b: &Tensor, o: usize) -> Result<()> {
@@ -146,6 +162,17 @@ pub fn conv2d_forward(
         (Storage::Cpu(xs), Storage::Cpu(ws), Some(Storage::Cpu(bs))) => {
             Storage::Cpu(cpu::forward(xs, ws, Some(bs), &g))
         }
+        (Storage::Cuda(xs), Storage::Cuda(ws), bs) => {
+            let bs = match bs {
+                None => None,
+                Some(Storage::Cuda(b)) => Some(b.slice()),
+                Some(Storage::Cpu(_)) => return Err(device_mismatch(OP, &[x, w])),
+            };
+            let dev = xs.device();
+            let y = cuda::conv2d_forward(dev, xs.slice(), ws.slice(), bs, &g.cuda_shape())?;
+            return Ok(Tensor::from_cuda(dev, y, &g.out_dims()));
+        }
+        _ => return Err(device_mismatch(OP, &[x, w])),
     };
     Ok(Tensor::from_storage(out, &g.out_dims()))
 }
@@ -189,6 +216,25 @@ pub fn conv2d_backward(
                 gr.db.map(Storage::Cpu),
             )
         }
+        (Storage::Cuda(xs), Storage::Cuda(ws), Storage::Cuda(dys)) => {
+            let dev = xs.device();
+            let needs = cuda::ConvNeeds {
+                dx: need_dx,
+                dw: need_dw,
+                db: need_db,
+            };
+            let gr = cuda::conv2d_backward(
+                dev,
+                xs.slice(),
+                ws.slice(),
+                dys.slice(),
+                &g.cuda_shape(),
+                needs,
+            )?;
+            let st = |b| Storage::Cuda(crate::device::cuda::CudaStorage::new(dev, b));
+            (gr.dx.map(st), gr.dw.map(st), gr.db.map(st))
+        }
+        _ => return Err(device_mismatch(OP, &[x, w, dy])),
     };
     Ok(Conv2dGrads {
         dx: grads.0.map(|s| Tensor::from_storage(s, x.dims())),

@@ -1,12 +1,14 @@
 //! Elementwise add and scale, abs, and full sum: the small ops the losses, the GMP residual and
 //! gradient accumulation are made of.
 mod cpu;
+pub mod cuda;
 
 use std::sync::Arc;
 
 use crate::autograd::{Backward, Tape, Var};
+use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::tensor::{same_device, Storage, Tensor};
+use crate::tensor::{device_mismatch, same_device, Storage, Tensor};
 
 fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
     if a.shape() != b.shape() {
@@ -22,6 +24,35 @@ pub fn add_tensors(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         (Storage::Cpu(x), Storage::Cpu(y)) => {
             Ok(Tensor::from_storage(Storage::Cpu(cpu::add(x, y)), a.dims()))
         }
+        (Storage::Cuda(x), Storage::Cuda(y)) => Ok(Tensor::from_cuda(
+            x.device(),
+            cuda::add(x.device(), x.slice(), y.slice())?,
+            a.dims(),
+        )),
+        _ => Err(device_mismatch("add", &[a, b])),
+    }
+}
+
+/// acc += x in place (same shapes): the tape's gradient accumulation, which allocates nothing.
+pub fn add_assign_tensors(acc: &mut Tensor, x: &Tensor) -> Result<()> {
+    same_shape("add_assign", acc, x)?;
+    if let (Storage::Cuda(_), Storage::Cpu(_)) | (Storage::Cpu(_), Storage::Cuda(_)) =
+        (acc.storage(), x.storage())
+    {
+        return Err(device_mismatch("add_assign", &[acc, x]));
+    }
+    match (acc.storage_mut(), x.storage()) {
+        (Storage::Cpu(a), Storage::Cpu(b)) => {
+            for (a, b) in a.iter_mut().zip(b) {
+                *a += b;
+            }
+            Ok(())
+        }
+        (Storage::Cuda(a), Storage::Cuda(b)) => {
+            let dev = a.device().clone();
+            cuda::add_assign(&dev, a.slice_mut(), b.slice())
+        }
+        _ => unreachable!("mixed storages refused above"),
     }
 }
 
@@ -32,6 +63,11 @@ pub fn scale_tensor(a: &Tensor, s: f32) -> Result<Tensor> {
             Storage::Cpu(cpu::scale(x, s)),
             a.dims(),
         )),
+        Storage::Cuda(x) => Ok(Tensor::from_cuda(
+            x.device(),
+            cuda::scale(x.device(), x.slice(), s)?,
+            a.dims(),
+        )),
     }
 }
 
@@ -39,34 +75,72 @@ pub fn scale_tensor(a: &Tensor, s: f32) -> Result<Tensor> {
 pub fn abs_tensor(a: &Tensor) -> Result<Tensor> {
     match a.storage() {
         Storage::Cpu(x) => Ok(Tensor::from_storage(Storage::Cpu(cpu::abs(x)), a.dims())),
-    }
-}
-
-pub fn abs_backward(a: &Tensor, dy: &Tensor) -> Result<Tensor> {
-    match (a.storage(), dy.storage()) {
-        (Storage::Cpu(x), Storage::Cpu(g)) => Ok(Tensor::from_storage(
-            Storage::Cpu(cpu::abs_backward(x, g)),
+        Storage::Cuda(x) => Ok(Tensor::from_cuda(
+            x.device(),
+            cuda::abs(x.device(), x.slice())?,
             a.dims(),
         )),
     }
 }
 
-/// Σ a as a scalar tensor (accumulated in f64 on the CPU).
-pub fn sum_tensor(a: &Tensor) -> Result<Tensor> {
-    match a.storage() {
-        Storage::Cpu(x) => Ok(Tensor::from_storage(Storage::Cpu(vec![cpu::sum(x)]), &[])),
+pub fn abs_backward(a: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    same_shape("abs", a, dy)?;
+    match (a.storage(), dy.storage()) {
+        (Storage::Cpu(x), Storage::Cpu(g)) => Ok(Tensor::from_storage(
+            Storage::Cpu(cpu::abs_backward(x, g)),
+            a.dims(),
+        )),
+        (Storage::Cuda(x), Storage::Cuda(g)) => Ok(Tensor::from_cuda(
+            x.device(),
+            cuda::abs_backward(x.device(), x.slice(), g.slice())?,
+            a.dims(),
+        )),
+        _ => Err(device_mismatch("abs", &[a, dy])),
     }
 }
 
-/// A tensor of `dims` filled with the scalar `g` (gradient of a sum), on g's device.
+/// Σ a as a scalar tensor on a's device (accumulated in f64 on the CPU; on the GPU a fixed-order
+/// two-pass f32 tree, deterministic).
+pub fn sum_tensor(a: &Tensor) -> Result<Tensor> {
+    match a.storage() {
+        Storage::Cpu(x) => Ok(Tensor::from_storage(Storage::Cpu(vec![cpu::sum(x)]), &[])),
+        Storage::Cuda(x) => Ok(Tensor::from_cuda(
+            x.device(),
+            cuda::sum(x.device(), x.slice())?,
+            &[],
+        )),
+    }
+}
+
+/// A tensor of `dims` filled with the scalar `g` (gradient of a sum), on g's device; on a GPU
+/// without a host round trip.
 fn broadcast_scalar(g: &Tensor, dims: &[usize]) -> Result<Tensor> {
-    Ok(Tensor::full(dims, g.item()?, &g.device()))
+    if g.numel() != 1 {
+        return Err(Error::shape(
+            "sum",
+            format!("gradient of a sum must be a scalar, got {}", g.shape()),
+        ));
+    }
+    match g.storage() {
+        Storage::Cpu(v) => Tensor::try_full(dims, v[0], &Device::Cpu),
+        Storage::Cuda(s) => {
+            let n = dims.iter().product();
+            Ok(Tensor::from_cuda(
+                s.device(),
+                cuda::broadcast_scalar(s.device(), s.slice(), n)?,
+                dims,
+            ))
+        }
+    }
 }
 
 struct AddBackward;
 impl Backward for AddBackward {
     fn backward(&self, dy: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
-        Ok(needs.iter().map(|&n| n.then(|| dy.clone())).collect())
+        needs
+            .iter()
+            .map(|&n| n.then(|| dy.try_clone()).transpose())
+            .collect()
     }
     fn name(&self) -> &'static str {
         "add"
@@ -136,6 +210,17 @@ mod tests {
         check_gradients("scale", vec![a.clone()], |t, v| scale(t, &v[0], -2.5)).unwrap();
         check_gradients("abs", vec![a.clone()], |t, v| abs(t, &v[0])).unwrap();
         check_gradients("sum", vec![a], |t, v| sum(t, &v[0])).unwrap();
+    }
+
+    #[test]
+    fn add_assign_matches_add() {
+        let a = random_input(&[2, 3, 4], 1);
+        let b = random_input(&[2, 3, 4], 2);
+        let mut acc = a.clone();
+        add_assign_tensors(&mut acc, &b).unwrap();
+        assert_eq!(acc.to_vec(), add_tensors(&a, &b).unwrap().to_vec());
+        let c = random_input(&[4, 3, 2], 3);
+        assert!(add_assign_tensors(&mut acc, &c).is_err());
     }
 
     #[test]

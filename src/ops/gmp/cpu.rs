@@ -66,11 +66,13 @@ pub fn taps(off: &[f32], k: usize, h: usize, w: usize) -> Vec<Tap> {
                         (0, 0.0)
                     }
                 };
+                // saturating: x0 is i64::MAX for an infinite move (the tap is outside anyway)
+                let (x1, y1) = (x0.saturating_add(1), y0.saturating_add(1));
                 let c = [
                     at(in_y0 && in_x0, y0, x0),
-                    at(in_y0 && in_x1, y0, x0 + 1),
-                    at(in_y1 && in_x0, y0 + 1, x0),
-                    at(in_y1 && in_x1, y0 + 1, x0 + 1),
+                    at(in_y0 && in_x1, y0, x1),
+                    at(in_y1 && in_x0, y1, x0),
+                    at(in_y1 && in_x1, y1, x1),
                 ];
                 t[p * k + kk] = Tap {
                     idx: c.map(|c| c.0),

@@ -4,12 +4,19 @@
 //! coordinates to [-1, 1]), and average the K samples. The offset conv1x1 and the residual
 //! `x + a` are composed by the layer from `conv2d` and `add`.
 mod cpu;
+pub mod cuda;
 
 use std::sync::Arc;
 
+pub use cuda::GmpKernel;
+
 use crate::autograd::{Backward, Tape, Var};
 use crate::error::{Error, Result};
-use crate::tensor::{expect_rank, same_device, Storage, Tensor};
+use crate::tensor::{device_mismatch, expect_rank, same_device, Storage, Tensor};
+
+fn cuda_shape((n, c, h, w): (usize, usize, usize, usize), k: usize) -> cuda::GmpShape {
+    cuda::GmpShape { n, c, h, w, k }
+}
 
 const OP: &str = "gmp_sample";
 
@@ -56,6 +63,18 @@ pub fn gmp_sample_forward(x: &Tensor, offsets: &Tensor) -> Result<Tensor> {
             Storage::Cpu(cpu::forward(xs, os, dims, k)),
             x.dims(),
         )),
+        (Storage::Cuda(xs), Storage::Cuda(os)) => {
+            let dev = xs.device();
+            let a = cuda::gmp_forward(
+                dev,
+                dev.gmp_kernel(),
+                xs.slice(),
+                os.slice(),
+                &cuda_shape(dims, k),
+            )?;
+            Ok(Tensor::from_cuda(dev, a, x.dims()))
+        }
+        _ => Err(device_mismatch(OP, &[x, offsets])),
     }
 }
 
@@ -96,6 +115,23 @@ pub fn gmp_sample_backward(
                 )
             }),
         }),
+        (Storage::Cuda(xs), Storage::Cuda(os), Storage::Cuda(g)) => {
+            let dev = xs.device();
+            // Every version produces both gradients in its passes; unrequested ones are dropped.
+            let (dx, doff) = cuda::gmp_backward(
+                dev,
+                dev.gmp_kernel(),
+                xs.slice(),
+                os.slice(),
+                g.slice(),
+                &cuda_shape(dims, k),
+            )?;
+            Ok(GmpGrads {
+                dx: need_dx.then(|| Tensor::from_cuda(dev, dx, x.dims())),
+                doffsets: need_doffsets.then(|| Tensor::from_cuda(dev, doff, offsets.dims())),
+            })
+        }
+        _ => Err(device_mismatch(OP, &[x, offsets, dy])),
     }
 }
 
@@ -383,6 +419,29 @@ mod tests {
         close(&g.dx.unwrap().to_vec(), &dx, "dx");
         let doff: Vec<f32> = doff.iter().map(|&v| v as f32).collect();
         close(&g.doffsets.unwrap().to_vec(), &doff, "doffsets");
+    }
+
+    /// Non-finite moves do not panic: the sample (and every gradient it touches) is NaN, while
+    /// a huge finite move is simply outside the map. The CUDA kernels reproduce this exactly.
+    #[test]
+    fn non_finite_offsets_give_nan_samples_without_panicking() {
+        let x = grid();
+        for (u, nan) in [
+            (f32::NAN, true),
+            (f32::INFINITY, true),
+            (f32::NEG_INFINITY, true),
+            (1e30, false),
+        ] {
+            let o = constant_offsets(&[(u, 0.0)]);
+            let y = gmp_sample_forward(&x, &o).unwrap().to_vec();
+            assert!(y.iter().all(|v| v.is_nan() == nan), "{u}: {y:?}");
+            if !nan {
+                assert!(y.iter().all(|&v| v == 0.0), "{u}: {y:?}");
+            }
+            let dy = Tensor::full(&[1, 1, H, W], 1.0, &crate::device::Device::Cpu);
+            let g = gmp_sample_backward(&x, &o, &dy, true, true).unwrap();
+            assert_eq!(g.dx.unwrap().to_vec().iter().any(|v| v.is_nan()), nan);
+        }
     }
 
     /// Only the requested gradients are computed.

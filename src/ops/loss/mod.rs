@@ -6,12 +6,13 @@
 //!
 //! |.| has gradient sign(.) with sign(0) = 0, as PyTorch; reductions accumulate in f64 on CPU.
 mod cpu;
+pub mod cuda;
 
 use std::sync::Arc;
 
 use crate::autograd::{Backward, Tape, Var};
 use crate::error::{Error, Result};
-use crate::tensor::{same_device, Storage, Tensor};
+use crate::tensor::{device_mismatch, same_device, Storage, Tensor};
 
 const COUNT_OP: &str = "count_l1_loss";
 const MSE_OP: &str = "mse_loss";
@@ -49,24 +50,43 @@ pub fn per_image_counts(z: &Tensor) -> Result<Vec<f32>> {
             .into_iter()
             .map(|s| s as f32)
             .collect()),
+        Storage::Cuda(zs) => {
+            let dev = zs.device();
+            dev.dtoh(&cuda::image_abs_sums(dev, zs.slice(), n)?)
+        }
     }
 }
 
+/// The loss value (on a GPU: computed there, then read back, which waits for the stream).
 pub fn count_l1_loss_forward(z: &Tensor, counts: &[f32]) -> Result<f32> {
-    batch_of(COUNT_OP, z, Some(counts))?;
+    let n = batch_of(COUNT_OP, z, Some(counts))?;
     match z.storage() {
         Storage::Cpu(zs) => Ok(cpu::count_l1(zs, counts)),
+        Storage::Cuda(zs) => {
+            let dev = zs.device();
+            let counts = dev.htod(counts)?;
+            let (loss, _) = cuda::count_l1_forward(dev, zs.slice(), &counts, n)?;
+            Ok(dev.dtoh(&loss)?[0])
+        }
     }
 }
 
 /// dz = (dloss/N) · sign(Σ|z_n| − y_n) · sign(z).
 pub fn count_l1_loss_backward(z: &Tensor, counts: &[f32], dloss: f32) -> Result<Tensor> {
-    batch_of(COUNT_OP, z, Some(counts))?;
+    let n = batch_of(COUNT_OP, z, Some(counts))?;
     match z.storage() {
         Storage::Cpu(zs) => Ok(Tensor::from_storage(
             Storage::Cpu(cpu::count_l1_backward(zs, counts, dloss)),
             z.dims(),
         )),
+        Storage::Cuda(zs) => {
+            let dev = zs.device();
+            let sums = cuda::image_abs_sums(dev, zs.slice(), n)?;
+            let counts = dev.htod(counts)?;
+            let dloss = dev.htod(&[dloss])?;
+            let dz = cuda::count_l1_backward(dev, zs.slice(), &sums, &counts, &dloss, n)?;
+            Ok(Tensor::from_cuda(dev, dz, z.dims()))
+        }
     }
 }
 
@@ -121,6 +141,11 @@ pub fn mse_loss_forward(pred: &Tensor, target: &Tensor) -> Result<f32> {
     check_mse(pred, target)?;
     match (pred.storage(), target.storage()) {
         (Storage::Cpu(p), Storage::Cpu(t)) => Ok(cpu::mse(p, t)),
+        (Storage::Cuda(p), Storage::Cuda(t)) => {
+            let dev = p.device();
+            Ok(dev.dtoh(&cuda::mse_forward(dev, p.slice(), t.slice())?)?[0])
+        }
+        _ => Err(device_mismatch(MSE_OP, &[pred, target])),
     }
 }
 
@@ -132,6 +157,16 @@ pub fn mse_loss_backward(pred: &Tensor, target: &Tensor, dloss: f32) -> Result<T
             Storage::Cpu(cpu::mse_backward(p, t, dloss)),
             pred.dims(),
         )),
+        (Storage::Cuda(p), Storage::Cuda(t)) => {
+            let dev = p.device();
+            let dloss = dev.htod(&[dloss])?;
+            Ok(Tensor::from_cuda(
+                dev,
+                cuda::mse_backward(dev, p.slice(), t.slice(), &dloss)?,
+                pred.dims(),
+            ))
+        }
+        _ => Err(device_mismatch(MSE_OP, &[pred, target])),
     }
 }
 

@@ -3,8 +3,12 @@
 //! its argmax within the (n, c) input plane; the backward scatters dy there, so the tape keeps
 //! only the indices and the input dims, not the input.
 mod cpu;
+pub mod cuda;
+
+use cudarc::driver::CudaSlice;
 
 use crate::autograd::{Backward, Tape, Var};
+use crate::device::CudaDevice;
 use crate::error::{Error, Result};
 use crate::tensor::{Storage, Tensor};
 
@@ -14,6 +18,37 @@ const OP: &str = "max_pool2d";
 #[derive(Clone, Debug)]
 pub enum PoolIndexStorage {
     Cpu(Vec<u32>),
+    Cuda(CudaIndices),
+}
+
+/// Argmax indices in GPU memory, with their device.
+pub struct CudaIndices {
+    pub dev: CudaDevice,
+    pub buf: CudaSlice<u32>,
+}
+
+/// A deep device copy; panics only if the GPU copy fails (as `Tensor::clone`).
+impl Clone for CudaIndices {
+    fn clone(&self) -> Self {
+        CudaIndices {
+            dev: self.dev.clone(),
+            buf: self
+                .dev
+                .dtod(&self.buf)
+                .unwrap_or_else(|e| panic!("copying max_pool2d indices: {e}")),
+        }
+    }
+}
+
+impl std::fmt::Debug for CudaIndices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "CudaIndices(cuda:{}, {} u32)",
+            self.dev.ordinal(),
+            self.buf.len()
+        )
+    }
 }
 
 /// Per output element of [N, C, H/2, W/2], the flat index (row·W + col) of the maximum within
@@ -36,9 +71,17 @@ impl PoolIndices {
         &self.storage
     }
     /// The indices on the host (for tests and parity checks).
-    pub fn to_vec(&self) -> Vec<u32> {
+    pub fn to_vec(&self) -> Result<Vec<u32>> {
         match &self.storage {
-            PoolIndexStorage::Cpu(v) => v.clone(),
+            PoolIndexStorage::Cpu(v) => Ok(v.clone()),
+            PoolIndexStorage::Cuda(c) => c.dev.dtoh(&c.buf),
+        }
+    }
+
+    fn device_name(&self) -> String {
+        match &self.storage {
+            PoolIndexStorage::Cpu(_) => "cpu".into(),
+            PoolIndexStorage::Cuda(c) => format!("cuda:{}", c.dev.ordinal()),
         }
     }
 }
@@ -74,6 +117,17 @@ pub fn max_pool2d_forward(x: &Tensor) -> Result<(Tensor, PoolIndices)> {
             let (y, idx) = cpu::forward(xs, n * c, h, w);
             (Storage::Cpu(y), PoolIndexStorage::Cpu(idx))
         }
+        Storage::Cuda(xs) => {
+            let dev = xs.device();
+            let (y, idx) = cuda::max_pool2d_forward(dev, xs.slice(), n, c, h, w)?;
+            (
+                Storage::Cuda(crate::device::cuda::CudaStorage::new(dev, y)),
+                PoolIndexStorage::Cuda(CudaIndices {
+                    dev: dev.clone(),
+                    buf: idx,
+                }),
+            )
+        }
     };
     let idx = PoolIndices {
         in_dims,
@@ -108,6 +162,22 @@ pub fn max_pool2d_backward(dy: &Tensor, idx: &PoolIndices, in_dims: &[usize]) ->
     let dx = match (dy.storage(), &idx.storage) {
         (Storage::Cpu(g), PoolIndexStorage::Cpu(ix)) => {
             Storage::Cpu(cpu::backward(g, ix, n * c, h * w, out[2] * out[3]))
+        }
+        (Storage::Cuda(g), PoolIndexStorage::Cuda(ix))
+            if g.device().ordinal() == ix.dev.ordinal() =>
+        {
+            let dev = g.device();
+            Storage::Cuda(crate::device::cuda::CudaStorage::new(
+                dev,
+                cuda::max_pool2d_backward(dev, g.slice(), &ix.buf, n, c, h, w)?,
+            ))
+        }
+        _ => {
+            return Err(Error::DeviceMismatch {
+                op: OP,
+                a: dy.device().name(),
+                b: format!("the indices on {}", idx.device_name()),
+            })
         }
     };
     Ok(Tensor::from_storage(dx, &in_dims))
@@ -163,7 +233,7 @@ mod tests {
         assert_eq!(y.dims(), &[1, 1, 1, 2]);
         assert_eq!(y.to_vec(), vec![7., 3.]);
         // the 7 sits at (0, 1); the second window is all 3s: the first in scan order wins.
-        assert_eq!(idx.to_vec(), vec![1, 2]);
+        assert_eq!(idx.to_vec().unwrap(), vec![1, 2]);
         let dy = Tensor::from_vec(vec![10., 20.], &[1, 1, 1, 2]).unwrap();
         let dx = max_pool2d_backward(&dy, &idx, &[1, 1, 3, 5]).unwrap();
         let mut want = vec![0.0; 15];
@@ -174,7 +244,7 @@ mod tests {
         let x = Tensor::from_vec(vec![1., f32::NAN, 2., 3.], &[1, 1, 2, 2]).unwrap();
         let (y, idx) = max_pool2d_forward(&x).unwrap();
         assert!(y.to_vec()[0].is_nan());
-        assert_eq!(idx.to_vec(), vec![1]);
+        assert_eq!(idx.to_vec().unwrap(), vec![1]);
     }
 
     #[test]
@@ -183,7 +253,7 @@ mod tests {
         let x = tie_free(&[2, 2, 4, 4], 5);
         let xs = x.to_vec();
         let (y, idx) = max_pool2d_forward(&x).unwrap();
-        let (ys, ix) = (y.to_vec(), idx.to_vec());
+        let (ys, ix) = (y.to_vec(), idx.to_vec().unwrap());
         for p in 0..4 {
             for o in 0..4 {
                 let (i, j) = (o / 2, o % 2);

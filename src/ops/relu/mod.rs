@@ -1,9 +1,10 @@
 //! ReLU: y = max(x, 0); dx = dy where x > 0.
 mod cpu;
+pub mod cuda;
 
 use crate::autograd::{Backward, Tape, Var};
-use crate::error::Result;
-use crate::tensor::{Storage, Tensor};
+use crate::error::{Error, Result};
+use crate::tensor::{device_mismatch, same_device, Storage, Tensor};
 use std::sync::Arc;
 
 pub fn relu_forward(x: &Tensor) -> Result<Tensor> {
@@ -12,16 +13,38 @@ pub fn relu_forward(x: &Tensor) -> Result<Tensor> {
             Storage::Cpu(cpu::forward(xs)),
             x.dims(),
         )),
+        Storage::Cuda(xs) => Ok(Tensor::from_cuda(
+            xs.device(),
+            cuda::relu_forward(xs.device(), xs.slice())?,
+            x.dims(),
+        )),
     }
 }
 
 /// Gradient from the saved output (y > 0 ⇔ x > 0), so the input need not be kept.
 pub fn relu_backward(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    if y.shape() != dy.shape() {
+        return Err(Error::shape(
+            "relu",
+            format!(
+                "output gradient dy {} vs output y {}",
+                dy.shape(),
+                y.shape()
+            ),
+        ));
+    }
+    same_device("relu", &[y, dy])?;
     match (y.storage(), dy.storage()) {
         (Storage::Cpu(ys), Storage::Cpu(dys)) => Ok(Tensor::from_storage(
             Storage::Cpu(cpu::backward(ys, dys)),
             y.dims(),
         )),
+        (Storage::Cuda(ys), Storage::Cuda(dys)) => Ok(Tensor::from_cuda(
+            ys.device(),
+            cuda::relu_backward(ys.device(), ys.slice(), dys.slice())?,
+            y.dims(),
+        )),
+        _ => Err(device_mismatch("relu", &[y, dy])),
     }
 }
 

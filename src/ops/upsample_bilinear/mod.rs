@@ -3,6 +3,7 @@
 //! upsamples x2 with align_corners=false, the UNet decoder x2 with align_corners=true, and the
 //! localizer's coarse-map input is resized by an arbitrary factor.
 mod cpu;
+pub mod cuda;
 
 use crate::autograd::{Backward, Tape, Var};
 use crate::error::{Error, Result};
@@ -38,6 +39,21 @@ pub fn upsample_bilinear_forward(
             Storage::Cpu(cpu::forward(xs, (h, w), (out_h, out_w), align_corners)),
             &dims,
         )),
+        Storage::Cuda(xs) => Ok(Tensor::from_cuda(
+            xs.device(),
+            cuda::upsample_bilinear_forward(
+                xs.device(),
+                xs.slice(),
+                n,
+                c,
+                h,
+                w,
+                out_h,
+                out_w,
+                align_corners,
+            )?,
+            &dims,
+        )),
     }
 }
 
@@ -62,6 +78,21 @@ pub fn upsample_bilinear_backward(
                 (out_h, out_w),
                 align_corners,
             )),
+            &dims,
+        )),
+        Storage::Cuda(g) => Ok(Tensor::from_cuda(
+            g.device(),
+            cuda::upsample_bilinear_backward(
+                g.device(),
+                g.slice(),
+                n,
+                c,
+                in_h,
+                in_w,
+                out_h,
+                out_w,
+                align_corners,
+            )?,
             &dims,
         )),
     }
