@@ -3,6 +3,7 @@ pub mod count;
 pub mod data;
 pub mod demo;
 pub mod eval;
+pub mod export;
 pub mod outputs;
 pub mod plot;
 pub mod train;
@@ -36,6 +37,12 @@ pub enum Command {
     /// Inspect, render and generate data sets.
     #[command(subcommand)]
     Data(data::DataCommand),
+    /// PyTorch parity tooling: a random-weight checkpoint with non-trivial BatchNorm statistics.
+    #[command(hide = true)]
+    InitCheckpoint(export::InitCheckpointArgs),
+    /// PyTorch parity tooling: deterministic inputs and our eval-mode outputs as safetensors.
+    #[command(hide = true)]
+    ExportIo(export::ExportIoArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -46,6 +53,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Data(c) => data::run(c),
         Command::Demo(a) => demo::run(a),
         Command::Plot(a) => plot::run(a),
+        Command::InitCheckpoint(a) => export::init_checkpoint(a),
+        Command::ExportIo(a) => export::export_io(a),
     }
 }
 
