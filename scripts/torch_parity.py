@@ -100,6 +100,7 @@ class GMP(nn.Module):
         self.k = k
         self.offset = nn.Conv2d(c, 2 * k, kernel_size=1)
         self.last_offsets = None
+        self.last_on_map = None
 
     def forward(self, x):
         n, c, h, w = x.shape
@@ -107,6 +108,7 @@ class GMP(nn.Module):
         self.last_offsets = o.detach()
         gx = torch.arange(w, device=x.device, dtype=x.dtype) + o[:, 0::2]
         gy = torch.arange(h, device=x.device, dtype=x.dtype)[:, None] + o[:, 1::2]
+        self.last_on_map = ((gx >= 0) & (gx <= w - 1) & (gy >= 0) & (gy <= h - 1)).double().mean()
         g = torch.stack((2 * gx / (w - 1) - 1, 2 * gy / (h - 1) - 1), dim=-1)  # N,K,H,W,2
         s = F.grid_sample(x, g.reshape(n, self.k * h, w, 2), align_corners=True,
                           padding_mode="zeros")
@@ -299,7 +301,8 @@ def compare(io_path, counter_path, localizer_path, device, tol, label=""):
         if gmp is not None:
             bias = gmp.offset.bias.detach().reshape(1, -1, 1, 1)
             spread = (gmp.last_offsets - bias).std().item()
-            extra = f", GMP offsets vary by {spread:.2f} px (std)"
+            on_map = 100 * gmp.last_on_map.item()
+            extra = f", GMP offsets vary by {spread:.2f} px (std), {on_map:.0f}% of samples on the map"
         ok = rel <= tol
         line = (f"{'ok  ' if ok else 'FAIL'} {label}{describe(ccfg)}, {tuple(images.shape)}: "
                 f"z max-abs {max_abs:.3e}, rel {rel:.3e} (|z| max {scale:.3e}), "

@@ -36,10 +36,15 @@ pub struct InitCheckpointArgs {
     pub density_scale: f32,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Standard deviation of the GMP offset weights: large enough that the K sampling points
-    /// move with the features (the default init keeps them almost constant).
-    #[arg(long, default_value_t = 0.2)]
+    /// GMP offset weights get standard deviation offset_std/sqrt(C): large enough that the K
+    /// sampling points move with the features by about a pixel (the training init keeps them
+    /// almost constant), small enough that most stay on the map.
+    #[arg(long, default_value_t = 1.6)]
     pub offset_std: f32,
+    /// Side of the two synthetic images whose batch statistics become the running statistics
+    /// (the size the networks are used at keeps activations at a sane scale there).
+    #[arg(long, default_value_t = 256)]
+    pub calibrate_size: usize,
     #[arg(long)]
     pub out: PathBuf,
 }
@@ -174,14 +179,16 @@ pub fn init_checkpoint(a: InitCheckpointArgs) -> anyhow::Result<()> {
         ..ModelConfig::default()
     };
     let mut rng = Rng::new(a.seed).fork(0x5eed);
-    // Calibration inputs: two small synthetic images (BatchNorm needs more than one value).
-    let images = Var::constant(synthetic_batch(2, 64, a.seed)?);
+    // Calibration inputs: two synthetic images (BatchNorm needs more than one value).
+    let cs = a.calibrate_size;
+    let images = Var::constant(synthetic_batch(2, cs, a.seed)?);
     let store = match a.model {
         ModelKind::Counter => {
             let mut net = Counter::new(&config, a.seed)?;
             if let Some(id) = net.store.find("counter.gmp.offset.weight") {
                 let w = net.store.value(id);
-                let fresh = Tensor::randn(w.dims(), a.offset_std, &mut rng);
+                let std = a.offset_std / (w.dims()[1] as f32).sqrt();
+                let fresh = Tensor::randn(w.dims(), std, &mut rng);
                 net.store.set(id, fresh)?;
             }
             let mut s = net.store.clone();
@@ -190,9 +197,11 @@ pub fn init_checkpoint(a: InitCheckpointArgs) -> anyhow::Result<()> {
         }
         ModelKind::Localizer => {
             let net = Localizer::new(&config, a.seed)?;
-            // A coarse map like a counter's: 64/8 = 8 per side, mixed signs (|z| is taken).
-            let z: Vec<f32> = (0..2 * 64).map(|_| rng.range(-0.5, 0.5)).collect();
-            let z = Var::constant(Tensor::from_vec(z, &[2, 1, 8, 8])?);
+            // A coarse map like a counter's, 1/8 of the image per side, mixed signs (|z| is
+            // taken), about 0.5 cells per coarse pixel.
+            let zs = cs / 8;
+            let z: Vec<f32> = (0..2 * zs * zs).map(|_| rng.range(-1.0, 1.0)).collect();
+            let z = Var::constant(Tensor::from_vec(z, &[2, 1, zs, zs])?);
             let mut s = net.store.clone();
             calibrate_batch_norm(&mut s, &mut rng, |f| net.forward(f, &images, &z))?;
             s
