@@ -4,6 +4,7 @@ pub mod count;
 pub mod data;
 pub mod demo;
 pub mod eval;
+pub mod export;
 pub mod gpu;
 pub mod outputs;
 pub mod plot;
@@ -41,6 +42,12 @@ pub enum Command {
     /// Benchmarks on a device: `dcl bench kernels`.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// PyTorch parity tooling: a random-weight checkpoint with non-trivial BatchNorm statistics.
+    #[command(hide = true)]
+    InitCheckpoint(export::InitCheckpointArgs),
+    /// PyTorch parity tooling: deterministic inputs and our eval-mode outputs as safetensors.
+    #[command(hide = true)]
+    ExportIo(export::ExportIoArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -52,6 +59,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(a) => demo::run(a),
         Command::Plot(a) => plot::run(a),
         Command::Bench(c) => bench::run(c),
+        Command::InitCheckpoint(a) => export::init_checkpoint(a),
+        Command::ExportIo(a) => export::export_io(a),
     }
 }
 
