@@ -237,18 +237,44 @@ pub fn load_localizer(path: &Path) -> Result<(Localizer, u64)> {
     Ok((net, steps))
 }
 
-/// A short content hash of a file (FNV-1a 64), to tie outputs and localizers to the exact
-/// counter checkpoint they came from.
+/// A short content hash of a checkpoint (FNV-1a 64 over its configuration and its tensors'
+/// names, shapes and values, in name order), to tie outputs and localizers to the exact
+/// counter they came from. It ignores the file's layout (safetensors metadata order varies
+/// between writes), so the same model always hashes the same. Other files hash by bytes.
 pub fn file_hash(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    match read_tensors(path) {
+        Ok((meta, floats, ints)) => {
+            eat(meta
+                .get(CONFIG_KEY)
+                .map(String::as_bytes)
+                .unwrap_or_default());
+            for (name, (dims, vals)) in &floats {
+                eat(name.as_bytes());
+                for d in dims {
+                    eat(&(*d as u64).to_le_bytes());
+                }
+                eat(bytemuck::cast_slice(vals));
+            }
+            for (name, v) in &ints {
+                eat(name.as_bytes());
+                eat(&v.to_le_bytes());
+            }
+        }
+        Err(_) => {
+            let bytes =
+                std::fs::read(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+            eat(&bytes);
+        }
     }
     Ok(format!("{h:016x}"))
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,6 +324,12 @@ mod tests {
             Some(&42)
         );
         assert_eq!(ints.len(), 16);
+        // the same model written twice hashes the same; another model does not
+        let q = d.path().join("c2.safetensors");
+        save_model(&q, &c.config, &c.store, 42).unwrap();
+        assert_eq!(file_hash(&p).unwrap(), file_hash(&q).unwrap());
+        save_model(&q, &c.config, &c.store, 41).unwrap();
+        assert_ne!(file_hash(&p).unwrap(), file_hash(&q).unwrap());
     }
 
     #[test]
