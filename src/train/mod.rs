@@ -5,8 +5,8 @@ mod fit;
 mod localizer;
 mod run;
 
-pub use counter::train_counter;
-pub use fit::{Job, Scores, Summary, INTERRUPT};
+pub use counter::{train_counter, CounterJob};
+pub use fit::{fit, Job, Scores, Summary, INTERRUPT};
 pub use localizer::train_localizer;
 pub use run::{EpochRecord, Progress, RunLog};
 

@@ -1,0 +1,122 @@
+//! Bad input on the command line: one clear line naming the file and the problem, exit 1.
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn dcl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dcl"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn one_line_error(o: &Output) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.starts_with("error: "), "{err}");
+    err
+}
+
+#[test]
+fn count_refuses_mismatched_checkpoints_and_unwritable_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |p: &str| dir.path().join(p).display().to_string();
+    let run = d("run");
+    let st = dcl(&[
+        "train",
+        "--model",
+        "all",
+        "--data",
+        "synthetic",
+        "--synthetic-n",
+        "4",
+        "--synthetic-size",
+        "32",
+        "--width-mult",
+        "0.0625",
+        "--gmp-points",
+        "2",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "2",
+        "--quiet",
+        "--out",
+        &run,
+    ]);
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let counter = format!("{run}/counter.best.safetensors");
+    let localizer = format!("{run}/localizer.best.safetensors");
+    let other = d("other.safetensors");
+    let st = dcl(&[
+        "init-checkpoint",
+        "--model",
+        "counter",
+        "--width-mult",
+        "0.0625",
+        "--gmp-points",
+        "2",
+        "--seed",
+        "9",
+        "--out",
+        &other,
+    ]);
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let img = d("img.png");
+    image::RgbImage::new(40, 24).save(&img).unwrap();
+
+    // a localizer trained on another counter
+    let err = one_line_error(&dcl(&[
+        "count",
+        "--counter",
+        &other,
+        "--localizer",
+        &localizer,
+        &img,
+    ]));
+    assert!(
+        err.contains("another counter") && err.contains("localizer.best.safetensors"),
+        "{err}"
+    );
+    // a localizer given as the counter
+    let err = one_line_error(&dcl(&["count", "--counter", &localizer, &img]));
+    assert!(
+        err.contains("Localizer") && err.contains("localizer.best.safetensors"),
+        "{err}"
+    );
+    // an output folder that cannot be created (a file stands in the way)
+    let blocked = format!("{img}/out");
+    let err = one_line_error(&dcl(&[
+        "count",
+        "--counter",
+        &counter,
+        "--out",
+        &blocked,
+        &img,
+    ]));
+    assert!(err.contains(&blocked), "{err}");
+    // a path that does not exist
+    let err = one_line_error(&dcl(&["count", "--counter", &counter, &d("missing.png")]));
+    assert!(err.contains("missing.png"), "{err}");
+    // and the happy path still works on an image of an odd size
+    let o = dcl(&[
+        "count",
+        "--quiet",
+        "--counter",
+        &counter,
+        "--localizer",
+        &localizer,
+        &img,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("img.png"));
+    assert!(Path::new(&localizer).exists());
+}
