@@ -83,11 +83,26 @@ pub fn predict(
     img: &DynamicImage,
     opts: &InferOptions,
 ) -> Result<Prediction> {
+    let coarse_of = |images: Tensor| -> Result<Vec<f32>> {
+        let z = counter_z(counter, images)?.value().to_host()?;
+        Ok(z.into_iter().map(f32::abs).collect())
+    };
+    predict_with(coarse_of, counter.config.input_scale, localizer, img, opts)
+}
+
+/// `predict` with the counter given as a function from a batch of normalised tiles
+/// [n,3,h,w] to their coarse maps [n,h/8,w/8] (cells per coarse pixel).
+pub fn predict_with(
+    coarse_of: impl Fn(Tensor) -> Result<Vec<f32>>,
+    scale: f32,
+    localizer: Option<&Localizer>,
+    img: &DynamicImage,
+    opts: &InferOptions,
+) -> Result<Prediction> {
     let (width, height) = (img.width() as usize, img.height() as usize);
     if width == 0 || height == 0 {
         return Err(Error::Invalid("empty image".into()));
     }
-    let scale = counter.config.input_scale;
     let (nw, nh) = (
         ((width as f32 * scale).round() as usize).max(1),
         ((height as f32 * scale).round() as usize).max(1),
@@ -102,66 +117,68 @@ pub fn predict(
     let (pw, ph) = (nw.div_ceil(16) * 16, nh.div_ceil(16) * 16);
     let tile = opts.tile.max(16) / 16 * 16;
     let (tw, th) = (tile.min(pw), tile.min(ph));
-    let xs = tile_starts(pw, tw, opts.overlap, COARSE_STRIDE);
-    let ys = tile_starts(ph, th, opts.overlap, COARSE_STRIDE);
     let c = COARSE_STRIDE;
+    let (zw, zh) = (tw / c, th / c);
+    let xs = tile_starts(pw, tw, opts.overlap, c);
+    let ys = tile_starts(ph, th, opts.overlap, c);
+    let coarse_starts = |v: &[usize]| v.iter().map(|s| s / c).collect::<Vec<_>>();
     let (cwx, cwy) = (
-        axis_weights(
-            pw / c,
-            &xs.iter().map(|s| s / c).collect::<Vec<_>>(),
-            tw / c,
-        ),
-        axis_weights(
-            ph / c,
-            &ys.iter().map(|s| s / c).collect::<Vec<_>>(),
-            th / c,
-        ),
+        axis_weights(pw / c, &coarse_starts(&xs), zw),
+        axis_weights(ph / c, &coarse_starts(&ys), zh),
     );
-    let full_w = localizer.map(|_| (axis_weights(pw, &xs, tw), axis_weights(ph, &ys, th)));
     let pad = border_mean(img);
-    let mut coarse = Map::zeros(pw / c, ph / c);
-    let mut density = localizer.map(|_| Map::zeros(pw, ph));
-
     let tiles: Vec<(usize, usize)> = (0..ys.len())
         .flat_map(|ty| (0..xs.len()).map(move |tx| (ty, tx)))
         .collect();
+
+    // The counter's map: every tile's map blended with weights that sum to one at each coarse
+    // pixel, so the sum over the image counts each cell once.
+    let mut coarse = Map::zeros(pw / c, ph / c);
     for group in tiles.chunks(opts.batch.max(1)) {
         let mut buf = Vec::with_capacity(group.len() * 3 * tw * th);
         for &(ty, tx) in group {
             buf.extend(tile_input(img, xs[tx], ys[ty], tw, th, pad));
         }
-        let images = Tensor::from_vec(buf, &[group.len(), 3, th, tw])?;
-        let z = counter_z(counter, images.clone())?;
-        let zv = z.value().to_host()?;
-        let (zh, zw) = (th / c, tw / c);
+        let maps = coarse_of(Tensor::from_vec(buf, &[group.len(), 3, th, tw])?)?;
         for (k, &(ty, tx)) in group.iter().enumerate() {
-            let plane = &zv[k * zh * zw..(k + 1) * zh * zw];
-            blend(
-                &mut coarse,
-                plane,
-                zw,
-                zh,
-                xs[tx] / c,
-                ys[ty] / c,
-                &cwx[tx],
-                &cwy[ty],
-                |v| v.abs(),
-            );
-        }
-        if let (Some(loc), Some(dmap), Some((wx, wy))) = (localizer, density.as_mut(), &full_w) {
-            let d = crate::eval::localizer_density_from(loc, images, &z)?;
-            let dv = d.value().to_host()?;
-            let inv = 1.0 / loc.config.density_scale;
-            for (k, &(ty, tx)) in group.iter().enumerate() {
-                let plane = &dv[k * th * tw..(k + 1) * th * tw];
-                blend(dmap, plane, tw, th, xs[tx], ys[ty], &wx[tx], &wy[ty], |v| {
-                    v.max(0.0) * inv
-                });
-            }
+            let plane = &maps[k * zh * zw..(k + 1) * zh * zw];
+            let (x0, y0) = (xs[tx] / c, ys[ty] / c);
+            blend(&mut coarse, plane, zw, zh, x0, y0, &cwx[tx], &cwy[ty]);
         }
     }
+
+    // The localizer's map, on the same tiles; its 4th input channel is the tile's crop of the
+    // blended counter map, so the two networks see one consistent coarse map.
+    let mut density = None;
+    if let Some(loc) = localizer {
+        let (wx, wy) = (axis_weights(pw, &xs, tw), axis_weights(ph, &ys, th));
+        let mut dmap = Map::zeros(pw, ph);
+        let inv = 1.0 / loc.config.density_scale;
+        for group in tiles.chunks(opts.batch.max(1)) {
+            let mut buf = Vec::with_capacity(group.len() * 3 * tw * th);
+            let mut zbuf = Vec::with_capacity(group.len() * zw * zh);
+            for &(ty, tx) in group {
+                buf.extend(tile_input(img, xs[tx], ys[ty], tw, th, pad));
+                for i in 0..zh {
+                    let row = (ys[ty] / c + i) * coarse.width + xs[tx] / c;
+                    zbuf.extend_from_slice(&coarse.data[row..row + zw]);
+                }
+            }
+            let n = group.len();
+            let images = Tensor::from_vec(buf, &[n, 3, th, tw])?;
+            let z = Var::constant(Tensor::from_vec(zbuf, &[n, 1, zh, zw])?);
+            let mut dv = crate::eval::localizer_density_from(loc, images, &z)?
+                .value()
+                .to_host()?;
+            dv.iter_mut().for_each(|v| *v = v.max(0.0) * inv);
+            for (k, &(ty, tx)) in group.iter().enumerate() {
+                let plane = &dv[k * th * tw..(k + 1) * th * tw];
+                blend(&mut dmap, plane, tw, th, xs[tx], ys[ty], &wx[tx], &wy[ty]);
+            }
+        }
+        density = Some(crop(&dmap, nw, nh));
+    }
     let count = coarse.sum();
-    let density = density.map(|d| crop(&d, nw, nh));
     Ok(Prediction {
         count,
         width,
@@ -178,8 +195,7 @@ pub fn count_batch(counter: &Counter, images: Tensor) -> Result<Vec<f32>> {
     per_image_counts(z.value())
 }
 
-/// Adds `w`·value(plane) into `map` at (x0, y0): |z| for the counter's map, the clamped and
-/// unscaled density for the localizer's.
+/// Adds `w`·plane into `map` at (x0, y0).
 #[allow(clippy::too_many_arguments)]
 fn blend(
     map: &mut Map,
@@ -190,12 +206,11 @@ fn blend(
     y0: usize,
     wx: &[f32],
     wy: &[f32],
-    value: impl Fn(f32) -> f32,
 ) {
     for i in 0..ph {
         let row = &mut map.data[(y0 + i) * map.width + x0..][..pw];
         for (j, out) in row.iter_mut().enumerate() {
-            *out += wy[i] * wx[j] * value(plane[i * pw + j]);
+            *out += wy[i] * wx[j] * plane[i * pw + j];
         }
     }
 }
