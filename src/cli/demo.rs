@@ -21,9 +21,12 @@ pub struct DemoArgs {
     /// Held-out synthetic images to evaluate and count.
     #[arg(long, default_value_t = 8)]
     pub holdout_images: usize,
-    /// Epochs per network.
-    #[arg(long, default_value_t = 12)]
-    pub epochs: usize,
+    /// Epochs of the counter (it trains fast: its loss needs only counts).
+    #[arg(long, default_value_t = 30)]
+    pub counter_epochs: usize,
+    /// Epochs of the localizer.
+    #[arg(long, default_value_t = 8)]
+    pub localizer_epochs: usize,
     /// Channel width multiplier (default: 0.125 on the CPU, 1 on a GPU).
     #[arg(long)]
     pub width_mult: Option<f32>,
@@ -52,18 +55,22 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         a.device
     );
     let mut args = TrainArgs::defaults();
-    args.model = TrainModel::All;
+    args.model = TrainModel::Counter;
     args.data = train_dir.display().to_string();
     args.val = None; // validation: a seeded tenth of the training images; the held-out set stays unseen
     args.out = run_dir.clone();
-    args.epochs = a.epochs;
+    args.epochs = a.counter_epochs;
     args.width_mult = width_mult;
-    args.unet_width = 64;
     args.lr = if on_gpu { 1e-4 } else { 1e-3 };
-    args.sgdr_t0 = a.epochs as f64;
+    args.sgdr_t0 = a.counter_epochs as f64;
     args.sgdr_t_mult = 1.0;
     args.seed = a.seed;
     args.device = a.device.clone();
+    super::train::run(args.clone())?;
+    args.model = TrainModel::Localizer;
+    args.counter = Some(run_dir.join("counter.best.safetensors"));
+    args.epochs = a.localizer_epochs;
+    args.sgdr_t0 = a.localizer_epochs as f64;
     super::train::run(args)?;
 
     let counter = run_dir.join("counter.best.safetensors");
