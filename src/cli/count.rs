@@ -37,7 +37,8 @@ pub struct CountArgs {
     /// Points: local maxima above this density (cells per pixel); default from the checkpoint.
     #[arg(long)]
     pub threshold: Option<f32>,
-    /// Points: minimum distance in pixels; default from the checkpoint.
+    /// Points: minimum distance in network pixels (after the checkpoint's input scale);
+    /// default from the checkpoint.
     #[arg(long)]
     pub min_distance: Option<f32>,
     /// Tile side in network pixels for large images.
@@ -182,12 +183,12 @@ pub fn load_models(
 /// Points of a prediction in image pixel coordinates.
 pub fn prediction_points(p: &Prediction, threshold: f32, min_distance: f32) -> Option<Vec<Point>> {
     let d = p.density.as_ref()?;
-    let pts = find_points(d, p.count, threshold, min_distance * p.scale);
+    let pts = find_points(d, p.count, threshold, min_distance);
     Some(
         pts.into_iter()
             .map(|q| Point {
-                x: (q.x + 0.5) / p.scale - 0.5,
-                y: (q.y + 0.5) / p.scale - 0.5,
+                x: q.x / p.scale,
+                y: q.y / p.scale,
                 score: q.score,
             })
             .collect(),

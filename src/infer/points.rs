@@ -1,6 +1,8 @@
 //! Reading out cell positions from a density map (DESIGN §1): local maxima of a 3x3
 //! neighbourhood above a threshold, strongest first, at least `min_distance` apart, and at most
-//! round(count) of them.
+//! round(count) of them. Positions are continuous pixel coordinates: pixel (col, row) covers
+//! [col, col+1) x [row, row+1), so a peak at pixel (c, r) is the point (c + 0.5, r + 0.5), the
+//! convention of the annotations (a dot at pixel (c, r) is (c + 0.5, r + 0.5)) and of QuPath.
 use serde::Serialize;
 
 use super::Map;
@@ -45,8 +47,8 @@ pub fn find_points(map: &Map, count: f64, threshold: f32, min_distance: f32) -> 
             });
             if is_max {
                 peaks.push(Point {
-                    x: x as f32,
-                    y: y as f32,
+                    x: x as f32 + 0.5,
+                    y: y as f32 + 0.5,
                     score: v,
                 });
             }
@@ -91,8 +93,8 @@ mod tests {
         );
         let p = find_points(&m, 2.4, 0.1, 1.0);
         assert_eq!(p.len(), 2);
-        assert_eq!((p[0].x, p[0].y), (7.0, 2.0));
-        assert_eq!((p[1].x, p[1].y), (1.0, 1.0));
+        assert_eq!((p[0].x, p[0].y), (7.5, 2.5));
+        assert_eq!((p[1].x, p[1].y), (1.5, 1.5));
         let p = find_points(&m, 10.0, 0.1, 1.0);
         assert_eq!(p.len(), 3, "the 0.05 peak is under the threshold");
     }

@@ -18,7 +18,11 @@ pub fn draw_points(img: &mut RgbImage, points: &[Point], r: f32, color: Rgb<u8>)
     for p in points {
         for k in 0..steps {
             let a = 2.0 * std::f32::consts::PI * k as f32 / steps as f32;
-            let (x, y) = ((p.x + r * a.cos()).round(), (p.y + r * a.sin()).round());
+            // points are continuous coordinates: pixel (c, r) has its centre at (c + 0.5, r + 0.5)
+            let (x, y) = (
+                (p.x - 0.5 + r * a.cos()).round(),
+                (p.y - 0.5 + r * a.sin()).round(),
+            );
             if x >= 0.0 && y >= 0.0 && (x as u32) < w && (y as u32) < h {
                 img.put_pixel(x as u32, y as u32, color);
             }
@@ -50,9 +54,10 @@ mod tests {
     #[test]
     fn overlay_marks_points_and_text() {
         let img = image::DynamicImage::ImageRgb8(RgbImage::new(64, 48));
+        // the centre of pixel (40, 30)
         let pts = [Point {
-            x: 40.0,
-            y: 30.0,
+            x: 40.5,
+            y: 30.5,
             score: 1.0,
         }];
         let o = overlay(&img, Some(&pts), 12.0);
