@@ -2,7 +2,7 @@
 // written in the CPU reference's (and torch's) form:
 //   g = grad + wd * p;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g g
 //   p -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps),  bc1 = 1 - b1^t, bc2 = 1 - b2^t (host)
-typedef unsigned long long u64;
+#include "common.cuh"
 
 // Mirrors `AdamParams` in src/optim/cuda.rs.
 struct AdamParams {

@@ -2,8 +2,8 @@
 // M = N*H*W values: a two-pass block reduction (mean, then the mean of squared deviations), one
 // block per channel, deterministic. Saved for the backward: mean and invstd = 1/sqrt(var + eps)
 // with the biased variance var; the running update uses the unbiased variance var * M/(M-1).
-typedef unsigned long long u64;
-typedef unsigned int u32;
+#include "common.cuh"
+#include "reduce.cuh"
 
 // Mirrors `BnParams` in src/ops/batch_norm2d/cuda.rs.
 struct BnParams {
@@ -13,31 +13,6 @@ struct BnParams {
     u32 pad_; // explicit padding so both sides agree on the 24-byte size
 };
 static_assert(sizeof(BnParams) == 24, "BnParams layout must match the Rust struct");
-
-#define GRID_STRIDE(i, n) \
-    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (u64)blockDim.x * gridDim.x)
-
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-    return v;
-}
-
-// Block-wide sum returned to every thread; fixed order. `sh` holds 33 floats.
-__device__ float block_sum(float v, float* sh) {
-    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-    v = warp_sum(v);
-    if (lane == 0) sh[wid] = v;
-    __syncthreads();
-    if (wid == 0) {
-        float t = lane < nw ? sh[lane] : 0.0f;
-        t = warp_sum(t);
-        if (lane == 0) sh[32] = t;
-    }
-    __syncthreads();
-    const float r = sh[32];
-    __syncthreads();
-    return r;
-}
 
 // Per channel: mean, biased var, invstd. One block per channel (grid-stride over channels).
 extern "C" __global__ void bn_stats_f32(BnParams p, const float* __restrict__ x,

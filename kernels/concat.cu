@@ -1,7 +1,7 @@
 // Concatenation along channels of NCHW tensors (src/ops/concat/cuda.rs): one launch per part.
 // An image's part occupies `part` = C_part*H*W contiguous floats inside the image's `whole` =
 // C_total*H*W floats, starting at `offset` (channels before it times H*W).
-typedef unsigned long long u64;
+#include "common.cuh"
 
 // Mirrors `CatParams` in src/ops/concat/cuda.rs.
 struct CatParams {

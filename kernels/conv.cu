@@ -2,10 +2,9 @@
 // no atomics), bias add over NCHW and the per-channel bias gradient.
 // Column layout for one image: row (c*kh + ki)*kw + kj, column oy*OW + ox; a launch covers
 // `images` consecutive images, each with its own [C*kh*kw, OH*OW] block.
-// Self-contained for NVRTC (no headers); every index is 64-bit.
-typedef unsigned long long u64;
-typedef long long i64;
-typedef unsigned int u32;
+// Every index is 64-bit.
+#include "common.cuh"
+#include "reduce.cuh"
 
 #define BLOCK 256
 
@@ -18,28 +17,6 @@ struct ConvParams {
     u32 images;      // images covered by this launch
 };
 static_assert(sizeof(ConvParams) == 40, "ConvParams layout must match the Rust struct");
-
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-    return v;
-}
-
-// Block-wide sum returned to every thread; fixed order, so deterministic. `sh` holds 33 floats.
-__device__ float block_sum(float v, float* sh) {
-    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-    v = warp_sum(v);
-    if (lane == 0) sh[wid] = v;
-    __syncthreads();
-    if (wid == 0) {
-        float t = lane < nw ? sh[lane] : 0.0f;
-        t = warp_sum(t);
-        if (lane == 0) sh[32] = t;
-    }
-    __syncthreads();
-    const float r = sh[32];
-    __syncthreads(); // everyone has read sh[32] before the next call overwrites sh
-    return r;
-}
 
 // col[img][(ch*kh+ki)*kw+kj][oy*OW+ox] = x[img][ch][oy*s-p+ki][ox*s-p+kj], zero outside.
 extern "C" __global__ void im2col_f32(ConvParams p, const float* __restrict__ x,

@@ -1,33 +1,8 @@
 // Small elementwise ops and a scalar sum (src/ops/elementwise/cuda.rs). The sum is a two-pass
 // block tree reduction (per-block partials, then one block), so it is deterministic for a given
 // launch configuration and independent of atomics order.
-typedef unsigned long long u64;
-typedef unsigned int u32;
-
-#define GRID_STRIDE(i, n) \
-    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (u64)blockDim.x * gridDim.x)
-
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-    return v;
-}
-
-// Block-wide sum returned to every thread; fixed order. `sh` holds 33 floats.
-__device__ float block_sum(float v, float* sh) {
-    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-    v = warp_sum(v);
-    if (lane == 0) sh[wid] = v;
-    __syncthreads();
-    if (wid == 0) {
-        float t = lane < nw ? sh[lane] : 0.0f;
-        t = warp_sum(t);
-        if (lane == 0) sh[32] = t;
-    }
-    __syncthreads();
-    const float r = sh[32];
-    __syncthreads();
-    return r;
-}
+#include "common.cuh"
+#include "reduce.cuh"
 
 extern "C" __global__ void add_f32(const float* __restrict__ a, const float* __restrict__ b,
                                    float* __restrict__ y, u64 n) {

@@ -17,8 +17,7 @@
 //            its group. Threads of a warp hold neighbouring positions, so NCHW reads and writes
 //            stay coalesced. The backward produces dx (atomics) and doff (per-thread sums over
 //            its channels, added once per channel group) in the same pass.
-typedef unsigned long long u64;
-typedef unsigned int u32;
+#include "common.cuh"
 
 #define GMP_FUSED_MAX_K 16
 
@@ -29,9 +28,6 @@ struct GmpParams {
     u32 c_per_group; // fused only: channels per thread (blockIdx.y selects the group)
 };
 static_assert(sizeof(GmpParams) == 24, "GmpParams layout must match the Rust struct");
-
-#define GRID_STRIDE(i, n) \
-    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (u64)blockDim.x * gridDim.x)
 
 // The floor cell of a sample point, with exactly the CPU reference's semantics
 // (src/ops/gmp/cpu.rs `taps`): taps t = 0..3 sit at (y0, x0), (y0, x0+1), (y0+1, x0),

@@ -4,33 +4,8 @@
 //                     dz = sign(S_n - y_n) * sign(z) / N * dloss   (sign(0) = 0)
 //   mse:              loss = (1/numel) sum (p - t)^2,  dp = 2 (p - t) / numel * dloss
 // dloss is read from device memory (the loss gradient of the tape), so no host round trip.
-typedef unsigned long long u64;
-typedef unsigned int u32;
-
-#define GRID_STRIDE(i, n) \
-    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (u64)blockDim.x * gridDim.x)
-
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-    return v;
-}
-
-// Block-wide sum returned to every thread; fixed order. `sh` holds 33 floats.
-__device__ float block_sum(float v, float* sh) {
-    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-    v = warp_sum(v);
-    if (lane == 0) sh[wid] = v;
-    __syncthreads();
-    if (wid == 0) {
-        float t = lane < nw ? sh[lane] : 0.0f;
-        t = warp_sum(t);
-        if (lane == 0) sh[32] = t;
-    }
-    __syncthreads();
-    const float r = sh[32];
-    __syncthreads();
-    return r;
-}
+#include "common.cuh"
+#include "reduce.cuh"
 
 __device__ __forceinline__ float signf(float v) { return v > 0.0f ? 1.0f : (v < 0.0f ? -1.0f : 0.0f); }
 

@@ -2,8 +2,7 @@
 // The forward saves, per output, the flat index (row * W + col) of the winning input inside its
 // (n, c) plane; the backward routes dy back to it. Windows do not overlap, so the backward is a
 // gather over inputs (one write each, no atomics, no separate zero fill).
-typedef unsigned long long u64;
-typedef unsigned int u32;
+#include "common.cuh"
 
 // Mirrors `PoolParams` in src/ops/max_pool2d/cuda.rs.
 struct PoolParams {

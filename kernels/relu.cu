@@ -1,5 +1,5 @@
 // ReLU: y = max(x, 0); backward from the saved output: dx = dy where y > 0 (src/ops/relu/cuda.rs).
-typedef unsigned long long u64;
+#include "common.cuh"
 
 extern "C" __global__ void relu_fwd_f32(const float* __restrict__ x, float* __restrict__ y, u64 n) {
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n;

@@ -4,8 +4,7 @@
 //   align_corners=false: scale = in/out, src = max((dst + 0.5) * scale - 0.5, 0)
 // i0 = floor(src), i1 = min(i0 + 1, in - 1), l1 = src - i0, l0 = 1 - l1.
 // The backward scatters with atomicAdd into a zeroed dx: output pixels share input pixels.
-typedef unsigned long long u64;
-typedef unsigned int u32;
+#include "common.cuh"
 
 // Mirrors `UpsampleParams` in src/ops/upsample_bilinear/cuda.rs.
 struct UpsampleParams {
