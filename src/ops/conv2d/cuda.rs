@@ -158,6 +158,27 @@ pub fn input_grad_gemm(s: &Conv2dShape, nb: usize) -> Result<RowMajorGemm> {
     Ok(g)
 }
 
+/// Checks an image-side buffer of `image_len` floats and a column buffer of `col_len` floats
+/// hold `p.images` images; returns the floats of all images and of all column matrices.
+fn check_unfold_buffers(
+    what: &str,
+    p: &ConvParams,
+    image_len: usize,
+    col_len: usize,
+) -> Result<(usize, usize)> {
+    let images = p.images as usize;
+    let img = images * p.c as usize * p.h as usize * p.w as usize;
+    let cols =
+        images * p.c as usize * p.kh as usize * p.kw as usize * p.oh as usize * p.ow as usize;
+    if image_len < img || col_len < cols {
+        return Err(Error::shape(
+            OP,
+            format!("{what} view {image_len} / col {col_len} floats, need {img} / {cols}"),
+        ));
+    }
+    Ok((img, cols))
+}
+
 /// im2col of `p.images` consecutive images of `x` into `col`.
 pub fn im2col(
     dev: &CudaDevice,
@@ -165,22 +186,8 @@ pub fn im2col(
     x: &CudaView<'_, f32>,
     col: &mut CudaSlice<f32>,
 ) -> Result<()> {
-    let img = p.c as usize * p.h as usize * p.w as usize;
-    let cols = p.c as usize * p.kh as usize * p.kw as usize * p.oh as usize * p.ow as usize;
-    let images = p.images as usize;
-    if x.len() < images * img || col.len() < images * cols {
-        return Err(Error::shape(
-            OP,
-            format!(
-                "im2col: x view {} / col {} floats, need {} / {}",
-                x.len(),
-                col.len(),
-                images * img,
-                images * cols
-            ),
-        ));
-    }
-    if let Some(cfg) = dev.cfg((images * cols) as u64) {
+    let (img, cols) = check_unfold_buffers("im2col: x", p, x.len(), col.len())?;
+    if let Some(cfg) = dev.cfg(cols as u64) {
         let f = dev.function(KERNEL_FILE, IM2COL)?;
         let mut b = dev.stream().launch_builder(&f);
         b.arg(p).arg(x).arg(col);
@@ -196,22 +203,8 @@ pub fn col2im(
     col: &CudaSlice<f32>,
     dx: &mut CudaViewMut<'_, f32>,
 ) -> Result<()> {
-    let img = p.c as usize * p.h as usize * p.w as usize;
-    let cols = p.c as usize * p.kh as usize * p.kw as usize * p.oh as usize * p.ow as usize;
-    let images = p.images as usize;
-    if dx.len() < images * img || col.len() < images * cols {
-        return Err(Error::shape(
-            OP,
-            format!(
-                "col2im: dx view {} / col {} floats, need {} / {}",
-                dx.len(),
-                col.len(),
-                images * img,
-                images * cols
-            ),
-        ));
-    }
-    if let Some(cfg) = dev.cfg((images * img) as u64) {
+    let (img, _) = check_unfold_buffers("col2im: dx", p, dx.len(), col.len())?;
+    if let Some(cfg) = dev.cfg(img as u64) {
         let f = dev.function(KERNEL_FILE, COL2IM)?;
         let mut b = dev.stream().launch_builder(&f);
         b.arg(p).arg(col).arg(dx);
