@@ -186,7 +186,7 @@ pub fn im2col(
     x: &CudaView<'_, f32>,
     col: &mut CudaSlice<f32>,
 ) -> Result<()> {
-    let (img, cols) = check_unfold_buffers("im2col: x", p, x.len(), col.len())?;
+    let (_, cols) = check_unfold_buffers("im2col: x", p, x.len(), col.len())?;
     if let Some(cfg) = dev.cfg(cols as u64) {
         let f = dev.function(KERNEL_FILE, IM2COL)?;
         let mut b = dev.stream().launch_builder(&f);
