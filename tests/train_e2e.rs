@@ -7,7 +7,7 @@ use dcl::checkpoint::{load_counter, load_localizer};
 use dcl::data::Dataset;
 use dcl::eval::{count_metrics, localizer_mse, predict_counts};
 use dcl::nn::{Counter, Localizer, ModelKind};
-use dcl::train::{train_counter, train_localizer, TrainOptions};
+use dcl::train::{open_data, train_counter, train_localizer, TrainOptions};
 
 fn options(out: &std::path::Path) -> TrainOptions {
     TrainOptions {
@@ -46,7 +46,8 @@ fn counter_then_localizer_learn_and_checkpoints_reproduce_counts() {
 
     let init = Counter::new(&opts.model_config(ModelKind::Counter), opts.seed).unwrap();
     let mae0 = train_mae(&init, &ds);
-    let summary = train_counter(&opts, false).unwrap();
+    let data = open_data(&opts).unwrap();
+    let summary = train_counter(&opts, &data, false).unwrap();
     let (trained, _) = load_counter(&summary.checkpoint).unwrap();
     let mae1 = train_mae(&trained, &ds);
     eprintln!("counter MAE {mae0:.2} -> {mae1:.2}");
@@ -71,7 +72,7 @@ fn counter_then_localizer_learn_and_checkpoints_reproduce_counts() {
     )
     .unwrap();
     let mse0 = localizer_mse(&trained, &init_loc, &ds, &idx, 4).unwrap();
-    let s = train_localizer(&lopts, &summary.checkpoint, false).unwrap();
+    let s = train_localizer(&lopts, &summary.checkpoint, &data, false).unwrap();
     let (loc, _) = load_localizer(&s.checkpoint).unwrap();
     let mse1 = localizer_mse(&trained, &loc, &ds, &idx, 4).unwrap();
     eprintln!("localizer MSE {mse0:.4} -> {mse1:.4}");

@@ -150,20 +150,21 @@ fn is_image(p: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Opens a checkpoint pair, checking the localizer was trained on this counter.
+/// Opens a checkpoint pair, checking the localizer was trained on this counter; also returns
+/// the counter's content hash (outputs record it).
 pub fn load_models(
     counter: &Path,
     localizer: Option<&Path>,
     device: &str,
-) -> anyhow::Result<(Counter, Option<Localizer>)> {
+) -> anyhow::Result<(Counter, Option<Localizer>, String)> {
     let device = super::parse_device(device)?;
     let (mut c, _) = load_counter(counter)?;
     c.store.to_device(&device)?;
+    let hash = file_hash(counter)?;
     let l = match localizer {
         None => None,
         Some(lp) => {
             let (mut l, _) = load_localizer(lp)?;
-            let hash = file_hash(counter)?;
             if let Some(h) = &l.config.counter_hash {
                 if *h != hash {
                     anyhow::bail!(
@@ -177,7 +178,7 @@ pub fn load_models(
             Some(l)
         }
     };
-    Ok((c, l))
+    Ok((c, l, hash))
 }
 
 /// Points of a prediction in image pixel coordinates.
@@ -196,9 +197,8 @@ pub fn prediction_points(p: &Prediction, threshold: f32, min_distance: f32) -> O
 }
 
 pub fn run(a: CountArgs) -> anyhow::Result<()> {
-    let (counter, localizer) = load_models(&a.counter, a.localizer.as_deref(), &a.device)?;
+    let (counter, localizer, hash) = load_models(&a.counter, a.localizer.as_deref(), &a.device)?;
     a.gpu.apply(&counter.store.device())?;
-    let hash = file_hash(&a.counter)?;
     let files = collect_images(&a.paths, a.glob.as_deref())?;
     if files.is_empty() {
         anyhow::bail!("no image files (png, jpeg, tiff) found in the given paths");

@@ -53,7 +53,7 @@ pub struct EvalArgs {
 }
 
 pub fn run(a: EvalArgs) -> anyhow::Result<()> {
-    let (counter, localizer) =
+    let (counter, localizer, _) =
         super::count::load_models(&a.counter, a.localizer.as_deref(), &a.device)?;
     a.gpu.apply(&counter.store.device())?;
     let format: Option<Format> = a.format.as_deref().map(str::parse).transpose()?;

@@ -5,7 +5,7 @@ use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 
 use crate::nn::Backbone;
-use crate::train::{train_counter, train_localizer, TrainOptions};
+use crate::train::{open_data, train_counter, train_localizer, TrainOptions};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -229,8 +229,10 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
             serde_json::to_string_pretty(&rc)?.as_bytes(),
         )?;
     }
+    // Opened once: with --model all both networks train on the same decoded data.
+    let data = open_data(&opts)?;
     if matches!(model, TrainModel::Counter | TrainModel::All) {
-        let s = train_counter(&opts, resume)?;
+        let s = train_counter(&opts, &data, resume)?;
         println!(
             "counter: {} (best: {})",
             s.checkpoint.display(),
@@ -242,7 +244,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     }
     if matches!(model, TrainModel::Localizer | TrainModel::All) {
         let counter = opts.counter.clone().expect("checked above");
-        let s = train_localizer(&opts, &counter, resume)?;
+        let s = train_localizer(&opts, &counter, &data, resume)?;
         println!(
             "localizer: {} (best: {})",
             s.checkpoint.display(),

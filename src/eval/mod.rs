@@ -42,7 +42,7 @@ pub fn predict_counts(
     let mut by_source: BTreeMap<String, (f64, f64)> = BTreeMap::new();
     let sources: Vec<String> = indices
         .iter()
-        .map(|&i| ds.sample(i).source.clone())
+        .map(|&i| ds.image_of(i).path.display().to_string())
         .collect();
     let mut k = 0;
     for batch in loader.epoch(0) {

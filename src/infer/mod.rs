@@ -166,7 +166,9 @@ pub fn predict_with(
             }
             let n = group.len();
             let images = Tensor::from_vec(buf, &[n, 3, th, tw])?;
-            let z = Var::constant(Tensor::from_vec(zbuf, &[n, 1, zh, zw])?);
+            // built on the host from the blended map; it must live where the localizer does
+            let z = Tensor::from_vec(zbuf, &[n, 1, zh, zw])?.into_device(&loc.store.device())?;
+            let z = Var::constant(z);
             let mut dv = crate::eval::localizer_density_from(loc, images, &z)?
                 .value()
                 .to_host()?;

@@ -6,7 +6,7 @@ use crate::eval::{count_metrics, predict_counts};
 use crate::nn::{Counter, Forward, ModelConfig, ModelKind, ParamStore};
 use crate::ops::loss::count_l1_loss;
 use crate::train::fit::{fit, Job, Scores, Summary};
-use crate::train::{open_data, RunData, TrainOptions};
+use crate::train::{RunData, TrainOptions};
 
 pub struct CounterJob {
     pub net: Counter,
@@ -47,13 +47,12 @@ impl Job for CounterJob {
 
 /// Trains a counter per `opts`; writes RUNDIR/counter.safetensors (last),
 /// counter.best.safetensors, the snapshot and metrics.jsonl.
-pub fn train_counter(opts: &TrainOptions, resume: bool) -> Result<Summary> {
-    let data = open_data(opts)?;
+pub fn train_counter(opts: &TrainOptions, data: &RunData, resume: bool) -> Result<Summary> {
     let mut cfg = opts.model_config(ModelKind::Counter);
     cfg.input_scale = crate::train::input_scale(&data.train.0);
     let mut job = CounterJob {
         net: Counter::new(&cfg, opts.seed)?,
     };
     job.net.store.to_device(&opts.device)?;
-    fit(&mut job, opts, &data, resume)
+    fit(&mut job, opts, data, resume)
 }

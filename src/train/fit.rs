@@ -107,7 +107,7 @@ pub fn fit(
                 progress.epochs_done = epoch;
                 progress.batches_done = i;
                 progress.epoch_loss_sum = loss_sum;
-                save_model(&last_path, job.config(), job.store(), progress.bn_steps)?;
+                save_model(&last_path, job.config(), job.store(), progress.steps as u64)?;
                 save_snapshot(&snap_path, job.store(), &adam, &progress)?;
                 return Err(Error::Interrupted(dir.clone()));
             }
@@ -121,8 +121,8 @@ pub fn fit(
                     },
                     e => e,
                 })?;
+            // one training forward per step: also BatchNorm's num_batches_tracked
             progress.steps += 1;
-            progress.bn_steps += 1;
             loss_sum += loss as f64;
             n_loss += 1;
             bar.inc(1);
@@ -135,9 +135,9 @@ pub fn fit(
         if has_val && improved {
             progress.best = Some((scores.key, epoch + 1));
         }
-        save_model(&last_path, job.config(), job.store(), progress.bn_steps)?;
+        save_model(&last_path, job.config(), job.store(), progress.steps as u64)?;
         if !has_val || improved {
-            save_model(&best_path, job.config(), job.store(), progress.bn_steps)?;
+            save_model(&best_path, job.config(), job.store(), progress.steps as u64)?;
         }
         let rec = EpochRecord {
             model: name.to_string(),

@@ -11,7 +11,7 @@ use crate::nn::{Counter, Forward, Localizer, ModelConfig, ModelKind, ParamStore}
 use crate::ops::elementwise::scale_tensor;
 use crate::ops::loss::mse_loss;
 use crate::train::fit::{fit, Job, Scores, Summary};
-use crate::train::{open_data, RunData, TrainOptions};
+use crate::train::{RunData, TrainOptions};
 
 pub struct LocalizerJob {
     pub net: Localizer,
@@ -52,10 +52,14 @@ impl Job for LocalizerJob {
 }
 
 /// Trains a localizer on the frozen counter at `counter_path`.
-pub fn train_localizer(opts: &TrainOptions, counter_path: &Path, resume: bool) -> Result<Summary> {
+pub fn train_localizer(
+    opts: &TrainOptions,
+    counter_path: &Path,
+    data: &RunData,
+    resume: bool,
+) -> Result<Summary> {
     let (mut counter, _) = load_counter(counter_path)?;
     counter.store.to_device(&opts.device)?;
-    let data = open_data(opts)?;
     let mut cfg = opts.model_config(ModelKind::Localizer);
     cfg.counter_hash = Some(file_hash(counter_path)?);
     cfg.input_scale = counter.config.input_scale;
@@ -64,7 +68,7 @@ pub fn train_localizer(opts: &TrainOptions, counter_path: &Path, resume: bool) -
         counter,
     };
     job.net.store.to_device(&opts.device)?;
-    let summary = fit(&mut job, opts, &data, resume)?;
+    let summary = fit(&mut job, opts, data, resume)?;
     let (ds, idx) = data.val.as_ref().unwrap_or(&data.train);
     for path in [&summary.best_checkpoint, &summary.checkpoint] {
         tune_point_readout(path, &job.counter, ds, idx, opts.batch_size, opts.quiet)?;

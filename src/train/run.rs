@@ -97,8 +97,6 @@ pub struct Progress {
     pub epoch_loss_sum: f64,
     /// Optimiser steps taken.
     pub steps: usize,
-    /// BatchNorm running-statistics updates (PyTorch's num_batches_tracked).
-    pub bn_steps: u64,
     /// Best validation score so far (lower is better) and its epoch.
     pub best: Option<(f64, usize)>,
 }
