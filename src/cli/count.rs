@@ -7,6 +7,7 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::checkpoint::{file_hash, load_counter, load_localizer};
+use crate::data::image_io::{decode, is_image_file};
 use crate::infer::points::{find_points, Point};
 use crate::infer::{predict, InferOptions, Prediction};
 use crate::nn::{Counter, Localizer};
@@ -67,8 +68,6 @@ struct CountRow {
     points: Option<usize>,
 }
 
-const IMAGE_EXTENSIONS: [&str; 5] = ["png", "jpg", "jpeg", "tif", "tiff"];
-
 /// `*` and `?` wildcard match on a file name.
 pub fn glob_match(pattern: &str, name: &str) -> bool {
     let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
@@ -112,7 +111,7 @@ pub fn collect_images(
                         .path();
                     if path.is_dir() {
                         stack.push(path);
-                    } else if is_image(&path)
+                    } else if is_image_file(&path)
                         && glob.is_none_or(|g| glob_match(g, &file_name(&path)))
                     {
                         found.push(path);
@@ -142,12 +141,6 @@ fn file_name(p: &Path) -> String {
     p.file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default()
-}
-
-fn is_image(p: &Path) -> bool {
-    p.extension()
-        .map(|e| IMAGE_EXTENSIONS.contains(&e.to_string_lossy().to_lowercase().as_str()))
-        .unwrap_or(false)
 }
 
 /// Opens a checkpoint pair, checking the localizer was trained on this counter; also returns
@@ -229,8 +222,7 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
     for (path, name) in &files {
         let result = (|| -> anyhow::Result<CountRow> {
             let t0 = std::time::Instant::now();
-            let img = image::open(path)
-                .map_err(|e| crate::error::Error::file(path, format!("cannot read image: {e}")))?;
+            let img = decode(path)?;
             let t1 = std::time::Instant::now();
             let p = predict(&counter, localizer.as_ref(), &img, &opts)?;
             let points = prediction_points(&p, threshold, min_distance);

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use anyhow::Context;
 
+use crate::data::image_io::write_tiff_f32;
 use crate::fsutil::atomic_write;
 use crate::infer::points::Point;
 use crate::infer::{Map, Prediction};
@@ -25,16 +26,9 @@ pub fn prepare(out: &Path, with_points: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A single-channel f32 TIFF.
-pub fn tiff_f32(map: &Map) -> anyhow::Result<Vec<u8>> {
-    let mut buf = std::io::Cursor::new(Vec::new());
-    let mut enc = tiff::encoder::TiffEncoder::new(&mut buf)?;
-    enc.write_image::<tiff::encoder::colortype::Gray32Float>(
-        map.width as u32,
-        map.height as u32,
-        &map.data,
-    )?;
-    Ok(buf.into_inner())
+/// Writes a map as a single-channel 32-bit float TIFF, atomically (the data module's writer).
+fn write_map(path: &Path, map: &Map) -> anyhow::Result<()> {
+    Ok(write_tiff_f32(path, map.width, map.height, &map.data)?)
 }
 
 /// The map people get: the localizer's density when there is one (cells per network pixel),
@@ -44,12 +38,9 @@ fn density_of(p: &Prediction) -> &Map {
 }
 
 pub fn write_density(dir: &Path, name: &str, p: &Prediction) -> anyhow::Result<()> {
-    atomic_write(
-        &dir.join(format!("{name}.coarse.tif")),
-        &tiff_f32(&p.coarse)?,
-    )?;
+    write_map(&dir.join(format!("{name}.coarse.tif")), &p.coarse)?;
     if let Some(d) = &p.density {
-        atomic_write(&dir.join(format!("{name}.density.tif")), &tiff_f32(d)?)?;
+        write_map(&dir.join(format!("{name}.density.tif")), d)?;
     }
     Ok(())
 }
@@ -106,9 +97,9 @@ pub fn write_image_outputs(
         &out.join("overlays").join(format!("{name}.png")),
         png.get_ref(),
     )?;
-    atomic_write(
+    write_map(
         &out.join("density").join(format!("{name}.tif")),
-        &tiff_f32(density_of(p))?,
+        density_of(p),
     )?;
     Ok(())
 }

@@ -13,7 +13,6 @@ use crate::data::normalize_imagenet;
 use crate::error::{Error, Result};
 use crate::eval::counter_z;
 use crate::nn::{Counter, Localizer};
-use crate::ops::loss::per_image_counts;
 use crate::tensor::Tensor;
 use tiling::{axis_weights, tile_starts};
 
@@ -189,12 +188,6 @@ pub fn predict_with(
         coarse,
         density,
     })
-}
-
-/// Σ|z| of a batch of network-sized images, without tiling (used by tests and benches).
-pub fn count_batch(counter: &Counter, images: Tensor) -> Result<Vec<f32>> {
-    let z: Var = counter_z(counter, images)?;
-    per_image_counts(z.value())
 }
 
 /// Adds `w`·plane into `map` at (x0, y0).
