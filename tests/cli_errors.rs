@@ -120,3 +120,53 @@ fn count_refuses_mismatched_checkpoints_and_unwritable_outputs() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("img.png"));
     assert!(Path::new(&localizer).exists());
 }
+
+/// `--window-grid` trains with the window count loss when the grid cuts the patches' coarse
+/// maps into equal windows, is recorded in config.json, and is refused up front otherwise.
+#[test]
+fn window_grid_trains_or_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run").display().to_string();
+    let train = |grid: &str| {
+        dcl(&[
+            "train",
+            "--model",
+            "counter",
+            "--data",
+            "synthetic",
+            "--synthetic-n",
+            "4",
+            "--synthetic-size",
+            "32",
+            "--width-mult",
+            "0.0625",
+            "--gmp-points",
+            "2",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "2",
+            "--window-grid",
+            grid,
+            "--quiet",
+            "--out",
+            &run,
+        ])
+    };
+    let st = train("2");
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{run}/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["options"]["window_grid"], 2, "{config}");
+    // 32x32 patches have a 4x4 coarse map: a 3x3 grid does not divide it
+    let err = one_line_error(&train("3"));
+    assert!(
+        err.contains("--window-grid 3") && err.contains("32x32"),
+        "{err}"
+    );
+}

@@ -32,7 +32,7 @@ use dcl::ops::elementwise::{
 use dcl::ops::gmp::{gmp_sample_backward, gmp_sample_forward, GmpKernel};
 use dcl::ops::loss::{
     count_l1_loss, count_l1_loss_backward, count_l1_loss_forward, mse_loss, mse_loss_backward,
-    mse_loss_forward, per_image_counts,
+    mse_loss_forward, per_image_counts, window_count_l1_loss, window_counts,
 };
 use dcl::ops::max_pool2d::{max_pool2d_backward, max_pool2d_forward};
 use dcl::ops::relu::{relu_backward, relu_forward};
@@ -729,6 +729,37 @@ fn count_l1_and_mse_losses() {
             ELEMENTWISE,
         );
     }
+}
+
+/// The window count loss is composed of taped ops (abs, an all-ones conv, add, sum, scale): its
+/// value and dz on the GPU against the CPU, with targets well away from the window sums.
+#[test]
+fn window_count_loss_and_gradient() {
+    let Some((_g, d, _dev)) = gpu("window loss") else {
+        return;
+    };
+    let mut r = Rng(13);
+    let z = r.tensor(&[3, 1, 32, 32], 1.0, 0.0);
+    let pts: Vec<Vec<(f32, f32)>> = (0..3)
+        .map(|_| {
+            (0..200)
+                .map(|_| (256.0 * r.next().abs(), 256.0 * r.next().abs()))
+                .collect()
+        })
+        .collect();
+    let y = window_counts(&pts, 256, 256, 4).unwrap();
+    let run = |z: &Tensor| {
+        let tape = Tape::new();
+        let zv = tape.leaf(z.clone());
+        let l = window_count_l1_loss(&tape, &zv, 4, &y).unwrap();
+        let lv = l.value().item().unwrap();
+        let g = tape.backward(&l).unwrap().get(&zv).unwrap().clone();
+        (lv, g)
+    };
+    let (l, g) = run(&z);
+    let (lg, gg) = run(&on(&z, &d));
+    close_vals("window loss", &[lg], &[l], REDUCTION);
+    close("window loss dz", &gg, &g, ELEMENTWISE);
 }
 
 #[test]

@@ -62,6 +62,7 @@ fn nan_loss_stops_with_epoch_and_step_and_keeps_the_last_checkpoint() {
     let mut job = Poisoned {
         inner: CounterJob {
             net: Counter::new(&cfg, 0).unwrap(),
+            windows: None,
         },
         calls: Cell::new(0),
         poison: per_epoch + 1, // the first step of epoch 2

@@ -81,6 +81,14 @@ pub struct TrainArgs {
     /// 0 trains with the paper's flips and rotations only.
     #[arg(long, default_value_t = 0.5)]
     pub mosaic: f32,
+    /// Counter: also train the count of each window of a GRID x GRID grid over the patch (counts
+    /// only, not in the paper), so the coarse map's mass sits where the cells are and tiled
+    /// counts of large images add up; 0 or 1: the paper's image count loss alone.
+    #[arg(long, default_value_t = 0, value_name = "GRID")]
+    pub window_grid: usize,
+    /// Weight of the window count loss.
+    #[arg(long, default_value_t = 1.0)]
+    pub window_weight: f32,
     /// Images generated for `--data synthetic`.
     #[arg(long, default_value_t = 64)]
     pub synthetic_n: usize,
@@ -162,6 +170,8 @@ fn options(a: &TrainArgs) -> TrainOptions {
         seed: a.seed,
         augment: !a.no_augment,
         mosaic: a.mosaic,
+        window_grid: a.window_grid,
+        window_weight: a.window_weight,
         synthetic_n: a.synthetic_n,
         synthetic_size: a.synthetic_size,
         max_steps: a.max_steps,

@@ -49,6 +49,13 @@ pub struct TrainOptions {
     /// `Loader::with_mosaic`); 0 gives the paper's flips and rotations only.
     #[serde(default)]
     pub mosaic: f32,
+    /// Counter only: also hold the count of each window of a g x g grid over the patch (see
+    /// `ops::loss::window_count_l1_loss`); 0 trains with the paper's image count loss only.
+    #[serde(default)]
+    pub window_grid: usize,
+    /// Weight of the window count loss next to the image count loss.
+    #[serde(default = "default_window_weight")]
+    pub window_weight: f32,
     /// Number of synthetic images when `data` is `synthetic`.
     pub synthetic_n: usize,
     /// Side of the synthetic images (a multiple of 16).
@@ -82,6 +89,10 @@ fn default_synthetic_size() -> usize {
     256
 }
 
+fn default_window_weight() -> f32 {
+    1.0
+}
+
 impl Default for TrainOptions {
     fn default() -> Self {
         TrainOptions {
@@ -104,6 +115,8 @@ impl Default for TrainOptions {
             seed: 0,
             augment: true,
             mosaic: 0.5,
+            window_grid: 0,
+            window_weight: default_window_weight(),
             synthetic_n: 64,
             synthetic_size: 256,
             max_steps: None,

@@ -7,6 +7,9 @@
 //! |.| has gradient sign(.) with sign(0) = 0, as PyTorch; reductions accumulate in f64 on CPU.
 mod cpu;
 pub mod cuda;
+mod window;
+
+pub use window::{window_count_l1_loss, window_counts};
 
 use std::sync::Arc;
 
