@@ -7,6 +7,7 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::checkpoint::{file_hash, load_counter, load_localizer};
+use crate::cli::count_pipeline::{run_stages, Stages};
 use crate::data::image_io::{decode, is_image_file};
 use crate::infer::points::{find_points, Point};
 use crate::infer::{predict, InferOptions, Prediction};
@@ -56,6 +57,24 @@ pub struct CountArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// Pixels of decoded images in flight between decoding and writing (about 100 MB as 8-bit
+/// RGB); a larger image is processed alone.
+const PIXELS_IN_FLIGHT: u64 = 32 << 20;
+
+/// An image with its prediction and points, on its way to the writer.
+type Counted = (image::DynamicImage, Prediction, Option<Vec<Point>>);
+
+/// Width x height from the file's header, without decoding it; None when unreadable.
+fn header_pixels(path: &Path) -> Option<u64> {
+    let (w, h) = image::ImageReader::open(path)
+        .ok()?
+        .with_guessed_format()
+        .ok()?
+        .into_dimensions()
+        .ok()?;
+    Some(w as u64 * h as u64)
 }
 
 #[derive(Serialize)]
@@ -214,28 +233,21 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
         crate::cli::outputs::prepare(out, localizer.is_some())?;
     }
     let bar = crate::report::progress_bar(files.len() as u64, "counting", a.quiet);
-    let mut rows = Vec::new();
-    let mut failed = Vec::new();
-    // Where the time goes: decoding, the networks, writing outputs (printed at the end).
-    let mut times = [std::time::Duration::ZERO; 3];
-    let t_all = std::time::Instant::now();
-    for (path, name) in &files {
-        let result = (|| -> anyhow::Result<CountRow> {
-            let t0 = std::time::Instant::now();
-            let img = decode(path)?;
-            let t1 = std::time::Instant::now();
+    let stages = Stages {
+        cost: |(path, _): &(PathBuf, String)| header_pixels(path),
+        decode: |(path, _): &(PathBuf, String)| Ok(decode(path)?),
+        compute: |_: &(PathBuf, String), img: image::DynamicImage| {
             let p = predict(&counter, localizer.as_ref(), &img, &opts)?;
             let points = prediction_points(&p, threshold, min_distance);
-            let t2 = std::time::Instant::now();
+            Ok((img, p, points))
+        },
+        write: |(path, name): &(PathBuf, String), (img, p, points): Counted| {
             if let Some(dir) = &a.density_dir {
                 crate::cli::outputs::write_density(dir, name, &p)?;
             }
             if let Some(out) = &a.out {
                 crate::cli::outputs::write_image_outputs(out, name, &img, &p, points.as_deref())?;
             }
-            times[0] += t1 - t0;
-            times[1] += t2 - t1;
-            times[2] += t2.elapsed();
             Ok(CountRow {
                 image: path.display().to_string(),
                 count: p.count,
@@ -243,17 +255,23 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
                 height: p.height,
                 points: points.map(|v| v.len()),
             })
-        })();
-        match result {
-            Ok(r) => rows.push(r),
-            Err(e) => {
-                bar.suspend(|| eprintln!("error: {}: {e:#}", path.display()));
-                failed.push(path.clone());
-            }
+        },
+    };
+    let (results, times) = run_stages(&files, PIXELS_IN_FLIGHT, stages, |(path, _), r| {
+        if let Err(e) = r {
+            bar.suspend(|| eprintln!("error: {}: {e:#}", path.display()));
         }
         bar.inc(1);
-    }
+    });
     bar.finish_and_clear();
+    let mut rows = Vec::new();
+    let mut failed = Vec::new();
+    for ((path, _), r) in files.iter().zip(results) {
+        match r {
+            Ok(row) => rows.push(row),
+            Err(_) => failed.push(path.clone()),
+        }
+    }
     if let Some(out) = &a.out {
         let mut csv = String::from("image,count,width,height,counter_hash\n");
         for r in &rows {
@@ -279,14 +297,16 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
         }
     }
     if !a.quiet {
-        let total = t_all.elapsed().as_secs_f64();
+        let wall = times.wall.as_secs_f64();
         eprintln!(
-            "{} images in {total:.2}s ({:.2} images/s): decoding {:.2}s, networks {:.2}s, writing {:.2}s",
+            "{} images in {wall:.2}s ({:.2} images/s); networks busy {:.2}s ({:.0}% of the time), \
+             decoding {:.2}s and writing {:.2}s on their own threads",
             rows.len(),
-            rows.len() as f64 / total.max(1e-9),
-            times[0].as_secs_f64(),
-            times[1].as_secs_f64(),
-            times[2].as_secs_f64()
+            rows.len() as f64 / wall.max(1e-9),
+            times.compute.as_secs_f64(),
+            100.0 * times.compute.as_secs_f64() / wall.max(1e-9),
+            times.decode.as_secs_f64(),
+            times.write.as_secs_f64()
         );
     }
     if !failed.is_empty() {

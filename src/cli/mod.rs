@@ -1,6 +1,7 @@
 //! The `dcl` command-line tool: one file per subcommand.
 pub mod bench;
 pub mod count;
+pub mod count_pipeline;
 pub mod data;
 pub mod demo;
 pub mod eval;
