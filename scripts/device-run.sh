@@ -7,10 +7,14 @@
 #   (c) PyTorch parity on the GPU, full-width counter and localizer (dcl on cuda and on cpu,
 #       both against torch on cuda with TF32 off), and PyTorch eager step timings
 #   (d) a short full-width counter training run on the VGG cells (--device cuda --profile)
-#   (e) a summary table, printed last and written to $OUT/summary.txt
-# Every part has a time limit (seconds, env): T_TESTS T_BENCH T_PARITY T_TRAIN; the default sum
-# stays inside one 10-minute device command. Outputs (8 files at most come back):
-#   summary.txt tests.log bench.json bench.log parity.log parity.json train.log train-metrics.jsonl
+#   (e) counting throughput on the GPU, full width (random checkpoints): the VGG val folder
+#       with counter alone and with localizer and every output, and one 4096x4096 synthetic
+#       image; `dcl count` prints images/s and how busy the networks were
+#   (f) a summary table, printed last and written to $OUT/summary.txt
+# Every part has a time limit (seconds, env): T_TESTS T_BENCH T_PARITY T_TRAIN T_COUNT; the
+# default sum stays inside one 10-minute device command. Outputs (8 files at most come back):
+#   summary.txt tests.log bench.json bench.log parity.log parity.json train.log count.log
+# (train.log ends with the run's metrics.jsonl).
 # Exit status: the number of parts that failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +28,8 @@ PY=${PYTHON:-python3}
 T_TESTS=${T_TESTS:-150}
 T_BENCH=${T_BENCH:-90}
 T_PARITY=${T_PARITY:-120}
-T_TRAIN=${T_TRAIN:-180}
+T_TRAIN=${T_TRAIN:-150}
+T_COUNT=${T_COUNT:-60}
 TOL=${PARITY_TOL:-1e-4}
 TORCH_DEVICE=${TORCH_DEVICE:-cuda} # cpu only to try this script on a machine without a GPU
 export PYTHONUNBUFFERED=1
@@ -187,7 +192,7 @@ timeout "$T_TRAIN" "$dcl" train --model counter --data "$data/train" --val "$dat
     --device cuda --epochs 2 --profile --out "$work/run" >"$OUT/train.log" 2>&1
 rc=$?
 metrics=$(find "$work/run" -name metrics.jsonl 2>/dev/null | head -1)
-[ -n "$metrics" ] && cp "$metrics" "$OUT/train-metrics.jsonl"
+[ -n "$metrics" ] && { echo "-- metrics.jsonl"; cat "$metrics"; } >>"$OUT/train.log"
 last=$(grep -E 'epoch +[0-9]+' "$OUT/train.log" | tail -1 | sed -E 's/ +/ /g')
 if [ "$rc" -eq 0 ]; then
     row "(d) train" ok "${last:-no epoch line} (wall $(($(stamp) - t0)) s)"
@@ -195,7 +200,40 @@ else
     row "(d) train" failed "exit $rc: ${last:-$(grep -v '^\s*$' "$OUT/train.log" | tail -1 | cut -c1-140)}"
 fi
 
-# ---- (e) summary --------------------------------------------------------------------------
+# ---- (e) counting throughput ------------------------------------------------------------
+t0=$(stamp)
+counting() {
+    set -e
+    [ -s "$work/counter.safetensors" ] ||
+        "$dcl" init-checkpoint --model counter --width-mult 1 --seed 1 --out "$work/counter.safetensors"
+    [ -s "$work/localizer.safetensors" ] ||
+        "$dcl" init-checkpoint --model localizer --width-mult 1 --seed 2 --out "$work/localizer.safetensors"
+    "$dcl" data synth --out "$work/big" --n 1 --size 4096
+    local c=(--counter "$work/counter.safetensors" --device cuda --quiet)
+    echo "-- warm-up (NVRTC compiles or loads the kernels)"
+    "$dcl" count "$data/val" --glob '*cell.png' "${c[@]}" >/dev/null
+    # --quiet hides the bar; the timing line is printed unless stderr is quiet, so drop --quiet
+    local v=(--counter "$work/counter.safetensors" --device cuda)
+    echo "-- counter, VGG val 256x256"
+    "$dcl" count "$data/val" --glob '*cell.png' "${v[@]}" 2>&1 >/dev/null | tail -1
+    echo "-- counter + localizer, every output, VGG val 256x256"
+    "$dcl" count "$data/val" --glob '*cell.png' "${v[@]}" --localizer "$work/localizer.safetensors" \
+        --out "$work/count-out" 2>&1 >/dev/null | tail -1
+    echo "-- counter, one 4096x4096 image"
+    "$dcl" count "$work/big" --glob '*cell.png' "${v[@]}" 2>&1 >/dev/null | tail -1
+}
+export -f counting
+export dcl work data
+timeout "$T_COUNT" bash -c counting >"$OUT/count.log" 2>&1
+rc=$?
+summ=$(grep -E '^[0-9]+ images in ' "$OUT/count.log" | sed -E 's/^([0-9]+) images in ([0-9.]+)s \(([^)]*)\); networks busy [0-9.]+s \(([0-9]+)%.*/\1 in \2 s (\3, networks \4%)/' | paste -sd';' -)
+if [ "$rc" -eq 0 ]; then
+    row "(e) count" ok "${summ:-see count.log} ($(($(stamp) - t0)) s)"
+else
+    row "(e) count" failed "exit $rc: $(grep -v '^\s*$' "$OUT/count.log" | tail -1 | cut -c1-140)"
+fi
+
+# ---- (f) summary --------------------------------------------------------------------------
 {
     echo
     echo "==== device-run summary ===="

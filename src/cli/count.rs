@@ -298,11 +298,16 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
     }
     if !a.quiet {
         let wall = times.wall.as_secs_f64();
+        let rate = rows.len() as f64 / wall.max(1e-9);
+        let rate = if rate >= 1.0 || rows.is_empty() {
+            format!("{rate:.2} images/s")
+        } else {
+            format!("{:.2} s/image", 1.0 / rate)
+        };
         eprintln!(
-            "{} images in {wall:.2}s ({:.2} images/s); networks busy {:.2}s ({:.0}% of the time), \
+            "{} images in {wall:.2}s ({rate}); networks busy {:.2}s ({:.0}% of the time), \
              decoding {:.2}s and writing {:.2}s on their own threads",
             rows.len(),
-            rows.len() as f64 / wall.max(1e-9),
             times.compute.as_secs_f64(),
             100.0 * times.compute.as_secs_f64() / wall.max(1e-9),
             times.decode.as_secs_f64(),

@@ -192,15 +192,18 @@ mod tests {
     #[test]
     fn stages_overlap() {
         let items: Vec<u32> = (0..10).collect();
-        let nap = || sleep(Duration::from_millis(20));
+        let nap = || {
+            sleep(Duration::from_millis(20));
+            Ok(())
+        };
         let (out, t) = run_stages(
             &items,
             100,
             Stages {
                 cost: |_: &u32| Some(1),
-                decode: |_: &u32| Ok(nap()),
-                compute: |_: &u32, _| Ok(nap()),
-                write: |_: &u32, _| Ok(nap()),
+                decode: |_: &u32| nap(),
+                compute: |_: &u32, _| nap(),
+                write: |_: &u32, _| nap(),
             },
             |_, _| {},
         );
@@ -270,6 +273,6 @@ mod tests {
             );
             peak.load(Ordering::SeqCst)
         };
-        assert!(small_peak <= 9 && small_peak >= 6, "{small_peak}");
+        assert!((6..=9).contains(&small_peak), "{small_peak}");
     }
 }
