@@ -7,11 +7,15 @@
 //!   stitched into one 512x512 image count as the sum of their separate counts within 2%; the
 //!   difference left is the counter's own context dependence, not the tiling's. With
 //!   `DCL_VGG_VAL=DIR`, the same on groups of held-out images.
+//! - With the localizer fixture, the cells located in the stitched image are the cells located
+//!   in the four images separately.
 //! - `dcl count --out` writes every output and reports a bad file with a non-zero exit.
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use dcl::checkpoint::load_counter;
+use dcl::checkpoint::{load_counter, load_localizer};
+use dcl::cli::count::prediction_points;
+use dcl::eval::localization::match_points;
 use dcl::infer::{predict, predict_with, InferOptions};
 use dcl::tensor::Tensor;
 use image::{DynamicImage, GenericImage};
@@ -235,4 +239,70 @@ fn stitched_validation_images_count_as_the_sum_of_their_parts() {
         100.0 * mean
     );
     assert!(mean <= 0.02, "mean relative difference {mean}");
+}
+
+/// The dots of a VGG fixture image, pixel centres.
+fn vgg_dots(n: &str) -> Vec<(f32, f32)> {
+    let d = image::open(fixture(&format!("vgg/{n}dots.png")))
+        .unwrap()
+        .to_rgb8();
+    d.enumerate_pixels()
+        .filter(|(_, _, p)| p.0 == [255, 0, 0])
+        .map(|(x, y, _)| (x as f32 + 0.5, y as f32 + 0.5))
+        .collect()
+}
+
+/// Located cells across seams: the localizer fixture (trained on the counter fixture's maps)
+/// finds the same cells in the stitched image as in the four images separately, and about as
+/// many of the annotated ones.
+#[test]
+fn stitched_vgg_images_locate_the_same_cells() {
+    let (counter, _) = load_counter(&fixture("models/counter-vgg-w0125.safetensors")).unwrap();
+    let (localizer, _) =
+        load_localizer(&fixture("models/localizer-vgg-w0125.safetensors")).unwrap();
+    let (threshold, min_distance) = (
+        localizer.config.point_threshold,
+        localizer.config.min_distance,
+    );
+    let opts = InferOptions::default();
+    let located = |im: &DynamicImage| {
+        let p = predict(&counter, Some(&localizer), im, &opts).unwrap();
+        prediction_points(&p, threshold, min_distance)
+            .unwrap()
+            .into_iter()
+            .map(|q| (q.x, q.y))
+            .collect::<Vec<_>>()
+    };
+    let names = ["001", "005", "007", "008"];
+    let images = vgg_images();
+    let (mut separate, mut truth) = (Vec::new(), Vec::new());
+    for (k, (im, n)) in images.iter().zip(names).enumerate() {
+        let (dx, dy) = (256.0 * (k % 2) as f32, 256.0 * (k / 2) as f32);
+        separate.extend(located(im).into_iter().map(|(x, y)| (x + dx, y + dy)));
+        truth.extend(vgg_dots(n).into_iter().map(|(x, y)| (x + dx, y + dy)));
+    }
+    let stitched = located(&stitch(&images));
+    let radius = 1.25 * localizer.config.sigma;
+    let same = match_points(&stitched, &separate, radius);
+    let vs_truth = (
+        match_points(&separate, &truth, radius),
+        match_points(&stitched, &truth, radius),
+    );
+    eprintln!(
+        "{} points separately, {} stitched: F1 {:.3} between them; against {} dots F1 {:.3} \
+         separately, {:.3} stitched",
+        separate.len(),
+        stitched.len(),
+        same.f1(),
+        truth.len(),
+        vs_truth.0.f1(),
+        vs_truth.1.f1()
+    );
+    assert!(same.f1() >= 0.97, "stitched vs separate F1 {}", same.f1());
+    assert!(
+        vs_truth.1.f1() >= vs_truth.0.f1() - 0.02 && vs_truth.1.f1() >= 0.85,
+        "F1 against the dots: stitched {} separate {}",
+        vs_truth.1.f1(),
+        vs_truth.0.f1()
+    );
 }
