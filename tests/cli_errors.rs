@@ -9,23 +9,12 @@ fn dcl(args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn one_line_error(o: &Output) -> String {
-    let err = String::from_utf8_lossy(&o.stderr).to_string();
-    assert_eq!(o.status.code(), Some(1), "{err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-    assert!(err.starts_with("error: "), "{err}");
-    err
-}
-
-#[test]
-fn count_refuses_mismatched_checkpoints_and_unwritable_outputs() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = |p: &str| dir.path().join(p).display().to_string();
-    let run = d("run");
-    let st = dcl(&[
+/// `dcl train --model MODEL` for one epoch on 4 synthetic 32x32 images with tiny networks.
+fn train_tiny(model: &str, out: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
         "train",
         "--model",
-        "all",
+        model,
         "--data",
         "synthetic",
         "--synthetic-n",
@@ -42,8 +31,26 @@ fn count_refuses_mismatched_checkpoints_and_unwritable_outputs() {
         "2",
         "--quiet",
         "--out",
-        &run,
-    ]);
+        out,
+    ];
+    args.extend_from_slice(extra);
+    dcl(&args)
+}
+
+fn one_line_error(o: &Output) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.starts_with("error: "), "{err}");
+    err
+}
+
+#[test]
+fn count_refuses_mismatched_checkpoints_and_unwritable_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |p: &str| dir.path().join(p).display().to_string();
+    let run = d("run");
+    let st = train_tiny("all", &run, &[]);
     assert!(
         st.status.success(),
         "{}",
@@ -127,32 +134,7 @@ fn count_refuses_mismatched_checkpoints_and_unwritable_outputs() {
 fn window_grid_trains_or_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run").display().to_string();
-    let train = |grid: &str| {
-        dcl(&[
-            "train",
-            "--model",
-            "counter",
-            "--data",
-            "synthetic",
-            "--synthetic-n",
-            "4",
-            "--synthetic-size",
-            "32",
-            "--width-mult",
-            "0.0625",
-            "--gmp-points",
-            "2",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "2",
-            "--window-grid",
-            grid,
-            "--quiet",
-            "--out",
-            &run,
-        ])
-    };
+    let train = |grid: &str| train_tiny("counter", &run, &["--window-grid", grid]);
     let st = train("2");
     assert!(
         st.status.success(),

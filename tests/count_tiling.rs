@@ -15,6 +15,8 @@ use std::process::Command;
 
 use dcl::checkpoint::{load_counter, load_localizer};
 use dcl::cli::count::prediction_points;
+use dcl::data::image_io::read_dots_image;
+use dcl::data::DotRule;
 use dcl::eval::localization::match_points;
 use dcl::infer::{predict, predict_with, InferOptions};
 use dcl::tensor::Tensor;
@@ -202,12 +204,7 @@ fn stitched_validation_images_count_as_the_sum_of_their_parts() {
     );
     let (counter, _) = load_counter(&fixture("models/counter-vgg-w0125.safetensors")).unwrap();
     let opts = InferOptions::default();
-    let annotated = |n: &str| {
-        let d = image::open(dir.join(format!("{n}dots.png")))
-            .unwrap()
-            .to_rgb8();
-        d.pixels().filter(|p| p.0 == [255, 0, 0]).count()
-    };
+    let annotated = |n: &str| vgg_dots(&dir.join(format!("{n}dots.png"))).len();
     // every image in two groups: consecutive fours, then the list rotated by two
     let k = names.len() / 4 * 4;
     let rotated: Vec<String> = names[2..].iter().chain(&names[..2]).cloned().collect();
@@ -241,15 +238,9 @@ fn stitched_validation_images_count_as_the_sum_of_their_parts() {
     assert!(mean <= 0.02, "mean relative difference {mean}");
 }
 
-/// The dots of a VGG fixture image, pixel centres.
-fn vgg_dots(n: &str) -> Vec<(f32, f32)> {
-    let d = image::open(fixture(&format!("vgg/{n}dots.png")))
-        .unwrap()
-        .to_rgb8();
-    d.enumerate_pixels()
-        .filter(|(_, _, p)| p.0 == [255, 0, 0])
-        .map(|(x, y, _)| (x as f32 + 0.5, y as f32 + 0.5))
-        .collect()
+/// The dots of a VGG annotation image, pixel centres (the data module's reader).
+fn vgg_dots(path: &Path) -> Vec<(f32, f32)> {
+    read_dots_image(path, DotRule::PureRed).unwrap().points
 }
 
 /// Located cells across seams: the localizer fixture (trained on the counter fixture's maps)
@@ -279,7 +270,11 @@ fn stitched_vgg_images_locate_the_same_cells() {
     for (k, (im, n)) in images.iter().zip(names).enumerate() {
         let (dx, dy) = (256.0 * (k % 2) as f32, 256.0 * (k / 2) as f32);
         separate.extend(located(im).into_iter().map(|(x, y)| (x + dx, y + dy)));
-        truth.extend(vgg_dots(n).into_iter().map(|(x, y)| (x + dx, y + dy)));
+        truth.extend(
+            vgg_dots(&fixture(&format!("vgg/{n}dots.png")))
+                .into_iter()
+                .map(|(x, y)| (x + dx, y + dy)),
+        );
     }
     let stitched = located(&stitch(&images));
     let radius = 1.25 * localizer.config.sigma;

@@ -11,7 +11,7 @@
 use crate::autograd::{Tape, Var};
 use crate::error::{Error, Result};
 use crate::ops::conv2d::{conv2d, Conv2dArgs};
-use crate::ops::elementwise::{abs, add, scale, sum};
+use crate::ops::elementwise::{abs, add, scale, scale_tensor, sum};
 use crate::tensor::Tensor;
 
 const OP: &str = "window_count_l1_loss";
@@ -80,13 +80,9 @@ pub fn window_count_l1_loss(tape: &Tape, z: &Var, grid: usize, targets: &Tensor)
             padding: 0,
         },
     )?;
-    let minus_targets = Var::constant(scale_host(targets, -1.0)?.into_device(&device)?);
+    let minus_targets = Var::constant(scale_tensor(targets, -1.0)?.into_device(&device)?);
     let err = abs(tape, &add(tape, &window_sums, &minus_targets)?)?;
     scale(tape, &sum(tape, &err)?, 1.0 / n as f32)
-}
-
-fn scale_host(t: &Tensor, s: f32) -> Result<Tensor> {
-    Tensor::from_vec(t.to_vec().into_iter().map(|v| v * s).collect(), t.dims())
 }
 
 #[cfg(test)]
