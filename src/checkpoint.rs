@@ -171,19 +171,6 @@ pub fn load_into(
     Ok(())
 }
 
-/// The configuration stored in a checkpoint.
-pub fn read_config(path: &Path) -> Result<ModelConfig> {
-    let bytes = std::fs::read(path).map_err(|e| Error::Checkpoint {
-        path: path.into(),
-        msg: format!("cannot read: {e}"),
-    })?;
-    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| Error::Checkpoint {
-        path: path.into(),
-        msg: format!("not a safetensors file: {e}"),
-    })?;
-    config_from_metadata(path, meta.metadata().as_ref().unwrap_or(&HashMap::new()))
-}
-
 fn config_from_metadata(path: &Path, meta: &HashMap<String, String>) -> Result<ModelConfig> {
     let s = meta.get(CONFIG_KEY).ok_or_else(|| Error::Checkpoint {
         path: path.into(),

@@ -152,3 +152,71 @@ fn window_grid_trains_or_is_refused() {
         "{err}"
     );
 }
+
+/// `dcl count` refuses, before any work: a tile overlap that leaves tiles no room to advance, a
+/// non-finite point threshold, and two inputs whose outputs would overwrite each other; and a
+/// second run does not count the first run's outputs kept inside the input folder.
+#[test]
+fn count_checks_tiling_names_and_skips_its_own_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |p: &str| dir.path().join(p).display().to_string();
+    let counter = d("counter.safetensors");
+    let st = dcl(&[
+        "init-checkpoint",
+        "--model",
+        "counter",
+        "--width-mult",
+        "0.0625",
+        "--gmp-points",
+        "2",
+        "--out",
+        &counter,
+    ]);
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    std::fs::create_dir_all(d("in")).unwrap();
+    image::RgbImage::new(40, 24).save(d("in/a.png")).unwrap();
+    image::RgbImage::new(40, 24).save(d("in/a.tif")).unwrap();
+    let out = d("in/out");
+    let count = |extra: &[&str]| {
+        let mut args = vec!["count", "--quiet", "--counter", &counter];
+        args.extend_from_slice(extra);
+        dcl(&args)
+    };
+
+    let err = one_line_error(&count(&["--tile", "32", "--overlap", "32", &d("in/a.png")]));
+    assert!(
+        err.contains("overlap 32") && err.contains("tile side 32"),
+        "{err}"
+    );
+    let err = one_line_error(&count(&["--threshold", "NaN", &d("in/a.png")]));
+    assert!(err.contains("--threshold"), "{err}");
+    let err = one_line_error(&count(&["--out", &out, &d("in")]));
+    assert!(
+        err.contains("a.png") && err.contains("a.tif") && err.contains("'a'"),
+        "{err}"
+    );
+    assert!(
+        !Path::new(&out).exists(),
+        "nothing written before the check"
+    );
+
+    std::fs::remove_file(d("in/a.tif")).unwrap();
+    for _ in 0..2 {
+        let st = count(&["--out", &out, &d("in")]);
+        assert!(
+            st.status.success(),
+            "{}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+    }
+    let csv = std::fs::read_to_string(format!("{out}/counts.csv")).unwrap();
+    assert_eq!(
+        csv.lines().count(),
+        2,
+        "the overlay of the first run was counted: {csv}"
+    );
+}

@@ -27,12 +27,12 @@ use dcl::ops::batch_norm2d::{
 use dcl::ops::concat::{concat_channels_backward, concat_channels_forward};
 use dcl::ops::conv2d::{conv2d_backward, conv2d_forward, cuda as conv_cuda, Conv2dArgs};
 use dcl::ops::elementwise::{
-    abs_backward, abs_tensor, add_assign_tensors, add_tensors, scale_tensor, sum_tensor,
+    abs_backward, abs_tensor, add, add_assign_tensors, add_tensors, scale_tensor, sum_tensor,
 };
 use dcl::ops::gmp::{gmp_sample_backward, gmp_sample_forward, GmpKernel};
 use dcl::ops::loss::{
     count_l1_loss, count_l1_loss_backward, count_l1_loss_forward, mse_loss, mse_loss_backward,
-    mse_loss_forward, per_image_counts, window_count_l1_loss, window_counts,
+    mse_loss_forward, per_image_counts, window_count_l1_loss, window_sums,
 };
 use dcl::ops::max_pool2d::{max_pool2d_backward, max_pool2d_forward};
 use dcl::ops::relu::{relu_backward, relu_forward};
@@ -731,8 +731,9 @@ fn count_l1_and_mse_losses() {
     }
 }
 
-/// The window count loss is composed of taped ops (abs, an all-ones conv, add, sum, scale): its
-/// value and dz on the GPU against the CPU, with targets well away from the window sums.
+/// The window count loss is composed of taped ops (abs, an all-ones conv, add, sum, scale), its
+/// targets are window sums of a density map: both on the GPU against the CPU, targets well away
+/// from the window sums; and its scalar adds to the count loss's on the same device.
 #[test]
 fn window_count_loss_and_gradient() {
     let Some((_g, d, _dev)) = gpu("window loss") else {
@@ -740,26 +741,36 @@ fn window_count_loss_and_gradient() {
     };
     let mut r = Rng(13);
     let z = r.tensor(&[3, 1, 32, 32], 1.0, 0.0);
-    let pts: Vec<Vec<(f32, f32)>> = (0..3)
-        .map(|_| {
-            (0..200)
-                .map(|_| (256.0 * r.next().abs(), 256.0 * r.next().abs()))
-                .collect()
-        })
+    let density = r.tensor(&[3, 1, 256, 256], 0.01, 0.02);
+    let y = window_sums(&density, 4).unwrap();
+    close(
+        "window sums",
+        &window_sums(&on(&density, &d), 4).unwrap(),
+        &y,
+        REDUCTION,
+    );
+    let y: Vec<f32> = y
+        .to_vec()
+        .iter()
+        .enumerate()
+        .map(|(i, v)| if i % 2 == 0 { v + 50.0 } else { v - 50.0 })
         .collect();
-    let y = window_counts(&pts, 256, 256, 4).unwrap();
+    let y = Tensor::from_vec(y, &[3, 1, 4, 4]).unwrap();
+    let counts = per_image_counts(&z).unwrap();
+    let counts: Vec<f32> = counts.iter().map(|c| c + 5.0).collect();
     let run = |z: &Tensor| {
         let tape = Tape::new();
         let zv = tape.leaf(z.clone());
-        let l = window_count_l1_loss(&tape, &zv, 4, &y).unwrap();
+        let win = window_count_l1_loss(&tape, &zv, 4, &y).unwrap();
+        let l = add(&tape, &count_l1_loss(&tape, &zv, &counts).unwrap(), &win).unwrap();
         let lv = l.value().item().unwrap();
         let g = tape.backward(&l).unwrap().get(&zv).unwrap().clone();
         (lv, g)
     };
     let (l, g) = run(&z);
     let (lg, gg) = run(&on(&z, &d));
-    close_vals("window loss", &[lg], &[l], REDUCTION);
-    close("window loss dz", &gg, &g, ELEMENTWISE);
+    close_vals("count + window loss", &[lg], &[l], REDUCTION);
+    close("count + window loss dz", &gg, &g, ELEMENTWISE);
 }
 
 #[test]

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::checkpoint::{file_hash, load_counter, load_localizer};
 use crate::cli::count_pipeline::{run_stages, Stages};
+use crate::cli::csv_field;
 use crate::data::image_io::{decode, is_image_file};
 use crate::infer::points::{find_points, Point};
 use crate::infer::{predict, InferOptions, Prediction};
@@ -111,11 +112,14 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
 }
 
 /// Image files under `paths` (files as given; folders recursively, sorted), each with the name
-/// its outputs get: the path relative to the folder, separators replaced by "__".
+/// its outputs get: the path relative to the folder, separators replaced by "__". Folders in
+/// `skip` (e.g. an earlier run's outputs) and symbolic links to folders are not searched.
 pub fn collect_images(
     paths: &[PathBuf],
     glob: Option<&str>,
+    skip: &[PathBuf],
 ) -> anyhow::Result<Vec<(PathBuf, String)>> {
+    let skip: Vec<PathBuf> = skip.iter().filter_map(|d| d.canonicalize().ok()).collect();
     let mut out = Vec::new();
     for p in paths {
         if p.is_dir() {
@@ -125,11 +129,17 @@ pub fn collect_images(
                 let rd = std::fs::read_dir(&d)
                     .with_context(|| format!("{}: cannot list folder", d.display()))?;
                 for e in rd {
-                    let path = e
-                        .with_context(|| format!("{}: cannot list folder", d.display()))?
-                        .path();
-                    if path.is_dir() {
-                        stack.push(path);
+                    let e = e.with_context(|| format!("{}: cannot list folder", d.display()))?;
+                    let path = e.path();
+                    let kind = e
+                        .file_type()
+                        .with_context(|| format!("{}: cannot read", path.display()))?;
+                    if kind.is_dir() {
+                        if !path.canonicalize().is_ok_and(|c| skip.contains(&c)) {
+                            stack.push(path);
+                        }
+                    } else if kind.is_symlink() && path.is_dir() {
+                        // not followed: a link back up the tree would never end
                     } else if is_image_file(&path)
                         && glob.is_none_or(|g| glob_match(g, &file_name(&path)))
                     {
@@ -154,6 +164,22 @@ pub fn collect_images(
         }
     }
     Ok(out)
+}
+
+/// Two inputs whose outputs would share a name (a.png and a.tif, or x/a.png and y/a.png given
+/// as files) would overwrite each other's files: refused before any work.
+fn check_unique_names(files: &[(PathBuf, String)]) -> anyhow::Result<()> {
+    let mut seen = std::collections::HashMap::new();
+    for (path, name) in files {
+        if let Some(first) = seen.insert(name.as_str(), path) {
+            anyhow::bail!(
+                "{} and {} would both write outputs named '{name}'; count them in separate runs",
+                first.display(),
+                path.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn file_name(p: &Path) -> String {
@@ -209,17 +235,31 @@ pub fn prediction_points(p: &Prediction, threshold: f32, min_distance: f32) -> O
 }
 
 pub fn run(a: CountArgs) -> anyhow::Result<()> {
-    let (counter, localizer, hash) = load_models(&a.counter, a.localizer.as_deref(), &a.device)?;
-    a.gpu.apply(&counter.store.device())?;
-    let files = collect_images(&a.paths, a.glob.as_deref())?;
-    if files.is_empty() {
-        anyhow::bail!("no image files (png, jpeg, tiff) found in the given paths");
-    }
     let opts = InferOptions {
         tile: a.tile,
         overlap: a.overlap,
         ..InferOptions::default()
     };
+    opts.checked_tile()?;
+    for (flag, v) in [
+        ("--threshold", a.threshold),
+        ("--min-distance", a.min_distance),
+    ] {
+        if let Some(v) = v.filter(|v| !(v.is_finite() && *v >= 0.0)) {
+            anyhow::bail!("{flag} must be a number >= 0, got {v}");
+        }
+    }
+    let (counter, localizer, hash) = load_models(&a.counter, a.localizer.as_deref(), &a.device)?;
+    a.gpu.apply(&counter.store.device())?;
+    let outputs: Vec<PathBuf> = a.out.iter().chain(&a.density_dir).cloned().collect();
+    let files = collect_images(&a.paths, a.glob.as_deref(), &outputs)?;
+    if files.is_empty() {
+        anyhow::bail!("no image files (png, jpeg, tiff) found in the given paths");
+    }
+    if !outputs.is_empty() {
+        check_unique_names(&files)?;
+    }
+    // Points are read out only with a localizer, from its tuned defaults unless overridden.
     let cfg = localizer.as_ref().map(|l| l.config.clone());
     let threshold = a
         .threshold
@@ -231,6 +271,9 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
         .unwrap_or(2.0);
     if let Some(out) = &a.out {
         crate::cli::outputs::prepare(out, localizer.is_some())?;
+    }
+    if let Some(dir) = &a.density_dir {
+        crate::cli::outputs::prepare_dir(dir)?;
     }
     let bar = crate::report::progress_bar(files.len() as u64, "counting", a.quiet);
     let stages = Stages {
@@ -322,15 +365,6 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// Quotes a CSV field when it holds a comma, quote or newline.
-pub fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 
+use crate::cli::csv_field;
 use crate::data::image_io::{to_rgb8_interleaved, write_png_rgb8, write_tiff_f32, RgbImage};
 use crate::data::{synthetic, DataOptions, Dataset, DotRule, Format, Preprocess};
 use crate::fsutil::atomic_write;
@@ -249,14 +250,6 @@ fn stats(path: &Path, opts: &DataOptions, csv: bool) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
 }
 
 /// A file-name-safe patch name: `<stem>#r0c1` -> `<stem>_r0c1`.

@@ -94,7 +94,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     for c in &counts {
         csv += &format!(
             "{},{:.3},{},{:.3}\n",
-            super::count::csv_field(&c.image),
+            super::csv_field(&c.image),
             c.predicted,
             c.truth,
             c.predicted - c.truth

@@ -69,3 +69,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 pub fn parse_device(s: &str) -> anyhow::Result<crate::device::Device> {
     Ok(crate::device::Device::parse(s)?)
 }
+
+/// Quotes a CSV field when it holds a comma, quote or newline.
+pub fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}

@@ -15,14 +15,17 @@ pub fn prepare(out: &Path, with_points: bool) -> anyhow::Result<()> {
     if with_points {
         dirs.push(out.join("points"));
     }
-    for d in dirs {
-        std::fs::create_dir_all(&d)
-            .with_context(|| format!("{}: cannot create output folder", d.display()))?;
-        let probe = d.join(".dcl-write-test");
-        std::fs::write(&probe, b"")
-            .with_context(|| format!("{}: output folder is not writable", d.display()))?;
-        let _ = std::fs::remove_file(probe);
-    }
+    dirs.iter().try_for_each(|d| prepare_dir(d))
+}
+
+/// Creates one output folder and checks it is writable.
+pub fn prepare_dir(d: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(d)
+        .with_context(|| format!("{}: cannot create output folder", d.display()))?;
+    let probe = d.join(".dcl-write-test");
+    std::fs::write(&probe, b"")
+        .with_context(|| format!("{}: output folder is not writable", d.display()))?;
+    let _ = std::fs::remove_file(probe);
     Ok(())
 }
 

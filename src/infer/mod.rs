@@ -29,6 +29,22 @@ pub struct InferOptions {
     pub batch: usize,
 }
 
+impl InferOptions {
+    /// The tile side actually used (a multiple of 16, at least 16), checked against the overlap:
+    /// tiles must advance, so the overlap must be smaller than the tile.
+    pub fn checked_tile(&self) -> Result<usize> {
+        let tile = self.tile.max(16) / 16 * 16;
+        if self.overlap >= tile {
+            return Err(Error::Invalid(format!(
+                "tile overlap {} must be smaller than the tile side {tile} (the tile is rounded \
+                 down to a multiple of 16, at least 16)",
+                self.overlap
+            )));
+        }
+        Ok(tile)
+    }
+}
+
 impl Default for InferOptions {
     fn default() -> Self {
         InferOptions {
@@ -114,7 +130,7 @@ pub fn predict_with(
         img
     };
     let (pw, ph) = (nw.div_ceil(16) * 16, nh.div_ceil(16) * 16);
-    let tile = opts.tile.max(16) / 16 * 16;
+    let tile = opts.checked_tile()?;
     let (tw, th) = (tile.min(pw), tile.min(ph));
     let c = COARSE_STRIDE;
     let (zw, zh) = (tw / c, th / c);

@@ -11,6 +11,10 @@ pub fn tile_starts(len: usize, tile: usize, overlap: usize, align: usize) -> Vec
     if len <= tile {
         return vec![0];
     }
+    assert!(
+        overlap < tile,
+        "tile_starts: overlap {overlap} >= tile {tile}"
+    );
     let stride = tile - overlap;
     let n = (len - overlap).div_ceil(stride);
     let last = len - tile;

@@ -114,7 +114,7 @@ pub fn check_gradients_with(
             let numeric = ((eval(opts.eps)? - eval(-opts.eps)?) / (2.0 * opts.eps as f64)) as f32;
             let a = analytic[j];
             let tol = opts.atol + opts.rtol * a.abs().max(numeric.abs());
-            if (a - numeric).abs() > tol || !a.is_finite() {
+            if !((a - numeric).abs() <= tol && a.is_finite()) {
                 return Err(Error::Invalid(format!(
                     "gradcheck {name}: input {i} element {j}: analytic {a} vs numeric {numeric} (tolerance {tol})"
                 )));

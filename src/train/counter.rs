@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::eval::{count_metrics, predict_counts};
 use crate::nn::{Counter, Forward, ModelConfig, ModelKind, ParamStore};
 use crate::ops::elementwise::{add, scale};
-use crate::ops::loss::{count_l1_loss, window_count_l1_loss, window_counts};
+use crate::ops::loss::{count_l1_loss, window_count_l1_loss, window_sums};
 use crate::train::fit::{fit, Job, Scores, Summary};
 use crate::train::{RunData, TrainOptions};
 
@@ -30,13 +30,13 @@ impl Job for CounterJob {
         &mut self.net.store
     }
     fn loss(&self, f: &Forward, batch: Batch) -> Result<Var> {
-        let (h, w) = (batch.images.dims()[2], batch.images.dims()[3]);
         let z = self.net.forward(f, &Var::constant(batch.images))?;
         let loss = count_l1_loss(f.tape, &z, &batch.counts)?;
         let Some((grid, weight)) = self.windows else {
             return Ok(loss);
         };
-        let targets = window_counts(&batch.points, w, h, grid)?;
+        // from the density map, whose sum is the count target (mosaic crops included)
+        let targets = window_sums(&batch.density, grid)?;
         let win = window_count_l1_loss(f.tape, &z, grid, &targets)?;
         add(f.tape, &loss, &scale(f.tape, &win, weight)?)
     }
@@ -74,12 +74,6 @@ pub fn train_counter(opts: &TrainOptions, data: &RunData, resume: bool) -> Resul
 fn check_windows(opts: &TrainOptions, data: &RunData) -> Result<()> {
     if opts.window_grid <= 1 {
         return Ok(());
-    }
-    if !(opts.window_weight.is_finite() && opts.window_weight >= 0.0) {
-        return Err(Error::Invalid(format!(
-            "--window-weight must be a number >= 0, got {}",
-            opts.window_weight
-        )));
     }
     let (ds, idx) = &data.train;
     let Some(&i) = idx.first() else {

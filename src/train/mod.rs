@@ -165,8 +165,20 @@ impl TrainOptions {
                 self.lr
             )));
         }
-        if self.sgdr_t0 <= 0.0 || self.sgdr_t_mult < 1.0 {
+        if !(self.sgdr_t0 > 0.0 && self.sgdr_t_mult >= 1.0) {
             return Err(Error::Invalid("SGDR needs T_0 > 0 and T_mult >= 1".into()));
+        }
+        if !(0.0..=1.0).contains(&self.mosaic) {
+            return Err(Error::Invalid(format!(
+                "--mosaic is a probability in [0, 1], got {}",
+                self.mosaic
+            )));
+        }
+        if !(self.window_weight.is_finite() && self.window_weight >= 0.0) {
+            return Err(Error::Invalid(format!(
+                "--window-weight must be a number >= 0, got {}",
+                self.window_weight
+            )));
         }
         Ok(())
     }

@@ -47,6 +47,9 @@ fn check_shapes(x: &Tensor, offsets: &Tensor) -> Result<((usize, usize, usize, u
             ),
         ));
     }
+    if n == 0 || c == 0 || h == 0 || w == 0 {
+        return Err(Error::shape(OP, format!("x {} is empty", x.shape())));
+    }
     if h * w > u32::MAX as usize {
         return Err(Error::shape(OP, format!("map {h}x{w} is too large")));
     }
@@ -476,5 +479,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains(OP) && e.contains("dy"), "{e}");
+        // an empty map is an error, not a panic in the CPU loops
+        let x0 = Tensor::from_vec(vec![], &[2, 0, 4, 5]).unwrap();
+        let e = gmp_sample_forward(&x0, &o).unwrap_err().to_string();
+        assert!(e.contains(OP) && e.contains("empty"), "{e}");
     }
 }

@@ -5,11 +5,12 @@
 //!   target of the same shape.
 //!
 //! |.| has gradient sign(.) with sign(0) = 0, as PyTorch; reductions accumulate in f64 on CPU.
+//! The count loss's scalar lives on z's device, so other losses computed there add to it.
 mod cpu;
 pub mod cuda;
 mod window;
 
-pub use window::{window_count_l1_loss, window_counts};
+pub use window::{window_count_l1_loss, window_sums};
 
 use std::sync::Arc;
 
@@ -114,8 +115,9 @@ impl Backward for CountL1Backward {
 /// Eq. 1 averaged over the batch, as a scalar `[]` Var.
 pub fn count_l1_loss(tape: &Tape, z: &Var, counts: &[f32]) -> Result<Var> {
     let l = tape.timed(COUNT_OP, || count_l1_loss_forward(z.value(), counts))?;
+    // on z's device, so it adds to other losses computed there
     Ok(tape.record(
-        Tensor::scalar(l),
+        Tensor::scalar(l).into_device(&z.value().device())?,
         &[z],
         CountL1Backward {
             z: z.value_arc(),

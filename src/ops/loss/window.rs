@@ -1,6 +1,7 @@
 //! An optional extra count loss on sub-windows (not in the paper): the coarse map of each image
-//! is cut into a g x g grid of equal windows and each window's Σ|z| is held to the number of
-//! annotated cells in it,
+//! is cut into a g x g grid of equal windows and each window's Σ|z| is held to the cells in it,
+//! the window's sum of the ground-truth density (so the windows' targets add up to the image's
+//! count target, mosaic crops with cut cells included),
 //!     L_win = (1/N) Σ_n Σ_windows | Σ_{window}|z_n| − y_{n,window} |.
 //! Still counts only, no positions finer than a window; it makes the map's mass sit in the right
 //! window, which is what a count over overlapping tiles of a large image relies on.
@@ -9,47 +10,48 @@
 //! a constant all-ones kernel as the window sum, add, sum, scale), so it needs no kernel of its
 //! own and runs on either device.
 use crate::autograd::{Tape, Var};
+use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::ops::conv2d::{conv2d, Conv2dArgs};
+use crate::ops::conv2d::{conv2d, conv2d_forward, Conv2dArgs};
 use crate::ops::elementwise::{abs, add, scale, scale_tensor, sum};
 use crate::tensor::Tensor;
 
 const OP: &str = "window_count_l1_loss";
 
-/// Window side in coarse pixels for a [N, 1, h, w] map cut into `grid` x `grid` windows.
+/// Window side in pixels of a [N, 1, h, w] map cut into `grid` x `grid` windows.
 fn window_side(dims: &[usize], grid: usize) -> Result<usize> {
     let [_, c, h, w] = dims else {
         return Err(Error::shape(
             OP,
-            format!("z must be [N, 1, h, w], got {dims:?}"),
+            format!("map must be [N, 1, h, w], got {dims:?}"),
         ));
     };
     if *c != 1 || grid == 0 || h != w || !h.is_multiple_of(grid) {
         return Err(Error::shape(
             OP,
-            format!("z {dims:?} cannot be cut into a {grid}x{grid} grid of equal square windows"),
+            format!("map {dims:?} cannot be cut into a {grid}x{grid} grid of equal square windows"),
         ));
     }
     Ok(h / grid)
 }
 
-/// Cells per window, [N, 1, grid, grid] row-major, from each image's points (pixel
-/// coordinates, pixel k spanning [k, k+1)) in images of `width` x `height` pixels.
-pub fn window_counts(
-    points: &[Vec<(f32, f32)>],
-    width: usize,
-    height: usize,
-    grid: usize,
-) -> Result<Tensor> {
-    let mut out = vec![0f32; points.len() * grid * grid];
-    let cell =
-        |v: f32, len: usize| ((v.max(0.0) * grid as f32 / len as f32) as usize).min(grid - 1);
-    for (n, pts) in points.iter().enumerate() {
-        for &(x, y) in pts {
-            out[n * grid * grid + cell(y, height) * grid + cell(x, width)] += 1.0;
-        }
+/// Sums of `map` [N, 1, H, W] over a `grid` x `grid` grid of equal square windows, [N, 1, grid,
+/// grid], on the map's device (the window loss's targets, from the density map).
+pub fn window_sums(map: &Tensor, grid: usize) -> Result<Tensor> {
+    let side = window_side(map.dims(), grid)?;
+    conv2d_forward(map, &ones(side, &map.device())?, None, window_args(side))
+}
+
+/// An all-ones [1, 1, side, side] kernel: a strided conv with it sums each window.
+fn ones(side: usize, device: &Device) -> Result<Tensor> {
+    Tensor::from_vec(vec![1.0; side * side], &[1, 1, side, side])?.into_device(device)
+}
+
+fn window_args(side: usize) -> Conv2dArgs {
+    Conv2dArgs {
+        stride: side,
+        padding: 0,
     }
-    Tensor::from_vec(out, &[points.len(), 1, grid, grid])
 }
 
 /// L_win for z [N, 1, h, w] (square, h divisible by `grid`) against `targets` [N, 1, grid,
@@ -68,41 +70,37 @@ pub fn window_count_l1_loss(tape: &Tape, z: &Var, grid: usize, targets: &Tensor)
         ));
     }
     let device = z.value().device();
-    let ones =
-        Tensor::from_vec(vec![1.0; side * side], &[1, 1, side, side])?.into_device(&device)?;
-    let window_sums = conv2d(
+    let sums = conv2d(
         tape,
         &abs(tape, z)?,
-        &Var::constant(ones),
+        &Var::constant(ones(side, &device)?),
         None,
-        Conv2dArgs {
-            stride: side,
-            padding: 0,
-        },
+        window_args(side),
     )?;
     let minus_targets = Var::constant(scale_tensor(targets, -1.0)?.into_device(&device)?);
-    let err = abs(tape, &add(tape, &window_sums, &minus_targets)?)?;
+    let err = abs(tape, &add(tape, &sums, &minus_targets)?)?;
     scale(tape, &sum(tape, &err)?, 1.0 / n as f32)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::elementwise::abs_tensor;
     use crate::ops::gradcheck::{check_gradients, random_input};
     use crate::ops::loss::{count_l1_loss, per_image_counts};
 
+    /// A 4x4 map of 0..16 in 2x2 windows: [0+1+4+5, 2+3+6+7, 8+9+12+13, 10+11+14+15].
     #[test]
-    fn points_fall_in_their_window() {
-        let pts = vec![
-            vec![(0.0, 0.0), (127.9, 10.0), (128.0, 10.0), (255.5, 255.9)],
-            vec![],
-        ];
-        let t = window_counts(&pts, 256, 256, 2).unwrap();
-        assert_eq!(t.dims(), &[2, 1, 2, 2]);
-        assert_eq!(t.to_vec(), vec![2., 1., 0., 1., 0., 0., 0., 0.]);
-        // a non-square image: windows follow each axis's own length
-        let t = window_counts(&[vec![(299.0, 99.0)]], 300, 100, 3).unwrap();
-        assert_eq!(t.to_vec()[8], 1.0);
+    fn window_sums_add_each_window() {
+        let m = Tensor::from_vec((0..16).map(|v| v as f32).collect(), &[1, 1, 4, 4]).unwrap();
+        assert_eq!(
+            window_sums(&m, 2).unwrap().to_vec(),
+            vec![10., 18., 42., 50.]
+        );
+        assert_eq!(window_sums(&m, 1).unwrap().to_vec(), vec![120.]);
+        let e = window_sums(&m, 3).unwrap_err().to_string();
+        assert!(e.contains(OP) && e.contains("3x3"), "{e}");
+        assert!(window_sums(&m, 0).is_err());
     }
 
     /// z 1x1x4x4 with |z| = 1 everywhere: each 2x2 window sums to 4; targets [4, 5, 1, 4] give
@@ -145,20 +143,7 @@ mod tests {
             }
         }
         // targets well away from the window sums, on both sides
-        let t = Tape::inference();
-        let sums = conv2d(
-            &t,
-            &abs(&t, &Var::constant(z.clone())).unwrap(),
-            &Var::constant(Tensor::from_vec(vec![1.0; 4], &[1, 1, 2, 2]).unwrap()),
-            None,
-            Conv2dArgs {
-                stride: 2,
-                padding: 0,
-            },
-        )
-        .unwrap()
-        .value()
-        .to_vec();
+        let sums = window_sums(&abs_tensor(&z).unwrap(), 3).unwrap().to_vec();
         let y: Vec<f32> = sums
             .iter()
             .enumerate()
