@@ -133,63 +133,6 @@ pub fn batch_stats(dev: &CudaDevice, x: &CudaSlice<f32>, d: BnDims, eps: f32) ->
     Ok(BnSaved { mean, var, invstd })
 }
 
-/// Training forward: normalises with the batch statistics ([`batch_stats`]).
-pub fn batch_norm2d_train_forward(
-    dev: &CudaDevice,
-    x: &CudaSlice<f32>,
-    gamma: &CudaSlice<f32>,
-    beta: &CudaSlice<f32>,
-    d: BnDims,
-    eps: f32,
-) -> Result<(CudaSlice<f32>, BnSaved)> {
-    check_channel_vec("gamma", gamma, d.c)?;
-    check_channel_vec("beta", beta, d.c)?;
-    let saved = batch_stats(dev, x, d, eps)?;
-    let y = normalize(dev, x, &saved.mean, &saved.invstd, gamma, beta, d)?;
-    Ok((y, saved))
-}
-
-/// `r = (1 − momentum)·r + momentum·stat`, with the unbiased variance var·M/(M−1).
-pub fn update_running_stats(
-    dev: &CudaDevice,
-    saved: &BnSaved,
-    running_mean: &mut CudaSlice<f32>,
-    running_var: &mut CudaSlice<f32>,
-    d: BnDims,
-    momentum: f32,
-) -> Result<()> {
-    let c = dim_u32(OP, "C", d.c)?;
-    for (what, s) in [
-        ("saved mean", &saved.mean),
-        ("saved var", &saved.var),
-        ("running_mean", &*running_mean),
-        ("running_var", &*running_var),
-    ] {
-        check_channel_vec(what, s, d.c)?;
-    }
-    let m = d.per_channel();
-    if m < 2 {
-        return Err(Error::shape(
-            OP,
-            "running variance needs more than 1 value per channel",
-        ));
-    }
-    let unbias = (m as f64 / (m - 1) as f64) as f32;
-    if let Some(cfg) = dev.cfg(d.c as u64) {
-        let f = dev.function(KERNEL_FILE, RUNNING)?;
-        let mut b = dev.stream().launch_builder(&f);
-        b.arg(&c)
-            .arg(&momentum)
-            .arg(&unbias)
-            .arg(&saved.mean)
-            .arg(&saved.var)
-            .arg(running_mean)
-            .arg(running_var);
-        unsafe { b.launch(cfg) }.cuda(RUNNING)?;
-    }
-    Ok(())
-}
-
 /// invstd = 1/sqrt(var + eps) per channel (the eval path's normaliser).
 pub fn invstd_of(
     dev: &CudaDevice,
@@ -206,32 +149,6 @@ pub fn invstd_of(
         unsafe { b.launch(cfg) }.cuda(INVSTD)?;
     }
     Ok(invstd)
-}
-
-/// Eval forward with the running statistics.
-#[allow(clippy::too_many_arguments)]
-pub fn batch_norm2d_eval_forward(
-    dev: &CudaDevice,
-    x: &CudaSlice<f32>,
-    gamma: &CudaSlice<f32>,
-    beta: &CudaSlice<f32>,
-    running_mean: &CudaSlice<f32>,
-    running_var: &CudaSlice<f32>,
-    d: BnDims,
-    eps: f32,
-) -> Result<CudaSlice<f32>> {
-    let p = d.params(eps)?;
-    check_len(OP, "x", x, d.numel())?;
-    for (what, s) in [
-        ("gamma", gamma),
-        ("beta", beta),
-        ("running_mean", running_mean),
-        ("running_var", running_var),
-    ] {
-        check_channel_vec(what, s, d.c)?;
-    }
-    let invstd = invstd_of(dev, running_var, d.c, eps)?;
-    launch_fwd(dev, &p, x, running_mean, &invstd, gamma, beta, d.numel())
 }
 
 /// y = (x − mean)·invstd·gamma + beta with given per-channel statistics (batch or running).
@@ -370,35 +287,4 @@ fn reduce(
         unsafe { b.launch(cfg) }.cuda(BWD_REDUCE)?;
     }
     Ok((dgamma, dbeta))
-}
-
-/// Training backward: dgamma = Σ dy·x̂, dbeta = Σ dy,
-/// dx = γ·invstd·(dy − dbeta/M − x̂·dgamma/M).
-pub fn batch_norm2d_train_backward(
-    dev: &CudaDevice,
-    x: &CudaSlice<f32>,
-    dy: &CudaSlice<f32>,
-    gamma: &CudaSlice<f32>,
-    saved: &BnSaved,
-    d: BnDims,
-) -> Result<BnGrads> {
-    backward_with_stats(dev, x, dy, gamma, &saved.mean, &saved.invstd, d, true)
-}
-
-/// Eval backward (the running statistics are constants): dx = dy·γ·invstd; dgamma and dbeta
-/// as in training but with x̂ from the running statistics.
-#[allow(clippy::too_many_arguments)]
-pub fn batch_norm2d_eval_backward(
-    dev: &CudaDevice,
-    x: &CudaSlice<f32>,
-    dy: &CudaSlice<f32>,
-    gamma: &CudaSlice<f32>,
-    running_mean: &CudaSlice<f32>,
-    running_var: &CudaSlice<f32>,
-    d: BnDims,
-    eps: f32,
-) -> Result<BnGrads> {
-    check_channel_vec("running_var", running_var, d.c)?;
-    let invstd = invstd_of(dev, running_var, d.c, eps)?;
-    backward_with_stats(dev, x, dy, gamma, running_mean, &invstd, d, false)
 }
