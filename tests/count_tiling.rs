@@ -129,7 +129,7 @@ fn stitched_vgg_images_count_as_the_sum_of_their_parts() {
         stitched.count,
         100.0 * rel
     );
-    // Measured -0.16% with this width-1/8 CPU counter, trained with the window count loss
+    // Measured -0.14% with this width-1/8 CPU counter, trained with the window count loss
     // (--window-grid 4) on mosaic crops; 2.9% before, trained on image counts alone (see
     // BENCHMARKS.md, "Tiled counting").
     assert!(
