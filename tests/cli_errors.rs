@@ -37,6 +37,28 @@ fn train_tiny(model: &str, out: &str, extra: &[&str]) -> Output {
     dcl(&args)
 }
 
+/// A random tiny counter checkpoint (`dcl init-checkpoint`) at `out`.
+fn init_tiny_counter(out: &str, seed: &str) {
+    let st = dcl(&[
+        "init-checkpoint",
+        "--model",
+        "counter",
+        "--width-mult",
+        "0.0625",
+        "--gmp-points",
+        "2",
+        "--seed",
+        seed,
+        "--out",
+        out,
+    ]);
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+}
+
 fn one_line_error(o: &Output) -> String {
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     assert_eq!(o.status.code(), Some(1), "{err}");
@@ -59,24 +81,7 @@ fn count_refuses_mismatched_checkpoints_and_unwritable_outputs() {
     let counter = format!("{run}/counter.best.safetensors");
     let localizer = format!("{run}/localizer.best.safetensors");
     let other = d("other.safetensors");
-    let st = dcl(&[
-        "init-checkpoint",
-        "--model",
-        "counter",
-        "--width-mult",
-        "0.0625",
-        "--gmp-points",
-        "2",
-        "--seed",
-        "9",
-        "--out",
-        &other,
-    ]);
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+    init_tiny_counter(&other, "9");
     let img = d("img.png");
     image::RgbImage::new(40, 24).save(&img).unwrap();
 
@@ -161,22 +166,7 @@ fn count_checks_tiling_names_and_skips_its_own_outputs() {
     let dir = tempfile::tempdir().unwrap();
     let d = |p: &str| dir.path().join(p).display().to_string();
     let counter = d("counter.safetensors");
-    let st = dcl(&[
-        "init-checkpoint",
-        "--model",
-        "counter",
-        "--width-mult",
-        "0.0625",
-        "--gmp-points",
-        "2",
-        "--out",
-        &counter,
-    ]);
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+    init_tiny_counter(&counter, "0");
     std::fs::create_dir_all(d("in")).unwrap();
     image::RgbImage::new(40, 24).save(d("in/a.png")).unwrap();
     image::RgbImage::new(40, 24).save(d("in/a.tif")).unwrap();
