@@ -1,22 +1,20 @@
-// Adam, fused per parameter tensor (src/optim/cuda.rs): PyTorch's Adam with L2 weight decay,
+// Adam, fused per parameter tensor (src/optim/): PyTorch's Adam with L2 weight decay,
 // written in the CPU reference's (and torch's) form:
 //   g = grad + wd * p;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g g
 //   p -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps),  bc1 = 1 - b1^t, bc2 = 1 - b2^t (host)
 #include "common.cuh"
 
-// Mirrors `AdamParams` in src/optim/cuda.rs.
-struct AdamParams {
+// Mirrors `AdamStep` in src/optim/adam.rs.
+struct AdamStep {
     float lr, beta1, beta2, eps, weight_decay;
     float bias_c1, bias_c2; // 1 - beta1^t, 1 - beta2^t
-    float pad_;             // explicit padding before the 8-byte field
-    u64 n;
 };
-static_assert(sizeof(AdamParams) == 40, "AdamParams layout must match the Rust struct");
+static_assert(sizeof(AdamStep) == 28, "AdamStep layout must match the Rust struct");
 
-extern "C" __global__ void adam_f32(AdamParams p, float* __restrict__ param,
+extern "C" __global__ void adam_f32(AdamStep p, float* __restrict__ param,
                                     const float* __restrict__ grad, float* __restrict__ m,
-                                    float* __restrict__ v) {
-    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < p.n;
+                                    float* __restrict__ v, u64 n) {
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (u64)blockDim.x * gridDim.x) {
         const float pi = param[i];
         const float g = grad[i] + p.weight_decay * pi;

@@ -9,11 +9,6 @@ extern "C" __global__ void add_f32(const float* __restrict__ a, const float* __r
     GRID_STRIDE(i, n) y[i] = a[i] + b[i];
 }
 
-// y += x (gradient accumulation in place).
-extern "C" __global__ void add_assign_f32(float* __restrict__ y, const float* __restrict__ x, u64 n) {
-    GRID_STRIDE(i, n) y[i] += x[i];
-}
-
 extern "C" __global__ void scale_f32(const float* __restrict__ x, float s, float* __restrict__ y,
                                      u64 n) {
     GRID_STRIDE(i, n) y[i] = s * x[i];
@@ -30,10 +25,6 @@ extern "C" __global__ void abs_bwd_f32(const float* __restrict__ x, const float*
         const float v = x[i];
         dx[i] = v > 0.0f ? dy[i] : (v < 0.0f ? -dy[i] : 0.0f);
     }
-}
-
-extern "C" __global__ void fill_f32(float* __restrict__ y, float v, u64 n) {
-    GRID_STRIDE(i, n) y[i] = v;
 }
 
 // y[i] = s[0]: broadcasts a device scalar (the gradient of a sum) without a host round trip.

@@ -12,7 +12,7 @@
 //! Full training steps compare the loss and every parameter gradient with the looser bounds
 //! explained at `STEP_TOL`.
 //!
-//! Written on a machine without a GPU: compiled, never run yet (see src/device/cuda/mod.rs).
+//! What of this has run on a GPU is recorded in BENCHMARKS.md.
 use std::sync::{Mutex, MutexGuard};
 
 use dcl::autograd::{Tape, Var};
@@ -26,9 +26,7 @@ use dcl::ops::batch_norm2d::{
 };
 use dcl::ops::concat::{concat_channels_backward, concat_channels_forward};
 use dcl::ops::conv2d::{conv2d_backward, conv2d_forward, cuda as conv_cuda, Conv2dArgs};
-use dcl::ops::elementwise::{
-    abs_backward, abs_tensor, add, add_assign_tensors, add_tensors, scale_tensor, sum_tensor,
-};
+use dcl::ops::elementwise::{abs_backward, abs_tensor, add, add_tensors, scale_tensor, sum_tensor};
 use dcl::ops::gmp::{gmp_sample_backward, gmp_sample_forward, GmpKernel};
 use dcl::ops::loss::{
     count_l1_loss, count_l1_loss_backward, count_l1_loss_forward, mse_loss, mse_loss_backward,
@@ -66,7 +64,7 @@ fn gpu(test: &str) -> Option<(MutexGuard<'static, ()>, Device, CudaDevice)> {
     let dev = device.cuda().expect("a CUDA device").clone();
     // Every test starts from the defaults (another test may have switched them).
     dev.set_tf32(false).unwrap();
-    dev.set_gmp_kernel(GmpKernel::Fused);
+    dcl::ops::gmp::set_kernel(GmpKernel::Fused);
     eprintln!("{test}: {}", dev.info());
     Some((guard, device, dev))
 }
@@ -246,8 +244,8 @@ fn elementwise_relu_and_sum() {
             ELEMENTWISE,
         );
         let (mut acc, mut accg) = (a.clone(), ag.clone());
-        add_assign_tensors(&mut acc, &b).unwrap();
-        add_assign_tensors(&mut accg, &bg).unwrap();
+        acc.add_assign(&b).unwrap();
+        accg.add_assign(&bg).unwrap();
         close(&format!("add_assign {tag}"), &accg, &acc, ELEMENTWISE);
         close(
             &format!("scale {tag}"),
@@ -408,11 +406,11 @@ fn conv2d_forward_backward_all_paths() {
         let geo = dcl::ops::conv2d::Conv2dGeometry::new(&x, &w, args).unwrap();
         let s = geo.cuda_shape();
         let one = geo.col_rows() * geo.col_cols();
-        let yt = conv_cuda::conv2d_forward_ws(
+        let yt = conv_cuda::forward_ws(
             &dev,
-            xg.cuda_storage().unwrap().slice(),
-            wg.cuda_storage().unwrap().slice(),
-            bg.as_ref().map(|b| b.cuda_storage().unwrap().slice()),
+            xg.gpu_buffer().unwrap(),
+            wg.gpu_buffer().unwrap(),
+            bg.as_ref().map(|b| b.gpu_buffer().unwrap()),
             &s,
             one,
         )
@@ -576,13 +574,13 @@ fn gmp_offsets(r: &mut Rng, dims: &[usize], reach: f32) -> Tensor {
     Tensor::from_vec(v, dims).unwrap()
 }
 
-fn gmp_compare(d: &Device, dev: &CudaDevice, x: &Tensor, off: &Tensor, da: &Tensor, tag: &str) {
+fn gmp_compare(d: &Device, x: &Tensor, off: &Tensor, da: &Tensor, tag: &str) {
     let a = gmp_sample_forward(x, off).unwrap();
     let g = gmp_sample_backward(x, off, da, true, true).unwrap();
     let (xg, og, dag) = (on(x, d), on(off, d), on(da, d));
     let k = off.dims()[1] / 2;
     for v in GmpKernel::ALL {
-        dev.set_gmp_kernel(v);
+        dcl::ops::gmp::set_kernel(v);
         if v == GmpKernel::Fused && k > dcl::ops::gmp::cuda::FUSED_MAX_K {
             let e = gmp_sample_forward(&xg, &og).unwrap_err().to_string();
             assert!(e.contains("naive"), "{e}");
@@ -609,12 +607,12 @@ fn gmp_compare(d: &Device, dev: &CudaDevice, x: &Tensor, off: &Tensor, da: &Tens
             REDUCTION,
         );
     }
-    dev.set_gmp_kernel(GmpKernel::Fused);
+    dcl::ops::gmp::set_kernel(GmpKernel::Fused);
 }
 
 #[test]
 fn gmp_three_versions_match_the_cpu() {
-    let Some((_g, d, dev)) = gpu("gmp_sample") else {
+    let Some((_g, d, _dev)) = gpu("gmp_sample") else {
         return;
     };
     let mut r = Rng(8);
@@ -629,7 +627,7 @@ fn gmp_three_versions_match_the_cpu() {
         let x = r.tensor(&[n, c, h, w], 1.0, 0.0);
         let off = gmp_offsets(&mut r, &[n, 2 * k, h, w], reach);
         let da = r.tensor(&[n, c, h, w], 1.0, 0.0);
-        gmp_compare(&d, &dev, &x, &off, &da, &format!("N{n} C{c} {h}x{w} K{k}"));
+        gmp_compare(&d, &x, &off, &da, &format!("N{n} C{c} {h}x{w} K{k}"));
     }
 }
 
@@ -637,7 +635,7 @@ fn gmp_three_versions_match_the_cpu() {
 /// and every CUDA version must put its NaNs at exactly the same places.
 #[test]
 fn gmp_non_finite_offsets_follow_the_cpu() {
-    let Some((_g, d, dev)) = gpu("gmp_sample non-finite") else {
+    let Some((_g, d, _dev)) = gpu("gmp_sample non-finite") else {
         return;
     };
     let mut r = Rng(9);
@@ -653,7 +651,7 @@ fn gmp_non_finite_offsets_follow_the_cpu() {
     let da = r.tensor(&[n, c, h, w], 1.0, 0.0);
     let a = gmp_sample_forward(&x, &off).unwrap().to_vec();
     assert!(a.iter().any(|v| v.is_nan()), "the CPU reference makes NaNs");
-    gmp_compare(&d, &dev, &x, &off, &da, "non-finite offsets");
+    gmp_compare(&d, &x, &off, &da, "non-finite offsets");
 }
 
 // ------------------------------------------------------------------------------------------

@@ -37,10 +37,10 @@ namespace gmp {
 #include "gmp.cu"
 }
 namespace pool {
-#include "max_pool.cu"
+#include "max_pool2d.cu"
 }
 namespace up {
-#include "upsample.cu"
+#include "upsample_bilinear.cu"
 }
 namespace adam {
 #include "adam.cu"
@@ -98,7 +98,7 @@ int main(int argc, char** argv) {
         }
     } else if (job == "pool") {
         unsigned planes = arg(0), h = arg(1), w = arg(2);
-        pool::PoolParams p{planes, h, w, h / 2, w / 2};
+        pool::MaxPool2dGeometry p{planes, h, w, h / 2, w / 2};
         size_t in = (size_t)planes * h * w, out = (size_t)planes * (h / 2) * (w / 2);
         auto x = rd<float>("x", in), dy = rd<float>("dy", out);
         std::vector<float> y(out), dx(in);
@@ -110,7 +110,7 @@ int main(int argc, char** argv) {
         unsigned planes = arg(0), ih = arg(1), iw = arg(2), oh = arg(3), ow = arg(4), al = arg(5);
         // the scales as the launcher computes them, printed exactly by Rust
         const float sh = strtof(argv[3 + 6], nullptr), sw = strtof(argv[3 + 7], nullptr);
-        up::UpsampleParams p{planes, ih, iw, oh, ow, al, sh, sw};
+        up::UpsampleBilinearGeometry p{planes, ih, iw, oh, ow, al, sh, sw};
         size_t in = (size_t)planes * ih * iw, out = (size_t)planes * oh * ow;
         auto x = rd<float>("x", in), dy = rd<float>("dy", out);
         std::vector<float> y(out), dx(in, 0.0f);
@@ -121,8 +121,8 @@ int main(int argc, char** argv) {
         unsigned n = arg(0);
         auto s = rd<float>("scalars", 7);
         auto pv = rd<float>("p", n), g = rd<float>("g", n), m = rd<float>("m", n), v = rd<float>("v", n);
-        adam::AdamParams p{s[0], s[1], s[2], s[3], s[4], s[5], s[6], 0.0f, n};
-        adam::adam_f32(p, pv.data(), g.data(), m.data(), v.data());
+        adam::AdamStep p{s[0], s[1], s[2], s[3], s[4], s[5], s[6]};
+        adam::adam_f32(p, pv.data(), g.data(), m.data(), v.data(), n);
         wr("p", pv); wr("m", m); wr("v", v);
     } else {
         return 2;
@@ -337,7 +337,7 @@ fn kernels_match_the_cpu_reference_on_the_host() {
             write(dir, "x", &x);
             write(dir, "dy", &dy);
             let sc = |i: usize, o: usize| {
-                dcl::ops::upsample_bilinear::cuda::source_scale(i, o, align).to_string()
+                dcl::ops::upsample_bilinear::source_scale(i, o, align).to_string()
             };
             run(
                 &exe,

@@ -8,7 +8,7 @@ use dcl::device::cuda::nvrtc::{
     cache_file_name, cache_key, compile_cubin_cached, compile_options, nvrtc_present,
     nvrtc_version, supported_archs,
 };
-use dcl::device::cuda::{compile_cubin, KERNEL_ENTRY_POINTS, KERNEL_SOURCES};
+use dcl::device::cuda::{compile_cubin, KERNEL_SOURCES};
 
 const ARCHS: [&str; 4] = ["sm_80", "sm_86", "sm_89", "sm_90"];
 
@@ -47,11 +47,12 @@ fn every_kernel_compiles_for_every_target_arch_with_its_entry_points() {
     eprintln!("NVRTC {major}.{minor}, supported archs {supported:?}");
     assert!(!KERNEL_SOURCES.is_empty());
     let mut compiled = 0;
-    for (file, names) in KERNEL_ENTRY_POINTS {
+    for kf in dcl::kernels::all() {
+        let (file, names) = (kf.file, kf.kernels);
         let src = kernel_source(file).unwrap();
         let mut defined = extern_c_kernels(src);
         defined.sort();
-        let mut listed: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let mut listed: Vec<String> = names.iter().map(|k| k.name.to_string()).collect();
         listed.sort();
         assert_eq!(
             defined, listed,
@@ -69,7 +70,8 @@ fn every_kernel_compiles_for_every_target_arch_with_its_entry_points() {
                 cubin.starts_with(b"\x7fELF"),
                 "{file} {arch}: not an ELF CUBIN"
             );
-            for name in names.iter() {
+            for k in names {
+                let name = k.name;
                 assert!(has_symbol(&cubin, name), "{file} {arch}: no symbol {name}");
             }
             eprintln!(

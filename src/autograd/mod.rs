@@ -94,14 +94,6 @@ impl Profile {
     }
 }
 
-/// Waits for every GPU this process has opened (none on a CPU run, where this costs a lock).
-fn sync_gpus_for_profile() -> Result<()> {
-    for d in crate::device::cuda::opened_devices() {
-        d.synchronize()?;
-    }
-    Ok(())
-}
-
 pub struct Tape {
     nodes: RefCell<Vec<Node>>,
     recording: bool,
@@ -154,10 +146,10 @@ impl Tape {
         if !self.profiling.get() {
             return f();
         }
-        sync_gpus_for_profile()?;
+        crate::device::synchronize_all()?;
         let t0 = Instant::now();
         let r = f();
-        sync_gpus_for_profile()?;
+        crate::device::synchronize_all()?;
         self.profile
             .borrow_mut()
             .entries
@@ -265,13 +257,13 @@ impl Tape {
                 .map(|n| n.is_some_and(|n| needed[n]))
                 .collect();
             if self.profiling.get() {
-                sync_gpus_for_profile()?;
+                crate::device::synchronize_all()?;
             }
             let t0 = self.profiling.get().then(Instant::now);
             let name = bw.name();
             let input_grads = bw.backward(&g, &needs)?;
             if let Some(t0) = t0 {
-                sync_gpus_for_profile()?;
+                crate::device::synchronize_all()?;
                 self.profile
                     .borrow_mut()
                     .entries
@@ -293,7 +285,7 @@ impl Tape {
                     grads[*j] = Some(match grads[*j].take() {
                         None => ig,
                         Some(mut acc) => {
-                            crate::ops::elementwise::add_assign_tensors(&mut acc, &ig)?;
+                            acc.add_assign(&ig)?;
                             acc
                         }
                     });

@@ -299,8 +299,8 @@ struct ConvParts {
     how: String,
 }
 
-/// The CUDA launcher's im2col, GEMM and col2im steps issued exactly as `conv2d_forward` /
-/// `conv2d_backward` issue them (tiles of images, the weight broadcast), and plain GEMMs with
+/// The CUDA launcher's im2col, GEMM and col2im steps issued exactly as `conv2d::cuda::forward` /
+/// `backward` issue them (tiles of images, the weight broadcast), and plain GEMMs with
 /// the same m, n, k over the whole batch.
 fn conv_parts_cuda(
     b: &Bench,
@@ -317,9 +317,9 @@ fn conv_parts_cuda(
     let tile = cc::images_per_tile(rows * p, n, cc::COL_WORKSPACE_FLOATS);
     let p_all = s.params(n)?;
     let (ximg, yimg) = (g.c * g.h * g.w, o * p);
-    let xs = x.cuda_storage().ok_or_else(|| not_cuda("x"))?.slice();
-    let ws = w.cuda_storage().ok_or_else(|| not_cuda("w"))?.slice();
-    let dys = dy.cuda_storage().ok_or_else(|| not_cuda("dy"))?.slice();
+    let xs = x.gpu_buffer().ok_or_else(|| not_cuda("x"))?;
+    let ws = w.gpu_buffer().ok_or_else(|| not_cuda("w"))?;
+    let dys = dy.gpu_buffer().ok_or_else(|| not_cuda("dy"))?;
     let mut col = d.alloc::<f32>(tile * rows * p)?;
     let mut y = d.alloc::<f32>(n * yimg)?;
     let mut dw = d.alloc_zeros::<f32>(o * rows)?;
@@ -334,13 +334,13 @@ fn conv_parts_cuda(
     };
     let im2col = b.time(|| {
         for &(n0, nb) in &tiles {
-            cc::im2col(d, &pt(nb), &xs.slice(n0 * ximg..(n0 + nb) * ximg), &mut col)?;
+            cc::im2col(d, &pt(nb), &xs.view(n0 * ximg..(n0 + nb) * ximg)?, &mut col)?;
         }
         Ok(())
     })?;
     let fwd_gemm = b.time(|| {
         for &(n0, nb) in &tiles {
-            let mut yv = y.slice_mut(n0 * yimg..(n0 + nb) * yimg);
+            let mut yv = y.view_mut(n0 * yimg..(n0 + nb) * yimg)?;
             sgemm(d, &cc::forward_gemm(&s, nb)?, ws, &col, &mut yv)?;
         }
         Ok(())
@@ -349,8 +349,8 @@ fn conv_parts_cuda(
     let dw_gemm = b.time(|| {
         for &(n0, nb) in &tiles {
             for i in 0..nb {
-                let dyv = dys.slice((n0 + i) * yimg..(n0 + i + 1) * yimg);
-                let cv = col.slice(i * rows * p..(i + 1) * rows * p);
+                let dyv = dys.view((n0 + i) * yimg..(n0 + i + 1) * yimg)?;
+                let cv = col.view(i * rows * p..(i + 1) * rows * p)?;
                 sgemm(d, &gw, &dyv, &cv, &mut dw)?;
             }
         }
@@ -359,14 +359,14 @@ fn conv_parts_cuda(
     // col doubles as dcol from here on (its values do not matter for timing).
     let dx_gemm = b.time(|| {
         for &(n0, nb) in &tiles {
-            let dyv = dys.slice(n0 * yimg..(n0 + nb) * yimg);
+            let dyv = dys.view(n0 * yimg..(n0 + nb) * yimg)?;
             sgemm(d, &cc::input_grad_gemm(&s, nb)?, ws, &dyv, &mut col)?;
         }
         Ok(())
     })?;
     let col2im = b.time(|| {
         for &(n0, nb) in &tiles {
-            let mut dxv = dx.slice_mut(n0 * ximg..(n0 + nb) * ximg);
+            let mut dxv = dx.view_mut(n0 * ximg..(n0 + nb) * ximg)?;
             cc::col2im(d, &pt(nb), &col, &mut dxv)?;
         }
         Ok(())
@@ -618,7 +618,7 @@ pub fn run_kernel_bench(o: &KernelBenchOptions) -> Result<KernelReport> {
     }
     let dev = &o.device;
     if let Some(d) = dev.cuda() {
-        d.load_all_kernels()?;
+        crate::kernels::load_all(d)?;
     }
     let b = Bench {
         dev,
@@ -947,22 +947,20 @@ fn gmp_rows(b: &Bench, r: &mut Rows, o: &KernelBenchOptions, rng: &mut Rng) -> R
                 k,
             };
             let (xs, os, ds) = (
-                x.cuda_storage().ok_or_else(|| not_cuda("x"))?.slice(),
-                off.cuda_storage()
-                    .ok_or_else(|| not_cuda("offsets"))?
-                    .slice(),
-                da.cuda_storage().ok_or_else(|| not_cuda("da"))?.slice(),
+                x.gpu_buffer().ok_or_else(|| not_cuda("x"))?,
+                off.gpu_buffer().ok_or_else(|| not_cuda("offsets"))?,
+                da.gpu_buffer().ok_or_else(|| not_cuda("da"))?,
             );
             let mut both = Vec::new();
             for v in GmpKernel::ALL {
                 if v == GmpKernel::Fused && k > gmp_cuda::FUSED_MAX_K {
                     continue;
                 }
-                let tf = b.time(|| gmp_cuda::gmp_forward(d, v, xs, os, &gs).map(drop))?;
-                let tb = b.time(|| gmp_cuda::gmp_backward(d, v, xs, os, ds, &gs).map(drop))?;
+                let tf = b.time(|| gmp_cuda::forward(d, v, xs, os, &gs).map(drop))?;
+                let tb = b.time(|| gmp_cuda::backward(d, v, xs, os, ds, &gs).map(drop))?;
                 let tfb = b.time(|| {
-                    gmp_cuda::gmp_forward(d, v, xs, os, &gs)?;
-                    gmp_cuda::gmp_backward(d, v, xs, os, ds, &gs).map(drop)
+                    gmp_cuda::forward(d, v, xs, os, &gs)?;
+                    gmp_cuda::backward(d, v, xs, os, ds, &gs).map(drop)
                 })?;
                 let op = format!("gmp_sample {}", v.name());
                 r.bw(&op, "fwd", &shape, tf, fwd_bytes, String::new());

@@ -63,12 +63,12 @@ fn kernels(a: KernelsArgs) -> anyhow::Result<()> {
     }
     let reps = a.reps.unwrap_or(if gpu { 20 } else { 3 });
     let warmup = a.warmup.unwrap_or(if gpu { 3 } else { 1 });
-    if let Some(d) = device.cuda() {
+    if device.is_cuda() {
         notes.push(format!(
             "GEMMs in {} (--tf32 to switch); the counter's GMP layer in the training steps uses \
              the {} kernel",
             if a.gpu.tf32 { "TF32" } else { "FP32" },
-            d.gmp_kernel().name()
+            crate::ops::gmp::kernel().name()
         ));
     }
     let opts = KernelBenchOptions {

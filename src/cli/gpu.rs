@@ -31,7 +31,7 @@ impl GpuArgs {
     pub fn apply(&self, device: &Device) -> crate::Result<()> {
         if let Some(d) = device.cuda() {
             d.set_tf32(self.tf32)?;
-            d.set_gmp_kernel(self.gmp_kernel);
+            crate::ops::gmp::set_kernel(self.gmp_kernel);
         }
         Ok(())
     }

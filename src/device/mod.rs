@@ -76,6 +76,23 @@ impl Device {
     }
 }
 
+/// The GPUs this process has opened so far (none on a CPU-only run).
+pub fn opened_gpus() -> Vec<Device> {
+    cuda::opened_devices()
+        .into_iter()
+        .map(Device::Cuda)
+        .collect()
+}
+
+/// Waits for the queued work of every GPU this process has opened (profiling: a CPU-only run
+/// costs one lock).
+pub fn synchronize_all() -> Result<()> {
+    for d in cuda::opened_devices() {
+        d.synchronize()?;
+    }
+    Ok(())
+}
+
 impl std::fmt::Display for Device {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.name())

@@ -15,6 +15,8 @@
 //! - `concat_channels(tape, &[x, ..])`;
 //! - `add`, `scale`, `abs`, `sum` (elementwise);
 //! - `count_l1_loss(tape, z, counts)` (Eq. 1, batch mean) and `mse_loss(tape, pred, target)`.
+use crate::device::cuda::KernelFile;
+
 pub mod batch_norm2d;
 pub mod concat;
 pub mod conv2d;
@@ -25,3 +27,17 @@ pub mod loss;
 pub mod max_pool2d;
 pub mod relu;
 pub mod upsample_bilinear;
+
+/// The CUDA kernel files of the ops and their entry points (see `crate::kernels` for the whole
+/// crate's list).
+pub static CUDA_KERNELS: &[KernelFile] = &[
+    batch_norm2d::cuda::KERNELS,
+    concat::cuda::KERNELS,
+    conv2d::cuda::KERNELS,
+    elementwise::cuda::KERNELS,
+    gmp::cuda::KERNELS,
+    loss::cuda::KERNELS,
+    max_pool2d::cuda::KERNELS,
+    relu::cuda::KERNELS,
+    upsample_bilinear::cuda::KERNELS,
+];

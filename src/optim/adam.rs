@@ -25,8 +25,10 @@ impl Default for AdamConfig {
     }
 }
 
-/// The scalars of one update, shared by the CPU loop and the CUDA kernel.
-#[derive(Clone, Copy, Debug)]
+/// The scalars of one update, shared by the CPU loop and, `#[repr(C)]`, the CUDA kernel's
+/// parameter struct (kernels/adam.cu), field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamStep {
     pub lr: f32,
     pub beta1: f32,
@@ -37,6 +39,9 @@ pub struct AdamStep {
     pub bias_correction1: f32,
     pub bias_correction2: f32,
 }
+// Safety: seven f32, as `struct AdamStep` in the kernel.
+unsafe impl crate::device::cuda::KernelParam for AdamStep {}
+const _: () = assert!(std::mem::size_of::<AdamStep>() == 28);
 
 pub struct Adam {
     pub config: AdamConfig,
@@ -137,15 +142,7 @@ pub fn update_tensor(
         }
         (Storage::Cuda(p), Storage::Cuda(g), Storage::Cuda(m), Storage::Cuda(v)) => {
             let dev = p.device().clone();
-            let params = super::cuda::adam_params_from_step(h, p.len());
-            super::cuda::adam_launch(
-                &dev,
-                &params,
-                p.slice_mut(),
-                g.slice(),
-                m.slice_mut(),
-                v.slice_mut(),
-            )
+            super::cuda::update(&dev, h, p, g, m, v)
         }
         _ => unreachable!("devices checked above"),
     }

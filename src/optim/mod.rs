@@ -5,4 +5,7 @@ pub mod cuda;
 pub mod sgdr;
 
 pub use adam::{Adam, AdamConfig};
+
+/// The optimiser's CUDA kernel files (see `crate::kernels`).
+pub static CUDA_KERNELS: &[crate::device::cuda::KernelFile] = &[cuda::KERNELS];
 pub use sgdr::Sgdr;

@@ -2,8 +2,8 @@
 mod shape;
 pub use shape::Shape;
 
-use crate::device::cuda::CudaStorage;
-use crate::device::{CudaDevice, Device};
+use crate::device::cuda::{primitives, GpuBuffer};
+use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 
@@ -11,7 +11,19 @@ use crate::rng::Rng;
 #[derive(Clone, Debug)]
 pub enum Storage {
     Cpu(Vec<f32>),
-    Cuda(CudaStorage),
+    Cuda(GpuBuffer<f32>),
+}
+
+impl From<Vec<f32>> for Storage {
+    fn from(v: Vec<f32>) -> Self {
+        Storage::Cpu(v)
+    }
+}
+
+impl From<GpuBuffer<f32>> for Storage {
+    fn from(b: GpuBuffer<f32>) -> Self {
+        Storage::Cuda(b)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -53,10 +65,7 @@ impl Tensor {
         let shape = Shape::new(dims);
         let storage = match device {
             Device::Cpu => Storage::Cpu(vec![value; shape.numel()]),
-            Device::Cuda(dev) => Storage::Cuda(CudaStorage::new(
-                dev,
-                crate::ops::elementwise::cuda::fill(dev, shape.numel(), value)?,
-            )),
+            Device::Cuda(dev) => Storage::Cuda(primitives::fill(dev, shape.numel(), value)?),
         };
         Ok(Tensor { shape, storage })
     }
@@ -108,22 +117,10 @@ impl Tensor {
     }
 
     /// The GPU buffer, when the tensor lives on one.
-    pub fn cuda_storage(&self) -> Option<&CudaStorage> {
+    pub fn gpu_buffer(&self) -> Option<&GpuBuffer<f32>> {
         match &self.storage {
             Storage::Cuda(s) => Some(s),
             Storage::Cpu(_) => None,
-        }
-    }
-
-    /// A tensor owning a GPU buffer of `dims` (ops build their outputs with this).
-    pub fn from_cuda(
-        dev: &CudaDevice,
-        buf: cudarc::driver::CudaSlice<f32>,
-        dims: &[usize],
-    ) -> Tensor {
-        Tensor {
-            shape: Shape::new(dims),
-            storage: Storage::Cuda(CudaStorage::new(dev, buf)),
         }
     }
 
@@ -135,11 +132,46 @@ impl Tensor {
         &mut self.storage
     }
 
-    /// A new tensor on the same device as `self` (used by ops to build outputs).
-    pub fn from_storage(storage: Storage, dims: &[usize]) -> Tensor {
-        Tensor {
-            shape: Shape::new(dims),
-            storage,
+    /// A tensor of `dims` owning host values or a GPU buffer: the one way ops wrap their
+    /// outputs (`Tensor::from_storage(cpu::forward(..), dims)`, likewise with a `GpuBuffer`).
+    pub fn from_storage(storage: impl Into<Storage>, dims: &[usize]) -> Tensor {
+        let storage = storage.into();
+        let shape = Shape::new(dims);
+        debug_assert_eq!(
+            match &storage {
+                Storage::Cpu(v) => v.len(),
+                Storage::Cuda(b) => b.len(),
+            },
+            shape.numel(),
+            "storage length vs shape {shape}"
+        );
+        Tensor { shape, storage }
+    }
+
+    /// `self += other` in place, on either device (the tape accumulates gradients with this;
+    /// nothing is allocated).
+    pub fn add_assign(&mut self, other: &Tensor) -> Result<()> {
+        if self.shape != other.shape {
+            return Err(Error::shape(
+                "add_assign",
+                format!("{} += {}", self.shape, other.shape),
+            ));
+        }
+        let (a_dev, b_dev) = (self.device(), other.device());
+        match (&mut self.storage, &other.storage) {
+            (Storage::Cpu(a), Storage::Cpu(b)) => {
+                a.iter_mut().zip(b).for_each(|(a, b)| *a += *b);
+                Ok(())
+            }
+            (Storage::Cuda(a), Storage::Cuda(b)) if a_dev == b_dev => {
+                let dev = a.device().clone();
+                primitives::add_assign(&dev, a, b)
+            }
+            _ => Err(Error::DeviceMismatch {
+                op: "add_assign",
+                a: a_dev.name(),
+                b: b_dev.name(),
+            }),
         }
     }
 
@@ -190,14 +222,12 @@ impl Tensor {
     pub fn to_device(&self, device: &Device) -> Result<Tensor> {
         let storage = match (&self.storage, device) {
             (Storage::Cpu(v), Device::Cpu) => Storage::Cpu(v.clone()),
-            (Storage::Cpu(v), Device::Cuda(d)) => Storage::Cuda(CudaStorage::from_host(d, v)?),
+            (Storage::Cpu(v), Device::Cuda(d)) => Storage::Cuda(d.htod(v)?),
             (Storage::Cuda(s), Device::Cpu) => Storage::Cpu(s.to_host()?),
             (Storage::Cuda(s), Device::Cuda(d)) if s.device().ordinal() == d.ordinal() => {
                 Storage::Cuda(s.try_clone()?)
             }
-            (Storage::Cuda(s), Device::Cuda(d)) => {
-                Storage::Cuda(CudaStorage::from_host(d, &s.to_host()?)?)
-            }
+            (Storage::Cuda(s), Device::Cuda(d)) => Storage::Cuda(d.htod(&s.to_host()?)?),
         };
         Ok(Tensor {
             shape: self.shape.clone(),

@@ -4,10 +4,8 @@
 //! B as its first operand, A as its second, and m ↔ n swapped. [`to_cublas`] is that mapping
 //! as a pure function, unit-tested against a CPU GEMM that follows cuBLAS's index math.
 use cudarc::cublas::sys::cublasOperation_t;
-use cudarc::cublas::{Gemm, GemmConfig, StridedBatchedConfig};
-use cudarc::driver::{DevicePtr, DevicePtrMut};
 
-use super::{CudaDevice, CudaResultExt};
+use super::{CudaDevice, CudaResultExt, GpuRead, GpuWrite};
 use crate::error::{Error, Result};
 
 /// `C[b] = alpha·op(A[b])·op(B[b]) + beta·C[b]` for `b < batch`, all row-major.
@@ -166,12 +164,13 @@ fn op(t: bool) -> cublasOperation_t {
 }
 
 /// Runs `g` on the device's cuBLAS handle (its one stream). Operand sizes are checked first.
-pub fn sgemm<A, B, C>(dev: &CudaDevice, g: &RowMajorGemm, a: &A, b: &B, c: &mut C) -> Result<()>
-where
-    A: DevicePtr<f32>,
-    B: DevicePtr<f32>,
-    C: DevicePtrMut<f32>,
-{
+pub fn sgemm(
+    dev: &CudaDevice,
+    g: &RowMajorGemm,
+    a: &impl GpuRead<f32>,
+    b: &impl GpuRead<f32>,
+    c: &mut impl GpuWrite<f32>,
+) -> Result<()> {
     let cb = to_cublas(g)?;
     for (name, have, need) in [
         ("A", a.len(), g.required_len_a()),
@@ -188,31 +187,58 @@ where
     if g.m == 0 || g.n == 0 {
         return Ok(());
     }
-    let cfg = GemmConfig {
-        transa: op(cb.transa),
-        transb: op(cb.transb),
-        m: cb.m,
-        n: cb.n,
-        k: cb.k,
-        alpha: cb.alpha,
-        lda: cb.lda,
-        ldb: cb.ldb,
-        beta: cb.beta,
-        ldc: cb.ldc,
-    };
+    let handle = *dev.blas().handle();
+    dev.context().bind_to_thread().cuda("binding the context")?;
+    // Column-major: cuBLAS's first operand is our B, its second our A (module docs).
+    let (first, second, out) = (
+        b.addr() as *const f32,
+        a.addr() as *const f32,
+        c.addr() as *mut f32,
+    );
     // Safety: the buffers hold at least what the dimensions, leading dimensions and strides
-    // address (checked above); all three are on the device's stream.
-    if cb.batch == 1 {
-        unsafe { dev.blas().gemm(cfg, b, a, c) }.cuda("cublasSgemm")
-    } else {
-        let cfg = StridedBatchedConfig {
-            gemm: cfg,
-            batch_size: cb.batch,
-            stride_a: cb.stride_a,
-            stride_b: cb.stride_b,
-            stride_c: cb.stride_c,
-        };
-        unsafe { dev.blas().gemm_strided_batched(cfg, b, a, c) }.cuda("cublasSgemmStridedBatched")
+    // address (checked above); all three are on the device's stream, as is the handle.
+    unsafe {
+        if cb.batch == 1 {
+            cudarc::cublas::result::sgemm(
+                handle,
+                op(cb.transa),
+                op(cb.transb),
+                cb.m,
+                cb.n,
+                cb.k,
+                &cb.alpha,
+                first,
+                cb.lda,
+                second,
+                cb.ldb,
+                &cb.beta,
+                out,
+                cb.ldc,
+            )
+            .cuda("cublasSgemm")
+        } else {
+            cudarc::cublas::result::sgemm_strided_batched(
+                handle,
+                op(cb.transa),
+                op(cb.transb),
+                cb.m,
+                cb.n,
+                cb.k,
+                &cb.alpha,
+                first,
+                cb.lda,
+                cb.stride_a,
+                second,
+                cb.ldb,
+                cb.stride_b,
+                &cb.beta,
+                out,
+                cb.ldc,
+                cb.stride_c,
+                cb.batch,
+            )
+            .cuda("cublasSgemmStridedBatched")
+        }
     }
 }
 

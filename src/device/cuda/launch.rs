@@ -1,11 +1,178 @@
-//! Launch configurations. Every kernel uses 256-thread blocks and grid-stride loops with 64-bit
-//! indices, so the grid can be clamped (a u64 element count never overflows a u32 grid size)
-//! and a launch covers any size. `LaunchConfig::for_num_elems` (1024 threads, u32 count) is
-//! never used.
+//! Kernel launches. [`Kernel`] names an entry point of a kernel file, [`KernelFile`] lists a
+//! file's entry points (each op family declares its own; the device only knows the mechanism),
+//! and [`Launch`] is the one way a launcher calls a kernel:
+//! `dev.launch(K).arg(&params).buf(x).out(&mut y).run(cfg)`, the arguments in the order of the
+//! kernel's parameter list, each passed by value as the driver's `cuLaunchKernel` expects.
+//!
+//! Configurations: every grid-stride kernel uses 256-thread blocks with 64-bit indices, so the
+//! grid can be clamped (a u64 element count never overflows a u32 grid size) and a launch covers
+//! any size. `LaunchConfig::for_num_elems` (1024 threads, u32 count) is never used.
+use std::ffi::c_void;
+use std::marker::PhantomData;
+
 use cudarc::driver::LaunchConfig;
+
+use super::buffer::{GpuRead, GpuWrite};
+use super::{CudaDevice, CudaResultExt};
+use crate::error::{Error, Result};
 
 /// Threads per block for every kernel (the reduction kernels rely on a multiple of 32).
 pub const BLOCK: u32 = 256;
+
+/// An `extern "C" __global__` entry point of `kernels/<file>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Kernel {
+    pub file: &'static str,
+    pub name: &'static str,
+}
+
+impl Kernel {
+    pub const fn new(file: &'static str, name: &'static str) -> Self {
+        Kernel { file, name }
+    }
+}
+
+/// A kernel file and every entry point its launchers call. CI checks the list both ways against
+/// the source (each `extern "C" __global__` is listed, each listed name is compiled).
+#[derive(Clone, Copy, Debug)]
+pub struct KernelFile {
+    pub file: &'static str,
+    pub kernels: &'static [Kernel],
+}
+
+impl KernelFile {
+    pub const fn new(file: &'static str, kernels: &'static [Kernel]) -> Self {
+        KernelFile { file, kernels }
+    }
+}
+
+/// Plain values passed to a kernel by value: scalars and `#[repr(C)]` parameter structs that
+/// mirror a struct of the kernel source field for field.
+///
+/// # Safety
+/// The type's bytes must be exactly what the kernel's parameter of that position expects (same
+/// size, layout and alignment as the CUDA C type), and every bit pattern must be valid.
+pub unsafe trait KernelParam: Copy + 'static {}
+unsafe impl KernelParam for u32 {}
+unsafe impl KernelParam for i32 {}
+unsafe impl KernelParam for u64 {}
+unsafe impl KernelParam for f32 {}
+
+/// Largest argument passed by value, in bytes (the parameter structs are well under it).
+const MAX_ARG_BYTES: usize = 128;
+
+/// One argument's bytes, 8-byte aligned, as `cuLaunchKernel` reads them through a pointer.
+#[derive(Clone, Copy)]
+struct ArgSlot {
+    bytes: [u64; MAX_ARG_BYTES / 8],
+    size: usize,
+}
+
+impl ArgSlot {
+    fn of<T: Copy>(v: &T) -> ArgSlot {
+        let size = std::mem::size_of::<T>();
+        assert!(
+            size <= MAX_ARG_BYTES && std::mem::align_of::<T>() <= 8,
+            "kernel argument of {size} bytes"
+        );
+        let mut bytes = [0u64; MAX_ARG_BYTES / 8];
+        // Safety: `size` bytes of a Copy value into a larger, 8-aligned array.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                v as *const T as *const u8,
+                bytes.as_mut_ptr() as *mut u8,
+                size,
+            )
+        };
+        ArgSlot { bytes, size }
+    }
+}
+
+/// A kernel launch being assembled; see the module docs. Buffers are borrowed for `'a`, so none
+/// can be dropped or moved while its address is being passed (dropping one after the launch is
+/// fine: frees are ordered on the same stream).
+#[must_use = "a launch does nothing until .run(cfg)"]
+pub struct Launch<'a> {
+    dev: &'a CudaDevice,
+    kernel: Kernel,
+    args: Vec<ArgSlot>,
+    _borrows: PhantomData<&'a mut ()>,
+}
+
+impl<'a> Launch<'a> {
+    pub(super) fn new(dev: &'a CudaDevice, kernel: Kernel) -> Self {
+        Launch {
+            dev,
+            kernel,
+            args: Vec::with_capacity(8),
+            _borrows: PhantomData,
+        }
+    }
+
+    /// A scalar or parameter struct, by value.
+    pub fn arg<P: KernelParam>(mut self, v: &P) -> Self {
+        self.args.push(ArgSlot::of(v));
+        self
+    }
+
+    /// A buffer the kernel reads (a `const T*` parameter).
+    pub fn buf<T>(mut self, b: &'a impl GpuRead<T>) -> Self {
+        self.args.push(ArgSlot::of(&b.addr()));
+        self
+    }
+
+    /// A buffer the kernel writes (a `T*` parameter).
+    pub fn out<T>(mut self, b: &'a mut impl GpuWrite<T>) -> Self {
+        self.args.push(ArgSlot::of(&b.addr()));
+        self
+    }
+
+    /// Bytes of each argument in order (for checking against the compiled kernel's parameters).
+    pub fn arg_sizes(&self) -> Vec<usize> {
+        self.args.iter().map(|a| a.size).collect()
+    }
+
+    /// Queues the kernel with `cfg`; `None` (nothing to do, e.g. zero elements) launches
+    /// nothing. Errors of the kernel itself are asynchronous: they surface at the next
+    /// synchronisation.
+    pub fn run(self, cfg: Option<LaunchConfig>) -> Result<()> {
+        let Some(cfg) = cfg else { return Ok(()) };
+        check_config(self.kernel, &cfg)?;
+        let f = self.dev.function(self.kernel)?;
+        let mut ptrs: Vec<*mut c_void> = self
+            .args
+            .iter()
+            .map(|a| a.bytes.as_ptr() as *mut c_void)
+            .collect();
+        // Safety: each pointer addresses an argument's bytes, alive until this call returns
+        // (the driver copies them at launch); buffer addresses come from live borrows.
+        unsafe {
+            cudarc::driver::result::launch_kernel(
+                f.cu_function(),
+                cfg.grid_dim,
+                cfg.block_dim,
+                cfg.shared_mem_bytes,
+                self.dev.cu_stream(),
+                &mut ptrs,
+            )
+        }
+        .cuda(self.kernel.name)
+    }
+}
+
+/// A configuration the driver would refuse (an empty grid or block, or a block over 1024
+/// threads) is a clear error here rather than a deferred launch failure.
+fn check_config(k: Kernel, cfg: &LaunchConfig) -> Result<()> {
+    let (g, b) = (cfg.grid_dim, cfg.block_dim);
+    let threads = b.0 as u64 * b.1 as u64 * b.2 as u64;
+    if g.0 == 0 || g.1 == 0 || g.2 == 0 || threads == 0 || threads > 1024 {
+        return Err(Error::Device(format!(
+            "kernel {} launched with grid {g:?} and block {b:?}",
+            k.name
+        )));
+    }
+    Ok(())
+}
 
 /// Upper bound of the grid for grid-stride kernels on a device with `sm_count` multiprocessors:
 /// 32 blocks of 256 threads per SM is several waves of full occupancy, past which more blocks
@@ -67,6 +234,38 @@ mod tests {
         assert_eq!(cfg.grid_dim, (7, 1, 1));
         assert_eq!(cfg.block_dim, (256, 1, 1));
         assert_eq!(max_blocks_for(0), 32);
+    }
+
+    #[test]
+    fn arguments_keep_their_bytes_and_sizes() {
+        #[repr(C)]
+        #[derive(Clone, Copy)]
+        struct P {
+            a: u32,
+            b: u32,
+            c: u64,
+        }
+        let s = ArgSlot::of(&P { a: 1, b: 2, c: 3 });
+        assert_eq!(s.size, 16);
+        assert_eq!(s.bytes[0], 1 | (2 << 32));
+        assert_eq!(s.bytes[1], 3);
+        assert_eq!(ArgSlot::of(&7u32).size, 4);
+        assert_eq!(ArgSlot::of(&1.5f32).bytes[0], 1.5f32.to_bits() as u64);
+    }
+
+    #[test]
+    fn empty_grids_and_oversized_blocks_are_refused() {
+        let k = Kernel::new("x.cu", "k");
+        assert!(check_config(k, &blocks(3)).is_ok());
+        let mut c = blocks(3);
+        c.block_dim = (2048, 1, 1);
+        assert!(check_config(k, &c)
+            .unwrap_err()
+            .to_string()
+            .contains("k launched"));
+        c.block_dim = (256, 1, 1);
+        c.grid_dim = (1, 0, 1);
+        assert!(check_config(k, &c).is_err());
     }
 
     #[test]

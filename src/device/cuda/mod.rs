@@ -1,73 +1,45 @@
 //! The CUDA backend's device layer: one [`CudaDevice`] per GPU (context, a single stream for
 //! kernels, copies and cuBLAS, one cuBLAS handle, a stream-ordered memory pool that keeps freed
 //! memory, counted allocations, and the NVRTC-compiled kernels loaded once per process), and
-//! [`CudaStorage`], a tensor's buffer on it (`Storage::Cuda` in `crate::tensor`).
+//! [`GpuBuffer`], a typed allocation on it (a tensor's is `Storage::Cuda` in `crate::tensor`).
 //!
 //! Libraries are loaded at run time (cudarc `dynamic-loading`), so the crate builds and its CPU
 //! path runs with no CUDA anywhere; [`CudaDevice::new`] probes libcuda, libnvrtc and libcublas
 //! first and answers a one-line [`Error::Device`] instead of cudarc's panic.
 //!
 //! Kernels (`kernels/*.cu`, embedded by build.rs) are compiled by NVRTC to a CUBIN for the
-//! device's own `sm_XX` on first use and cached on disk ([`nvrtc`]). The launchers live beside
-//! each op in `src/ops/<op>/cuda.rs` (and `src/optim/cuda.rs`), declared by the op's `mod.rs`,
-//! whose `match` on `Storage` calls them; the device also carries the `--tf32` math mode and
-//! the `--gmp-kernel` choice the GMP op reads.
-//!
-//! STATUS: NOTHING IN THIS BACKEND HAS RUN ON A GPU YET. It was written and checked on machines
-//! without one. Never run on a device, so unverified:
-//! - device setup: context, stream, cuBLAS handle, memory-pool release threshold, the
-//!   `disable_event_tracking` call, CUBIN loading of the NVRTC output, the driver/NVRTC version
-//!   check on a real driver;
-//! - every kernel launch and result on a device: launch configurations, shared-memory and
-//!   warp-shuffle reductions (batch norm, losses, sum, conv bias gradient), atomics under
-//!   contention (GMP, bilinear backward), FMA contraction differences against the CPU;
-//! - cuBLAS: the row-major operand mapping on the device, strided-batched GEMMs with a
-//!   broadcast operand, TF32 switching;
-//! - tensors on the GPU: host/device copies, device-to-device clones, `Storage::Cuda` through
-//!   every op's CUDA arm, the tape's in-place gradient accumulation, Adam on device tensors,
-//!   BatchNorm running statistics on the device, checkpoints saved from and loaded to a GPU;
-//! - training, evaluation and counting with `--device cuda`, `--gmp-kernel`, `--tf32`;
-//!   `dcl train --profile` on a GPU (stream synchronised around each timed op);
-//! - `dcl bench kernels --device cuda` (CUDA-event timing, copy and SGEMM ceilings);
-//! - the allocation counters' behaviour and the claim that a training step allocates nothing
-//!   new after warm-up.
-//!
-//! What is checked without a GPU: every kernel compiles with NVRTC 13.0 for sm_80/86/89/90 and
-//! defines exactly the entry points the launchers call (`tests/nvrtc_kernels.rs`); the GMP
-//! kernels (all three versions), max pooling, bilinear resize and Adam compiled as host C++
-//! and run sequentially agree with the CPU reference ops, including non-finite GMP offsets and
-//! max-pool NaNs/ties (`tests/kernels_on_host.rs`); the GEMM operand mapping against a CPU
-//! model of cuBLAS, launch-grid arithmetic, cache keys, the launchers' size checks; the
-//! no-library error path (`Device::parse("cuda")` and `dcl ... --device cuda` give one line,
-//! exit 1); `dcl bench kernels --device cpu`. `tests/cuda_parity.rs` (run with
-//! `DCL_TEST_CUDA=1`) holds the GPU checks for the first device run: every op against the CPU
-//! ops, a counter and a localizer training step (loss and every gradient), the allocation
-//! test, and a small `bench kernels` on the GPU.
+//! device's own `sm_XX` on first use and cached on disk ([`nvrtc`]). The device knows no op: it
+//! holds the embedded sources, compiles and loads a file's module on first use
+//! ([`CudaDevice::function`]) and launches what a launcher assembles ([`CudaDevice::launch`]).
+//! The launchers live beside each op in `src/ops/<op>/cuda.rs` (and `src/optim/cuda.rs`), each
+//! family listing its own [`KernelFile`]; `crate::kernels` joins the lists. The device's own
+//! primitives (fill, in-place add) are in [`primitives`]. What has run on a GPU is recorded in
+//! BENCHMARKS.md.
+pub mod buffer;
 pub mod gemm;
 pub mod kernels;
 pub mod launch;
 pub mod nvrtc;
+pub mod primitives;
 
-pub mod storage;
-
-pub use storage::CudaStorage;
+pub use buffer::{GpuBuffer, GpuRead, GpuView, GpuViewMut, GpuWrite};
+pub use launch::{Kernel, KernelFile, KernelParam, Launch};
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::cublas::sys::cublasMath_t;
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::sys as drv;
 use cudarc::driver::{
-    CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr,
-    DevicePtrMut, DeviceRepr, LaunchConfig, ValidAsZeroBits,
+    CudaContext, CudaEvent, CudaFunction, CudaModule, CudaStream, DeviceRepr, LaunchConfig,
+    ValidAsZeroBits,
 };
 
 use crate::error::{Error, Result};
-use crate::ops::gmp::GmpKernel;
 
-pub use kernels::{KERNEL_ENTRY_POINTS, KERNEL_SOURCES};
+pub use kernels::KERNEL_SOURCES;
 pub use nvrtc::compile_cubin;
 
 /// Maps a CUDA/cuBLAS/NVRTC error to [`Error::Device`] naming what failed.
@@ -218,14 +190,6 @@ pub fn opened_devices() -> Vec<CudaDevice> {
     }
 }
 
-fn gmp_kernel_code(k: GmpKernel) -> u8 {
-    match k {
-        GmpKernel::Naive => 0,
-        GmpKernel::Unfused => 1,
-        GmpKernel::Fused => 2,
-    }
-}
-
 struct Inner {
     // Field order is drop order: functions and modules before the handle, stream and context.
     functions: Mutex<HashMap<(&'static str, &'static str), CudaFunction>>,
@@ -239,7 +203,6 @@ struct Inner {
     alloc_calls: AtomicU64,
     alloc_bytes: AtomicU64,
     tf32: AtomicBool,
-    gmp_kernel: AtomicU8,
 }
 
 /// A GPU: cheap to clone (shared), `Send + Sync`.
@@ -358,7 +321,6 @@ impl CudaDevice {
                 alloc_calls: AtomicU64::new(0),
                 alloc_bytes: AtomicU64::new(0),
                 tf32: AtomicBool::new(false),
-                gmp_kernel: AtomicU8::new(gmp_kernel_code(GmpKernel::default())),
             }),
         };
         dev.set_tf32(false)?;
@@ -389,11 +351,14 @@ impl CudaDevice {
     pub fn context(&self) -> &Arc<CudaContext> {
         &self.inner.ctx
     }
-    /// The one stream every kernel, copy and GEMM of this device runs on.
-    pub fn stream(&self) -> &Arc<CudaStream> {
-        &self.inner.stream
+    /// The raw handle of the one stream every kernel, copy and GEMM of this device runs on, with the context made current on this thread (the raw driver
+    /// calls below do not bind it themselves).
+    fn cu_stream(&self) -> drv::CUstream {
+        // A failure to bind surfaces at the call that uses the stream.
+        let _ = self.inner.ctx.bind_to_thread();
+        self.inner.stream.cu_stream()
     }
-    pub fn blas(&self) -> &CudaBlas {
+    pub(super) fn blas(&self) -> &CudaBlas {
         &self.inner.blas
     }
 
@@ -413,57 +378,109 @@ impl CudaDevice {
             .fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
-    /// `n` uninitialised elements (stream-ordered from the pool when the device has one).
-    pub fn alloc<T: DeviceScalar>(&self, n: usize) -> Result<CudaSlice<T>> {
-        self.count_alloc(n * std::mem::size_of::<T>());
+    /// `n` uninitialised elements (stream-ordered from the pool when the device has one). A
+    /// zero-length buffer is not allocated at all: the driver never sees a 0-byte request.
+    pub fn alloc<T: DeviceScalar>(&self, n: usize) -> Result<GpuBuffer<T>> {
+        let bytes = n.checked_mul(std::mem::size_of::<T>()).ok_or_else(|| {
+            Error::Device(format!("allocating {n} elements: the size overflows usize"))
+        })?;
+        self.count_alloc(bytes);
         if n == 0 {
-            return self.inner.stream.null().cuda("empty allocation");
+            return Ok(GpuBuffer::from_raw(self, 0, 0));
         }
-        // Safety: T is a plain number type, so unwritten memory is only garbage values.
-        unsafe { self.inner.stream.alloc::<T>(n) }.cuda(&format!(
+        let stream = self.cu_stream();
+        // Safety: a plain byte allocation; T is a plain number type, so unwritten memory is
+        // only garbage values.
+        let addr = unsafe {
+            if self.inner.info.stream_ordered_pool {
+                cudarc::driver::result::malloc_async(stream, bytes)
+            } else {
+                cudarc::driver::result::malloc_sync(bytes)
+            }
+        }
+        .cuda(&format!(
             "allocating {n} x {} bytes on cuda:{}",
             std::mem::size_of::<T>(),
             self.ordinal()
-        ))
+        ))?;
+        Ok(GpuBuffer::from_raw(self, addr, n))
+    }
+
+    /// Returns an allocation of [`CudaDevice::alloc`] (from `GpuBuffer`'s drop). A failure is
+    /// recorded on the context and surfaces at the next [`CudaDevice::synchronize`].
+    pub(super) fn free(&self, addr: u64) {
+        let stream = self.cu_stream();
+        // Safety: `addr` came from `alloc` on this device and is freed once (by its owner).
+        let r = unsafe {
+            if self.inner.info.stream_ordered_pool {
+                cudarc::driver::result::free_async(addr, stream)
+            } else {
+                cudarc::driver::result::free_sync(addr)
+            }
+        };
+        self.inner.ctx.record_err(r);
     }
 
     /// `n` zeroed elements.
-    pub fn alloc_zeros<T: DeviceScalar>(&self, n: usize) -> Result<CudaSlice<T>> {
+    pub fn alloc_zeros<T: DeviceScalar>(&self, n: usize) -> Result<GpuBuffer<T>> {
         let mut s = self.alloc::<T>(n)?;
-        if n > 0 {
-            self.inner.stream.memset_zeros(&mut s).cuda("zero fill")?;
-        }
+        self.memset_zeros(&mut s)?;
         Ok(s)
     }
 
-    /// Zeroes an existing buffer (stream-ordered).
-    pub fn memset_zeros<T: DeviceScalar>(&self, s: &mut CudaSlice<T>) -> Result<()> {
+    /// Zeroes a buffer or view (stream-ordered).
+    pub fn memset_zeros<T: DeviceScalar>(&self, s: &mut impl GpuWrite<T>) -> Result<()> {
         if s.is_empty() {
             return Ok(());
         }
-        self.inner.stream.memset_zeros(s).cuda("zero fill")
+        let stream = self.cu_stream();
+        // Safety: the range lies inside a live allocation of this device.
+        unsafe {
+            cudarc::driver::result::memset_d8_async(
+                s.addr(),
+                0,
+                s.len() * std::mem::size_of::<T>(),
+                stream,
+            )
+        }
+        .cuda("zero fill")
     }
 
-    /// Copies host data to a new device buffer.
-    pub fn htod<T: DeviceScalar>(&self, host: &[T]) -> Result<CudaSlice<T>> {
+    /// Copies host data to a new device buffer. From pageable memory the driver has staged the
+    /// data when the call returns (CUDA's documented behaviour for `cuMemcpyHtoDAsync`), so
+    /// `host` may be dropped at once.
+    pub fn htod<T: DeviceScalar>(&self, host: &[T]) -> Result<GpuBuffer<T>> {
         let mut s = self.alloc::<T>(host.len())?;
-        if !host.is_empty() {
-            self.inner
-                .stream
-                .memcpy_htod(host, &mut s)
-                .cuda("host-to-device copy")?;
-        }
+        self.copy_htod(host, &mut s)?;
         Ok(s)
+    }
+
+    /// Copies host data into an existing buffer or view of the same length (see
+    /// [`CudaDevice::htod`]).
+    pub fn copy_htod<T: DeviceScalar>(&self, host: &[T], dst: &mut impl GpuWrite<T>) -> Result<()> {
+        if dst.len() != host.len() {
+            return Err(Error::shape(
+                "copy_htod",
+                format!("{} elements into a buffer of {}", host.len(), dst.len()),
+            ));
+        }
+        if host.is_empty() {
+            return Ok(());
+        }
+        let stream = self.cu_stream();
+        // Safety: `dst` holds host.len() elements; pageable `host` is staged before return.
+        unsafe { cudarc::driver::result::memcpy_htod_async(dst.addr(), host, stream) }
+            .cuda("host-to-device copy")
     }
 
     /// Copies a device buffer (or view) to the host, waiting for the stream; also surfaces any
     /// asynchronous error of earlier work.
-    pub fn dtoh<T: DeviceScalar, S: DevicePtr<T>>(&self, s: &S) -> Result<Vec<T>> {
+    pub fn dtoh<T: DeviceScalar>(&self, s: &impl GpuRead<T>) -> Result<Vec<T>> {
         let mut host = vec![T::default(); s.len()];
         if !host.is_empty() {
-            self.inner
-                .stream
-                .memcpy_dtoh(s, &mut host)
+            let stream = self.cu_stream();
+            // Safety: `host` holds s.len() elements and outlives the synchronisation below.
+            unsafe { cudarc::driver::result::memcpy_dtoh_async(&mut host, s.addr(), stream) }
                 .cuda("device-to-host copy")?;
         }
         self.synchronize()?;
@@ -529,38 +546,18 @@ impl CudaDevice {
         self.inner.tf32.load(Ordering::Relaxed)
     }
 
-    /// Which GMP implementation the `gmp_sample` op runs on this device
-    /// (`--gmp-kernel naive|unfused|fused`, default fused).
-    pub fn set_gmp_kernel(&self, k: GmpKernel) {
-        self.inner
-            .gmp_kernel
-            .store(gmp_kernel_code(k), Ordering::Relaxed);
-    }
-    pub fn gmp_kernel(&self) -> GmpKernel {
-        match self.inner.gmp_kernel.load(Ordering::Relaxed) {
-            0 => GmpKernel::Naive,
-            1 => GmpKernel::Unfused,
-            _ => GmpKernel::Fused,
-        }
-    }
-
     /// A copy of a device buffer (or view) in a new counted allocation, on the stream.
-    pub fn dtod<T: DeviceScalar, S: DevicePtr<T>>(&self, src: &S) -> Result<CudaSlice<T>> {
+    pub fn dtod<T: DeviceScalar>(&self, src: &impl GpuRead<T>) -> Result<GpuBuffer<T>> {
         let mut dst = self.alloc::<T>(src.len())?;
-        if src.len() > 0 {
-            self.inner
-                .stream
-                .memcpy_dtod(src, &mut dst)
-                .cuda("device-to-device copy")?;
-        }
+        self.copy_dtod(src, &mut dst)?;
         Ok(dst)
     }
 
-    /// Copies `src` into the existing buffer `dst` of at least the same length.
-    pub fn copy_dtod<T: DeviceScalar, S: DevicePtr<T>, D: DevicePtrMut<T>>(
+    /// Copies `src` into the start of `dst`, which must hold at least as many elements.
+    pub fn copy_dtod<T: DeviceScalar>(
         &self,
-        src: &S,
-        dst: &mut D,
+        src: &impl GpuRead<T>,
+        dst: &mut impl GpuWrite<T>,
     ) -> Result<()> {
         if dst.len() < src.len() {
             return Err(Error::shape(
@@ -568,13 +565,20 @@ impl CudaDevice {
                 format!("{} elements into a buffer of {}", src.len(), dst.len()),
             ));
         }
-        if src.len() > 0 {
-            self.inner
-                .stream
-                .memcpy_dtod(src, dst)
-                .cuda("device-to-device copy")?;
+        if src.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let stream = self.cu_stream();
+        // Safety: both ranges lie inside live allocations of this device.
+        unsafe {
+            cudarc::driver::result::memcpy_dtod_async(
+                dst.addr(),
+                src.addr(),
+                src.len() * std::mem::size_of::<T>(),
+                stream,
+            )
+        }
+        .cuda("device-to-device copy")
     }
 
     /// A timing event recorded on the stream now (timing enabled, unlike cudarc's default).
@@ -616,26 +620,31 @@ impl CudaDevice {
         Ok(m)
     }
 
-    /// Kernel `name` of `kernels/<file>`: compiled (or read from the disk cache) and loaded on
-    /// first use, then served from memory.
-    pub fn function(&self, file: &'static str, name: &'static str) -> Result<CudaFunction> {
-        if let Some(f) = lock(&self.inner.functions).get(&(file, name)) {
+    /// Entry point `k`: its file compiled (or read from the disk cache) and loaded on first
+    /// use, then served from memory.
+    pub fn function(&self, k: Kernel) -> Result<CudaFunction> {
+        if let Some(f) = lock(&self.inner.functions).get(&(k.file, k.name)) {
             return Ok(f.clone());
         }
-        let m = self.module(file)?;
+        let m = self.module(k.file)?;
         let f = m
-            .load_function(name)
-            .cuda(&format!("kernel {name} in kernels/{file}"))?;
-        lock(&self.inner.functions).insert((file, name), f.clone());
+            .load_function(k.name)
+            .cuda(&format!("kernel {} in kernels/{}", k.name, k.file))?;
+        lock(&self.inner.functions).insert((k.file, k.name), f.clone());
         Ok(f)
     }
 
-    /// Compiles and loads every kernel file and entry point now (start-up, benches), so the
-    /// first training step does not pay for NVRTC.
-    pub fn load_all_kernels(&self) -> Result<()> {
-        for (file, names) in KERNEL_ENTRY_POINTS {
-            for name in names.iter() {
-                self.function(file, name)?;
+    /// Starts a launch of `k` (see [`Launch`]).
+    pub fn launch(&self, k: Kernel) -> Launch<'_> {
+        Launch::new(self, k)
+    }
+
+    /// Compiles and loads every entry point of `files` now (start-up, benches), so the first
+    /// training step does not pay for NVRTC.
+    pub fn load_kernels(&self, files: &[KernelFile]) -> Result<()> {
+        for file in files {
+            for k in file.kernels {
+                self.function(*k)?;
             }
         }
         Ok(())
@@ -646,7 +655,7 @@ impl CudaDevice {
 pub(crate) fn check_len<T>(
     op: &'static str,
     what: &str,
-    s: &impl DevicePtr<T>,
+    s: &impl GpuRead<T>,
     want: usize,
 ) -> Result<()> {
     if s.len() != want {

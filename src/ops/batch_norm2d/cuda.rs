@@ -1,29 +1,32 @@
-//! BatchNorm2d on the GPU (kernels/batch_norm.cu): batch statistics by a two-pass per-channel
+//! BatchNorm2d on the GPU (kernels/batch_norm2d.cu): batch statistics by a two-pass per-channel
 //! block reduction (deterministic), running-statistics update, eval mode, and both backwards.
-use cudarc::driver::{CudaSlice, DeviceRepr, PushKernelArg};
-
-use crate::device::cuda::{check_len, dim_u32, launch, numel, CudaDevice, CudaResultExt};
+use crate::device::cuda::{
+    check_len, dim_u32, launch, numel, CudaDevice, GpuBuffer, Kernel, KernelFile, KernelParam,
+};
 use crate::error::{Error, Result};
 
-pub const KERNEL_FILE: &str = "batch_norm.cu";
-const STATS: &str = "bn_stats_f32";
-const INVSTD: &str = "bn_invstd_f32";
-const FWD: &str = "bn_fwd_f32";
-const RUNNING: &str = "bn_running_update_f32";
-const BWD_REDUCE: &str = "bn_bwd_reduce_f32";
-const BWD_DX_TRAIN: &str = "bn_bwd_dx_train_f32";
-const BWD_DX_EVAL: &str = "bn_bwd_dx_eval_f32";
-pub const ENTRY_POINTS: &[&str] = &[
-    STATS,
-    INVSTD,
-    FWD,
-    RUNNING,
-    BWD_REDUCE,
-    BWD_DX_TRAIN,
-    BWD_DX_EVAL,
-];
+const FILE: &str = "batch_norm2d.cu";
+const STATS: Kernel = Kernel::new(FILE, "bn_stats_f32");
+const INVSTD: Kernel = Kernel::new(FILE, "bn_invstd_f32");
+const FWD: Kernel = Kernel::new(FILE, "bn_fwd_f32");
+const RUNNING: Kernel = Kernel::new(FILE, "bn_running_update_f32");
+const BWD_REDUCE: Kernel = Kernel::new(FILE, "bn_bwd_reduce_f32");
+const BWD_DX_TRAIN: Kernel = Kernel::new(FILE, "bn_bwd_dx_train_f32");
+const BWD_DX_EVAL: Kernel = Kernel::new(FILE, "bn_bwd_dx_eval_f32");
+pub const KERNELS: KernelFile = KernelFile::new(
+    FILE,
+    &[
+        STATS,
+        INVSTD,
+        FWD,
+        RUNNING,
+        BWD_REDUCE,
+        BWD_DX_TRAIN,
+        BWD_DX_EVAL,
+    ],
+);
 
-/// Mirrors `struct BnParams` in kernels/batch_norm.cu field for field.
+/// Mirrors `struct BnParams` in kernels/batch_norm2d.cu field for field.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BnParams {
@@ -33,7 +36,8 @@ pub struct BnParams {
     pub eps: f32,
     pub pad_: u32,
 }
-unsafe impl DeviceRepr for BnParams {}
+// Safety: a u64 and four 4-byte fields, as `struct BnParams` in the kernel.
+unsafe impl KernelParam for BnParams {}
 const _: () = assert!(std::mem::size_of::<BnParams>() == 24);
 
 const OP: &str = "batch_norm2d (cuda)";
@@ -70,12 +74,12 @@ impl BnDims {
 /// What the training forward saves: per-channel batch mean, biased variance and
 /// 1/sqrt(var + eps).
 pub struct BnSaved {
-    pub mean: CudaSlice<f32>,
-    pub var: CudaSlice<f32>,
-    pub invstd: CudaSlice<f32>,
+    pub mean: GpuBuffer<f32>,
+    pub var: GpuBuffer<f32>,
+    pub invstd: GpuBuffer<f32>,
 }
 
-fn check_channel_vec(what: &str, s: &CudaSlice<f32>, c: usize) -> Result<()> {
+fn check_channel_vec(what: &str, s: &GpuBuffer<f32>, c: usize) -> Result<()> {
     check_len(OP, what, s, c)
 }
 
@@ -83,32 +87,29 @@ fn check_channel_vec(what: &str, s: &CudaSlice<f32>, c: usize) -> Result<()> {
 fn launch_fwd(
     dev: &CudaDevice,
     p: &BnParams,
-    x: &CudaSlice<f32>,
-    mean: &CudaSlice<f32>,
-    invstd: &CudaSlice<f32>,
-    gamma: &CudaSlice<f32>,
-    beta: &CudaSlice<f32>,
+    x: &GpuBuffer<f32>,
+    mean: &GpuBuffer<f32>,
+    invstd: &GpuBuffer<f32>,
+    gamma: &GpuBuffer<f32>,
+    beta: &GpuBuffer<f32>,
     total: usize,
-) -> Result<CudaSlice<f32>> {
+) -> Result<GpuBuffer<f32>> {
     let mut y = dev.alloc::<f32>(total)?;
-    if let Some(cfg) = dev.cfg(total as u64) {
-        let f = dev.function(KERNEL_FILE, FWD)?;
-        let mut b = dev.stream().launch_builder(&f);
-        b.arg(p)
-            .arg(x)
-            .arg(mean)
-            .arg(invstd)
-            .arg(gamma)
-            .arg(beta)
-            .arg(&mut y);
-        unsafe { b.launch(cfg) }.cuda(FWD)?;
-    }
+    dev.launch(FWD)
+        .arg(p)
+        .buf(x)
+        .buf(mean)
+        .buf(invstd)
+        .buf(gamma)
+        .buf(beta)
+        .out(&mut y)
+        .run(dev.cfg(total as u64))?;
     Ok(y)
 }
 
 /// Per-channel batch statistics of x: mean, biased variance and 1/sqrt(var + eps). Refuses
 /// M = N·H·W < 2 (the unbiased variance of the running update needs two values, as PyTorch).
-pub fn batch_stats(dev: &CudaDevice, x: &CudaSlice<f32>, d: BnDims, eps: f32) -> Result<BnSaved> {
+pub fn batch_stats(dev: &CudaDevice, x: &GpuBuffer<f32>, d: BnDims, eps: f32) -> Result<BnSaved> {
     let p = d.params(eps)?;
     check_len(OP, "x", x, d.numel())?;
     if d.per_channel() < 2 {
@@ -120,34 +121,31 @@ pub fn batch_stats(dev: &CudaDevice, x: &CudaSlice<f32>, d: BnDims, eps: f32) ->
     let mut mean = dev.alloc::<f32>(d.c)?;
     let mut var = dev.alloc::<f32>(d.c)?;
     let mut invstd = dev.alloc::<f32>(d.c)?;
-    if let Some(cfg) = launch::per_item(d.c as u64) {
-        let f = dev.function(KERNEL_FILE, STATS)?;
-        let mut b = dev.stream().launch_builder(&f);
-        b.arg(&p)
-            .arg(x)
-            .arg(&mut mean)
-            .arg(&mut var)
-            .arg(&mut invstd);
-        unsafe { b.launch(cfg) }.cuda(STATS)?;
-    }
+    dev.launch(STATS)
+        .arg(&p)
+        .buf(x)
+        .out(&mut mean)
+        .out(&mut var)
+        .out(&mut invstd)
+        .run(launch::per_item(d.c as u64))?;
     Ok(BnSaved { mean, var, invstd })
 }
 
 /// invstd = 1/sqrt(var + eps) per channel (the eval path's normaliser).
 pub fn invstd_of(
     dev: &CudaDevice,
-    var: &CudaSlice<f32>,
+    var: &GpuBuffer<f32>,
     c: usize,
     eps: f32,
-) -> Result<CudaSlice<f32>> {
+) -> Result<GpuBuffer<f32>> {
     let cu = dim_u32(OP, "C", c)?;
     let mut invstd = dev.alloc::<f32>(c)?;
-    if let Some(cfg) = dev.cfg(c as u64) {
-        let f = dev.function(KERNEL_FILE, INVSTD)?;
-        let mut b = dev.stream().launch_builder(&f);
-        b.arg(var).arg(&mut invstd).arg(&cu).arg(&eps);
-        unsafe { b.launch(cfg) }.cuda(INVSTD)?;
-    }
+    dev.launch(INVSTD)
+        .buf(var)
+        .out(&mut invstd)
+        .arg(&cu)
+        .arg(&eps)
+        .run(dev.cfg(c as u64))?;
     Ok(invstd)
 }
 
@@ -155,13 +153,13 @@ pub fn invstd_of(
 #[allow(clippy::too_many_arguments)]
 pub fn normalize(
     dev: &CudaDevice,
-    x: &CudaSlice<f32>,
-    mean: &CudaSlice<f32>,
-    invstd: &CudaSlice<f32>,
-    gamma: &CudaSlice<f32>,
-    beta: &CudaSlice<f32>,
+    x: &GpuBuffer<f32>,
+    mean: &GpuBuffer<f32>,
+    invstd: &GpuBuffer<f32>,
+    gamma: &GpuBuffer<f32>,
+    beta: &GpuBuffer<f32>,
     d: BnDims,
-) -> Result<CudaSlice<f32>> {
+) -> Result<GpuBuffer<f32>> {
     let p = d.params(0.0)?;
     check_len(OP, "x", x, d.numel())?;
     for (what, s) in [
@@ -180,10 +178,10 @@ pub fn normalize(
 pub fn running_blend(
     dev: &CudaDevice,
     momentum: f32,
-    mean: &CudaSlice<f32>,
-    var_unbiased: &CudaSlice<f32>,
-    running_mean: &mut CudaSlice<f32>,
-    running_var: &mut CudaSlice<f32>,
+    mean: &GpuBuffer<f32>,
+    var_unbiased: &GpuBuffer<f32>,
+    running_mean: &mut GpuBuffer<f32>,
+    running_var: &mut GpuBuffer<f32>,
 ) -> Result<()> {
     let c = mean.len();
     for (what, s) in [
@@ -195,18 +193,15 @@ pub fn running_blend(
     }
     let cu = dim_u32(OP, "C", c)?;
     let unbias = 1.0f32;
-    if let Some(cfg) = dev.cfg(c as u64) {
-        let f = dev.function(KERNEL_FILE, RUNNING)?;
-        let mut b = dev.stream().launch_builder(&f);
-        b.arg(&cu)
-            .arg(&momentum)
-            .arg(&unbias)
-            .arg(mean)
-            .arg(var_unbiased)
-            .arg(running_mean)
-            .arg(running_var);
-        unsafe { b.launch(cfg) }.cuda(RUNNING)?;
-    }
+    dev.launch(RUNNING)
+        .arg(&cu)
+        .arg(&momentum)
+        .arg(&unbias)
+        .buf(mean)
+        .buf(var_unbiased)
+        .out(running_mean)
+        .out(running_var)
+        .run(dev.cfg(c as u64))?;
     Ok(())
 }
 
@@ -215,11 +210,11 @@ pub fn running_blend(
 #[allow(clippy::too_many_arguments)]
 pub fn backward_with_stats(
     dev: &CudaDevice,
-    x: &CudaSlice<f32>,
-    dy: &CudaSlice<f32>,
-    gamma: &CudaSlice<f32>,
-    mean: &CudaSlice<f32>,
-    invstd: &CudaSlice<f32>,
+    x: &GpuBuffer<f32>,
+    dy: &GpuBuffer<f32>,
+    gamma: &GpuBuffer<f32>,
+    mean: &GpuBuffer<f32>,
+    invstd: &GpuBuffer<f32>,
     d: BnDims,
     training: bool,
 ) -> Result<BnGrads> {
@@ -234,23 +229,25 @@ pub fn backward_with_stats(
     let mut dx = dev.alloc::<f32>(total)?;
     if let Some(cfg) = dev.cfg(total as u64) {
         if training {
-            let f = dev.function(KERNEL_FILE, BWD_DX_TRAIN)?;
-            let mut b = dev.stream().launch_builder(&f);
-            b.arg(&p)
-                .arg(x)
-                .arg(dy)
-                .arg(mean)
-                .arg(invstd)
-                .arg(gamma)
-                .arg(&dgamma)
-                .arg(&dbeta)
-                .arg(&mut dx);
-            unsafe { b.launch(cfg) }.cuda(BWD_DX_TRAIN)?;
+            dev.launch(BWD_DX_TRAIN)
+                .arg(&p)
+                .buf(x)
+                .buf(dy)
+                .buf(mean)
+                .buf(invstd)
+                .buf(gamma)
+                .buf(&dgamma)
+                .buf(&dbeta)
+                .out(&mut dx)
+                .run(Some(cfg))?;
         } else {
-            let f = dev.function(KERNEL_FILE, BWD_DX_EVAL)?;
-            let mut b = dev.stream().launch_builder(&f);
-            b.arg(&p).arg(dy).arg(invstd).arg(gamma).arg(&mut dx);
-            unsafe { b.launch(cfg) }.cuda(BWD_DX_EVAL)?;
+            dev.launch(BWD_DX_EVAL)
+                .arg(&p)
+                .buf(dy)
+                .buf(invstd)
+                .buf(gamma)
+                .out(&mut dx)
+                .run(Some(cfg))?;
         }
     }
     Ok(BnGrads { dx, dgamma, dbeta })
@@ -258,33 +255,30 @@ pub fn backward_with_stats(
 
 /// Gradients of a batch-norm layer: (dx, dgamma, dbeta).
 pub struct BnGrads {
-    pub dx: CudaSlice<f32>,
-    pub dgamma: CudaSlice<f32>,
-    pub dbeta: CudaSlice<f32>,
+    pub dx: GpuBuffer<f32>,
+    pub dgamma: GpuBuffer<f32>,
+    pub dbeta: GpuBuffer<f32>,
 }
 
 fn reduce(
     dev: &CudaDevice,
     p: &BnParams,
-    x: &CudaSlice<f32>,
-    dy: &CudaSlice<f32>,
-    mean: &CudaSlice<f32>,
-    invstd: &CudaSlice<f32>,
+    x: &GpuBuffer<f32>,
+    dy: &GpuBuffer<f32>,
+    mean: &GpuBuffer<f32>,
+    invstd: &GpuBuffer<f32>,
     c: usize,
-) -> Result<(CudaSlice<f32>, CudaSlice<f32>)> {
+) -> Result<(GpuBuffer<f32>, GpuBuffer<f32>)> {
     let mut dgamma = dev.alloc::<f32>(c)?;
     let mut dbeta = dev.alloc::<f32>(c)?;
-    if let Some(cfg) = launch::per_item(c as u64) {
-        let f = dev.function(KERNEL_FILE, BWD_REDUCE)?;
-        let mut b = dev.stream().launch_builder(&f);
-        b.arg(p)
-            .arg(x)
-            .arg(dy)
-            .arg(mean)
-            .arg(invstd)
-            .arg(&mut dgamma)
-            .arg(&mut dbeta);
-        unsafe { b.launch(cfg) }.cuda(BWD_REDUCE)?;
-    }
+    dev.launch(BWD_REDUCE)
+        .arg(p)
+        .buf(x)
+        .buf(dy)
+        .buf(mean)
+        .buf(invstd)
+        .out(&mut dgamma)
+        .out(&mut dbeta)
+        .run(launch::per_item(c as u64))?;
     Ok((dgamma, dbeta))
 }

@@ -12,7 +12,6 @@ pub mod cuda;
 use std::sync::Arc;
 
 use crate::autograd::{Backward, Tape, Var};
-use crate::device::cuda::CudaStorage;
 use crate::error::{Error, Result};
 use crate::tensor::{device_mismatch, same_device, Storage, Tensor};
 
@@ -138,16 +137,8 @@ fn normalize(x: &Tensor, gamma: &Tensor, beta: &Tensor, s: &BatchNormSaved) -> R
             Storage::Cuda(is),
         ) => {
             let dev = xs.device();
-            let y = cuda::normalize(
-                dev,
-                xs.slice(),
-                m.slice(),
-                is.slice(),
-                g.slice(),
-                b.slice(),
-                bn_dims(x),
-            )?;
-            Storage::Cuda(CudaStorage::new(dev, y))
+            let y = cuda::normalize(dev, xs, m, is, g, b, bn_dims(x))?;
+            Storage::Cuda(y)
         }
         _ => return Err(device_mismatch(OP, &[x, gamma, beta, &s.mean, &s.invstd])),
     };
@@ -200,7 +191,7 @@ pub fn batch_norm2d_train_forward(
         }
         Storage::Cuda(xs) => {
             let dev = xs.device();
-            let st = cuda::batch_stats(dev, xs.slice(), bn_dims(x), eps)?;
+            let st = cuda::batch_stats(dev, xs, bn_dims(x), eps)?;
             let unbiased = crate::ops::elementwise::cuda::scale(
                 dev,
                 &st.var,
@@ -209,12 +200,12 @@ pub fn batch_norm2d_train_forward(
             let mean_copy = dev.dtod(&st.mean)?;
             (
                 BatchNormSaved {
-                    mean: Tensor::from_cuda(dev, st.mean, &[c]),
-                    invstd: Tensor::from_cuda(dev, st.invstd, &[c]),
+                    mean: Tensor::from_storage(st.mean, &[c]),
+                    invstd: Tensor::from_storage(st.invstd, &[c]),
                 },
                 BatchStats {
-                    mean: Tensor::from_cuda(dev, mean_copy, &[c]),
-                    var_unbiased: Tensor::from_cuda(dev, unbiased, &[c]),
+                    mean: Tensor::from_storage(mean_copy, &[c]),
+                    var_unbiased: Tensor::from_storage(unbiased, &[c]),
                 },
             )
         }
@@ -264,13 +255,7 @@ impl BatchNormSaved {
                     .map(|&v| (1.0 / (v as f64 + eps as f64).sqrt()) as f32)
                     .collect(),
             ),
-            Storage::Cuda(v) => {
-                let dev = v.device();
-                Storage::Cuda(CudaStorage::new(
-                    dev,
-                    cuda::invstd_of(dev, v.slice(), v.len(), eps)?,
-                ))
-            }
+            Storage::Cuda(v) => Storage::Cuda(cuda::invstd_of(v.device(), v, v.len(), eps)?),
         };
         Ok(BatchNormSaved {
             mean: running_mean.try_clone()?,
@@ -371,17 +356,8 @@ fn backward(
             let dev = xs.device();
             // One reduction gives dgamma and dbeta, which the training dx needs anyway; the
             // unrequested outputs are dropped.
-            let gr = cuda::backward_with_stats(
-                dev,
-                xs.slice(),
-                dys.slice(),
-                g.slice(),
-                m.slice(),
-                is.slice(),
-                bn_dims(x),
-                training,
-            )?;
-            let st = |b| Storage::Cuda(CudaStorage::new(dev, b));
+            let gr = cuda::backward_with_stats(dev, xs, dys, g, m, is, bn_dims(x), training)?;
+            let st = Storage::Cuda;
             (
                 need_dx.then(|| st(gr.dx)),
                 need_dgamma.then(|| st(gr.dgamma)),
@@ -443,14 +419,7 @@ pub fn update_running_stats(
             unreachable!("checked above")
         };
         let dev = rm.device().clone();
-        return cuda::running_blend(
-            &dev,
-            momentum,
-            m.slice(),
-            v.slice(),
-            rm.slice_mut(),
-            rv.slice_mut(),
-        );
+        return cuda::running_blend(&dev, momentum, m, v, rm, rv);
     }
     match (running_mean.storage_mut(), stats.mean.storage()) {
         (Storage::Cpu(r), Storage::Cpu(s)) => blend(r, s),

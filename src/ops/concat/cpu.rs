@@ -1,31 +1,34 @@
 //! Channel concatenation of NCHW tensors: per image, each input contributes one contiguous
-//! block of `C_t·H·W` values, so both directions are block copies.
+//! block (its [`ConcatPart`]), so both directions are block copies.
+use super::ConcatPart;
 
-/// `xs[t]` has `chans[t]` channels of `hw` values per image, for `n` images.
-pub fn forward(xs: &[&[f32]], chans: &[usize], n: usize, hw: usize) -> Vec<f32> {
-    let total: usize = chans.iter().sum();
-    let mut out = Vec::with_capacity(n * total * hw);
-    for b in 0..n {
-        for (x, &c) in xs.iter().zip(chans) {
-            out.extend_from_slice(&x[b * c * hw..(b + 1) * c * hw]);
+/// `xs[t]` laid out by `parts[t]`.
+pub fn forward(xs: &[&[f32]], parts: &[ConcatPart]) -> Vec<f32> {
+    let mut out = vec![0.0f32; parts[0].whole_len()];
+    for (x, p) in xs.iter().zip(parts) {
+        let (part, whole, offset) = (p.part as usize, p.whole as usize, p.offset as usize);
+        for (img, block) in x
+            .chunks_exact(part.max(1))
+            .take(p.images as usize)
+            .enumerate()
+        {
+            out[img * whole + offset..][..part].copy_from_slice(block);
         }
     }
     out
 }
 
 /// Splits dy back into one block per input.
-pub fn backward(dy: &[f32], chans: &[usize], n: usize, hw: usize) -> Vec<Vec<f32>> {
-    let total: usize = chans.iter().sum();
-    let mut outs: Vec<Vec<f32>> = chans
+pub fn backward(dy: &[f32], parts: &[ConcatPart]) -> Vec<Vec<f32>> {
+    parts
         .iter()
-        .map(|&c| Vec::with_capacity(n * c * hw))
-        .collect();
-    for b in 0..n {
-        let mut start = b * total * hw;
-        for (o, &c) in outs.iter_mut().zip(chans) {
-            o.extend_from_slice(&dy[start..start + c * hw]);
-            start += c * hw;
-        }
-    }
-    outs
+        .map(|p| {
+            let (part, whole, offset) = (p.part as usize, p.whole as usize, p.offset as usize);
+            let mut dx = Vec::with_capacity(p.len());
+            for img in 0..p.images as usize {
+                dx.extend_from_slice(&dy[img * whole + offset..][..part]);
+            }
+            dx
+        })
+        .collect()
 }

@@ -4,10 +4,68 @@ mod cpu;
 pub mod cuda;
 
 use crate::autograd::{Backward, Tape, Var};
+use crate::device::cuda::{GpuBuffer, KernelParam};
 use crate::error::{Error, Result};
-use crate::tensor::{expect_rank, same_device, Storage, Tensor};
+use crate::tensor::{device_mismatch, expect_rank, same_device, Storage, Tensor};
 
 const OP: &str = "concat_channels";
+
+/// Where one input sits in the concatenation: per image it is `part` = C_t·H·W contiguous
+/// floats inside the image's `whole` = ΣC·H·W, starting at `offset`. Used by the CPU reference,
+/// the launcher and, `#[repr(C)]`, as the kernel's parameter struct (kernels/concat.cu).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConcatPart {
+    pub images: u64,
+    pub part: u64,
+    pub whole: u64,
+    pub offset: u64,
+}
+// Safety: four u64, as `struct ConcatPart` in the kernel.
+unsafe impl KernelParam for ConcatPart {}
+const _: () = assert!(std::mem::size_of::<ConcatPart>() == 32);
+
+impl ConcatPart {
+    /// Floats of this input (all images).
+    pub fn len(&self) -> usize {
+        (self.images * self.part) as usize
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Floats of the whole concatenation (all images).
+    pub fn whole_len(&self) -> usize {
+        (self.images * self.whole) as usize
+    }
+}
+
+/// The placement of each input of `chans` channels, for `n` images of `hw` pixels.
+pub fn concat_parts(n: usize, chans: &[usize], hw: usize) -> Result<Vec<ConcatPart>> {
+    if chans.is_empty() {
+        return Err(Error::shape(OP, "needs at least one input"));
+    }
+    let too_large = || Error::shape(OP, format!("{n} images of {chans:?} x {hw} overflow"));
+    let total_c = chans
+        .iter()
+        .try_fold(0usize, |a, &c| a.checked_add(c))
+        .ok_or_else(too_large)?;
+    let whole = total_c.checked_mul(hw).ok_or_else(too_large)?;
+    whole.checked_mul(n).ok_or_else(too_large)?;
+    let mut offset = 0usize;
+    Ok(chans
+        .iter()
+        .map(|&c| {
+            let p = ConcatPart {
+                images: n as u64,
+                part: (c * hw) as u64,
+                whole: whole as u64,
+                offset: offset as u64,
+            };
+            offset += c * hw;
+            p
+        })
+        .collect())
+}
 
 /// Checks the inputs; returns (N, H, W) and each input's channel count.
 fn check_inputs(xs: &[&Tensor]) -> Result<((usize, usize, usize), Vec<usize>)> {
@@ -41,29 +99,20 @@ fn check_inputs(xs: &[&Tensor]) -> Result<((usize, usize, usize), Vec<usize>)> {
 /// `[N, ΣC_t, H, W]`, inputs in order.
 pub fn concat_channels_forward(xs: &[&Tensor]) -> Result<Tensor> {
     let ((n, h, w), chans) = check_inputs(xs)?;
+    let parts = concat_parts(n, &chans, h * w)?;
     let dims = [n, chans.iter().sum(), h, w];
     match xs[0].storage() {
         Storage::Cpu(_) => {
             let slices = xs.iter().map(|x| x.as_cpu()).collect::<Result<Vec<_>>>()?;
-            Ok(Tensor::from_storage(
-                Storage::Cpu(cpu::forward(&slices, &chans, n, h * w)),
-                &dims,
-            ))
+            Ok(Tensor::from_storage(cpu::forward(&slices, &parts), &dims))
         }
         Storage::Cuda(first) => {
-            let dev = first.device();
-            let parts = xs
+            let bufs = xs
                 .iter()
-                .zip(&chans)
-                .map(|(x, &c)| {
-                    x.cuda_storage()
-                        .map(|s| (s.slice(), c))
-                        .ok_or_else(|| crate::tensor::device_mismatch(OP, xs))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            Ok(Tensor::from_cuda(
-                dev,
-                cuda::concat_channels_forward(dev, &parts, n, h, w)?,
+                .map(|x| x.gpu_buffer().ok_or_else(|| device_mismatch(OP, xs)))
+                .collect::<Result<Vec<&GpuBuffer<f32>>>>()?;
+            Ok(Tensor::from_storage(
+                cuda::forward(first.device(), &bufs, &parts)?,
                 &dims,
             ))
         }
@@ -84,23 +133,22 @@ pub fn concat_channels_backward(dy: &Tensor, chans: &[usize]) -> Result<Vec<Tens
             ),
         ));
     }
-    match dy.storage() {
-        Storage::Cpu(g) => Ok(cpu::backward(g, chans, n, h * w)
+    let parts = concat_parts(n, chans, h * w)?;
+    let grads: Vec<Storage> = match dy.storage() {
+        Storage::Cpu(dys) => cpu::backward(dys, &parts)
             .into_iter()
-            .zip(chans)
-            .map(|(v, &ct)| Tensor::from_storage(Storage::Cpu(v), &[n, ct, h, w]))
-            .collect()),
-        Storage::Cuda(g) => {
-            let dev = g.device();
-            Ok(
-                cuda::concat_channels_backward(dev, g.slice(), chans, n, h, w)?
-                    .into_iter()
-                    .zip(chans)
-                    .map(|(v, &ct)| Tensor::from_cuda(dev, v, &[n, ct, h, w]))
-                    .collect(),
-            )
-        }
-    }
+            .map(Storage::Cpu)
+            .collect(),
+        Storage::Cuda(dys) => cuda::backward(dys.device(), dys, &parts)?
+            .into_iter()
+            .map(Storage::Cuda)
+            .collect(),
+    };
+    Ok(grads
+        .into_iter()
+        .zip(chans)
+        .map(|(g, &ct)| Tensor::from_storage(g, &[n, ct, h, w]))
+        .collect())
 }
 
 /// Only the channel counts are needed to split dy.

@@ -4,24 +4,25 @@
 //! broadcast (stride 0). Backward: `dW += dY_n · col_nᵀ` per image (beta = 1), `dcol = Wᵀ·dY_n`
 //! batched, then col2im. A 1x1, stride-1, unpadded convolution uses x itself as the columns.
 //! The GEMM descriptions are pure functions, tested on the host against a direct convolution.
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DeviceRepr, PushKernelArg};
-
 use crate::device::cuda::gemm::{sgemm, RowMajorGemm};
-use crate::device::cuda::{check_len, dim_u32, launch, numel, CudaDevice, CudaResultExt};
+use crate::device::cuda::{
+    check_len, dim_u32, launch, numel, CudaDevice, GpuBuffer, GpuRead, GpuWrite, Kernel,
+    KernelFile, KernelParam,
+};
 use crate::error::{Error, Result};
 
-pub const KERNEL_FILE: &str = "conv.cu";
-const IM2COL: &str = "im2col_f32";
-const COL2IM: &str = "col2im_f32";
-const BIAS_ADD: &str = "conv_bias_add_f32";
-const BIAS_GRAD: &str = "conv_bias_grad_f32";
-pub const ENTRY_POINTS: &[&str] = &[IM2COL, COL2IM, BIAS_ADD, BIAS_GRAD];
+const FILE: &str = "conv2d.cu";
+const IM2COL: Kernel = Kernel::new(FILE, "im2col_f32");
+const COL2IM: Kernel = Kernel::new(FILE, "col2im_f32");
+const BIAS_ADD: Kernel = Kernel::new(FILE, "conv_bias_add_f32");
+const BIAS_GRAD: Kernel = Kernel::new(FILE, "conv_bias_grad_f32");
+pub const KERNELS: KernelFile = KernelFile::new(FILE, &[IM2COL, COL2IM, BIAS_ADD, BIAS_GRAD]);
 
 /// Upper bound of the column workspace, in floats (256 MiB): conv1_2 of VGG at 256x256 needs
 /// 576 x 65536 floats per image, so a tile holds a few images, not the whole batch.
 pub const COL_WORKSPACE_FLOATS: usize = 64 << 20;
 
-/// Mirrors `struct ConvParams` in kernels/conv.cu field for field.
+/// Mirrors `struct ConvParams` in kernels/conv2d.cu field for field.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvParams {
@@ -36,7 +37,8 @@ pub struct ConvParams {
     pub ow: u32,
     pub images: u32,
 }
-unsafe impl DeviceRepr for ConvParams {}
+// Safety: ten u32, as `struct ConvParams` in the kernel.
+unsafe impl KernelParam for ConvParams {}
 const _: () = assert!(std::mem::size_of::<ConvParams>() == 40);
 
 const OP: &str = "conv2d (cuda)";
@@ -183,41 +185,37 @@ fn check_unfold_buffers(
 pub fn im2col(
     dev: &CudaDevice,
     p: &ConvParams,
-    x: &CudaView<'_, f32>,
-    col: &mut CudaSlice<f32>,
+    x: &impl GpuRead<f32>,
+    col: &mut impl GpuWrite<f32>,
 ) -> Result<()> {
     let (_, cols) = check_unfold_buffers("im2col: x", p, x.len(), col.len())?;
-    if let Some(cfg) = dev.cfg(cols as u64) {
-        let f = dev.function(KERNEL_FILE, IM2COL)?;
-        let mut b = dev.stream().launch_builder(&f);
-        b.arg(p).arg(x).arg(col);
-        unsafe { b.launch(cfg) }.cuda(IM2COL)?;
-    }
-    Ok(())
+    dev.launch(IM2COL)
+        .arg(p)
+        .buf(x)
+        .out(col)
+        .run(dev.cfg(cols as u64))
 }
 
 /// col2im (gather, overwrite) of `p.images` column matrices into `dx`.
 pub fn col2im(
     dev: &CudaDevice,
     p: &ConvParams,
-    col: &CudaSlice<f32>,
-    dx: &mut CudaViewMut<'_, f32>,
+    col: &impl GpuRead<f32>,
+    dx: &mut impl GpuWrite<f32>,
 ) -> Result<()> {
     let (img, _) = check_unfold_buffers("col2im: dx", p, dx.len(), col.len())?;
-    if let Some(cfg) = dev.cfg(img as u64) {
-        let f = dev.function(KERNEL_FILE, COL2IM)?;
-        let mut b = dev.stream().launch_builder(&f);
-        b.arg(p).arg(col).arg(dx);
-        unsafe { b.launch(cfg) }.cuda(COL2IM)?;
-    }
-    Ok(())
+    dev.launch(COL2IM)
+        .arg(p)
+        .buf(col)
+        .out(dx)
+        .run(dev.cfg(img as u64))
 }
 
 fn check_inputs(
     s: &Conv2dShape,
-    x: &CudaSlice<f32>,
-    w: &CudaSlice<f32>,
-    b: Option<&CudaSlice<f32>>,
+    x: &GpuBuffer<f32>,
+    w: &GpuBuffer<f32>,
+    b: Option<&GpuBuffer<f32>>,
 ) -> Result<()> {
     check_len(OP, "x", x, s.x_len())?;
     check_len(OP, "weight", w, s.w_len())?;
@@ -228,26 +226,26 @@ fn check_inputs(
 }
 
 /// y `[n, o, oh, ow]` = conv(x, w) + b.
-pub fn conv2d_forward(
+pub fn forward(
     dev: &CudaDevice,
-    x: &CudaSlice<f32>,
-    w: &CudaSlice<f32>,
-    b: Option<&CudaSlice<f32>>,
+    x: &GpuBuffer<f32>,
+    w: &GpuBuffer<f32>,
+    b: Option<&GpuBuffer<f32>>,
     s: &Conv2dShape,
-) -> Result<CudaSlice<f32>> {
-    conv2d_forward_ws(dev, x, w, b, s, COL_WORKSPACE_FLOATS)
+) -> Result<GpuBuffer<f32>> {
+    forward_ws(dev, x, w, b, s, COL_WORKSPACE_FLOATS)
 }
 
-/// [`conv2d_forward`] with the column workspace bounded by `workspace_floats` (tests use a
+/// [`forward`] with the column workspace bounded by `workspace_floats` (tests use a
 /// small bound to exercise tiling; benches compare tile sizes).
-pub fn conv2d_forward_ws(
+pub fn forward_ws(
     dev: &CudaDevice,
-    x: &CudaSlice<f32>,
-    w: &CudaSlice<f32>,
-    b: Option<&CudaSlice<f32>>,
+    x: &GpuBuffer<f32>,
+    w: &GpuBuffer<f32>,
+    b: Option<&GpuBuffer<f32>>,
     s: &Conv2dShape,
     workspace_floats: usize,
-) -> Result<CudaSlice<f32>> {
+) -> Result<GpuBuffer<f32>> {
     let p_all = s.params(s.n)?;
     check_inputs(s, x, w, b)?;
     let (rows, p) = (s.col_rows(), s.col_cols()?);
@@ -265,61 +263,55 @@ pub fn conv2d_forward_ws(
                     images: nb as u32,
                     ..p_all
                 };
-                im2col(dev, &pt, &x.slice(n0 * ximg..(n0 + nb) * ximg), &mut col)?;
-                let mut yv = y.slice_mut(n0 * s.o * p..(n0 + nb) * s.o * p);
+                im2col(dev, &pt, &x.view(n0 * ximg..(n0 + nb) * ximg)?, &mut col)?;
+                let mut yv = y.view_mut(n0 * s.o * p..(n0 + nb) * s.o * p)?;
                 sgemm(dev, &forward_gemm(s, nb)?, w, &col, &mut yv)?;
             }
         }
     }
     if let Some(bias) = b {
         let total = (s.n * s.o * p) as u64;
-        if let Some(cfg) = dev.cfg(total) {
-            let (channels, plane) = (dim_u32(OP, "O", s.o)?, p as u64);
-            let f = dev.function(KERNEL_FILE, BIAS_ADD)?;
-            let mut l = dev.stream().launch_builder(&f);
-            l.arg(&mut y)
-                .arg(bias)
-                .arg(&total)
-                .arg(&channels)
-                .arg(&plane);
-            unsafe { l.launch(cfg) }.cuda(BIAS_ADD)?;
-        }
+        let (channels, plane) = (dim_u32(OP, "O", s.o)?, p as u64);
+        dev.launch(BIAS_ADD)
+            .out(&mut y)
+            .buf(bias)
+            .arg(&total)
+            .arg(&channels)
+            .arg(&plane)
+            .run(dev.cfg(total))?;
     }
     Ok(y)
 }
 
 /// db `[o]` = Σ over n, positions of dy (one block per channel, deterministic).
-pub fn conv2d_bias_grad(
+pub fn bias_grad(
     dev: &CudaDevice,
-    dy: &CudaSlice<f32>,
+    dy: &GpuBuffer<f32>,
     n: usize,
     o: usize,
     plane: usize,
-) -> Result<CudaSlice<f32>> {
+) -> Result<GpuBuffer<f32>> {
     check_len(OP, "dy", dy, numel(OP, &[n, o, plane])?)?;
     let mut db = dev.alloc_zeros::<f32>(o)?;
-    if let Some(cfg) = launch::per_item(o as u64) {
-        let (images, channels, plane) = (dim_u32(OP, "N", n)?, dim_u32(OP, "O", o)?, plane as u64);
-        let f = dev.function(KERNEL_FILE, BIAS_GRAD)?;
-        let mut l = dev.stream().launch_builder(&f);
-        l.arg(dy)
-            .arg(&mut db)
-            .arg(&images)
-            .arg(&channels)
-            .arg(&plane);
-        unsafe { l.launch(cfg) }.cuda(BIAS_GRAD)?;
-    }
+    let (images, channels, plane) = (dim_u32(OP, "N", n)?, dim_u32(OP, "O", o)?, plane as u64);
+    dev.launch(BIAS_GRAD)
+        .buf(dy)
+        .out(&mut db)
+        .arg(&images)
+        .arg(&channels)
+        .arg(&plane)
+        .run(launch::per_item(o as u64))?;
     Ok(db)
 }
 
 /// Gradients of a convolution; each is `None` unless asked for.
 pub struct Conv2dGrads {
     /// `[n, c, h, w]`.
-    pub dx: Option<CudaSlice<f32>>,
+    pub dx: Option<GpuBuffer<f32>>,
     /// `[o, c, kh, kw]`.
-    pub dw: Option<CudaSlice<f32>>,
+    pub dw: Option<GpuBuffer<f32>>,
     /// `[o]`.
-    pub db: Option<CudaSlice<f32>>,
+    pub db: Option<GpuBuffer<f32>>,
 }
 
 /// Which gradients a backward computes.
@@ -330,25 +322,25 @@ pub struct ConvNeeds {
     pub db: bool,
 }
 
-/// Backward of [`conv2d_forward`] given dy `[n, o, oh, ow]`.
-pub fn conv2d_backward(
+/// Backward of [`forward`] given dy `[n, o, oh, ow]`.
+pub fn backward(
     dev: &CudaDevice,
-    x: &CudaSlice<f32>,
-    w: &CudaSlice<f32>,
-    dy: &CudaSlice<f32>,
+    x: &GpuBuffer<f32>,
+    w: &GpuBuffer<f32>,
+    dy: &GpuBuffer<f32>,
     s: &Conv2dShape,
     needs: ConvNeeds,
 ) -> Result<Conv2dGrads> {
-    conv2d_backward_ws(dev, x, w, dy, s, needs, COL_WORKSPACE_FLOATS)
+    backward_ws(dev, x, w, dy, s, needs, COL_WORKSPACE_FLOATS)
 }
 
-/// [`conv2d_backward`] with the column workspace (and the same again for dcol) bounded by
+/// [`backward`] with the column workspace (and the same again for dcol) bounded by
 /// `workspace_floats`.
-pub fn conv2d_backward_ws(
+pub fn backward_ws(
     dev: &CudaDevice,
-    x: &CudaSlice<f32>,
-    w: &CudaSlice<f32>,
-    dy: &CudaSlice<f32>,
+    x: &GpuBuffer<f32>,
+    w: &GpuBuffer<f32>,
+    dy: &GpuBuffer<f32>,
     s: &Conv2dShape,
     needs: ConvNeeds,
     workspace_floats: usize,
@@ -375,8 +367,8 @@ pub fn conv2d_backward_ws(
         if s.is_pointwise() {
             if let Some(dw) = dw.as_mut() {
                 for i in 0..s.n {
-                    let dyv = dy.slice(i * yimg..(i + 1) * yimg);
-                    let xv = x.slice(i * ximg..(i + 1) * ximg);
+                    let dyv = dy.view(i * yimg..(i + 1) * yimg)?;
+                    let xv = x.view(i * ximg..(i + 1) * ximg)?;
                     sgemm(dev, &gw, &dyv, &xv, dw)?;
                 }
             }
@@ -402,24 +394,24 @@ pub fn conv2d_backward_ws(
                     ..p_all
                 };
                 if let (Some(dw), Some(col)) = (dw.as_mut(), col.as_mut()) {
-                    im2col(dev, &pt, &x.slice(n0 * ximg..(n0 + nb) * ximg), col)?;
+                    im2col(dev, &pt, &x.view(n0 * ximg..(n0 + nb) * ximg)?, col)?;
                     for i in 0..nb {
-                        let dyv = dy.slice((n0 + i) * yimg..(n0 + i + 1) * yimg);
-                        let cv = col.slice(i * rows * p..(i + 1) * rows * p);
+                        let dyv = dy.view((n0 + i) * yimg..(n0 + i + 1) * yimg)?;
+                        let cv = col.view(i * rows * p..(i + 1) * rows * p)?;
                         sgemm(dev, &gw, &dyv, &cv, dw)?;
                     }
                 }
                 if let (Some(dx), Some(dcol)) = (dx.as_mut(), dcol.as_mut()) {
-                    let dyv = dy.slice(n0 * yimg..(n0 + nb) * yimg);
+                    let dyv = dy.view(n0 * yimg..(n0 + nb) * yimg)?;
                     sgemm(dev, &input_grad_gemm(s, nb)?, w, &dyv, dcol)?;
-                    let mut dxv = dx.slice_mut(n0 * ximg..(n0 + nb) * ximg);
+                    let mut dxv = dx.view_mut(n0 * ximg..(n0 + nb) * ximg)?;
                     col2im(dev, &pt, dcol, &mut dxv)?;
                 }
             }
         }
     }
     let db = if needs.db {
-        Some(conv2d_bias_grad(dev, dy, s.n, s.o, p)?)
+        Some(bias_grad(dev, dy, s.n, s.o, p)?)
     } else {
         None
     };
@@ -641,7 +633,7 @@ mod tests {
             let w = rand(s.w_len(), 4);
             let (rows, p) = (s.col_rows(), s.col_cols().unwrap());
             let dy = rand(s.n * s.o * p, 5);
-            // plan, as conv2d_backward runs it
+            // plan, as backward runs it
             let mut dw = vec![0.0f32; s.w_len()];
             let mut dx = vec![f32::NAN; s.x_len()];
             let pa = s.params(s.n).unwrap();

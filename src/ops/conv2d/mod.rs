@@ -165,12 +165,10 @@ pub fn conv2d_forward(
         (Storage::Cuda(xs), Storage::Cuda(ws), bs) => {
             let bs = match bs {
                 None => None,
-                Some(Storage::Cuda(b)) => Some(b.slice()),
+                Some(Storage::Cuda(b)) => Some(b),
                 Some(Storage::Cpu(_)) => return Err(device_mismatch(OP, &[x, w])),
             };
-            let dev = xs.device();
-            let y = cuda::conv2d_forward(dev, xs.slice(), ws.slice(), bs, &g.cuda_shape())?;
-            return Ok(Tensor::from_cuda(dev, y, &g.out_dims()));
+            Storage::Cuda(cuda::forward(xs.device(), xs, ws, bs, &g.cuda_shape())?)
         }
         _ => return Err(device_mismatch(OP, &[x, w])),
     };
@@ -223,16 +221,12 @@ pub fn conv2d_backward(
                 dw: need_dw,
                 db: need_db,
             };
-            let gr = cuda::conv2d_backward(
-                dev,
-                xs.slice(),
-                ws.slice(),
-                dys.slice(),
-                &g.cuda_shape(),
-                needs,
-            )?;
-            let st = |b| Storage::Cuda(crate::device::cuda::CudaStorage::new(dev, b));
-            (gr.dx.map(st), gr.dw.map(st), gr.db.map(st))
+            let gr = cuda::backward(dev, xs, ws, dys, &g.cuda_shape(), needs)?;
+            (
+                gr.dx.map(Storage::Cuda),
+                gr.dw.map(Storage::Cuda),
+                gr.db.map(Storage::Cuda),
+            )
         }
         _ => return Err(device_mismatch(OP, &[x, w, dy])),
     };

@@ -21,51 +21,20 @@ fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
 pub fn add_tensors(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     same_shape("add", a, b)?;
     match (a.storage(), b.storage()) {
-        (Storage::Cpu(x), Storage::Cpu(y)) => {
-            Ok(Tensor::from_storage(Storage::Cpu(cpu::add(x, y)), a.dims()))
+        (Storage::Cpu(x), Storage::Cpu(y)) => Ok(Tensor::from_storage(cpu::add(x, y), a.dims())),
+        (Storage::Cuda(x), Storage::Cuda(y)) => {
+            Ok(Tensor::from_storage(cuda::add(x.device(), x, y)?, a.dims()))
         }
-        (Storage::Cuda(x), Storage::Cuda(y)) => Ok(Tensor::from_cuda(
-            x.device(),
-            cuda::add(x.device(), x.slice(), y.slice())?,
-            a.dims(),
-        )),
         _ => Err(device_mismatch("add", &[a, b])),
-    }
-}
-
-/// acc += x in place (same shapes): the tape's gradient accumulation, which allocates nothing.
-pub fn add_assign_tensors(acc: &mut Tensor, x: &Tensor) -> Result<()> {
-    same_shape("add_assign", acc, x)?;
-    if let (Storage::Cuda(_), Storage::Cpu(_)) | (Storage::Cpu(_), Storage::Cuda(_)) =
-        (acc.storage(), x.storage())
-    {
-        return Err(device_mismatch("add_assign", &[acc, x]));
-    }
-    match (acc.storage_mut(), x.storage()) {
-        (Storage::Cpu(a), Storage::Cpu(b)) => {
-            for (a, b) in a.iter_mut().zip(b) {
-                *a += b;
-            }
-            Ok(())
-        }
-        (Storage::Cuda(a), Storage::Cuda(b)) => {
-            let dev = a.device().clone();
-            cuda::add_assign(&dev, a.slice_mut(), b.slice())
-        }
-        _ => unreachable!("mixed storages refused above"),
     }
 }
 
 /// s·a.
 pub fn scale_tensor(a: &Tensor, s: f32) -> Result<Tensor> {
     match a.storage() {
-        Storage::Cpu(x) => Ok(Tensor::from_storage(
-            Storage::Cpu(cpu::scale(x, s)),
-            a.dims(),
-        )),
-        Storage::Cuda(x) => Ok(Tensor::from_cuda(
-            x.device(),
-            cuda::scale(x.device(), x.slice(), s)?,
+        Storage::Cpu(x) => Ok(Tensor::from_storage(cpu::scale(x, s), a.dims())),
+        Storage::Cuda(x) => Ok(Tensor::from_storage(
+            cuda::scale(x.device(), x, s)?,
             a.dims(),
         )),
     }
@@ -74,25 +43,19 @@ pub fn scale_tensor(a: &Tensor, s: f32) -> Result<Tensor> {
 /// |a|, and its gradient sign(a)·dy (0 at a = 0, as PyTorch).
 pub fn abs_tensor(a: &Tensor) -> Result<Tensor> {
     match a.storage() {
-        Storage::Cpu(x) => Ok(Tensor::from_storage(Storage::Cpu(cpu::abs(x)), a.dims())),
-        Storage::Cuda(x) => Ok(Tensor::from_cuda(
-            x.device(),
-            cuda::abs(x.device(), x.slice())?,
-            a.dims(),
-        )),
+        Storage::Cpu(x) => Ok(Tensor::from_storage(cpu::abs(x), a.dims())),
+        Storage::Cuda(x) => Ok(Tensor::from_storage(cuda::abs(x.device(), x)?, a.dims())),
     }
 }
 
 pub fn abs_backward(a: &Tensor, dy: &Tensor) -> Result<Tensor> {
     same_shape("abs", a, dy)?;
     match (a.storage(), dy.storage()) {
-        (Storage::Cpu(x), Storage::Cpu(g)) => Ok(Tensor::from_storage(
-            Storage::Cpu(cpu::abs_backward(x, g)),
-            a.dims(),
-        )),
-        (Storage::Cuda(x), Storage::Cuda(g)) => Ok(Tensor::from_cuda(
-            x.device(),
-            cuda::abs_backward(x.device(), x.slice(), g.slice())?,
+        (Storage::Cpu(x), Storage::Cpu(g)) => {
+            Ok(Tensor::from_storage(cpu::abs_backward(x, g), a.dims()))
+        }
+        (Storage::Cuda(x), Storage::Cuda(g)) => Ok(Tensor::from_storage(
+            cuda::abs_backward(x.device(), x, g)?,
             a.dims(),
         )),
         _ => Err(device_mismatch("abs", &[a, dy])),
@@ -103,12 +66,8 @@ pub fn abs_backward(a: &Tensor, dy: &Tensor) -> Result<Tensor> {
 /// two-pass f32 tree, deterministic).
 pub fn sum_tensor(a: &Tensor) -> Result<Tensor> {
     match a.storage() {
-        Storage::Cpu(x) => Ok(Tensor::from_storage(Storage::Cpu(vec![cpu::sum(x)]), &[])),
-        Storage::Cuda(x) => Ok(Tensor::from_cuda(
-            x.device(),
-            cuda::sum(x.device(), x.slice())?,
-            &[],
-        )),
+        Storage::Cpu(x) => Ok(Tensor::from_storage(vec![cpu::sum(x)], &[])),
+        Storage::Cuda(x) => Ok(Tensor::from_storage(cuda::sum(x.device(), x)?, &[])),
     }
 }
 
@@ -125,9 +84,8 @@ fn broadcast_scalar(g: &Tensor, dims: &[usize]) -> Result<Tensor> {
         Storage::Cpu(v) => Tensor::try_full(dims, v[0], &Device::Cpu),
         Storage::Cuda(s) => {
             let n = dims.iter().product();
-            Ok(Tensor::from_cuda(
-                s.device(),
-                cuda::broadcast_scalar(s.device(), s.slice(), n)?,
+            Ok(Tensor::from_storage(
+                cuda::broadcast_scalar(s.device(), s, n)?,
                 dims,
             ))
         }
@@ -213,14 +171,14 @@ mod tests {
     }
 
     #[test]
-    fn add_assign_matches_add() {
+    fn tensor_add_assign_matches_add() {
         let a = random_input(&[2, 3, 4], 1);
         let b = random_input(&[2, 3, 4], 2);
         let mut acc = a.clone();
-        add_assign_tensors(&mut acc, &b).unwrap();
+        acc.add_assign(&b).unwrap();
         assert_eq!(acc.to_vec(), add_tensors(&a, &b).unwrap().to_vec());
         let c = random_input(&[4, 3, 2], 3);
-        assert!(add_assign_tensors(&mut acc, &c).is_err());
+        assert!(acc.add_assign(&c).is_err());
     }
 
     #[test]

@@ -6,40 +6,46 @@
 //! the residual belong to the layer.
 use std::str::FromStr;
 
-use cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::LaunchConfig;
 
-use crate::device::cuda::{check_len, dim_u32, launch, numel, CudaDevice, CudaResultExt};
+use crate::device::cuda::{
+    check_len, dim_u32, launch, numel, CudaDevice, GpuBuffer, Kernel, KernelFile, KernelParam,
+};
 use crate::error::{Error, Result};
 
-pub const KERNEL_FILE: &str = "gmp.cu";
-const NAIVE_FWD: &str = "gmp_naive_fwd_f32";
-const NAIVE_BWD_DX: &str = "gmp_naive_bwd_dx_f32";
-const NAIVE_BWD_DOFF: &str = "gmp_naive_bwd_doff_f32";
-const UNF_COORDS: &str = "gmp_unf_coords_f32";
-const UNF_SAMPLE: &str = "gmp_unf_sample_f32";
-const UNF_MEAN: &str = "gmp_unf_mean_f32";
-const UNF_BWD_SAMPLE: &str = "gmp_unf_bwd_sample_f32";
-const UNF_BWD_REDUCE: &str = "gmp_unf_bwd_reduce_f32";
-const FUSED_FWD: &str = "gmp_fused_fwd_f32";
-const FUSED_BWD: &str = "gmp_fused_bwd_f32";
-pub const ENTRY_POINTS: &[&str] = &[
-    NAIVE_FWD,
-    NAIVE_BWD_DX,
-    NAIVE_BWD_DOFF,
-    UNF_COORDS,
-    UNF_SAMPLE,
-    UNF_MEAN,
-    UNF_BWD_SAMPLE,
-    UNF_BWD_REDUCE,
-    FUSED_FWD,
-    FUSED_BWD,
-];
+const FILE: &str = "gmp.cu";
+const NAIVE_FWD: Kernel = Kernel::new(FILE, "gmp_naive_fwd_f32");
+const NAIVE_BWD_DX: Kernel = Kernel::new(FILE, "gmp_naive_bwd_dx_f32");
+const NAIVE_BWD_DOFF: Kernel = Kernel::new(FILE, "gmp_naive_bwd_doff_f32");
+const UNF_COORDS: Kernel = Kernel::new(FILE, "gmp_unf_coords_f32");
+const UNF_SAMPLE: Kernel = Kernel::new(FILE, "gmp_unf_sample_f32");
+const UNF_MEAN: Kernel = Kernel::new(FILE, "gmp_unf_mean_f32");
+const UNF_BWD_SAMPLE: Kernel = Kernel::new(FILE, "gmp_unf_bwd_sample_f32");
+const UNF_BWD_REDUCE: Kernel = Kernel::new(FILE, "gmp_unf_bwd_reduce_f32");
+const FUSED_FWD: Kernel = Kernel::new(FILE, "gmp_fused_fwd_f32");
+const FUSED_BWD: Kernel = Kernel::new(FILE, "gmp_fused_bwd_f32");
+pub const KERNELS: KernelFile = KernelFile::new(
+    FILE,
+    &[
+        NAIVE_FWD,
+        NAIVE_BWD_DX,
+        NAIVE_BWD_DOFF,
+        UNF_COORDS,
+        UNF_SAMPLE,
+        UNF_MEAN,
+        UNF_BWD_SAMPLE,
+        UNF_BWD_REDUCE,
+        FUSED_FWD,
+        FUSED_BWD,
+    ],
+);
 
 /// Largest K the fused kernels keep in registers (`GMP_FUSED_MAX_K` in kernels/gmp.cu).
 pub const FUSED_MAX_K: usize = 16;
 
 /// Which implementation runs (`--gmp-kernel naive|unfused|fused`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[repr(u8)]
 pub enum GmpKernel {
     Naive,
     Unfused,
@@ -83,7 +89,8 @@ pub struct GmpParams {
     pub k: u32,
     pub c_per_group: u32,
 }
-unsafe impl DeviceRepr for GmpParams {}
+// Safety: six u32, as `struct GmpParams` in the kernel.
+unsafe impl KernelParam for GmpParams {}
 const _: () = assert!(std::mem::size_of::<GmpParams>() == 24);
 
 /// x `[n, c, h, w]`, offsets `[n, 2k, h, w]`.
@@ -132,7 +139,7 @@ impl GmpShape {
     fn positions(&self) -> usize {
         self.n * self.h * self.w
     }
-    fn check(&self, x: &CudaSlice<f32>, offsets: &CudaSlice<f32>) -> Result<()> {
+    fn check(&self, x: &GpuBuffer<f32>, offsets: &GpuBuffer<f32>) -> Result<()> {
         check_len(OP, "x", x, self.x_len())?;
         check_len(OP, "offsets", offsets, self.off_len())
     }
@@ -181,13 +188,13 @@ fn check_fused_k(s: &GmpShape) -> Result<()> {
 }
 
 /// a `[n, c, h, w]` = mean over K bilinear samples of x at (j + u_k, i + v_k).
-pub fn gmp_forward(
+pub fn forward(
     dev: &CudaDevice,
     version: GmpKernel,
-    x: &CudaSlice<f32>,
-    offsets: &CudaSlice<f32>,
+    x: &GpuBuffer<f32>,
+    offsets: &GpuBuffer<f32>,
     s: &GmpShape,
-) -> Result<CudaSlice<f32>> {
+) -> Result<GpuBuffer<f32>> {
     let p = s.params(s.c.max(1) as u32)?;
     s.check(x, offsets)?;
     let mut a = dev.alloc::<f32>(s.x_len())?;
@@ -197,10 +204,12 @@ pub fn gmp_forward(
     match version {
         GmpKernel::Naive => {
             let cfg = grid(dev, s.x_len());
-            let f = dev.function(KERNEL_FILE, NAIVE_FWD)?;
-            let mut b = dev.stream().launch_builder(&f);
-            b.arg(&p).arg(x).arg(offsets).arg(&mut a);
-            unsafe { b.launch(cfg) }.cuda(NAIVE_FWD)?;
+            dev.launch(NAIVE_FWD)
+                .arg(&p)
+                .buf(x)
+                .buf(offsets)
+                .out(&mut a)
+                .run(Some(cfg))?;
         }
         GmpKernel::Unfused => {
             let taps = s.n * s.k * s.h * s.w;
@@ -208,27 +217,30 @@ pub fn gmp_forward(
             let mut tw = dev.alloc::<f32>(taps * 4)?;
             let null: u64 = 0; // no derivative tables in the forward
             let cfg = grid(dev, taps);
-            let f = dev.function(KERNEL_FILE, UNF_COORDS)?;
-            let mut b = dev.stream().launch_builder(&f);
-            b.arg(&p)
-                .arg(offsets)
-                .arg(&mut tidx)
-                .arg(&mut tw)
+            dev.launch(UNF_COORDS)
+                .arg(&p)
+                .buf(offsets)
+                .out(&mut tidx)
+                .out(&mut tw)
                 .arg(&null)
-                .arg(&null);
-            unsafe { b.launch(cfg) }.cuda(UNF_COORDS)?;
+                .arg(&null)
+                .run(Some(cfg))?;
             let samples = taps * s.c;
             let mut sbuf = dev.alloc::<f32>(samples)?;
             let cfg = grid(dev, samples);
-            let f = dev.function(KERNEL_FILE, UNF_SAMPLE)?;
-            let mut b = dev.stream().launch_builder(&f);
-            b.arg(&p).arg(x).arg(&tidx).arg(&tw).arg(&mut sbuf);
-            unsafe { b.launch(cfg) }.cuda(UNF_SAMPLE)?;
+            dev.launch(UNF_SAMPLE)
+                .arg(&p)
+                .buf(x)
+                .buf(&tidx)
+                .buf(&tw)
+                .out(&mut sbuf)
+                .run(Some(cfg))?;
             let cfg = grid(dev, s.x_len());
-            let f = dev.function(KERNEL_FILE, UNF_MEAN)?;
-            let mut b = dev.stream().launch_builder(&f);
-            b.arg(&p).arg(&sbuf).arg(&mut a);
-            unsafe { b.launch(cfg) }.cuda(UNF_MEAN)?;
+            dev.launch(UNF_MEAN)
+                .arg(&p)
+                .buf(&sbuf)
+                .out(&mut a)
+                .run(Some(cfg))?;
         }
         GmpKernel::Fused => {
             check_fused_k(s)?;
@@ -237,24 +249,26 @@ pub fn gmp_forward(
                 c_per_group: per,
                 ..p
             };
-            let f = dev.function(KERNEL_FILE, FUSED_FWD)?;
-            let mut b = dev.stream().launch_builder(&f);
-            b.arg(&p).arg(x).arg(offsets).arg(&mut a);
-            unsafe { b.launch(fused_cfg(dev, s.positions(), groups)) }.cuda(FUSED_FWD)?;
+            dev.launch(FUSED_FWD)
+                .arg(&p)
+                .buf(x)
+                .buf(offsets)
+                .out(&mut a)
+                .run(Some(fused_cfg(dev, s.positions(), groups)))?;
         }
     }
     Ok(a)
 }
 
 /// (dx `[n, c, h, w]`, doffsets `[n, 2k, h, w]`) from da, the gradient of the sampled mean.
-pub fn gmp_backward(
+pub fn backward(
     dev: &CudaDevice,
     version: GmpKernel,
-    x: &CudaSlice<f32>,
-    offsets: &CudaSlice<f32>,
-    da: &CudaSlice<f32>,
+    x: &GpuBuffer<f32>,
+    offsets: &GpuBuffer<f32>,
+    da: &GpuBuffer<f32>,
     s: &GmpShape,
-) -> Result<(CudaSlice<f32>, CudaSlice<f32>)> {
+) -> Result<(GpuBuffer<f32>, GpuBuffer<f32>)> {
     let p = s.params(s.c.max(1) as u32)?;
     s.check(x, offsets)?;
     check_len(OP, "da", da, s.x_len())?;
@@ -265,17 +279,20 @@ pub fn gmp_backward(
     }
     match version {
         GmpKernel::Naive => {
-            if let Some(cfg) = dev.cfg(s.x_len() as u64) {
-                let f = dev.function(KERNEL_FILE, NAIVE_BWD_DX)?;
-                let mut b = dev.stream().launch_builder(&f);
-                b.arg(&p).arg(offsets).arg(da).arg(&mut dx);
-                unsafe { b.launch(cfg) }.cuda(NAIVE_BWD_DX)?;
-            }
+            dev.launch(NAIVE_BWD_DX)
+                .arg(&p)
+                .buf(offsets)
+                .buf(da)
+                .out(&mut dx)
+                .run(dev.cfg(s.x_len() as u64))?;
             let cfg = grid(dev, s.n * s.k * s.h * s.w);
-            let f = dev.function(KERNEL_FILE, NAIVE_BWD_DOFF)?;
-            let mut b = dev.stream().launch_builder(&f);
-            b.arg(&p).arg(x).arg(offsets).arg(da).arg(&mut doff);
-            unsafe { b.launch(cfg) }.cuda(NAIVE_BWD_DOFF)?;
+            dev.launch(NAIVE_BWD_DOFF)
+                .arg(&p)
+                .buf(x)
+                .buf(offsets)
+                .buf(da)
+                .out(&mut doff)
+                .run(Some(cfg))?;
         }
         GmpKernel::Unfused => {
             let taps = s.n * s.k * s.h * s.w;
@@ -284,37 +301,35 @@ pub fn gmp_backward(
             let mut tdwx = dev.alloc::<f32>(taps * 4)?;
             let mut tdwy = dev.alloc::<f32>(taps * 4)?;
             let cfg = grid(dev, taps);
-            let f = dev.function(KERNEL_FILE, UNF_COORDS)?;
-            let mut b = dev.stream().launch_builder(&f);
-            b.arg(&p)
-                .arg(offsets)
-                .arg(&mut tidx)
-                .arg(&mut tw)
-                .arg(&mut tdwx)
-                .arg(&mut tdwy);
-            unsafe { b.launch(cfg) }.cuda(UNF_COORDS)?;
+            dev.launch(UNF_COORDS)
+                .arg(&p)
+                .buf(offsets)
+                .out(&mut tidx)
+                .out(&mut tw)
+                .out(&mut tdwx)
+                .out(&mut tdwy)
+                .run(Some(cfg))?;
             let samples = taps * s.c;
             let mut gpx = dev.alloc::<f32>(samples)?;
             let mut gpy = dev.alloc::<f32>(samples)?;
-            if let Some(cfg) = dev.cfg(samples as u64) {
-                let f = dev.function(KERNEL_FILE, UNF_BWD_SAMPLE)?;
-                let mut b = dev.stream().launch_builder(&f);
-                b.arg(&p)
-                    .arg(x)
-                    .arg(da)
-                    .arg(&tidx)
-                    .arg(&tw)
-                    .arg(&tdwx)
-                    .arg(&tdwy)
-                    .arg(&mut dx)
-                    .arg(&mut gpx)
-                    .arg(&mut gpy);
-                unsafe { b.launch(cfg) }.cuda(UNF_BWD_SAMPLE)?;
-            }
-            let f = dev.function(KERNEL_FILE, UNF_BWD_REDUCE)?;
-            let mut b = dev.stream().launch_builder(&f);
-            b.arg(&p).arg(&gpx).arg(&gpy).arg(&mut doff);
-            unsafe { b.launch(cfg) }.cuda(UNF_BWD_REDUCE)?;
+            dev.launch(UNF_BWD_SAMPLE)
+                .arg(&p)
+                .buf(x)
+                .buf(da)
+                .buf(&tidx)
+                .buf(&tw)
+                .buf(&tdwx)
+                .buf(&tdwy)
+                .out(&mut dx)
+                .out(&mut gpx)
+                .out(&mut gpy)
+                .run(dev.cfg(samples as u64))?;
+            dev.launch(UNF_BWD_REDUCE)
+                .arg(&p)
+                .buf(&gpx)
+                .buf(&gpy)
+                .out(&mut doff)
+                .run(Some(cfg))?;
         }
         GmpKernel::Fused => {
             check_fused_k(s)?;
@@ -324,15 +339,14 @@ pub fn gmp_backward(
                     c_per_group: per,
                     ..p
                 };
-                let f = dev.function(KERNEL_FILE, FUSED_BWD)?;
-                let mut b = dev.stream().launch_builder(&f);
-                b.arg(&p)
-                    .arg(x)
-                    .arg(offsets)
-                    .arg(da)
-                    .arg(&mut dx)
-                    .arg(&mut doff);
-                unsafe { b.launch(fused_cfg(dev, s.positions(), groups)) }.cuda(FUSED_BWD)?;
+                dev.launch(FUSED_BWD)
+                    .arg(&p)
+                    .buf(x)
+                    .buf(offsets)
+                    .buf(da)
+                    .out(&mut dx)
+                    .out(&mut doff)
+                    .run(Some(fused_cfg(dev, s.positions(), groups)))?;
             }
         }
     }

@@ -6,6 +6,7 @@
 mod cpu;
 pub mod cuda;
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 pub use cuda::GmpKernel;
@@ -19,6 +20,24 @@ fn cuda_shape((n, c, h, w): (usize, usize, usize, usize), k: usize) -> cuda::Gmp
 }
 
 const OP: &str = "gmp_sample";
+
+/// The implementation `gmp_sample` runs on a GPU (`--gmp-kernel`; the CPU has one reference):
+/// the op's own switch, process-wide, default fused.
+static KERNEL: AtomicU8 = AtomicU8::new(GmpKernel::Fused as u8);
+
+/// Selects the GPU implementation of every later `gmp_sample` call.
+pub fn set_kernel(k: GmpKernel) {
+    KERNEL.store(k as u8, Ordering::Relaxed);
+}
+
+/// The GPU implementation `gmp_sample` runs now.
+pub fn kernel() -> GmpKernel {
+    let code = KERNEL.load(Ordering::Relaxed);
+    GmpKernel::ALL
+        .into_iter()
+        .find(|k| *k as u8 == code)
+        .unwrap_or_default()
+}
 
 /// Checks x `[N, C, H, W]` against offsets `[N, 2K, H, W]`; returns ((N, C, H, W), K).
 fn check_shapes(x: &Tensor, offsets: &Tensor) -> Result<((usize, usize, usize, usize), usize)> {
@@ -63,19 +82,13 @@ pub fn gmp_sample_forward(x: &Tensor, offsets: &Tensor) -> Result<Tensor> {
     let (dims, k) = check_shapes(x, offsets)?;
     match (x.storage(), offsets.storage()) {
         (Storage::Cpu(xs), Storage::Cpu(os)) => Ok(Tensor::from_storage(
-            Storage::Cpu(cpu::forward(xs, os, dims, k)),
+            cpu::forward(xs, os, dims, k),
             x.dims(),
         )),
         (Storage::Cuda(xs), Storage::Cuda(os)) => {
             let dev = xs.device();
-            let a = cuda::gmp_forward(
-                dev,
-                dev.gmp_kernel(),
-                xs.slice(),
-                os.slice(),
-                &cuda_shape(dims, k),
-            )?;
-            Ok(Tensor::from_cuda(dev, a, x.dims()))
+            let a = cuda::forward(dev, kernel(), xs, os, &cuda_shape(dims, k))?;
+            Ok(Tensor::from_storage(a, x.dims()))
         }
         _ => Err(device_mismatch(OP, &[x, offsets])),
     }
@@ -108,30 +121,18 @@ pub fn gmp_sample_backward(
     same_device(OP, &[x, dy])?;
     match (x.storage(), offsets.storage(), dy.storage()) {
         (Storage::Cpu(xs), Storage::Cpu(os), Storage::Cpu(g)) => Ok(GmpGrads {
-            dx: need_dx.then(|| {
-                Tensor::from_storage(Storage::Cpu(cpu::backward_x(g, os, dims, k)), x.dims())
-            }),
+            dx: need_dx.then(|| Tensor::from_storage(cpu::backward_x(g, os, dims, k), x.dims())),
             doffsets: need_doffsets.then(|| {
-                Tensor::from_storage(
-                    Storage::Cpu(cpu::backward_offsets(xs, os, g, dims, k)),
-                    offsets.dims(),
-                )
+                Tensor::from_storage(cpu::backward_offsets(xs, os, g, dims, k), offsets.dims())
             }),
         }),
         (Storage::Cuda(xs), Storage::Cuda(os), Storage::Cuda(g)) => {
             let dev = xs.device();
             // Every version produces both gradients in its passes; unrequested ones are dropped.
-            let (dx, doff) = cuda::gmp_backward(
-                dev,
-                dev.gmp_kernel(),
-                xs.slice(),
-                os.slice(),
-                g.slice(),
-                &cuda_shape(dims, k),
-            )?;
+            let (dx, doff) = cuda::backward(dev, kernel(), xs, os, g, &cuda_shape(dims, k))?;
             Ok(GmpGrads {
-                dx: need_dx.then(|| Tensor::from_cuda(dev, dx, x.dims())),
-                doffsets: need_doffsets.then(|| Tensor::from_cuda(dev, doff, offsets.dims())),
+                dx: need_dx.then(|| Tensor::from_storage(dx, x.dims())),
+                doffsets: need_doffsets.then(|| Tensor::from_storage(doff, offsets.dims())),
             })
         }
         _ => Err(device_mismatch(OP, &[x, offsets, dy])),

@@ -56,7 +56,7 @@ pub fn per_image_counts(z: &Tensor) -> Result<Vec<f32>> {
             .collect()),
         Storage::Cuda(zs) => {
             let dev = zs.device();
-            dev.dtoh(&cuda::image_abs_sums(dev, zs.slice(), n)?)
+            cuda::image_abs_sums(dev, zs, n)?.to_host()
         }
     }
 }
@@ -69,8 +69,8 @@ pub fn count_l1_loss_forward(z: &Tensor, counts: &[f32]) -> Result<f32> {
         Storage::Cuda(zs) => {
             let dev = zs.device();
             let counts = dev.htod(counts)?;
-            let (loss, _) = cuda::count_l1_forward(dev, zs.slice(), &counts, n)?;
-            Ok(dev.dtoh(&loss)?[0])
+            let (loss, _) = cuda::count_l1_forward(dev, zs, &counts, n)?;
+            Ok(loss.to_host()?[0])
         }
     }
 }
@@ -80,16 +80,16 @@ pub fn count_l1_loss_backward(z: &Tensor, counts: &[f32], dloss: f32) -> Result<
     let n = batch_of(COUNT_OP, z, Some(counts))?;
     match z.storage() {
         Storage::Cpu(zs) => Ok(Tensor::from_storage(
-            Storage::Cpu(cpu::count_l1_backward(zs, counts, dloss)),
+            cpu::count_l1_backward(zs, counts, dloss),
             z.dims(),
         )),
         Storage::Cuda(zs) => {
             let dev = zs.device();
-            let sums = cuda::image_abs_sums(dev, zs.slice(), n)?;
+            let sums = cuda::image_abs_sums(dev, zs, n)?;
             let counts = dev.htod(counts)?;
             let dloss = dev.htod(&[dloss])?;
-            let dz = cuda::count_l1_backward(dev, zs.slice(), &sums, &counts, &dloss, n)?;
-            Ok(Tensor::from_cuda(dev, dz, z.dims()))
+            let dz = cuda::count_l1_backward(dev, zs, &sums, &counts, &dloss, n)?;
+            Ok(Tensor::from_storage(dz, z.dims()))
         }
     }
 }
@@ -148,7 +148,7 @@ pub fn mse_loss_forward(pred: &Tensor, target: &Tensor) -> Result<f32> {
         (Storage::Cpu(p), Storage::Cpu(t)) => Ok(cpu::mse(p, t)),
         (Storage::Cuda(p), Storage::Cuda(t)) => {
             let dev = p.device();
-            Ok(dev.dtoh(&cuda::mse_forward(dev, p.slice(), t.slice())?)?[0])
+            Ok(cuda::mse_forward(dev, p, t)?.to_host()?[0])
         }
         _ => Err(device_mismatch(MSE_OP, &[pred, target])),
     }
@@ -159,15 +159,14 @@ pub fn mse_loss_backward(pred: &Tensor, target: &Tensor, dloss: f32) -> Result<T
     check_mse(pred, target)?;
     match (pred.storage(), target.storage()) {
         (Storage::Cpu(p), Storage::Cpu(t)) => Ok(Tensor::from_storage(
-            Storage::Cpu(cpu::mse_backward(p, t, dloss)),
+            cpu::mse_backward(p, t, dloss),
             pred.dims(),
         )),
         (Storage::Cuda(p), Storage::Cuda(t)) => {
             let dev = p.device();
             let dloss = dev.htod(&[dloss])?;
-            Ok(Tensor::from_cuda(
-                dev,
-                cuda::mse_backward(dev, p.slice(), t.slice(), &dloss)?,
+            Ok(Tensor::from_storage(
+                cuda::mse_backward(dev, p, t, &dloss)?,
                 pred.dims(),
             ))
         }

@@ -1,13 +1,15 @@
 //! CPU 2x2 stride-2 max pooling, one rayon task per (n, c) plane.
 use rayon::prelude::*;
 
-/// Returns (y, argmax) for `planes` planes of h×w; argmax is the flat index within the input
+use super::MaxPool2dGeometry;
+
+/// Returns (y, argmax) for the planes of `g`; argmax is the flat index within the input
 /// plane. Scan order is row-major and a later value wins only if strictly greater (ties: the
 /// first maximum) or NaN (NaN propagates, as PyTorch's CPU kernel).
-pub fn forward(x: &[f32], planes: usize, h: usize, w: usize) -> (Vec<f32>, Vec<u32>) {
-    let (oh, ow) = (h / 2, w / 2);
-    let mut y = vec![0.0f32; planes * oh * ow];
-    let mut idx = vec![0u32; planes * oh * ow];
+pub fn forward(x: &[f32], g: &MaxPool2dGeometry) -> (Vec<f32>, Vec<u32>) {
+    let (h, w, oh, ow) = (g.h as usize, g.w as usize, g.oh as usize, g.ow as usize);
+    let mut y = vec![0.0f32; g.out_len()];
+    let mut idx = vec![0u32; g.out_len()];
     y.par_chunks_mut(oh * ow)
         .zip(idx.par_chunks_mut(oh * ow))
         .zip(x.par_chunks(h * w))
@@ -31,16 +33,10 @@ pub fn forward(x: &[f32], planes: usize, h: usize, w: usize) -> (Vec<f32>, Vec<u
     (y, idx)
 }
 
-/// Scatters dy (`planes` planes of `out_plane`) onto the argmax positions of zeroed input
-/// planes of `in_plane` elements.
-pub fn backward(
-    dy: &[f32],
-    idx: &[u32],
-    planes: usize,
-    in_plane: usize,
-    out_plane: usize,
-) -> Vec<f32> {
-    let mut dx = vec![0.0f32; planes * in_plane];
+/// Scatters dy onto the argmax positions of zeroed input planes.
+pub fn backward(dy: &[f32], idx: &[u32], g: &MaxPool2dGeometry) -> Vec<f32> {
+    let (in_plane, out_plane) = (g.in_plane(), g.out_plane());
+    let mut dx = vec![0.0f32; g.in_len()];
     dx.par_chunks_mut(in_plane)
         .zip(dy.par_chunks(out_plane).zip(idx.par_chunks(out_plane)))
         .for_each(|(dxp, (dyp, ip))| {

@@ -5,50 +5,79 @@
 mod cpu;
 pub mod cuda;
 
-use cudarc::driver::CudaSlice;
-
 use crate::autograd::{Backward, Tape, Var};
-use crate::device::CudaDevice;
+use crate::device::cuda::{GpuBuffer, KernelParam};
 use crate::error::{Error, Result};
 use crate::tensor::{Storage, Tensor};
 
 const OP: &str = "max_pool2d";
 
+/// One pooling's sizes: `planes` = N·C input planes of `h`×`w`, outputs of `oh`×`ow` =
+/// (h/2)×(w/2). Used by the CPU reference, the launcher and, `#[repr(C)]`, as the kernel's
+/// parameter struct (kernels/max_pool2d.cu), field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaxPool2dGeometry {
+    pub planes: u32,
+    pub h: u32,
+    pub w: u32,
+    pub oh: u32,
+    pub ow: u32,
+}
+// Safety: five u32, as `struct MaxPool2dGeometry` in the kernel.
+unsafe impl KernelParam for MaxPool2dGeometry {}
+const _: () = assert!(std::mem::size_of::<MaxPool2dGeometry>() == 20);
+
+impl MaxPool2dGeometry {
+    /// Checks an input shape [N, C, H, W] with H, W ≥ 2 whose sizes and plane indices fit
+    /// u32 (floor semantics: odd sizes drop the last row/column; an empty output is refused,
+    /// as PyTorch does).
+    pub fn new(what: &str, dims: &[usize]) -> Result<Self> {
+        let [n, c, h, w] = dims else {
+            return Err(Error::shape(
+                OP,
+                format!("{what} must have rank 4 [N, C, H, W], got {dims:?}"),
+            ));
+        };
+        if *h < 2 || *w < 2 {
+            return Err(Error::shape(
+                OP,
+                format!("{what} {dims:?}: a 2x2 window needs H and W of at least 2"),
+            ));
+        }
+        let too_large = || Error::shape(OP, format!("{what} {dims:?}: too large for u32 indices"));
+        let planes = n.checked_mul(*c).ok_or_else(too_large)?;
+        let plane = h.checked_mul(*w).ok_or_else(too_large)?;
+        planes.checked_mul(plane).ok_or_else(too_large)?;
+        let u = |v: usize| u32::try_from(v).map_err(|_| too_large());
+        u(plane)?;
+        Ok(MaxPool2dGeometry {
+            planes: u(planes)?,
+            h: u(*h)?,
+            w: u(*w)?,
+            oh: u(h / 2)?,
+            ow: u(w / 2)?,
+        })
+    }
+    pub fn in_plane(&self) -> usize {
+        self.h as usize * self.w as usize
+    }
+    pub fn out_plane(&self) -> usize {
+        self.oh as usize * self.ow as usize
+    }
+    pub fn in_len(&self) -> usize {
+        self.planes as usize * self.in_plane()
+    }
+    pub fn out_len(&self) -> usize {
+        self.planes as usize * self.out_plane()
+    }
+}
+
 /// Argmax indices on the device that computed them.
 #[derive(Clone, Debug)]
 pub enum PoolIndexStorage {
     Cpu(Vec<u32>),
-    Cuda(CudaIndices),
-}
-
-/// Argmax indices in GPU memory, with their device.
-pub struct CudaIndices {
-    pub dev: CudaDevice,
-    pub buf: CudaSlice<u32>,
-}
-
-/// A deep device copy; panics only if the GPU copy fails (as `Tensor::clone`).
-impl Clone for CudaIndices {
-    fn clone(&self) -> Self {
-        CudaIndices {
-            dev: self.dev.clone(),
-            buf: self
-                .dev
-                .dtod(&self.buf)
-                .unwrap_or_else(|e| panic!("copying max_pool2d indices: {e}")),
-        }
-    }
-}
-
-impl std::fmt::Debug for CudaIndices {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "CudaIndices(cuda:{}, {} u32)",
-            self.dev.ordinal(),
-            self.buf.len()
-        )
-    }
+    Cuda(GpuBuffer<u32>),
 }
 
 /// Per output element of [N, C, H/2, W/2], the flat index (row·W + col) of the maximum within
@@ -74,63 +103,36 @@ impl PoolIndices {
     pub fn to_vec(&self) -> Result<Vec<u32>> {
         match &self.storage {
             PoolIndexStorage::Cpu(v) => Ok(v.clone()),
-            PoolIndexStorage::Cuda(c) => c.dev.dtoh(&c.buf),
+            PoolIndexStorage::Cuda(b) => b.to_host(),
         }
     }
 
     fn device_name(&self) -> String {
         match &self.storage {
             PoolIndexStorage::Cpu(_) => "cpu".into(),
-            PoolIndexStorage::Cuda(c) => format!("cuda:{}", c.dev.ordinal()),
+            PoolIndexStorage::Cuda(b) => format!("cuda:{}", b.device().ordinal()),
         }
     }
 }
 
-/// Checks an input shape [N, C, H, W] with H, W ≥ 2 whose planes u32 indices can address.
-fn check_in_dims(what: &str, dims: &[usize]) -> Result<[usize; 4]> {
-    let [n, c, h, w] = dims else {
-        return Err(Error::shape(
-            OP,
-            format!("{what} must have rank 4 [N, C, H, W], got {dims:?}"),
-        ));
-    };
-    if *h < 2 || *w < 2 {
-        return Err(Error::shape(
-            OP,
-            format!("{what} {dims:?}: a 2x2 window needs H and W of at least 2"),
-        ));
-    }
-    if h * w > u32::MAX as usize {
-        return Err(Error::shape(
-            OP,
-            format!("{what} {dims:?}: plane too large for u32 indices"),
-        ));
-    }
-    Ok([*n, *c, *h, *w])
+fn dims4(d: &[usize]) -> [usize; 4] {
+    [d[0], d[1], d[2], d[3]]
 }
 
 pub fn max_pool2d_forward(x: &Tensor) -> Result<(Tensor, PoolIndices)> {
-    let in_dims = check_in_dims("input x", x.dims())?;
-    let [n, c, h, w] = in_dims;
+    let g = MaxPool2dGeometry::new("input x", x.dims())?;
     let (y, idx) = match x.storage() {
         Storage::Cpu(xs) => {
-            let (y, idx) = cpu::forward(xs, n * c, h, w);
+            let (y, idx) = cpu::forward(xs, &g);
             (Storage::Cpu(y), PoolIndexStorage::Cpu(idx))
         }
         Storage::Cuda(xs) => {
-            let dev = xs.device();
-            let (y, idx) = cuda::max_pool2d_forward(dev, xs.slice(), n, c, h, w)?;
-            (
-                Storage::Cuda(crate::device::cuda::CudaStorage::new(dev, y)),
-                PoolIndexStorage::Cuda(CudaIndices {
-                    dev: dev.clone(),
-                    buf: idx,
-                }),
-            )
+            let (y, idx) = cuda::forward(xs.device(), xs, &g)?;
+            (Storage::Cuda(y), PoolIndexStorage::Cuda(idx))
         }
     };
     let idx = PoolIndices {
-        in_dims,
+        in_dims: dims4(x.dims()),
         storage: idx,
     };
     Ok((Tensor::from_storage(y, &idx.out_dims()), idx))
@@ -138,7 +140,7 @@ pub fn max_pool2d_forward(x: &Tensor) -> Result<(Tensor, PoolIndices)> {
 
 /// dx [in_dims] from dy [N, C, H/2, W/2] and the forward's indices.
 pub fn max_pool2d_backward(dy: &Tensor, idx: &PoolIndices, in_dims: &[usize]) -> Result<Tensor> {
-    let in_dims = check_in_dims("in_dims", in_dims)?;
+    let g = MaxPool2dGeometry::new("in_dims", in_dims)?;
     if in_dims != idx.in_dims {
         return Err(Error::shape(
             OP,
@@ -158,19 +160,12 @@ pub fn max_pool2d_backward(dy: &Tensor, idx: &PoolIndices, in_dims: &[usize]) ->
             ),
         ));
     }
-    let [n, c, h, w] = in_dims;
     let dx = match (dy.storage(), &idx.storage) {
-        (Storage::Cpu(g), PoolIndexStorage::Cpu(ix)) => {
-            Storage::Cpu(cpu::backward(g, ix, n * c, h * w, out[2] * out[3]))
-        }
-        (Storage::Cuda(g), PoolIndexStorage::Cuda(ix))
-            if g.device().ordinal() == ix.dev.ordinal() =>
+        (Storage::Cpu(dys), PoolIndexStorage::Cpu(ix)) => Storage::Cpu(cpu::backward(dys, ix, &g)),
+        (Storage::Cuda(dys), PoolIndexStorage::Cuda(ix))
+            if dys.device().ordinal() == ix.device().ordinal() =>
         {
-            let dev = g.device();
-            Storage::Cuda(crate::device::cuda::CudaStorage::new(
-                dev,
-                cuda::max_pool2d_backward(dev, g.slice(), &ix.buf, n, c, h, w)?,
-            ))
+            Storage::Cuda(cuda::backward(dys.device(), dys, ix, &g)?)
         }
         _ => {
             return Err(Error::DeviceMismatch {
@@ -180,7 +175,7 @@ pub fn max_pool2d_backward(dy: &Tensor, idx: &PoolIndices, in_dims: &[usize]) ->
             })
         }
     };
-    Ok(Tensor::from_storage(dx, &in_dims))
+    Ok(Tensor::from_storage(dx, in_dims))
 }
 
 struct MaxPool2dBackward {
@@ -280,6 +275,15 @@ mod tests {
             })
             .unwrap();
         }
+    }
+
+    #[test]
+    fn geometry_floors_and_refuses_what_u32_cannot_hold() {
+        let g = MaxPool2dGeometry::new("x", &[3, 5, 7, 4]).unwrap();
+        assert_eq!((g.planes, g.h, g.w, g.oh, g.ow), (15, 7, 4, 3, 2));
+        assert_eq!((g.in_len(), g.out_len()), (15 * 28, 15 * 6));
+        assert!(MaxPool2dGeometry::new("x", &[usize::MAX, 2, 2, 2]).is_err());
+        assert!(MaxPool2dGeometry::new("x", &[1, 1, 1 << 17, 1 << 16]).is_err());
     }
 
     #[test]

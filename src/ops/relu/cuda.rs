@@ -1,48 +1,34 @@
 //! ReLU on the GPU (kernels/relu.cu).
-use cudarc::driver::{CudaSlice, PushKernelArg};
+use crate::device::cuda::{check_len, CudaDevice, GpuBuffer, Kernel, KernelFile};
+use crate::error::Result;
 
-use crate::device::cuda::{CudaDevice, CudaResultExt};
-use crate::error::{Error, Result};
-
-pub const KERNEL_FILE: &str = "relu.cu";
-const FWD: &str = "relu_fwd_f32";
-const BWD: &str = "relu_bwd_f32";
-pub const ENTRY_POINTS: &[&str] = &[FWD, BWD];
+const FILE: &str = "relu.cu";
+const FWD: Kernel = Kernel::new(FILE, "relu_fwd_f32");
+const BWD: Kernel = Kernel::new(FILE, "relu_bwd_f32");
+pub const KERNELS: KernelFile = KernelFile::new(FILE, &[FWD, BWD]);
 
 /// y = max(x, 0).
-pub fn relu_forward(dev: &CudaDevice, x: &CudaSlice<f32>) -> Result<CudaSlice<f32>> {
-    let n = x.len();
-    let mut y = dev.alloc::<f32>(n)?;
-    if let Some(cfg) = dev.cfg(n as u64) {
-        let f = dev.function(KERNEL_FILE, FWD)?;
-        let n = n as u64;
-        let mut b = dev.stream().launch_builder(&f);
-        b.arg(x).arg(&mut y).arg(&n);
-        unsafe { b.launch(cfg) }.cuda(FWD)?;
-    }
+pub fn forward(dev: &CudaDevice, x: &GpuBuffer<f32>) -> Result<GpuBuffer<f32>> {
+    let n = x.len() as u64;
+    let mut y = dev.alloc::<f32>(x.len())?;
+    dev.launch(FWD).buf(x).out(&mut y).arg(&n).run(dev.cfg(n))?;
     Ok(y)
 }
 
 /// dx = dy where the saved output y > 0, else 0.
-pub fn relu_backward(
+pub fn backward(
     dev: &CudaDevice,
-    y: &CudaSlice<f32>,
-    dy: &CudaSlice<f32>,
-) -> Result<CudaSlice<f32>> {
-    if y.len() != dy.len() {
-        return Err(Error::shape(
-            "relu backward (cuda)",
-            format!("y has {} elements, dy {}", y.len(), dy.len()),
-        ));
-    }
-    let n = y.len();
-    let mut dx = dev.alloc::<f32>(n)?;
-    if let Some(cfg) = dev.cfg(n as u64) {
-        let f = dev.function(KERNEL_FILE, BWD)?;
-        let n = n as u64;
-        let mut b = dev.stream().launch_builder(&f);
-        b.arg(y).arg(dy).arg(&mut dx).arg(&n);
-        unsafe { b.launch(cfg) }.cuda(BWD)?;
-    }
+    y: &GpuBuffer<f32>,
+    dy: &GpuBuffer<f32>,
+) -> Result<GpuBuffer<f32>> {
+    check_len("relu backward (cuda)", "dy", dy, y.len())?;
+    let n = y.len() as u64;
+    let mut dx = dev.alloc::<f32>(y.len())?;
+    dev.launch(BWD)
+        .buf(y)
+        .buf(dy)
+        .out(&mut dx)
+        .arg(&n)
+        .run(dev.cfg(n))?;
     Ok(dx)
 }

@@ -9,13 +9,9 @@ use std::sync::Arc;
 
 pub fn relu_forward(x: &Tensor) -> Result<Tensor> {
     match x.storage() {
-        Storage::Cpu(xs) => Ok(Tensor::from_storage(
-            Storage::Cpu(cpu::forward(xs)),
-            x.dims(),
-        )),
-        Storage::Cuda(xs) => Ok(Tensor::from_cuda(
-            xs.device(),
-            cuda::relu_forward(xs.device(), xs.slice())?,
+        Storage::Cpu(xs) => Ok(Tensor::from_storage(cpu::forward(xs), x.dims())),
+        Storage::Cuda(xs) => Ok(Tensor::from_storage(
+            cuda::forward(xs.device(), xs)?,
             x.dims(),
         )),
     }
@@ -35,13 +31,11 @@ pub fn relu_backward(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
     }
     same_device("relu", &[y, dy])?;
     match (y.storage(), dy.storage()) {
-        (Storage::Cpu(ys), Storage::Cpu(dys)) => Ok(Tensor::from_storage(
-            Storage::Cpu(cpu::backward(ys, dys)),
-            y.dims(),
-        )),
-        (Storage::Cuda(ys), Storage::Cuda(dys)) => Ok(Tensor::from_cuda(
-            ys.device(),
-            cuda::relu_backward(ys.device(), ys.slice(), dys.slice())?,
+        (Storage::Cpu(ys), Storage::Cpu(dys)) => {
+            Ok(Tensor::from_storage(cpu::backward(ys, dys), y.dims()))
+        }
+        (Storage::Cuda(ys), Storage::Cuda(dys)) => Ok(Tensor::from_storage(
+            cuda::backward(ys.device(), ys, dys)?,
             y.dims(),
         )),
         _ => Err(device_mismatch("relu", &[y, dy])),

@@ -4,6 +4,8 @@
 //! accumulations never race.
 use rayon::prelude::*;
 
+use super::{source_scale, UpsampleBilinearGeometry};
+
 /// The two source taps and weights of one output coordinate along one axis.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AxisTap {
@@ -17,15 +19,7 @@ pub struct AxisTap {
 /// followed by the index/lambda computation of `upsample_bilinear2d`, in f32 like PyTorch's CPU
 /// kernel for float tensors.
 pub fn axis_taps(input: usize, output: usize, align_corners: bool) -> Vec<AxisTap> {
-    let scale = if align_corners {
-        if output > 1 {
-            (input as f32 - 1.0) / (output as f32 - 1.0)
-        } else {
-            0.0
-        }
-    } else {
-        input as f32 / output as f32
-    };
+    let scale = source_scale(input, output, align_corners);
     (0..output)
         .map(|d| {
             let src = if align_corners {
@@ -46,16 +40,17 @@ pub fn axis_taps(input: usize, output: usize, align_corners: bool) -> Vec<AxisTa
         .collect()
 }
 
-/// `x` holds `planes` planes of `in_h x in_w`; returns `planes` planes of `out_h x out_w`.
-pub fn forward(
-    x: &[f32],
-    (in_h, in_w): (usize, usize),
-    (out_h, out_w): (usize, usize),
-    align_corners: bool,
-) -> Vec<f32> {
-    let ty = axis_taps(in_h, out_h, align_corners);
-    let tx = axis_taps(in_w, out_w, align_corners);
-    let mut out = vec![0.0f32; x.len() / (in_h * in_w) * out_h * out_w];
+/// (input h, input w, output h, output w) of `g`.
+fn sizes(g: &UpsampleBilinearGeometry) -> (usize, usize, usize, usize) {
+    (g.ih as usize, g.iw as usize, g.oh as usize, g.ow as usize)
+}
+
+/// `x` holds the input planes of `g`; returns its output planes.
+pub fn forward(x: &[f32], g: &UpsampleBilinearGeometry) -> Vec<f32> {
+    let (in_h, in_w, out_h, out_w) = sizes(g);
+    let ty = axis_taps(in_h, out_h, g.align_corners());
+    let tx = axis_taps(in_w, out_w, g.align_corners());
+    let mut out = vec![0.0f32; g.out_len()];
     out.par_chunks_mut(out_h * out_w)
         .zip(x.par_chunks(in_h * in_w))
         .for_each(|(o, xp)| {
@@ -72,15 +67,11 @@ pub fn forward(
 }
 
 /// Adjoint of `forward`: every output gradient is scattered back to its four taps.
-pub fn backward(
-    dy: &[f32],
-    (in_h, in_w): (usize, usize),
-    (out_h, out_w): (usize, usize),
-    align_corners: bool,
-) -> Vec<f32> {
-    let ty = axis_taps(in_h, out_h, align_corners);
-    let tx = axis_taps(in_w, out_w, align_corners);
-    let mut dx = vec![0.0f32; dy.len() / (out_h * out_w) * in_h * in_w];
+pub fn backward(dy: &[f32], g: &UpsampleBilinearGeometry) -> Vec<f32> {
+    let (in_h, in_w, out_h, out_w) = sizes(g);
+    let ty = axis_taps(in_h, out_h, g.align_corners());
+    let tx = axis_taps(in_w, out_w, g.align_corners());
+    let mut dx = vec![0.0f32; g.in_len()];
     dx.par_chunks_mut(in_h * in_w)
         .zip(dy.par_chunks(out_h * out_w))
         .for_each(|(d, g)| {

@@ -6,19 +6,92 @@ mod cpu;
 pub mod cuda;
 
 use crate::autograd::{Backward, Tape, Var};
+use crate::device::cuda::KernelParam;
 use crate::error::{Error, Result};
 use crate::tensor::{expect_rank, Storage, Tensor};
 
 const OP: &str = "upsample_bilinear";
 
-fn check_size(what: &str, h: usize, w: usize) -> Result<()> {
-    if h == 0 || w == 0 {
-        return Err(Error::shape(
-            OP,
-            format!("{what} size {h}x{w} must be non-empty"),
-        ));
+/// Source-per-destination scale, as PyTorch computes it for an explicit output size: with
+/// align_corners, (in−1)/(out−1) (0 for a single output); without, in/out.
+pub fn source_scale(input: usize, output: usize, align_corners: bool) -> f32 {
+    if align_corners {
+        if output > 1 {
+            (input as f32 - 1.0) / (output as f32 - 1.0)
+        } else {
+            0.0
+        }
+    } else {
+        input as f32 / output as f32
     }
-    Ok(())
+}
+
+/// One resize: `planes` = N·C planes of `ih`×`iw` to `oh`×`ow`, with the scales of
+/// [`source_scale`]. Used by the CPU reference, the launcher and, `#[repr(C)]`, as the kernel's
+/// parameter struct (kernels/upsample_bilinear.cu), field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct UpsampleBilinearGeometry {
+    pub planes: u32,
+    pub ih: u32,
+    pub iw: u32,
+    pub oh: u32,
+    pub ow: u32,
+    pub align_corners: u32,
+    pub scale_h: f32,
+    pub scale_w: f32,
+}
+// Safety: six u32 and two f32, as `struct UpsampleBilinearGeometry` in the kernel.
+unsafe impl KernelParam for UpsampleBilinearGeometry {}
+const _: () = assert!(std::mem::size_of::<UpsampleBilinearGeometry>() == 32);
+
+impl UpsampleBilinearGeometry {
+    /// `[n, c, ih, iw]` → `[n, c, oh, ow]`; every size non-empty and within u32.
+    pub fn new(
+        [n, c, ih, iw]: [usize; 4],
+        (oh, ow): (usize, usize),
+        align_corners: bool,
+    ) -> Result<Self> {
+        for (what, h, w) in [("input", ih, iw), ("output", oh, ow)] {
+            if h == 0 || w == 0 {
+                return Err(Error::shape(
+                    OP,
+                    format!("{what} size {h}x{w} must be non-empty"),
+                ));
+            }
+        }
+        let too_large = || {
+            Error::shape(
+                OP,
+                format!("[{n}, {c}, {ih}, {iw}] -> {oh}x{ow} is too large"),
+            )
+        };
+        let planes = n.checked_mul(c).ok_or_else(too_large)?;
+        planes
+            .checked_mul(ih.max(oh))
+            .and_then(|v| v.checked_mul(iw.max(ow)))
+            .ok_or_else(too_large)?;
+        let u = |v: usize| u32::try_from(v).map_err(|_| too_large());
+        Ok(UpsampleBilinearGeometry {
+            planes: u(planes)?,
+            ih: u(ih)?,
+            iw: u(iw)?,
+            oh: u(oh)?,
+            ow: u(ow)?,
+            align_corners: align_corners as u32,
+            scale_h: source_scale(ih, oh, align_corners),
+            scale_w: source_scale(iw, ow, align_corners),
+        })
+    }
+    pub fn align_corners(&self) -> bool {
+        self.align_corners != 0
+    }
+    pub fn in_len(&self) -> usize {
+        self.planes as usize * self.ih as usize * self.iw as usize
+    }
+    pub fn out_len(&self) -> usize {
+        self.planes as usize * self.oh as usize * self.ow as usize
+    }
 }
 
 /// x `[N, C, H, W]` → `[N, C, out_h, out_w]`.
@@ -31,27 +104,12 @@ pub fn upsample_bilinear_forward(
     let &[n, c, h, w] = expect_rank(OP, "input x", x, 4)? else {
         unreachable!("rank checked")
     };
-    check_size("input", h, w)?;
-    check_size("output", out_h, out_w)?;
+    let g = UpsampleBilinearGeometry::new([n, c, h, w], (out_h, out_w), align_corners)?;
     let dims = [n, c, out_h, out_w];
     match x.storage() {
-        Storage::Cpu(xs) => Ok(Tensor::from_storage(
-            Storage::Cpu(cpu::forward(xs, (h, w), (out_h, out_w), align_corners)),
-            &dims,
-        )),
-        Storage::Cuda(xs) => Ok(Tensor::from_cuda(
-            xs.device(),
-            cuda::upsample_bilinear_forward(
-                xs.device(),
-                xs.slice(),
-                n,
-                c,
-                h,
-                w,
-                out_h,
-                out_w,
-                align_corners,
-            )?,
+        Storage::Cpu(xs) => Ok(Tensor::from_storage(cpu::forward(xs, &g), &dims)),
+        Storage::Cuda(xs) => Ok(Tensor::from_storage(
+            cuda::forward(xs.device(), xs, &g)?,
             &dims,
         )),
     }
@@ -67,32 +125,12 @@ pub fn upsample_bilinear_backward(
     let &[n, c, out_h, out_w] = expect_rank(OP, "gradient dy", dy, 4)? else {
         unreachable!("rank checked")
     };
-    check_size("input", in_h, in_w)?;
-    check_size("output", out_h, out_w)?;
+    let g = UpsampleBilinearGeometry::new([n, c, in_h, in_w], (out_h, out_w), align_corners)?;
     let dims = [n, c, in_h, in_w];
     match dy.storage() {
-        Storage::Cpu(g) => Ok(Tensor::from_storage(
-            Storage::Cpu(cpu::backward(
-                g,
-                (in_h, in_w),
-                (out_h, out_w),
-                align_corners,
-            )),
-            &dims,
-        )),
-        Storage::Cuda(g) => Ok(Tensor::from_cuda(
-            g.device(),
-            cuda::upsample_bilinear_backward(
-                g.device(),
-                g.slice(),
-                n,
-                c,
-                in_h,
-                in_w,
-                out_h,
-                out_w,
-                align_corners,
-            )?,
+        Storage::Cpu(dys) => Ok(Tensor::from_storage(cpu::backward(dys, &g), &dims)),
+        Storage::Cuda(dys) => Ok(Tensor::from_storage(
+            cuda::backward(dys.device(), dys, &g)?,
             &dims,
         )),
     }
@@ -157,6 +195,17 @@ mod tests {
     /// align_corners=false: rows src = (d+0.5)·2/4 − 0.5 = −0.25→0, 0.25, 0.75, 1.25 (i0 = i1 = 1);
     /// cols src = (d+0.5)·3/5 − 0.5 = −0.2→0, 0.4, 1.0, 1.6, 2.2 (i0 = i1 = 2).
     /// align_corners=true: rows src = d/3, cols src = d/2.
+    #[test]
+    fn scales_follow_pytorch() {
+        assert_eq!(source_scale(16, 32, false), 0.5);
+        assert_eq!(source_scale(16, 32, true), 15.0 / 31.0);
+        assert_eq!(source_scale(5, 1, true), 0.0);
+        let g = UpsampleBilinearGeometry::new([2, 3, 4, 5], (8, 10), true).unwrap();
+        assert_eq!((g.planes, g.align_corners), (6, 1));
+        assert!(UpsampleBilinearGeometry::new([1, 1, 0, 4], (2, 2), false).is_err());
+        assert!(UpsampleBilinearGeometry::new([usize::MAX, 2, 1, 1], (2, 2), false).is_err());
+    }
+
     #[test]
     fn golden_2x3_to_4x5() {
         let x = Tensor::from_vec(vec![1., 2., 4., 8., 16., 32.], &[1, 1, 2, 3]).unwrap();

@@ -1,20 +1,20 @@
-// Max pooling, 2x2 window, stride 2, floor (PyTorch's default): src/ops/max_pool2d/cuda.rs.
+// Max pooling, 2x2 window, stride 2, floor (PyTorch's default): src/ops/max_pool2d/.
 // The forward saves, per output, the flat index (row * W + col) of the winning input inside its
 // (n, c) plane; the backward routes dy back to it. Windows do not overlap, so the backward is a
 // gather over inputs (one write each, no atomics, no separate zero fill).
 #include "common.cuh"
 
-// Mirrors `PoolParams` in src/ops/max_pool2d/cuda.rs.
-struct PoolParams {
+// Mirrors `MaxPool2dGeometry` in src/ops/max_pool2d/mod.rs.
+struct MaxPool2dGeometry {
     u32 planes;  // N * C
     u32 h, w;    // input size
     u32 oh, ow;  // output size: h / 2, w / 2
 };
-static_assert(sizeof(PoolParams) == 20, "PoolParams layout must match the Rust struct");
+static_assert(sizeof(MaxPool2dGeometry) == 20, "layout must match the Rust struct");
 
 // First maximum in row-major window order; a NaN wins over anything before it, including an
 // earlier NaN (the last NaN in scan order is the argmax), exactly as the CPU reference.
-extern "C" __global__ void max_pool2x2_fwd_f32(PoolParams p, const float* __restrict__ x,
+extern "C" __global__ void max_pool2x2_fwd_f32(MaxPool2dGeometry p, const float* __restrict__ x,
                                                float* __restrict__ y, u32* __restrict__ argmax) {
     const u64 total = (u64)p.planes * p.oh * p.ow;
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < total;
@@ -42,7 +42,7 @@ extern "C" __global__ void max_pool2x2_fwd_f32(PoolParams p, const float* __rest
 }
 
 // dx[plane][yy][xx] = dy[plane][yy/2][xx/2] if (yy, xx) won its window, else 0.
-extern "C" __global__ void max_pool2x2_bwd_f32(PoolParams p, const float* __restrict__ dy,
+extern "C" __global__ void max_pool2x2_bwd_f32(MaxPool2dGeometry p, const float* __restrict__ dy,
                                                const u32* __restrict__ argmax,
                                                float* __restrict__ dx) {
     const u64 total = (u64)p.planes * p.h * p.w;

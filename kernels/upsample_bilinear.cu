@@ -1,20 +1,20 @@
 // Bilinear resize of NCHW planes with PyTorch F.interpolate(mode="bilinear") semantics, both
-// align_corners modes (src/ops/upsample_bilinear/cuda.rs). The scales are computed on the host:
+// align_corners modes (src/ops/upsample_bilinear/). The scales are computed on the host (`source_scale`):
 //   align_corners=true:  scale = (in-1)/(out-1) (0 when out == 1), src = dst * scale
 //   align_corners=false: scale = in/out, src = max((dst + 0.5) * scale - 0.5, 0)
 // i0 = floor(src), i1 = min(i0 + 1, in - 1), l1 = src - i0, l0 = 1 - l1.
 // The backward scatters with atomicAdd into a zeroed dx: output pixels share input pixels.
 #include "common.cuh"
 
-// Mirrors `UpsampleParams` in src/ops/upsample_bilinear/cuda.rs.
-struct UpsampleParams {
+// Mirrors `UpsampleBilinearGeometry` in src/ops/upsample_bilinear/mod.rs.
+struct UpsampleBilinearGeometry {
     u32 planes;         // N * C
     u32 ih, iw;         // input size
     u32 oh, ow;         // output size
     u32 align_corners;  // 0 or 1
     float scale_h, scale_w;
 };
-static_assert(sizeof(UpsampleParams) == 32, "UpsampleParams layout must match the Rust struct");
+static_assert(sizeof(UpsampleBilinearGeometry) == 32, "layout must match the Rust struct");
 
 __device__ __forceinline__ void src_index(u32 dst, u32 in, float scale, u32 align, u32* i0,
                                           u32* i1, float* l1) {
@@ -32,7 +32,7 @@ __device__ __forceinline__ void src_index(u32 dst, u32 in, float scale, u32 alig
     *l1 = s - (float)a;
 }
 
-extern "C" __global__ void upsample_bilinear_fwd_f32(UpsampleParams p, const float* __restrict__ x,
+extern "C" __global__ void upsample_bilinear_fwd_f32(UpsampleBilinearGeometry p, const float* __restrict__ x,
                                                      float* __restrict__ y) {
     const u64 total = (u64)p.planes * p.oh * p.ow;
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < total;
@@ -52,7 +52,7 @@ extern "C" __global__ void upsample_bilinear_fwd_f32(UpsampleParams p, const flo
 }
 
 // dx must be zeroed by the caller; each dy element adds its four weighted shares.
-extern "C" __global__ void upsample_bilinear_bwd_f32(UpsampleParams p, const float* __restrict__ dy,
+extern "C" __global__ void upsample_bilinear_bwd_f32(UpsampleBilinearGeometry p, const float* __restrict__ dy,
                                                      float* __restrict__ dx) {
     const u64 total = (u64)p.planes * p.oh * p.ow;
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < total;
