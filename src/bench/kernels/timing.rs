@@ -1,0 +1,166 @@
+//! Timing on one device (CUDA events on a GPU, `Instant` on the CPU; warm-up reps first, the
+//! median reported) and the rows it produces against the run's ceilings.
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::{Ceilings, Row};
+use crate::device::Device;
+use crate::error::Result;
+use crate::rng::Rng;
+use crate::tensor::Tensor;
+
+/// Median and minimum of the timed reps, in milliseconds.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Timing {
+    pub median_ms: f64,
+    pub min_ms: f64,
+    pub reps: usize,
+}
+
+/// Times closures on one device.
+pub(super) struct Bench<'a> {
+    pub(super) dev: &'a Device,
+    pub(super) reps: usize,
+    pub(super) warmup: usize,
+}
+
+impl Bench<'_> {
+    pub(super) fn time(&self, mut f: impl FnMut() -> Result<()>) -> Result<Timing> {
+        for _ in 0..self.warmup {
+            f()?;
+        }
+        self.dev.synchronize()?;
+        let mut ms = Vec::with_capacity(self.reps);
+        match self.dev.cuda() {
+            Some(d) => {
+                let mut events = Vec::with_capacity(self.reps);
+                for _ in 0..self.reps {
+                    let a = d.record_event()?;
+                    f()?;
+                    let b = d.record_event()?;
+                    events.push((a, b));
+                }
+                for (a, b) in &events {
+                    ms.push(d.elapsed_ms(a, b)?);
+                }
+            }
+            None => {
+                for _ in 0..self.reps {
+                    let t = Instant::now();
+                    f()?;
+                    ms.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+        }
+        ms.sort_by(f64::total_cmp);
+        Ok(Timing {
+            median_ms: median(&ms),
+            min_ms: ms[0],
+            reps: ms.len(),
+        })
+    }
+}
+
+fn median(sorted: &[f64]) -> f64 {
+    let n = sorted.len();
+    if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        0.5 * (sorted[n / 2 - 1] + sorted[n / 2])
+    }
+}
+
+/// Builds rows against the ceilings.
+pub(super) struct Rows {
+    pub(super) ceil: Ceilings,
+    pub(super) rows: Vec<Row>,
+}
+
+impl Rows {
+    pub(super) fn bw(
+        &mut self,
+        op: &str,
+        pass: &str,
+        shape: &str,
+        t: Timing,
+        bytes: f64,
+        note: String,
+    ) {
+        let gbs = bytes / (t.median_ms * 1e-3) / 1e9;
+        self.rows.push(Row {
+            op: op.into(),
+            pass: pass.into(),
+            shape: shape.into(),
+            median_ms: t.median_ms,
+            min_ms: t.min_ms,
+            bytes: Some(bytes),
+            flops: None,
+            gb_per_s: Some(gbs),
+            tflop_per_s: None,
+            pct_of_ceiling: Some(100.0 * gbs / self.ceil.copy_gb_per_s),
+            note,
+        });
+    }
+    pub(super) fn flop(
+        &mut self,
+        op: &str,
+        pass: &str,
+        shape: &str,
+        t: Timing,
+        flops: f64,
+        note: String,
+    ) {
+        let tf = flops / (t.median_ms * 1e-3) / 1e12;
+        self.rows.push(Row {
+            op: op.into(),
+            pass: pass.into(),
+            shape: shape.into(),
+            median_ms: t.median_ms,
+            min_ms: t.min_ms,
+            bytes: None,
+            flops: Some(flops),
+            gb_per_s: None,
+            tflop_per_s: Some(tf),
+            pct_of_ceiling: Some(100.0 * tf / self.ceil.gemm_tflop_per_s),
+            note,
+        });
+    }
+    pub(super) fn plain(&mut self, op: &str, pass: &str, shape: &str, t: Timing, note: String) {
+        self.rows.push(Row {
+            op: op.into(),
+            pass: pass.into(),
+            shape: shape.into(),
+            median_ms: t.median_ms,
+            min_ms: t.min_ms,
+            bytes: None,
+            flops: None,
+            gb_per_s: None,
+            tflop_per_s: None,
+            pct_of_ceiling: None,
+            note,
+        });
+    }
+}
+
+/// Bytes of an f32.
+pub(super) const F32: f64 = 4.0;
+
+pub(super) fn randn(dims: &[usize], std: f32, rng: &mut Rng, dev: &Device) -> Result<Tensor> {
+    Tensor::randn(dims, std, rng).into_device(dev)
+}
+
+pub(super) fn nchw(d: &[usize]) -> String {
+    format!("N{} C{} {}x{}", d[0], d[1], d[2], d[3])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&[1.0, 2.0, 9.0]), 2.0);
+        assert_eq!(median(&[1.0, 2.0, 4.0, 9.0]), 3.0);
+    }
+}
