@@ -17,28 +17,19 @@ fn splitmix64(x: &mut u64) -> u64 {
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        let mut x = seed;
+        Self::seeded_by_splitmix(seed)
+    }
+
+    /// The xoshiro state: four SplitMix64 outputs from `x`.
+    fn seeded_by_splitmix(mut x: u64) -> Self {
         Rng {
-            s: [
-                splitmix64(&mut x),
-                splitmix64(&mut x),
-                splitmix64(&mut x),
-                splitmix64(&mut x),
-            ],
+            s: std::array::from_fn(|_| splitmix64(&mut x)),
         }
     }
 
     /// A generator for a derived stream (e.g. per image, per epoch) that does not disturb this one.
     pub fn fork(&self, stream: u64) -> Self {
-        let mut x = self.s[0] ^ stream.wrapping_mul(0xA24B_AED4_963E_E407);
-        Rng {
-            s: [
-                splitmix64(&mut x),
-                splitmix64(&mut x),
-                splitmix64(&mut x),
-                splitmix64(&mut x),
-            ],
-        }
+        Self::seeded_by_splitmix(self.s[0] ^ stream.wrapping_mul(0xA24B_AED4_963E_E407))
     }
 
     pub fn state(&self) -> [u64; 4] {
