@@ -28,11 +28,14 @@ impl PartialEq for Device {
 impl Eq for Device {}
 
 impl Device {
-    /// Parses `cpu`, `cuda` (= `cuda:0`) or `cuda:N`, opening the GPU. Without CUDA (no driver,
-    /// libraries or device) the error is the probe's one line; it never panics.
+    /// Parses `cpu`, `cuda` (= `cuda:0`), `cuda:N`, opening the GPU, or `cuda-host`, the host
+    /// emulation of one (the CUDA kernels as C++ with CUDA semantics, for checking without a
+    /// GPU). Without CUDA (no driver, libraries or device) the error is the probe's one line;
+    /// it never panics.
     pub fn parse(s: &str) -> Result<Device> {
         let ordinal = match s {
             "cpu" => return Ok(Device::Cpu),
+            "cuda-host" => return Ok(Device::Cuda(CudaDevice::host_emulated()?)),
             "cuda" => 0,
             s if s.starts_with("cuda:") => s["cuda:".len()..].parse::<usize>().map_err(|_| {
                 Error::Device(format!(
@@ -41,7 +44,7 @@ impl Device {
             })?,
             other => {
                 return Err(Error::Device(format!(
-                    "unknown device '{other}' (expected cpu, cuda or cuda:N)"
+                    "unknown device '{other}' (expected cpu, cuda, cuda:N or cuda-host)"
                 )))
             }
         };
@@ -51,7 +54,7 @@ impl Device {
     pub fn name(&self) -> String {
         match self {
             Device::Cpu => "cpu".into(),
-            Device::Cuda(d) => format!("cuda:{}", d.ordinal()),
+            Device::Cuda(d) => d.name(),
         }
     }
 

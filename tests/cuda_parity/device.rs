@@ -15,7 +15,7 @@ fn copies_round_trip_and_mixed_devices_are_refused() {
     assert_eq!(on(&xg, &Device::Cpu).to_vec(), x.to_vec());
     assert_eq!(xg.clone().into_device(&d).unwrap().to_vec(), x.to_vec());
     let e = xg.as_cpu().unwrap_err().to_string();
-    assert!(e.contains("cuda:0") && e.contains("to_vec"), "{e}");
+    assert!(e.contains(&d.name()) && e.contains("to_vec"), "{e}");
     let z = Tensor::try_full(&[2, 257], 0.0, &d).unwrap();
     assert!(z.to_vec().iter().all(|&v| v == 0.0));
     assert_eq!(Tensor::full(&[3], 2.5, &d).to_vec(), vec![2.5; 3]);

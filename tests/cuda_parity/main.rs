@@ -54,25 +54,29 @@ use dcl::tensor::Tensor;
 const ELEMENTWISE: f64 = 1e-5;
 const REDUCTION: f64 = 1e-4;
 const TF32: f64 = 1e-2;
-/// Whole training steps: 20-odd layers of FP32 GEMMs and batch statistics summed in a different
-/// order on each device, through BatchNorm (which rescales small differences) and ReLU/max-pool
-/// decisions on values that differ in the last bits. 2e-3 normwise per parameter gradient.
+/// Whole training steps (see `steps::compare_steps`): the median gradient tensor within
+/// `STEP_TOL`, every one within `STEP_TOL_ANY`, or within 3x what a 1e-6 input perturbation
+/// does to the CPU's own gradients (ReLU kinks and max-pool ties make a step's gradients
+/// sensitive at that level; the GMP offsets' floor cells likewise).
 const STEP_TOL: f64 = 2e-3;
-/// The GMP offsets' gradient is discontinuous where a sample crosses an integer position
-/// (the floor cell changes), so a sample within rounding of an integer may take the other
-/// cell's derivative on one device: the offset conv's parameters get a looser bound.
-const STEP_TOL_GMP_OFFSETS: f64 = 3e-2;
+const STEP_TOL_ANY: f64 = 5e-2;
 
 /// GPU tests run one at a time: the allocation test reads device-wide counters.
 static GPU: Mutex<()> = Mutex::new(());
 
+/// `DCL_TEST_CUDA=1`: the GPU; `DCL_TEST_CUDA=host`: the host emulation (`cuda-host`), which
+/// runs the same kernels through the same launchers as C++ with CUDA semantics.
 fn gpu(test: &str) -> Option<(MutexGuard<'static, ()>, Device, CudaDevice)> {
-    if std::env::var("DCL_TEST_CUDA").ok().as_deref() != Some("1") {
-        eprintln!("{test}: skipped (set DCL_TEST_CUDA=1 on a machine with a GPU)");
-        return None;
-    }
+    let which = match std::env::var("DCL_TEST_CUDA").ok().as_deref() {
+        Some("1") => "cuda",
+        Some("host") => "cuda-host",
+        _ => {
+            eprintln!("{test}: skipped (DCL_TEST_CUDA=1 on a machine with a GPU, or =host)");
+            return None;
+        }
+    };
     let guard = GPU.lock().unwrap_or_else(|p| p.into_inner());
-    let device = Device::parse("cuda").unwrap_or_else(|e| panic!("DCL_TEST_CUDA=1 but: {e}"));
+    let device = Device::parse(which).unwrap_or_else(|e| panic!("DCL_TEST_CUDA: {which}: {e}"));
     let dev = device.cuda().expect("a CUDA device").clone();
     // Every test starts from the defaults (another test may have switched them).
     dev.set_tf32(false).unwrap();

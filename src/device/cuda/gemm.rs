@@ -3,9 +3,7 @@
 //! So `C = op(A)·op(B)` (row-major) is `Cᵀ = op(B)ᵀ·op(A)ᵀ` (column-major): cuBLAS gets
 //! B as its first operand, A as its second, and m ↔ n swapped. [`to_cublas`] is that mapping
 //! as a pure function, unit-tested against a CPU GEMM that follows cuBLAS's index math.
-use cudarc::cublas::sys::cublasOperation_t;
-
-use super::{CudaDevice, CudaResultExt, GpuRead, GpuWrite};
+use super::{CudaDevice, GpuRead, GpuWrite};
 use crate::error::{Error, Result};
 
 /// `C[b] = alpha·op(A[b])·op(B[b]) + beta·C[b]` for `b < batch`, all row-major.
@@ -155,14 +153,6 @@ pub fn to_cublas(g: &RowMajorGemm) -> Result<CublasGemm> {
     })
 }
 
-fn op(t: bool) -> cublasOperation_t {
-    if t {
-        cublasOperation_t::CUBLAS_OP_T
-    } else {
-        cublasOperation_t::CUBLAS_OP_N
-    }
-}
-
 /// Runs `g` on the device's cuBLAS handle (its one stream). Operand sizes are checked first.
 pub fn sgemm(
     dev: &CudaDevice,
@@ -187,59 +177,10 @@ pub fn sgemm(
     if g.m == 0 || g.n == 0 {
         return Ok(());
     }
-    let handle = *dev.blas().handle();
-    dev.context().bind_to_thread().cuda("binding the context")?;
     // Column-major: cuBLAS's first operand is our B, its second our A (module docs).
-    let (first, second, out) = (
-        b.addr() as *const f32,
-        a.addr() as *const f32,
-        c.addr() as *mut f32,
-    );
     // Safety: the buffers hold at least what the dimensions, leading dimensions and strides
-    // address (checked above); all three are on the device's stream, as is the handle.
-    unsafe {
-        if cb.batch == 1 {
-            cudarc::cublas::result::sgemm(
-                handle,
-                op(cb.transa),
-                op(cb.transb),
-                cb.m,
-                cb.n,
-                cb.k,
-                &cb.alpha,
-                first,
-                cb.lda,
-                second,
-                cb.ldb,
-                &cb.beta,
-                out,
-                cb.ldc,
-            )
-            .cuda("cublasSgemm")
-        } else {
-            cudarc::cublas::result::sgemm_strided_batched(
-                handle,
-                op(cb.transa),
-                op(cb.transb),
-                cb.m,
-                cb.n,
-                cb.k,
-                &cb.alpha,
-                first,
-                cb.lda,
-                cb.stride_a,
-                second,
-                cb.ldb,
-                cb.stride_b,
-                &cb.beta,
-                out,
-                cb.ldc,
-                cb.stride_c,
-                cb.batch,
-            )
-            .cuda("cublasSgemmStridedBatched")
-        }
-    }
+    // address (checked above); all three are on the device's stream.
+    unsafe { dev.sgemm_col_major(&cb, b.addr(), a.addr(), c.addr()) }
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use std::marker::PhantomData;
 use cudarc::driver::LaunchConfig;
 
 use super::buffer::{GpuRead, GpuWrite};
-use super::{CudaDevice, CudaResultExt};
+use super::CudaDevice;
 use crate::error::{Error, Result};
 
 /// Threads per block for every kernel (the reduction kernels rely on a multiple of 32).
@@ -96,6 +96,8 @@ pub struct Launch<'a> {
     dev: &'a CudaDevice,
     kernel: Kernel,
     args: Vec<ArgSlot>,
+    /// The addresses passed as buffer pointers (the emulation checks their guards).
+    buffers: Vec<u64>,
     _borrows: PhantomData<&'a mut ()>,
 }
 
@@ -105,6 +107,7 @@ impl<'a> Launch<'a> {
             dev,
             kernel,
             args: Vec::with_capacity(8),
+            buffers: Vec::new(),
             _borrows: PhantomData,
         }
     }
@@ -118,12 +121,14 @@ impl<'a> Launch<'a> {
     /// A buffer the kernel reads (a `const T*` parameter).
     pub fn buf<T>(mut self, b: &'a impl GpuRead<T>) -> Self {
         self.args.push(ArgSlot::of(&b.addr()));
+        self.buffers.push(b.addr());
         self
     }
 
     /// A buffer the kernel writes (a `T*` parameter).
     pub fn out<T>(mut self, b: &'a mut impl GpuWrite<T>) -> Self {
         self.args.push(ArgSlot::of(&b.addr()));
+        self.buffers.push(b.addr());
         self
     }
 
@@ -138,25 +143,14 @@ impl<'a> Launch<'a> {
     pub fn run(self, cfg: Option<LaunchConfig>) -> Result<()> {
         let Some(cfg) = cfg else { return Ok(()) };
         check_config(self.kernel, &cfg)?;
-        let f = self.dev.function(self.kernel)?;
+        let sizes = self.arg_sizes();
         let mut ptrs: Vec<*mut c_void> = self
             .args
             .iter()
             .map(|a| a.bytes.as_ptr() as *mut c_void)
             .collect();
-        // Safety: each pointer addresses an argument's bytes, alive until this call returns
-        // (the driver copies them at launch); buffer addresses come from live borrows.
-        unsafe {
-            cudarc::driver::result::launch_kernel(
-                f.cu_function(),
-                cfg.grid_dim,
-                cfg.block_dim,
-                cfg.shared_mem_bytes,
-                self.dev.cu_stream(),
-                &mut ptrs,
-            )
-        }
-        .cuda(self.kernel.name)
+        self.dev
+            .run_launch(self.kernel, &cfg, &mut ptrs, &sizes, &self.buffers)
     }
 }
 

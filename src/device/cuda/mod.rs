@@ -16,7 +16,9 @@
 //! primitives (fill, in-place add) are in [`primitives`]. What has run on a GPU is recorded in
 //! BENCHMARKS.md.
 pub mod buffer;
+mod driver;
 pub mod gemm;
+pub mod host;
 pub mod kernels;
 pub mod launch;
 pub mod nvrtc;
@@ -29,13 +31,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use cudarc::cublas::sys::cublasMath_t;
-use cudarc::cublas::CudaBlas;
-use cudarc::driver::sys as drv;
-use cudarc::driver::{
-    CudaContext, CudaEvent, CudaFunction, CudaModule, CudaStream, DeviceRepr, LaunchConfig,
-    ValidAsZeroBits,
-};
+use cudarc::driver::{CudaEvent, DeviceRepr, LaunchConfig, ValidAsZeroBits};
 
 use crate::error::{Error, Result};
 
@@ -149,10 +145,19 @@ pub struct CudaDeviceInfo {
     pub cublas_version: i32,
     /// Whether allocations are stream-ordered from the device's memory pool.
     pub stream_ordered_pool: bool,
+    /// The host emulation, not a GPU.
+    pub emulated: bool,
 }
 
 impl std::fmt::Display for CudaDeviceInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.emulated {
+            return write!(
+                f,
+                "cuda-host {} ({} SMs emulated)",
+                self.name, self.sm_count
+            );
+        }
         write!(
             f,
             "cuda:{} {} ({}, {} SMs, {:.1} GiB), driver CUDA {}.{}, NVRTC {}.{}, cuBLAS {}, {}",
@@ -175,10 +180,14 @@ impl std::fmt::Display for CudaDeviceInfo {
     }
 }
 
-/// The process-wide handles opened by [`CudaDevice::shared`].
+/// The process-wide handles opened by [`CudaDevice::shared`] (and the emulated device).
 static DEVICES: OnceLock<Mutex<HashMap<usize, CudaDevice>>> = OnceLock::new();
 
-/// The GPUs this process has opened through [`CudaDevice::shared`] (none without CUDA).
+/// The ordinal the host-emulated device reports (never a GPU's).
+pub const HOST_ORDINAL: usize = usize::MAX;
+
+/// The GPUs (and the emulated device) this process has opened through [`CudaDevice::shared`]
+/// or [`CudaDevice::host_emulated`].
 pub fn opened_devices() -> Vec<CudaDevice> {
     match DEVICES.get() {
         Some(m) => {
@@ -190,22 +199,22 @@ pub fn opened_devices() -> Vec<CudaDevice> {
     }
 }
 
+/// What executes the device's work.
+enum Backend {
+    Driver(driver::Driver),
+    Host(host::HostBackend),
+}
+
 struct Inner {
-    // Field order is drop order: functions and modules before the handle, stream and context.
-    functions: Mutex<HashMap<(&'static str, &'static str), CudaFunction>>,
-    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
-    blas: CudaBlas,
-    stream: Arc<CudaStream>,
-    ctx: Arc<CudaContext>,
+    backend: Backend,
     info: CudaDeviceInfo,
     max_blocks: u32,
-    kernel_cache: Option<std::path::PathBuf>,
     alloc_calls: AtomicU64,
     alloc_bytes: AtomicU64,
     tf32: AtomicBool,
 }
 
-/// A GPU: cheap to clone (shared), `Send + Sync`.
+/// A GPU, or the host emulation of one: cheap to clone (shared), `Send + Sync`.
 #[derive(Clone)]
 pub struct CudaDevice {
     inner: Arc<Inner>,
@@ -229,102 +238,31 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl CudaDevice {
-    /// Opens GPU `ordinal` with a new handle. Prefer [`CudaDevice::shared`], which keeps one
-    /// per device and process.
-    pub fn new(ordinal: usize) -> Result<Self> {
-        CudaLibraries::probe().require_all()?;
-        let count = match CudaContext::device_count() {
-            Ok(n) => n.max(0) as usize,
-            Err(e) if e.0 == drv::CUresult::CUDA_ERROR_NO_DEVICE => 0,
-            Err(e) => {
-                return Err(Error::Device(format!(
-                    "CUDA driver initialisation failed: {e:?}"
-                )))
-            }
-        };
-        if count == 0 {
-            return Err(Error::Device(
-                "CUDA unavailable: the driver reports no CUDA device; use --device cpu".into(),
-            ));
-        }
-        if ordinal >= count {
-            return Err(Error::Device(format!(
-                "cuda:{ordinal}: no such device ({count} CUDA device(s): cuda:0..cuda:{})",
-                count - 1
-            )));
-        }
-        let mut dv = 0;
-        // Safety: valid out-pointer; libcuda is present (probed above).
-        unsafe { drv::cuDriverGetVersion(&mut dv) }
-            .result()
-            .cuda("cuDriverGetVersion")?;
-        let driver_version = (dv / 1000, (dv % 1000) / 10);
-        let nvrtc_version = nvrtc::nvrtc_version()?;
-        check_versions(driver_version, nvrtc_version)?;
+/// A timing event: a CUDA event on a GPU, the host clock in emulation.
+pub enum GpuEvent {
+    Driver(CudaEvent),
+    Host(std::time::Instant),
+}
 
-        let ctx = CudaContext::new(ordinal).cuda(&format!("context on cuda:{ordinal}"))?;
-        // Before any allocation: no per-allocation events. One stream, so no cross-stream
-        // hazards for the events to guard against.
-        unsafe { ctx.disable_event_tracking() };
-        let cc = ctx.compute_capability().cuda("compute capability")?;
-        check_arch_supported(cc, &nvrtc::supported_archs()?, nvrtc_version)?;
-        let arch = format!("sm_{}{}", cc.0, cc.1);
-        let stream = ctx.new_stream().cuda("stream creation")?;
-        let pool = ctx.has_async_alloc();
-        if pool {
-            // The default release threshold (0) hands freed memory back to the OS at every
-            // synchronisation; keep it in the pool so steady-state steps allocate nothing new.
-            unsafe {
-                let p = cudarc::driver::result::device::get_default_mem_pool(ctx.cu_device())
-                    .cuda("default memory pool")?;
-                let mut keep: u64 = u64::MAX;
-                cudarc::driver::result::mem_pool::set_attribute(
-                    p,
-                    drv::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
-                    &mut keep as *mut u64 as *mut std::ffi::c_void,
-                )
-                .cuda("memory pool release threshold")?;
-            }
-        }
-        let blas = CudaBlas::new(stream.clone()).cuda("cuBLAS handle")?;
-        let mut cublas_version = 0;
-        unsafe { cudarc::cublas::sys::cublasGetVersion_v2(*blas.handle(), &mut cublas_version) }
-            .result()
-            .cuda("cublasGetVersion")?;
-        let sm_count = ctx
-            .attribute(drv::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-            .cuda("multiprocessor count")?
-            .max(1) as u32;
-        let info = CudaDeviceInfo {
-            ordinal,
-            name: ctx.name().cuda("device name")?,
-            compute_capability: cc,
-            arch,
-            sm_count,
-            total_mem: ctx.total_mem().cuda("device memory size")?,
-            driver_version,
-            nvrtc_version,
-            cublas_version,
-            stream_ordered_pool: pool,
-        };
-        let dev = CudaDevice {
+impl CudaDevice {
+    fn from_backend(backend: Backend, info: CudaDeviceInfo) -> Self {
+        CudaDevice {
             inner: Arc::new(Inner {
-                functions: Mutex::new(HashMap::new()),
-                modules: Mutex::new(HashMap::new()),
-                blas,
-                stream,
-                ctx,
-                max_blocks: launch::max_blocks_for(sm_count),
-                kernel_cache: nvrtc::cache_dir(),
+                backend,
+                max_blocks: launch::max_blocks_for(info.sm_count),
                 info,
                 alloc_calls: AtomicU64::new(0),
                 alloc_bytes: AtomicU64::new(0),
                 tf32: AtomicBool::new(false),
             }),
-        };
-        dev.set_tf32(false)?;
-        Ok(dev)
+        }
+    }
+
+    /// Opens GPU `ordinal` with a new handle. Prefer [`CudaDevice::shared`], which keeps one
+    /// per device and process.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        let (d, info) = driver::Driver::open(ordinal)?;
+        Ok(Self::from_backend(Backend::Driver(d), info))
     }
 
     /// The process-wide handle of GPU `ordinal` (one context, stream and cuBLAS handle per
@@ -339,27 +277,52 @@ impl CudaDevice {
         Ok(d)
     }
 
+    /// The process-wide host emulation of a GPU (`--device cuda-host`): the CUDA kernels run
+    /// as C++ with CUDA semantics on the CPU (see [`host`]). Needs a C++17 compiler.
+    pub fn host_emulated() -> Result<Self> {
+        let mut map = lock(DEVICES.get_or_init(|| Mutex::new(HashMap::new())));
+        if let Some(d) = map.get(&HOST_ORDINAL) {
+            return Ok(d.clone());
+        }
+        let backend = host::HostBackend::new()?;
+        let info = CudaDeviceInfo {
+            ordinal: HOST_ORDINAL,
+            name: "host emulation (kernels as C++ with CUDA semantics)".into(),
+            compute_capability: (0, 0),
+            arch: "host".into(),
+            // A few "SMs": grids of several blocks, never one.
+            sm_count: 4,
+            total_mem: 0,
+            driver_version: (0, 0),
+            nvrtc_version: (0, 0),
+            cublas_version: 0,
+            stream_ordered_pool: false,
+            emulated: true,
+        };
+        let d = Self::from_backend(Backend::Host(backend), info);
+        map.insert(HOST_ORDINAL, d.clone());
+        Ok(d)
+    }
+
     pub fn info(&self) -> &CudaDeviceInfo {
         &self.inner.info
     }
     pub fn ordinal(&self) -> usize {
         self.inner.info.ordinal
     }
+    /// `cuda:N`, or `cuda-host` for the emulation.
+    pub fn name(&self) -> String {
+        if self.is_emulated() {
+            "cuda-host".into()
+        } else {
+            format!("cuda:{}", self.ordinal())
+        }
+    }
+    pub fn is_emulated(&self) -> bool {
+        matches!(self.inner.backend, Backend::Host(_))
+    }
     pub fn arch(&self) -> &str {
         &self.inner.info.arch
-    }
-    pub fn context(&self) -> &Arc<CudaContext> {
-        &self.inner.ctx
-    }
-    /// The raw handle of the one stream every kernel, copy and GEMM of this device runs on, with the context made current on this thread (the raw driver
-    /// calls below do not bind it themselves).
-    fn cu_stream(&self) -> drv::CUstream {
-        // A failure to bind surfaces at the call that uses the stream.
-        let _ = self.inner.ctx.bind_to_thread();
-        self.inner.stream.cu_stream()
-    }
-    pub(super) fn blas(&self) -> &CudaBlas {
-        &self.inner.blas
     }
 
     /// Grid cap for grid-stride kernels on this device.
@@ -388,37 +351,25 @@ impl CudaDevice {
         if n == 0 {
             return Ok(GpuBuffer::from_raw(self, 0, 0));
         }
-        let stream = self.cu_stream();
-        // Safety: a plain byte allocation; T is a plain number type, so unwritten memory is
-        // only garbage values.
-        let addr = unsafe {
-            if self.inner.info.stream_ordered_pool {
-                cudarc::driver::result::malloc_async(stream, bytes)
-            } else {
-                cudarc::driver::result::malloc_sync(bytes)
-            }
-        }
-        .cuda(&format!(
-            "allocating {n} x {} bytes on cuda:{}",
+        let what = format!(
+            "allocating {n} x {} bytes on {}",
             std::mem::size_of::<T>(),
-            self.ordinal()
-        ))?;
+            self.name()
+        );
+        let addr = match &self.inner.backend {
+            Backend::Driver(d) => d.alloc(bytes, self.inner.info.stream_ordered_pool, &what)?,
+            Backend::Host(h) => h.alloc(bytes)?,
+        };
         Ok(GpuBuffer::from_raw(self, addr, n))
     }
 
     /// Returns an allocation of [`CudaDevice::alloc`] (from `GpuBuffer`'s drop). A failure is
-    /// recorded on the context and surfaces at the next [`CudaDevice::synchronize`].
+    /// recorded and surfaces at the next [`CudaDevice::synchronize`].
     pub(super) fn free(&self, addr: u64) {
-        let stream = self.cu_stream();
-        // Safety: `addr` came from `alloc` on this device and is freed once (by its owner).
-        let r = unsafe {
-            if self.inner.info.stream_ordered_pool {
-                cudarc::driver::result::free_async(addr, stream)
-            } else {
-                cudarc::driver::result::free_sync(addr)
-            }
-        };
-        self.inner.ctx.record_err(r);
+        match &self.inner.backend {
+            Backend::Driver(d) => d.free(addr, self.inner.info.stream_ordered_pool),
+            Backend::Host(h) => h.free(addr),
+        }
     }
 
     /// `n` zeroed elements.
@@ -430,33 +381,29 @@ impl CudaDevice {
 
     /// Zeroes a buffer or view (stream-ordered).
     pub fn memset_zeros<T: DeviceScalar>(&self, s: &mut impl GpuWrite<T>) -> Result<()> {
-        if s.is_empty() {
+        let bytes = s.len() * std::mem::size_of::<T>();
+        if bytes == 0 {
             return Ok(());
         }
-        let stream = self.cu_stream();
-        // Safety: the range lies inside a live allocation of this device.
-        unsafe {
-            cudarc::driver::result::memset_d8_async(
-                s.addr(),
-                0,
-                s.len() * std::mem::size_of::<T>(),
-                stream,
-            )
+        match &self.inner.backend {
+            Backend::Driver(d) => d.memset_zeros(s.addr(), bytes),
+            Backend::Host(h) => {
+                h.check_range(s.addr(), bytes, "zero fill")?;
+                // Safety: the range lies inside a live allocation (checked).
+                unsafe { std::ptr::write_bytes(s.addr() as *mut u8, 0, bytes) };
+                Ok(())
+            }
         }
-        .cuda("zero fill")
     }
 
-    /// Copies host data to a new device buffer. From pageable memory the driver has staged the
-    /// data when the call returns (CUDA's documented behaviour for `cuMemcpyHtoDAsync`), so
-    /// `host` may be dropped at once.
+    /// Copies host data to a new device buffer (`host` may be dropped as soon as this returns).
     pub fn htod<T: DeviceScalar>(&self, host: &[T]) -> Result<GpuBuffer<T>> {
         let mut s = self.alloc::<T>(host.len())?;
         self.copy_htod(host, &mut s)?;
         Ok(s)
     }
 
-    /// Copies host data into an existing buffer or view of the same length (see
-    /// [`CudaDevice::htod`]).
+    /// Copies host data into an existing buffer or view of the same length.
     pub fn copy_htod<T: DeviceScalar>(&self, host: &[T], dst: &mut impl GpuWrite<T>) -> Result<()> {
         if dst.len() != host.len() {
             return Err(Error::shape(
@@ -467,10 +414,18 @@ impl CudaDevice {
         if host.is_empty() {
             return Ok(());
         }
-        let stream = self.cu_stream();
-        // Safety: `dst` holds host.len() elements; pageable `host` is staged before return.
-        unsafe { cudarc::driver::result::memcpy_htod_async(dst.addr(), host, stream) }
-            .cuda("host-to-device copy")
+        match &self.inner.backend {
+            Backend::Driver(d) => d.htod(host, dst.addr()),
+            Backend::Host(h) => {
+                let bytes = std::mem::size_of_val(host);
+                h.check_range(dst.addr(), bytes, "host-to-device copy")?;
+                // Safety: `dst` holds host.len() elements (checked).
+                unsafe {
+                    std::ptr::copy_nonoverlapping(host.as_ptr(), dst.addr() as *mut T, host.len())
+                };
+                Ok(())
+            }
+        }
     }
 
     /// Copies a device buffer (or view) to the host, waiting for the stream; also surfaces any
@@ -478,10 +433,24 @@ impl CudaDevice {
     pub fn dtoh<T: DeviceScalar>(&self, s: &impl GpuRead<T>) -> Result<Vec<T>> {
         let mut host = vec![T::default(); s.len()];
         if !host.is_empty() {
-            let stream = self.cu_stream();
-            // Safety: `host` holds s.len() elements and outlives the synchronisation below.
-            unsafe { cudarc::driver::result::memcpy_dtoh_async(&mut host, s.addr(), stream) }
-                .cuda("device-to-host copy")?;
+            match &self.inner.backend {
+                Backend::Driver(d) => d.dtoh(s.addr(), &mut host)?,
+                Backend::Host(h) => {
+                    h.check_range(
+                        s.addr(),
+                        std::mem::size_of_val(&host[..]),
+                        "device-to-host copy",
+                    )?;
+                    // Safety: `s` holds host.len() elements (checked).
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            s.addr() as *const T,
+                            host.as_mut_ptr(),
+                            host.len(),
+                        )
+                    };
+                }
+            }
         }
         self.synchronize()?;
         Ok(host)
@@ -490,11 +459,10 @@ impl CudaDevice {
     /// Waits for all work on the stream and reports any error recorded meanwhile (launch
     /// errors are asynchronous and show up here).
     pub fn synchronize(&self) -> Result<()> {
-        self.inner
-            .stream
-            .synchronize()
-            .cuda("stream synchronisation")?;
-        self.inner.ctx.check_err().cuda("deferred error")
+        match &self.inner.backend {
+            Backend::Driver(d) => d.synchronize(),
+            Backend::Host(h) => h.take_error().map_or(Ok(()), |e| Err(Error::Device(e))),
+        }
     }
 
     /// Device allocations requested through [`CudaDevice::alloc`] / `alloc_zeros` / `htod`
@@ -508,37 +476,31 @@ impl CudaDevice {
     }
 
     /// Bytes the memory pool holds from the driver (used or cached); after warm-up it must not
-    /// grow from step to step. `None` without a stream-ordered pool.
+    /// grow from step to step. `None` without a stream-ordered pool (and in emulation).
     pub fn pool_reserved_bytes(&self) -> Result<Option<u64>> {
-        if !self.inner.info.stream_ordered_pool {
-            return Ok(None);
+        match &self.inner.backend {
+            Backend::Driver(d) if self.inner.info.stream_ordered_pool => {
+                d.pool_reserved_bytes().map(Some)
+            }
+            _ => Ok(None),
         }
-        let mut v: u64 = 0;
-        unsafe {
-            let p =
-                cudarc::driver::result::device::get_default_mem_pool(self.inner.ctx.cu_device())
-                    .cuda("default memory pool")?;
-            cudarc::driver::result::mem_pool::get_attribute(
-                p,
-                drv::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT,
-                &mut v as *mut u64 as *mut std::ffi::c_void,
-            )
-            .cuda("memory pool reserved size")?;
-        }
-        Ok(Some(v))
     }
 
-    /// TF32 tensor-core math for cuBLAS SGEMM (`--tf32`); off means true FP32 (unless the
-    /// NVIDIA_TF32_OVERRIDE environment variable forces it).
+    /// Bytes in live allocations, where the device can tell (the emulation).
+    pub fn live_bytes(&self) -> Option<u64> {
+        match &self.inner.backend {
+            Backend::Host(h) => Some(h.live_bytes()),
+            Backend::Driver(_) => None,
+        }
+    }
+
+    /// TF32 tensor-core math for SGEMM (`--tf32`); off means true FP32 (unless the
+    /// NVIDIA_TF32_OVERRIDE environment variable forces it). The emulation rounds the operands
+    /// to TF32 as tensor cores read them.
     pub fn set_tf32(&self, on: bool) -> Result<()> {
-        let mode = if on {
-            cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH
-        } else {
-            cublasMath_t::CUBLAS_DEFAULT_MATH
-        };
-        unsafe { cudarc::cublas::sys::cublasSetMathMode(*self.inner.blas.handle(), mode) }
-            .result()
-            .cuda("cublasSetMathMode")?;
+        if let Backend::Driver(d) = &self.inner.backend {
+            d.set_tf32(on)?;
+        }
         self.inner.tf32.store(on, Ordering::Relaxed);
         Ok(())
     }
@@ -565,73 +527,45 @@ impl CudaDevice {
                 format!("{} elements into a buffer of {}", src.len(), dst.len()),
             ));
         }
-        if src.is_empty() {
+        let bytes = src.len() * std::mem::size_of::<T>();
+        if bytes == 0 {
             return Ok(());
         }
-        let stream = self.cu_stream();
-        // Safety: both ranges lie inside live allocations of this device.
-        unsafe {
-            cudarc::driver::result::memcpy_dtod_async(
-                dst.addr(),
-                src.addr(),
-                src.len() * std::mem::size_of::<T>(),
-                stream,
-            )
+        match &self.inner.backend {
+            Backend::Driver(d) => d.dtod(src.addr(), dst.addr(), bytes),
+            Backend::Host(h) => {
+                h.check_range(src.addr(), bytes, "device-to-device copy (source)")?;
+                h.check_range(dst.addr(), bytes, "device-to-device copy (destination)")?;
+                // Safety: both ranges lie inside live allocations (checked); copy handles
+                // overlap.
+                unsafe { std::ptr::copy(src.addr() as *const u8, dst.addr() as *mut u8, bytes) };
+                Ok(())
+            }
         }
-        .cuda("device-to-device copy")
     }
 
     /// A timing event recorded on the stream now (timing enabled, unlike cudarc's default).
-    pub fn record_event(&self) -> Result<CudaEvent> {
-        self.inner
-            .stream
-            .record_event(Some(drv::CUevent_flags::CU_EVENT_DEFAULT))
-            .cuda("recording a timing event")
+    pub fn record_event(&self) -> Result<GpuEvent> {
+        match &self.inner.backend {
+            Backend::Driver(d) => d.record_event().map(GpuEvent::Driver),
+            Backend::Host(_) => Ok(GpuEvent::Host(std::time::Instant::now())),
+        }
     }
 
     /// Milliseconds of stream time between two events from [`CudaDevice::record_event`]
     /// (waits for `end`).
-    pub fn elapsed_ms(&self, start: &CudaEvent, end: &CudaEvent) -> Result<f64> {
-        start
-            .elapsed_ms(end)
-            .map(|ms| ms as f64)
-            .cuda("event timing")
-    }
-
-    fn module(&self, file: &'static str) -> Result<Arc<CudaModule>> {
-        let mut modules = lock(&self.inner.modules);
-        if let Some(m) = modules.get(file) {
-            return Ok(m.clone());
+    pub fn elapsed_ms(&self, start: &GpuEvent, end: &GpuEvent) -> Result<f64> {
+        match (start, end) {
+            (GpuEvent::Driver(a), GpuEvent::Driver(b)) => {
+                a.elapsed_ms(b).map(|ms| ms as f64).cuda("event timing")
+            }
+            (GpuEvent::Host(a), GpuEvent::Host(b)) => {
+                Ok(b.saturating_duration_since(*a).as_secs_f64() * 1e3)
+            }
+            _ => Err(Error::Device(
+                "timing events of two different devices".into(),
+            )),
         }
-        let source = kernels::kernel_source(file)?;
-        let cubin = nvrtc::compile_cubin_cached(
-            file,
-            source,
-            self.arch(),
-            self.inner.info.nvrtc_version,
-            self.inner.kernel_cache.as_deref(),
-        )?;
-        let m = self
-            .inner
-            .ctx
-            .load_module(cudarc::nvrtc::Ptx::from_binary(cubin))
-            .cuda(&format!("loading kernels/{file} ({})", self.arch()))?;
-        modules.insert(file, m.clone());
-        Ok(m)
-    }
-
-    /// Entry point `k`: its file compiled (or read from the disk cache) and loaded on first
-    /// use, then served from memory.
-    pub fn function(&self, k: Kernel) -> Result<CudaFunction> {
-        if let Some(f) = lock(&self.inner.functions).get(&(k.file, k.name)) {
-            return Ok(f.clone());
-        }
-        let m = self.module(k.file)?;
-        let f = m
-            .load_function(k.name)
-            .cuda(&format!("kernel {} in kernels/{}", k.name, k.file))?;
-        lock(&self.inner.functions).insert((k.file, k.name), f.clone());
-        Ok(f)
     }
 
     /// Starts a launch of `k` (see [`Launch`]).
@@ -639,15 +573,77 @@ impl CudaDevice {
         Launch::new(self, k)
     }
 
+    /// Runs one assembled launch: the argument bytes go to the driver (or the emulation) as
+    /// `cuLaunchKernel` takes them; `buffers` are the addresses passed as pointers.
+    pub(super) fn run_launch(
+        &self,
+        k: Kernel,
+        cfg: &LaunchConfig,
+        args: &mut [*mut std::ffi::c_void],
+        arg_sizes: &[usize],
+        buffers: &[u64],
+    ) -> Result<()> {
+        match &self.inner.backend {
+            Backend::Driver(d) => {
+                let f = d.function(k.file, k.name, &self.inner.info)?;
+                d.launch(&f, cfg, args, k.name)
+            }
+            Backend::Host(h) => {
+                let want = h.signature(k.file, k.name)?;
+                if want != arg_sizes {
+                    return Err(Error::Device(format!(
+                        "kernel {}: the launcher passes arguments of {arg_sizes:?} bytes, the \
+                         kernel's parameters are {want:?} bytes",
+                        k.name
+                    )));
+                }
+                h.launch(k.file, k.name, cfg, args, buffers)
+            }
+        }
+    }
+
+    /// The parameter sizes of kernel `k` as compiled by the emulation's C++ compiler (an ABI
+    /// check needs no GPU); `None` on a GPU.
+    pub fn host_signature(&self, k: Kernel) -> Result<Option<Vec<usize>>> {
+        match &self.inner.backend {
+            Backend::Host(h) => h.signature(k.file, k.name).map(Some),
+            Backend::Driver(_) => Ok(None),
+        }
+    }
+
     /// Compiles and loads every entry point of `files` now (start-up, benches), so the first
-    /// training step does not pay for NVRTC.
+    /// training step does not pay for the compiler.
     pub fn load_kernels(&self, files: &[KernelFile]) -> Result<()> {
         for file in files {
             for k in file.kernels {
-                self.function(*k)?;
+                match &self.inner.backend {
+                    Backend::Driver(d) => d.function(k.file, k.name, &self.inner.info).map(drop)?,
+                    Backend::Host(h) => h.signature(k.file, k.name).map(drop)?,
+                }
             }
         }
         Ok(())
+    }
+
+    /// Column-major SGEMM as cuBLAS defines it (`first` is cuBLAS's A): cuBLAS on a GPU, the
+    /// CPU GEMM with the same strides in emulation.
+    ///
+    /// # Safety
+    /// The addresses must hold what the dimensions, leading dimensions and strides address.
+    pub(super) unsafe fn sgemm_col_major(
+        &self,
+        cb: &gemm::CublasGemm,
+        first: u64,
+        second: u64,
+        out: u64,
+    ) -> Result<()> {
+        match &self.inner.backend {
+            Backend::Driver(d) => d.sgemm(cb, first, second, out),
+            Backend::Host(_) => {
+                host::sgemm_col_major(cb, first, second, out, self.tf32());
+                Ok(())
+            }
+        }
     }
 }
 
