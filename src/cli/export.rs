@@ -12,7 +12,6 @@ use crate::autograd::{Tape, Var};
 use crate::checkpoint::{load_counter, load_localizer, save_model, write_tensors};
 use crate::data::{normalize_imagenet, synthetic};
 use crate::device::Device;
-use crate::eval::{counter_z, localizer_density_from};
 use crate::nn::{
     apply_bn_updates, Backbone, Counter, Forward, Localizer, ModelConfig, ModelKind, ParamStore,
 };
@@ -225,7 +224,7 @@ pub fn export_io(a: ExportIoArgs) -> anyhow::Result<()> {
     counter.store.to_device(&device)?;
     let size = a.size;
     let images = synthetic_batch(a.images, size, a.seed)?;
-    let z = counter_z(&counter, images.clone())?;
+    let z = counter.infer(images.clone())?;
     let z_host = z.value().to_device(&Device::Cpu)?;
     let mut tensors: Vec<(String, Tensor)> = vec![("input".into(), images.clone())];
     tensors.push(("z".into(), z_host));
@@ -235,15 +234,10 @@ pub fn export_io(a: ExportIoArgs) -> anyhow::Result<()> {
         let (mut loc, _) = load_localizer(path)?;
         loc.store.to_device(&device)?;
         // The 4-channel input on its own, so a mismatch can be told apart from the UNet's.
-        let x = {
-            let tape = Tape::inference();
-            let bound = loc.store.bind(&tape, false);
-            let f = Forward::new(&tape, &bound, &loc.store, false);
-            let imgs = Var::constant(images.clone().into_device(&device)?);
-            loc.input(&f, &imgs, &z)?
-        };
+        let imgs = Var::constant(images.clone().into_device(&device)?);
+        let x = Forward::inference(&loc.store, |f| loc.input(f, &imgs, &z))?;
         tensors.push(("localizer_input".into(), x.value().to_device(&Device::Cpu)?));
-        let d = localizer_density_from(&loc, images, &z)?;
+        let d = loc.infer(images, &z)?;
         tensors.push(("density".into(), d.value().to_device(&Device::Cpu)?));
         meta.insert("dcl.localizer".to_string(), loc.config.to_json());
     }

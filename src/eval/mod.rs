@@ -6,10 +6,10 @@ pub mod metrics;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::autograd::{Tape, Var};
+use crate::autograd::Var;
 use crate::data::{Dataset, Loader};
 use crate::error::Result;
-use crate::nn::{Counter, Forward, Localizer};
+use crate::nn::{Counter, Localizer};
 use crate::ops::elementwise::scale_tensor;
 use crate::ops::loss::{mse_loss_forward, per_image_counts};
 pub use metrics::{count_metrics, CountMetrics};
@@ -23,12 +23,10 @@ pub struct ImageCount {
 }
 
 /// The counter's coarse map z of a batch of normalised images, in inference mode.
+///
+/// Kept only for `src/bench`, which calls it; the pass itself is `Counter::infer`.
 pub fn counter_z(counter: &Counter, images: crate::tensor::Tensor) -> Result<Var> {
-    let images = images.into_device(&counter.store.device())?;
-    let tape = Tape::inference();
-    let bound = counter.store.bind(&tape, false);
-    let f = Forward::new(&tape, &bound, &counter.store, false);
-    counter.forward(&f, &Var::constant(images))
+    counter.infer(images)
 }
 
 /// Predicted and true counts per source image of `indices` of a data set.
@@ -47,7 +45,7 @@ pub fn predict_counts(
     let mut k = 0;
     for batch in loader.epoch(0) {
         let batch = batch?;
-        let z = counter_z(counter, batch.images)?;
+        let z = counter.infer(batch.images)?;
         for (pred, truth) in per_image_counts(z.value())?.into_iter().zip(&batch.counts) {
             let e = by_source.entry(sources[k].clone()).or_default();
             e.0 += pred as f64;
@@ -78,7 +76,8 @@ pub fn localizer_mse(
     let (mut total, mut n) = (0f64, 0usize);
     for batch in loader.epoch(0) {
         let batch = batch?;
-        let pred = localizer_density(counter, localizer, batch.images)?;
+        let z = counter.infer(batch.images.clone())?;
+        let pred = localizer.infer(batch.images, &z)?;
         let target = scale_tensor(
             &batch.density.into_device(&localizer.store.device())?,
             localizer.config.density_scale,
@@ -88,29 +87,6 @@ pub fn localizer_mse(
         n += b;
     }
     Ok(if n == 0 { 0.0 } else { total / n as f64 })
-}
-
-/// The localizer's output (density × density_scale) for normalised images, inference mode.
-pub fn localizer_density(
-    counter: &Counter,
-    localizer: &Localizer,
-    images: crate::tensor::Tensor,
-) -> Result<Var> {
-    let z = counter_z(counter, images.clone())?;
-    localizer_density_from(localizer, images, &z)
-}
-
-/// As `localizer_density`, reusing an already computed coarse map z of the same images.
-pub fn localizer_density_from(
-    localizer: &Localizer,
-    images: crate::tensor::Tensor,
-    z: &Var,
-) -> Result<Var> {
-    let images = images.into_device(&localizer.store.device())?;
-    let tape = Tape::inference();
-    let bound = localizer.store.bind(&tape, false);
-    let f = Forward::new(&tape, &bound, &localizer.store, false);
-    localizer.forward(&f, &Var::constant(images), z)
 }
 
 /// Localization scores (true/false positives, misses within `radius`) of the points read out
@@ -131,11 +107,9 @@ pub fn localization_scores(
     for batch in loader.epoch(0) {
         let batch = batch?;
         let (h, w) = (batch.images.dims()[2], batch.images.dims()[3]);
-        let z = counter_z(counter, batch.images.clone())?;
+        let z = counter.infer(batch.images.clone())?;
         let counts = per_image_counts(z.value())?;
-        let d = localizer_density_from(localizer, batch.images, &z)?
-            .value()
-            .to_host()?;
+        let d = localizer.infer(batch.images, &z)?.value().to_host()?;
         for (k, truth) in batch.points.iter().enumerate() {
             let map = Map {
                 width: w,

@@ -81,7 +81,7 @@ fn check_windows(opts: &TrainOptions, data: &RunData) -> Result<()> {
     };
     let s = ds.try_sample(i)?;
     let (h, w) = (s.height, s.width);
-    let coarse = h / crate::infer::COARSE_STRIDE;
+    let coarse = h / Counter::STRIDE;
     if h != w || !coarse.is_multiple_of(opts.window_grid) {
         return Err(Error::Invalid(format!(
             "--window-grid {}: training patches of {w}x{h} have a {coarse}x{coarse} coarse map, \

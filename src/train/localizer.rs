@@ -6,7 +6,7 @@ use crate::autograd::Var;
 use crate::checkpoint::{file_hash, load_counter, load_localizer, save_model};
 use crate::data::{Batch, Dataset};
 use crate::error::Result;
-use crate::eval::{counter_z, localization_scores, localizer_mse};
+use crate::eval::{localization_scores, localizer_mse};
 use crate::nn::{Counter, Forward, Localizer, ModelConfig, ModelKind, ParamStore};
 use crate::ops::elementwise::scale_tensor;
 use crate::ops::loss::mse_loss;
@@ -33,7 +33,7 @@ impl Job for LocalizerJob {
     }
     fn loss(&self, f: &Forward, batch: Batch) -> Result<Var> {
         // The counter is frozen: its map comes from an inference pass, a constant here.
-        let z = counter_z(&self.counter, batch.images.clone())?;
+        let z = self.counter.infer(batch.images.clone())?;
         let pred = self.net.forward(f, &Var::constant(batch.images), &z)?;
         let target = scale_tensor(&batch.density, self.net.config.density_scale)?;
         mse_loss(f.tape, &pred, &target)
