@@ -11,6 +11,7 @@ pub mod error;
 pub mod eval;
 pub mod fsutil;
 pub mod infer;
+pub mod metrics;
 pub mod nn;
 pub mod ops;
 pub mod optim;

@@ -17,8 +17,8 @@ use dcl::checkpoint::{load_counter, load_localizer};
 use dcl::cli::count::prediction_points;
 use dcl::data::image_io::read_dots_image;
 use dcl::data::DotRule;
-use dcl::eval::localization::match_points;
 use dcl::infer::{predict, predict_with, InferOptions};
+use dcl::metrics::match_points;
 use dcl::tensor::Tensor;
 use image::{DynamicImage, GenericImage};
 

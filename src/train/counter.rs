@@ -3,7 +3,8 @@
 use crate::autograd::Var;
 use crate::data::Batch;
 use crate::error::{Error, Result};
-use crate::eval::{count_metrics, predict_counts};
+use crate::infer::dataset::predict_counts;
+use crate::metrics::count_metrics;
 use crate::nn::{Counter, Forward, ModelConfig, ModelKind, ParamStore};
 use crate::ops::elementwise::{add, scale};
 use crate::ops::loss::{count_l1_loss, window_count_l1_loss, window_sums};

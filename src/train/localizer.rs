@@ -6,7 +6,7 @@ use crate::autograd::Var;
 use crate::checkpoint::{file_hash, load_counter, load_localizer, save_model};
 use crate::data::{Batch, Dataset};
 use crate::error::Result;
-use crate::eval::{localization_scores, localizer_mse};
+use crate::infer::dataset::{localization_scores, localizer_mse};
 use crate::nn::{Counter, Forward, Localizer, ModelConfig, ModelKind, ParamStore};
 use crate::ops::elementwise::scale_tensor;
 use crate::ops::loss::mse_loss;
