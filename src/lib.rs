@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod nn;
 pub mod ops;
 pub mod optim;
+pub mod progress;
 pub mod report;
 pub mod rng;
 pub mod tensor;

@@ -275,7 +275,7 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
     if let Some(dir) = &a.density_dir {
         crate::cli::outputs::prepare_dir(dir)?;
     }
-    let bar = crate::report::progress_bar(files.len() as u64, "counting", a.quiet);
+    let bar = crate::progress::progress_bar(files.len() as u64, "counting", a.quiet);
     let stages = Stages {
         cost: |(path, _): &(PathBuf, String)| header_pixels(path),
         decode: |(path, _): &(PathBuf, String)| Ok(decode(path)?),

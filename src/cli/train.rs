@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 
+use crate::autograd::Profile;
 use crate::nn::Backbone;
 use crate::train::{open_data, train_counter, train_localizer, TrainOptions};
 
@@ -241,8 +242,10 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     }
     // Opened once: with --model all both networks train on the same decoded data.
     let data = open_data(&opts)?;
+    let mut profile = Profile::default();
     if matches!(model, TrainModel::Counter | TrainModel::All) {
         let s = train_counter(&opts, &data, resume)?;
+        profile.entries.extend(s.profile.entries);
         println!(
             "counter: {} (best: {})",
             s.checkpoint.display(),
@@ -255,6 +258,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     if matches!(model, TrainModel::Localizer | TrainModel::All) {
         let counter = opts.counter.clone().expect("checked above");
         let s = train_localizer(&opts, &counter, &data, resume)?;
+        profile.entries.extend(s.profile.entries);
         println!(
             "localizer: {} (best: {})",
             s.checkpoint.display(),
@@ -262,7 +266,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         );
     }
     if opts.profile {
-        eprint!("{}", crate::report::profile_table());
+        eprint!("{}", crate::report::profile_table(&profile));
     }
     Ok(())
 }

@@ -4,12 +4,13 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use crate::autograd::{Tape, Var};
+use crate::autograd::{Profile, Tape, Var};
 use crate::checkpoint::save_model;
 use crate::data::{Batch, Loader};
 use crate::error::{Error, Result};
 use crate::nn::{apply_bn_updates, Forward, ModelConfig, ParamStore};
 use crate::optim::{Adam, Sgdr};
+use crate::progress::progress_bar;
 use crate::train::run::{load_snapshot, save_snapshot, EpochRecord, Progress, RunLog};
 use crate::train::{RunData, TrainOptions};
 
@@ -45,6 +46,8 @@ pub struct Summary {
     pub best: Option<(f64, usize)>,
     pub checkpoint: PathBuf,
     pub best_checkpoint: PathBuf,
+    /// Per-op times of every training step of this run (`--profile`; empty without it).
+    pub profile: Profile,
 }
 
 pub fn fit(
@@ -82,13 +85,14 @@ pub fn fit(
     .with_mosaic(opts.mosaic);
     let per_epoch = loader.batches_per_epoch().max(1);
     let mut last = None;
+    let mut profile = Profile::default();
 
     for epoch in progress.epochs_done..opts.epochs {
         if opts.max_steps.is_some_and(|m| progress.steps >= m) {
             break;
         }
         let t0 = Instant::now();
-        let bar = crate::report::progress_bar(
+        let bar = progress_bar(
             per_epoch as u64,
             &format!("{name} epoch {}", epoch + 1),
             opts.quiet,
@@ -112,15 +116,22 @@ pub fn fit(
                 return Err(Error::Interrupted(dir.clone()));
             }
             lr = sched.lr(epoch as f64 + i as f64 / per_epoch as f64);
-            let loss =
-                step(job, &mut adam, batch?, lr as f32, opts.profile).map_err(|e| match e {
-                    Error::NonFiniteLoss { value, .. } => Error::NonFiniteLoss {
-                        value,
-                        epoch: epoch + 1,
-                        step: i + 1,
-                    },
-                    e => e,
-                })?;
+            let loss = step(
+                job,
+                &mut adam,
+                batch?,
+                lr as f32,
+                opts.profile,
+                &mut profile,
+            )
+            .map_err(|e| match e {
+                Error::NonFiniteLoss { value, .. } => Error::NonFiniteLoss {
+                    value,
+                    epoch: epoch + 1,
+                    step: i + 1,
+                },
+                e => e,
+            })?;
             // one training forward per step: also BatchNorm's num_batches_tracked
             progress.steps += 1;
             loss_sum += loss as f64;
@@ -159,7 +170,7 @@ pub fn fit(
         // files and the metrics record written above are simply rewritten.
         save_snapshot(&snap_path, job.store(), &adam, &progress)?;
         if !opts.quiet {
-            eprintln!("{}", crate::report::epoch_line(&rec));
+            eprintln!("{rec}");
         }
         last = Some(rec);
     }
@@ -179,22 +190,25 @@ pub fn fit(
         best: progress.best,
         checkpoint: last_path,
         best_checkpoint: best_path,
+        profile,
     })
 }
 
-/// One optimiser step; returns the loss.
+/// One optimiser step; returns the loss. With `profiling`, the step's per-op times are added
+/// to `profile`.
 fn step(
     job: &mut impl Job,
     adam: &mut Adam,
     mut batch: Batch,
     lr: f32,
-    profile: bool,
+    profiling: bool,
+    profile: &mut Profile,
 ) -> Result<f32> {
     let device = job.store().device();
     batch.images = batch.images.into_device(&device)?;
     batch.density = batch.density.into_device(&device)?;
     let tape = Tape::new();
-    tape.set_profiling(profile);
+    tape.set_profiling(profiling);
     let (loss, grads, updates) = {
         let bound = job.store().bind(&tape, true);
         let f = Forward::new(&tape, &bound, job.store(), true);
@@ -213,8 +227,8 @@ fn step(
     // `bound` is gone, so parameters are updated in place rather than copied.
     adam.update(job.store_mut(), &grads, lr)?;
     apply_bn_updates(job.store_mut(), updates)?;
-    if profile {
-        crate::report::record_profile(tape.take_profile());
+    if profiling {
+        profile.entries.extend(tape.take_profile().entries);
     }
     Ok(loss)
 }
