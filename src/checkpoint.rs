@@ -9,6 +9,7 @@ use std::path::Path;
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 
+use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::fsutil::atomic_write;
 use crate::nn::{Counter, Localizer, ModelConfig, ModelKind, ParamStore};
@@ -222,6 +223,40 @@ pub fn load_localizer(path: &Path) -> Result<(Localizer, u64)> {
     let mut net = Localizer::new(&config, 0)?;
     load_into(path, &mut net.store, floats)?;
     Ok((net, steps))
+}
+
+/// Opens a counter and, optionally, the localizer trained on it, on `device`. The localizer
+/// must have been trained on this very counter (it records the counter's hash); also returns
+/// that hash, which outputs record.
+pub fn load_pair(
+    counter: &Path,
+    localizer: Option<&Path>,
+    device: &Device,
+) -> Result<(Counter, Option<Localizer>, String)> {
+    let (mut c, _) = load_counter(counter)?;
+    c.store.to_device(device)?;
+    let hash = file_hash(counter)?;
+    let l = match localizer {
+        None => None,
+        Some(lp) => {
+            let (mut l, _) = load_localizer(lp)?;
+            if let Some(h) = &l.config.counter_hash {
+                if *h != hash {
+                    return Err(Error::file(
+                        lp,
+                        format!(
+                            "this localizer was trained on another counter (hash {h}), not {} \
+                             (hash {hash})",
+                            counter.display()
+                        ),
+                    ));
+                }
+            }
+            l.store.to_device(device)?;
+            Some(l)
+        }
+    };
+    Ok((c, l, hash))
 }
 
 /// A short content hash of a checkpoint (FNV-1a 64 over its configuration and its tensors'

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use clap::Args;
 
+use crate::checkpoint::load_pair;
 use crate::data::{DataOptions, Dataset, Format, SplitSpec};
 use crate::eval::evaluate;
 
@@ -53,8 +54,8 @@ pub struct EvalArgs {
 }
 
 pub fn run(a: EvalArgs) -> anyhow::Result<()> {
-    let (counter, localizer, _) =
-        super::count::load_models(&a.counter, a.localizer.as_deref(), &a.device)?;
+    let device = super::parse_device(&a.device)?;
+    let (counter, localizer, _) = load_pair(&a.counter, a.localizer.as_deref(), &device)?;
     a.gpu.apply(&counter.store.device())?;
     let format: Option<Format> = a.format.as_deref().map(str::parse).transpose()?;
     let opts = DataOptions {

@@ -14,6 +14,7 @@ use crate::data::normalize_imagenet;
 use crate::error::{Error, Result};
 use crate::nn::{Counter, Localizer};
 use crate::tensor::Tensor;
+use points::{find_points, Point};
 use tiling::{axis_weights, tile_starts};
 
 #[derive(Clone, Copy, Debug)]
@@ -86,6 +87,24 @@ pub struct Prediction {
     pub coarse: Map,
     /// The localizer's density, cells per network pixel, cropped to the scaled image.
     pub density: Option<Map>,
+}
+
+impl Prediction {
+    /// The cells located in the localizer's map (see `points::find_points`), in image pixel
+    /// coordinates; None without a localizer.
+    pub fn points(&self, threshold: f32, min_distance: f32) -> Option<Vec<Point>> {
+        let d = self.density.as_ref()?;
+        let pts = find_points(d, self.count, threshold, min_distance);
+        Some(
+            pts.into_iter()
+                .map(|q| Point {
+                    x: q.x / self.scale,
+                    y: q.y / self.scale,
+                    score: q.score,
+                })
+                .collect(),
+        )
+    }
 }
 
 /// Counts (and with a localizer, maps) one decoded image.
