@@ -29,7 +29,7 @@ pub enum DataCommand {
         #[arg(long)]
         out: PathBuf,
         /// Gaussian σ in network-resolution pixels.
-        #[arg(long, default_value_t = 3.0)]
+        #[arg(long, default_value_t = DataOptions::default().sigma)]
         sigma: f32,
         #[command(flatten)]
         read: ReadArgs,

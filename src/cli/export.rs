@@ -22,16 +22,16 @@ use crate::tensor::Tensor;
 pub struct InitCheckpointArgs {
     #[arg(long, value_enum)]
     pub model: ModelKind,
-    #[arg(long, value_enum, default_value = "vgg19_bn")]
+    #[arg(long, value_enum, default_value_t = ModelConfig::default().backbone)]
     pub backbone: Backbone,
     /// K, the number of GMP sampling points (0: no GMP).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = ModelConfig::default().gmp_points)]
     pub gmp_points: usize,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = ModelConfig::default().width_mult)]
     pub width_mult: f32,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = ModelConfig::default().unet_width)]
     pub unet_width: usize,
-    #[arg(long, default_value_t = 100.0)]
+    #[arg(long, default_value_t = ModelConfig::default().density_scale)]
     pub density_scale: f32,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
