@@ -12,7 +12,7 @@ use safetensors::SafeTensors;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::fsutil::atomic_write;
-use crate::nn::{Counter, Localizer, ModelConfig, ModelKind, ParamStore};
+use crate::nn::{Counter, Localizer, ModelConfig, ModelKind, Network, ParamStore};
 use crate::tensor::Tensor;
 
 pub const CONFIG_KEY: &str = "dcl.config";
@@ -209,20 +209,22 @@ fn read_model(
     Ok((config, floats, bn_steps))
 }
 
+/// Loads a checkpoint of network `N`; returns the network and its BatchNorm step count.
+pub fn load_model<N: Network>(path: &Path) -> Result<(N, u64)> {
+    let (config, floats, steps) = read_model(path, N::KIND)?;
+    let mut net = N::new(&config, 0)?;
+    load_into(path, net.store_mut(), floats)?;
+    Ok((net, steps))
+}
+
 /// Loads a counter checkpoint; returns the network and its BatchNorm step count.
 pub fn load_counter(path: &Path) -> Result<(Counter, u64)> {
-    let (config, floats, steps) = read_model(path, ModelKind::Counter)?;
-    let mut net = Counter::new(&config, 0)?;
-    load_into(path, &mut net.store, floats)?;
-    Ok((net, steps))
+    load_model(path)
 }
 
 /// Loads a localizer checkpoint; returns the network and its BatchNorm step count.
 pub fn load_localizer(path: &Path) -> Result<(Localizer, u64)> {
-    let (config, floats, steps) = read_model(path, ModelKind::Localizer)?;
-    let mut net = Localizer::new(&config, 0)?;
-    load_into(path, &mut net.store, floats)?;
-    Ok((net, steps))
+    load_model(path)
 }
 
 /// Opens a counter and, optionally, the localizer trained on it, on `device`. The localizer

@@ -8,7 +8,7 @@ use crate::autograd::{Profile, Tape, Var};
 use crate::checkpoint::save_model;
 use crate::data::{Batch, Loader};
 use crate::error::{Error, Result};
-use crate::nn::{apply_bn_updates, Forward, ModelConfig, ParamStore};
+use crate::nn::{apply_bn_updates, Forward, Network};
 use crate::optim::{Adam, Sgdr};
 use crate::progress::progress_bar;
 use crate::train::run::{load_snapshot, save_snapshot, EpochRecord, Progress, RunLog};
@@ -26,13 +26,12 @@ pub struct Scores {
     pub mse: Option<f64>,
 }
 
-/// A network being trained, as the loop sees it.
+/// A network being trained, as the loop sees it: the network (which names the run's files,
+/// and whose parameters are stepped and saved), its loss and its validation.
 pub trait Job {
-    /// `counter` or `localizer`: names the files of the run.
-    fn name(&self) -> &'static str;
-    fn config(&self) -> &ModelConfig;
-    fn store(&self) -> &ParamStore;
-    fn store_mut(&mut self) -> &mut ParamStore;
+    type Net: Network;
+    fn net(&self) -> &Self::Net;
+    fn net_mut(&mut self) -> &mut Self::Net;
     /// The scalar training loss of a batch, recorded on `f.tape`.
     fn loss(&self, f: &Forward, batch: Batch) -> Result<Var>;
     /// Scores on the validation data.
@@ -50,14 +49,14 @@ pub struct Summary {
     pub profile: Profile,
 }
 
-pub fn fit(
-    job: &mut impl Job,
+pub fn fit<J: Job>(
+    job: &mut J,
     opts: &TrainOptions,
     data: &RunData,
     resume: bool,
 ) -> Result<Summary> {
     opts.validate()?;
-    let name = job.name();
+    let name = J::Net::KIND.name();
     let dir = &opts.out;
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::file(dir, format!("cannot create the run folder: {e}")))?;
@@ -66,10 +65,10 @@ pub fn fit(
     let snap_path = dir.join(format!("{name}.snapshot.safetensors"));
     let log = RunLog::new(dir);
 
-    let mut adam = Adam::new(opts.adam(), job.store())?;
+    let mut adam = Adam::new(opts.adam(), job.net().store())?;
     let mut progress = Progress::default();
     if resume && snap_path.exists() {
-        progress = load_snapshot(&snap_path, job.store_mut(), &mut adam)?;
+        progress = load_snapshot(&snap_path, job.net_mut().store_mut(), &mut adam)?;
     }
     log.truncate(name, progress.epochs_done)?;
     let sched = Sgdr::new(opts.lr, opts.sgdr_t0, opts.sgdr_t_mult, opts.eta_min);
@@ -111,8 +110,13 @@ pub fn fit(
                 progress.epochs_done = epoch;
                 progress.batches_done = i;
                 progress.epoch_loss_sum = loss_sum;
-                save_model(&last_path, job.config(), job.store(), progress.steps as u64)?;
-                save_snapshot(&snap_path, job.store(), &adam, &progress)?;
+                save_model(
+                    &last_path,
+                    job.net().config(),
+                    job.net().store(),
+                    progress.steps as u64,
+                )?;
+                save_snapshot(&snap_path, job.net().store(), &adam, &progress)?;
                 return Err(Error::Interrupted(dir.clone()));
             }
             lr = sched.lr(epoch as f64 + i as f64 / per_epoch as f64);
@@ -146,9 +150,19 @@ pub fn fit(
         if has_val && improved {
             progress.best = Some((scores.key, epoch + 1));
         }
-        save_model(&last_path, job.config(), job.store(), progress.steps as u64)?;
+        save_model(
+            &last_path,
+            job.net().config(),
+            job.net().store(),
+            progress.steps as u64,
+        )?;
         if !has_val || improved {
-            save_model(&best_path, job.config(), job.store(), progress.steps as u64)?;
+            save_model(
+                &best_path,
+                job.net().config(),
+                job.net().store(),
+                progress.steps as u64,
+            )?;
         }
         let rec = EpochRecord {
             model: name.to_string(),
@@ -168,7 +182,7 @@ pub fn fit(
         log.append(&rec)?;
         // The snapshot goes last: a crash before it resumes from the previous epoch, and the
         // files and the metrics record written above are simply rewritten.
-        save_snapshot(&snap_path, job.store(), &adam, &progress)?;
+        save_snapshot(&snap_path, job.net().store(), &adam, &progress)?;
         if !opts.quiet {
             eprintln!("{rec}");
         }
@@ -204,14 +218,15 @@ fn step(
     profiling: bool,
     profile: &mut Profile,
 ) -> Result<f32> {
-    let device = job.store().device();
+    let device = job.net().store().device();
     batch.images = batch.images.into_device(&device)?;
     batch.density = batch.density.into_device(&device)?;
     let tape = Tape::new();
     tape.set_profiling(profiling);
     let (loss, grads, updates) = {
-        let bound = job.store().bind(&tape, true);
-        let f = Forward::new(&tape, &bound, job.store(), true);
+        let store = job.net().store();
+        let bound = store.bind(&tape, true);
+        let f = Forward::new(&tape, &bound, store, true);
         let loss = job.loss(&f, batch)?;
         let value = loss.value().item()?;
         if !value.is_finite() {
@@ -225,8 +240,9 @@ fn step(
         (value, bound.take_grads(&mut grads), f.take_bn_updates())
     };
     // `bound` is gone, so parameters are updated in place rather than copied.
-    adam.update(job.store_mut(), &grads, lr)?;
-    apply_bn_updates(job.store_mut(), updates)?;
+    let store = job.net_mut().store_mut();
+    adam.update(store, &grads, lr)?;
+    apply_bn_updates(store, updates)?;
     if profiling {
         profile.entries.extend(tape.take_profile().entries);
     }

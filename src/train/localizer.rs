@@ -7,7 +7,7 @@ use crate::checkpoint::{file_hash, load_counter, load_localizer, save_model};
 use crate::data::{Batch, Dataset};
 use crate::error::Result;
 use crate::infer::dataset::{localization_scores, localizer_mse};
-use crate::nn::{Counter, Forward, Localizer, ModelConfig, ModelKind, ParamStore};
+use crate::nn::{Counter, Forward, Localizer, ModelKind};
 use crate::ops::elementwise::scale_tensor;
 use crate::ops::loss::mse_loss;
 use crate::train::fit::{fit, Job, Scores, Summary};
@@ -19,17 +19,12 @@ pub struct LocalizerJob {
 }
 
 impl Job for LocalizerJob {
-    fn name(&self) -> &'static str {
-        "localizer"
+    type Net = Localizer;
+    fn net(&self) -> &Localizer {
+        &self.net
     }
-    fn config(&self) -> &ModelConfig {
-        &self.net.config
-    }
-    fn store(&self) -> &ParamStore {
-        &self.net.store
-    }
-    fn store_mut(&mut self) -> &mut ParamStore {
-        &mut self.net.store
+    fn net_mut(&mut self) -> &mut Localizer {
+        &mut self.net
     }
     fn loss(&self, f: &Forward, batch: Batch) -> Result<Var> {
         // The counter is frozen: its map comes from an inference pass, a constant here.
