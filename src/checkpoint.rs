@@ -140,6 +140,11 @@ pub fn save_model(
     write_tensors(path, &tensors, &steps, meta)
 }
 
+/// `save_model` of a network's own configuration and tensors.
+pub fn save_network(path: &Path, net: &impl Network, bn_steps: u64) -> Result<()> {
+    save_model(path, net.config(), net.store(), bn_steps)
+}
+
 /// Copies loaded tensors into a freshly built store, refusing any mismatch by name.
 pub fn load_into(
     path: &Path,

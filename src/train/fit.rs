@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crate::autograd::{Profile, Tape, Var};
-use crate::checkpoint::save_model;
+use crate::checkpoint::save_network;
 use crate::data::{Batch, Loader};
 use crate::error::{Error, Result};
 use crate::nn::{apply_bn_updates, Forward, Network};
@@ -110,12 +110,7 @@ pub fn fit<J: Job>(
                 progress.epochs_done = epoch;
                 progress.batches_done = i;
                 progress.epoch_loss_sum = loss_sum;
-                save_model(
-                    &last_path,
-                    job.net().config(),
-                    job.net().store(),
-                    progress.steps as u64,
-                )?;
+                save_network(&last_path, job.net(), progress.steps as u64)?;
                 save_snapshot(&snap_path, job.net().store(), &adam, &progress)?;
                 return Err(Error::Interrupted(dir.clone()));
             }
@@ -150,19 +145,9 @@ pub fn fit<J: Job>(
         if has_val && improved {
             progress.best = Some((scores.key, epoch + 1));
         }
-        save_model(
-            &last_path,
-            job.net().config(),
-            job.net().store(),
-            progress.steps as u64,
-        )?;
+        save_network(&last_path, job.net(), progress.steps as u64)?;
         if !has_val || improved {
-            save_model(
-                &best_path,
-                job.net().config(),
-                job.net().store(),
-                progress.steps as u64,
-            )?;
+            save_network(&best_path, job.net(), progress.steps as u64)?;
         }
         let rec = EpochRecord {
             model: name.to_string(),

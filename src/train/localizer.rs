@@ -3,7 +3,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::autograd::Var;
-use crate::checkpoint::{file_hash, load_counter, load_localizer, save_model};
+use crate::checkpoint::{file_hash, load_counter, load_localizer, save_network};
 use crate::data::{Batch, Dataset};
 use crate::error::Result;
 use crate::infer::dataset::{localization_scores, localizer_mse};
@@ -112,7 +112,7 @@ fn tune_point_readout(
         );
     loc.config.point_threshold = best.0;
     loc.config.min_distance = best.1;
-    save_model(path, &loc.config, &loc.store, bn_steps)?;
+    save_network(path, &loc, bn_steps)?;
     if !quiet {
         eprintln!(
             "point read-out for {}: threshold {:.4} cells/px, min distance {:.1} px (validation F1 {:.3})",
