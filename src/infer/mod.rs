@@ -3,6 +3,9 @@
 //! are blended with weights that sum to one everywhere (see `tiling`), so the count is the sum
 //! of one seamless map. Memory stays bounded: the image is kept in its decoded pixel type and
 //! converted a tile at a time; the counter's map is 1/8 of the image per side.
+//!
+//! `dataset` runs the networks over an annotated data set patch by patch instead (validation
+//! and evaluation).
 pub mod dataset;
 pub mod points;
 pub mod tiling;
