@@ -9,9 +9,10 @@ use std::path::Path;
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 
+use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::fsutil::atomic_write;
-use crate::nn::{Counter, Localizer, ModelConfig, ModelKind, ParamStore};
+use crate::nn::{Counter, Localizer, ModelConfig, ModelKind, Network, ParamStore};
 use crate::tensor::Tensor;
 
 pub const CONFIG_KEY: &str = "dcl.config";
@@ -139,6 +140,11 @@ pub fn save_model(
     write_tensors(path, &tensors, &steps, meta)
 }
 
+/// `save_model` of a network's own configuration and tensors.
+pub fn save_network(path: &Path, net: &impl Network, bn_steps: u64) -> Result<()> {
+    save_model(path, net.config(), net.store(), bn_steps)
+}
+
 /// Copies loaded tensors into a freshly built store, refusing any mismatch by name.
 pub fn load_into(
     path: &Path,
@@ -208,20 +214,56 @@ fn read_model(
     Ok((config, floats, bn_steps))
 }
 
+/// Loads a checkpoint of network `N`; returns the network and its BatchNorm step count.
+pub fn load_model<N: Network>(path: &Path) -> Result<(N, u64)> {
+    let (config, floats, steps) = read_model(path, N::KIND)?;
+    let mut net = N::new(&config, 0)?;
+    load_into(path, net.store_mut(), floats)?;
+    Ok((net, steps))
+}
+
 /// Loads a counter checkpoint; returns the network and its BatchNorm step count.
 pub fn load_counter(path: &Path) -> Result<(Counter, u64)> {
-    let (config, floats, steps) = read_model(path, ModelKind::Counter)?;
-    let mut net = Counter::new(&config, 0)?;
-    load_into(path, &mut net.store, floats)?;
-    Ok((net, steps))
+    load_model(path)
 }
 
 /// Loads a localizer checkpoint; returns the network and its BatchNorm step count.
 pub fn load_localizer(path: &Path) -> Result<(Localizer, u64)> {
-    let (config, floats, steps) = read_model(path, ModelKind::Localizer)?;
-    let mut net = Localizer::new(&config, 0)?;
-    load_into(path, &mut net.store, floats)?;
-    Ok((net, steps))
+    load_model(path)
+}
+
+/// Opens a counter and, optionally, the localizer trained on it, on `device`. The localizer
+/// must have been trained on this very counter (it records the counter's hash); also returns
+/// that hash, which outputs record.
+pub fn load_pair(
+    counter: &Path,
+    localizer: Option<&Path>,
+    device: &Device,
+) -> Result<(Counter, Option<Localizer>, String)> {
+    let (mut c, _) = load_counter(counter)?;
+    c.store.to_device(device)?;
+    let hash = file_hash(counter)?;
+    let l = match localizer {
+        None => None,
+        Some(lp) => {
+            let (mut l, _) = load_localizer(lp)?;
+            if let Some(h) = &l.config.counter_hash {
+                if *h != hash {
+                    return Err(Error::file(
+                        lp,
+                        format!(
+                            "this localizer was trained on another counter (hash {h}), not {} \
+                             (hash {hash})",
+                            counter.display()
+                        ),
+                    ));
+                }
+            }
+            l.store.to_device(device)?;
+            Some(l)
+        }
+    };
+    Ok((c, l, hash))
 }
 
 /// A short content hash of a checkpoint (FNV-1a 64 over its configuration and its tensors'

@@ -14,11 +14,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use dcl::checkpoint::{load_counter, load_localizer};
-use dcl::cli::count::prediction_points;
 use dcl::data::image_io::read_dots_image;
 use dcl::data::DotRule;
-use dcl::eval::localization::match_points;
 use dcl::infer::{predict, predict_with, InferOptions};
+use dcl::metrics::match_points;
 use dcl::tensor::Tensor;
 use image::{DynamicImage, GenericImage};
 
@@ -258,7 +257,7 @@ fn stitched_vgg_images_locate_the_same_cells() {
     let opts = InferOptions::default();
     let located = |im: &DynamicImage| {
         let p = predict(&counter, Some(&localizer), im, &opts).unwrap();
-        prediction_points(&p, threshold, min_distance)
+        p.points(threshold, min_distance)
             .unwrap()
             .into_iter()
             .map(|q| (q.x, q.y))

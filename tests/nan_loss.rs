@@ -6,7 +6,7 @@ use dcl::autograd::Var;
 use dcl::checkpoint::load_counter;
 use dcl::data::Batch;
 use dcl::error::Error;
-use dcl::nn::{Counter, Forward, ModelConfig, ModelKind, ParamStore};
+use dcl::nn::{Counter, Forward, ModelKind};
 use dcl::train::{fit, open_data, CounterJob, Job, RunData, Scores, TrainOptions};
 
 /// The counter's job, except that the loss of optimiser step `poison` is NaN.
@@ -17,17 +17,12 @@ struct Poisoned {
 }
 
 impl Job for Poisoned {
-    fn name(&self) -> &'static str {
-        "counter"
+    type Net = Counter;
+    fn net(&self) -> &Counter {
+        self.inner.net()
     }
-    fn config(&self) -> &ModelConfig {
-        self.inner.config()
-    }
-    fn store(&self) -> &ParamStore {
-        self.inner.store()
-    }
-    fn store_mut(&mut self) -> &mut ParamStore {
-        self.inner.store_mut()
+    fn net_mut(&mut self) -> &mut Counter {
+        self.inner.net_mut()
     }
     fn loss(&self, f: &Forward, batch: Batch) -> dcl::Result<Var> {
         self.calls.set(self.calls.get() + 1);

@@ -9,7 +9,6 @@ use std::process::Command;
 
 use dcl::checkpoint::{load_counter, read_tensors, write_tensors};
 use dcl::cli::export::synthetic_batch;
-use dcl::eval::counter_z;
 use dcl::tensor::Tensor;
 
 fn dcl_bin() -> PathBuf {
@@ -130,7 +129,7 @@ fn export_io_writes_what_the_library_computes() {
     let images = synthetic_batch(2, 32, 5).unwrap();
     assert_eq!(t["input"].1, images.to_vec());
     let (counter, _) = load_counter(&c).unwrap();
-    let z = counter_z(&counter, images).unwrap().value().to_vec();
+    let z = counter.infer(images).unwrap().value().to_vec();
     assert!(max_rel(&t["z"].1, &z) < 1e-6);
     assert!(t["z"].1.iter().any(|&v| v != 0.0));
     // The 4th input channel sums to the count times density_scale (default 100).

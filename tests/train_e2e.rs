@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use dcl::checkpoint::{load_counter, load_localizer};
 use dcl::data::Dataset;
-use dcl::eval::{count_metrics, localizer_mse, predict_counts};
+use dcl::infer::dataset::{localizer_mse, predict_counts};
+use dcl::metrics::count_metrics;
 use dcl::nn::{Counter, Localizer, ModelKind};
 use dcl::train::{open_data, train_counter, train_localizer, TrainOptions};
 

@@ -1,18 +1,17 @@
 //! `dcl count`: counts (and with a localizer, locates) cells in files and folders.
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
 
-use crate::checkpoint::{file_hash, load_counter, load_localizer};
+use crate::checkpoint::load_pair;
 use crate::cli::count_pipeline::{run_stages, Stages};
 use crate::cli::csv_field;
-use crate::data::image_io::{decode, is_image_file};
-use crate::infer::points::{find_points, Point};
+use crate::data::files::collect_images;
+use crate::data::image_io::{decode, header_pixels};
+use crate::infer::points::Point;
 use crate::infer::{predict, InferOptions, Prediction};
-use crate::nn::{Counter, Localizer};
 
 #[derive(Args, Debug)]
 pub struct CountArgs {
@@ -67,17 +66,6 @@ const PIXELS_IN_FLIGHT: u64 = 32 << 20;
 /// An image with its prediction and points, on its way to the writer.
 type Counted = (image::DynamicImage, Prediction, Option<Vec<Point>>);
 
-/// Width x height from the file's header, without decoding it; None when unreadable.
-fn header_pixels(path: &Path) -> Option<u64> {
-    let (w, h) = image::ImageReader::open(path)
-        .ok()?
-        .with_guessed_format()
-        .ok()?
-        .into_dimensions()
-        .ok()?;
-    Some(w as u64 * h as u64)
-}
-
 #[derive(Serialize)]
 struct CountRow {
     image: String,
@@ -86,84 +74,6 @@ struct CountRow {
     height: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     points: Option<usize>,
-}
-
-/// `*` and `?` wildcard match on a file name.
-pub fn glob_match(pattern: &str, name: &str) -> bool {
-    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
-    let (mut pi, mut ni, mut star, mut mark) = (0, 0, None, 0);
-    while ni < n.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
-            pi += 1;
-            ni += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some(pi);
-            mark = ni;
-            pi += 1;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ni = mark;
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
-}
-
-/// Image files under `paths` (files as given; folders recursively, sorted), each with the name
-/// its outputs get: the path relative to the folder, separators replaced by "__". Folders in
-/// `skip` (e.g. an earlier run's outputs) and symbolic links to folders are not searched.
-pub fn collect_images(
-    paths: &[PathBuf],
-    glob: Option<&str>,
-    skip: &[PathBuf],
-) -> anyhow::Result<Vec<(PathBuf, String)>> {
-    let skip: Vec<PathBuf> = skip.iter().filter_map(|d| d.canonicalize().ok()).collect();
-    let mut out = Vec::new();
-    for p in paths {
-        if p.is_dir() {
-            let mut stack = vec![p.clone()];
-            let mut found = Vec::new();
-            while let Some(d) = stack.pop() {
-                let rd = std::fs::read_dir(&d)
-                    .with_context(|| format!("{}: cannot list folder", d.display()))?;
-                for e in rd {
-                    let e = e.with_context(|| format!("{}: cannot list folder", d.display()))?;
-                    let path = e.path();
-                    let kind = e
-                        .file_type()
-                        .with_context(|| format!("{}: cannot read", path.display()))?;
-                    if kind.is_dir() {
-                        if !path.canonicalize().is_ok_and(|c| skip.contains(&c)) {
-                            stack.push(path);
-                        }
-                    } else if kind.is_symlink() && path.is_dir() {
-                        // not followed: a link back up the tree would never end
-                    } else if is_image_file(&path)
-                        && glob.is_none_or(|g| glob_match(g, &file_name(&path)))
-                    {
-                        found.push(path);
-                    }
-                }
-            }
-            found.sort();
-            for f in found {
-                let rel = f.strip_prefix(p).unwrap_or(&f).with_extension("");
-                let name = rel.to_string_lossy().replace(['/', '\\'], "__");
-                out.push((f, name));
-            }
-        } else if p.exists() {
-            let name = p
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            out.push((p.clone(), name));
-        } else {
-            anyhow::bail!("{}: no such file or folder", p.display());
-        }
-    }
-    Ok(out)
 }
 
 /// Two inputs whose outputs would share a name (a.png and a.tif, or x/a.png and y/a.png given
@@ -182,58 +92,6 @@ fn check_unique_names(files: &[(PathBuf, String)]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn file_name(p: &Path) -> String {
-    p.file_name()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
-/// Opens a checkpoint pair, checking the localizer was trained on this counter; also returns
-/// the counter's content hash (outputs record it).
-pub fn load_models(
-    counter: &Path,
-    localizer: Option<&Path>,
-    device: &str,
-) -> anyhow::Result<(Counter, Option<Localizer>, String)> {
-    let device = super::parse_device(device)?;
-    let (mut c, _) = load_counter(counter)?;
-    c.store.to_device(&device)?;
-    let hash = file_hash(counter)?;
-    let l = match localizer {
-        None => None,
-        Some(lp) => {
-            let (mut l, _) = load_localizer(lp)?;
-            if let Some(h) = &l.config.counter_hash {
-                if *h != hash {
-                    anyhow::bail!(
-                        "{}: this localizer was trained on another counter (hash {h}), not {} (hash {hash})",
-                        lp.display(),
-                        counter.display()
-                    );
-                }
-            }
-            l.store.to_device(&device)?;
-            Some(l)
-        }
-    };
-    Ok((c, l, hash))
-}
-
-/// Points of a prediction in image pixel coordinates.
-pub fn prediction_points(p: &Prediction, threshold: f32, min_distance: f32) -> Option<Vec<Point>> {
-    let d = p.density.as_ref()?;
-    let pts = find_points(d, p.count, threshold, min_distance);
-    Some(
-        pts.into_iter()
-            .map(|q| Point {
-                x: q.x / p.scale,
-                y: q.y / p.scale,
-                score: q.score,
-            })
-            .collect(),
-    )
-}
-
 pub fn run(a: CountArgs) -> anyhow::Result<()> {
     let opts = InferOptions {
         tile: a.tile,
@@ -249,7 +107,8 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
             anyhow::bail!("{flag} must be a number >= 0, got {v}");
         }
     }
-    let (counter, localizer, hash) = load_models(&a.counter, a.localizer.as_deref(), &a.device)?;
+    let device = super::parse_device(&a.device)?;
+    let (counter, localizer, hash) = load_pair(&a.counter, a.localizer.as_deref(), &device)?;
     a.gpu.apply(&counter.store.device())?;
     let outputs: Vec<PathBuf> = a.out.iter().chain(&a.density_dir).cloned().collect();
     let files = collect_images(&a.paths, a.glob.as_deref(), &outputs)?;
@@ -275,13 +134,13 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
     if let Some(dir) = &a.density_dir {
         crate::cli::outputs::prepare_dir(dir)?;
     }
-    let bar = crate::report::progress_bar(files.len() as u64, "counting", a.quiet);
+    let bar = crate::progress::progress_bar(files.len() as u64, "counting", a.quiet);
     let stages = Stages {
         cost: |(path, _): &(PathBuf, String)| header_pixels(path),
         decode: |(path, _): &(PathBuf, String)| Ok(decode(path)?),
         compute: |_: &(PathBuf, String), img: image::DynamicImage| {
             let p = predict(&counter, localizer.as_ref(), &img, &opts)?;
-            let points = prediction_points(&p, threshold, min_distance);
+            let points = p.points(threshold, min_distance);
             Ok((img, p, points))
         },
         write: |(path, name): &(PathBuf, String), (img, p, points): Counted| {
@@ -365,17 +224,4 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    #[test]
-    fn glob_matches_wildcards() {
-        assert!(glob_match("*cell.png", "001cell.png"));
-        assert!(!glob_match("*cell.png", "001dots.png"));
-        assert!(glob_match("a?c*", "abcdef"));
-        assert!(!glob_match("a?c", "abcd"));
-        assert!(glob_match("*", ""));
-    }
 }

@@ -1,5 +1,5 @@
 //! `dcl data ...`: inspect annotated folders, write density maps, generate the synthetic set.
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
@@ -29,7 +29,7 @@ pub enum DataCommand {
         #[arg(long)]
         out: PathBuf,
         /// Gaussian σ in network-resolution pixels.
-        #[arg(long, default_value_t = 3.0)]
+        #[arg(long, default_value_t = DataOptions::default().sigma)]
         sigma: f32,
         #[command(flatten)]
         read: ReadArgs,
@@ -269,11 +269,7 @@ fn density(path: &Path, out: &Path, opts: &DataOptions) -> anyhow::Result<()> {
     )?;
     warn_skipped(&ds);
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let pb = if std::io::stderr().is_terminal() {
-        indicatif::ProgressBar::new(ds.images().len() as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let pb = crate::progress::progress_bar(ds.images().len() as u64, "writing", false);
     let mut index = String::from("patch,image,row,col,count,density_sum\n");
     let mut written = 0;
     for (i, im) in ds.images().iter().enumerate() {

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::cli::train::{TrainArgs, TrainModel};
+use crate::train::TrainOptions;
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
@@ -54,23 +55,32 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         "[2/4] training counter and localizer (width x{width_mult}) on {}",
         a.device
     );
-    let mut args = TrainArgs::defaults();
-    args.model = TrainModel::Counter;
-    args.data = train_dir.display().to_string();
-    args.val = None; // validation: a seeded tenth of the training images; the held-out set stays unseen
-    args.out = run_dir.clone();
-    args.epochs = a.counter_epochs;
-    args.width_mult = width_mult;
-    args.lr = if on_gpu { 1e-4 } else { 1e-3 };
-    args.sgdr_t0 = a.counter_epochs as f64;
-    args.sgdr_t_mult = 1.0;
-    args.seed = a.seed;
-    args.device = a.device.clone();
+    let mut options = TrainOptions {
+        data: train_dir.display().to_string(),
+        val: None, // validation: a seeded tenth of the training images; the held-out set stays unseen
+        out: run_dir.clone(),
+        epochs: a.counter_epochs,
+        width_mult,
+        sgdr_t0: a.counter_epochs as f64,
+        sgdr_t_mult: 1.0,
+        seed: a.seed,
+        ..TrainOptions::default()
+    };
+    if !on_gpu {
+        options.lr = 1e-3;
+    }
+    let mut args = TrainArgs {
+        model: TrainModel::Counter,
+        resume: None,
+        options,
+        device: a.device.clone(),
+        gpu: Default::default(),
+    };
     super::train::run(args.clone())?;
     args.model = TrainModel::Localizer;
-    args.counter = Some(run_dir.join("counter.best.safetensors"));
-    args.epochs = a.localizer_epochs;
-    args.sgdr_t0 = a.localizer_epochs as f64;
+    args.options.counter = Some(run_dir.join("counter.best.safetensors"));
+    args.options.epochs = a.localizer_epochs;
+    args.options.sgdr_t0 = a.localizer_epochs as f64;
     super::train::run(args)?;
 
     let counter = run_dir.join("counter.best.safetensors");

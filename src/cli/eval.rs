@@ -4,8 +4,9 @@ use std::sync::Arc;
 
 use clap::Args;
 
+use crate::checkpoint::load_pair;
 use crate::data::{DataOptions, Dataset, Format, SplitSpec};
-use crate::eval::{count_metrics, localization_scores, predict_counts};
+use crate::eval::evaluate;
 
 #[derive(Args, Debug)]
 #[command(
@@ -53,8 +54,8 @@ pub struct EvalArgs {
 }
 
 pub fn run(a: EvalArgs) -> anyhow::Result<()> {
-    let (counter, localizer, _) =
-        super::count::load_models(&a.counter, a.localizer.as_deref(), &a.device)?;
+    let device = super::parse_device(&a.device)?;
+    let (counter, localizer, _) = load_pair(&a.counter, a.localizer.as_deref(), &device)?;
     a.gpu.apply(&counter.store.device())?;
     let format: Option<Format> = a.format.as_deref().map(str::parse).transpose()?;
     let opts = DataOptions {
@@ -86,12 +87,18 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     if idx.is_empty() {
         anyhow::bail!("{}: no images to evaluate", a.data.display());
     }
-    let counts = predict_counts(&counter, &ds, &idx, a.batch_size)?;
-    let pairs: Vec<(f64, f64)> = counts.iter().map(|c| (c.predicted, c.truth)).collect();
-    let m = count_metrics(&pairs);
+    let e = evaluate(
+        &counter,
+        localizer.as_ref(),
+        &ds,
+        &idx,
+        a.batch_size,
+        a.radius,
+    )?;
+    let (counts, m) = (&e.counts, &e.metrics);
 
     let mut csv = String::from("image,predicted,true,error\n");
-    for c in &counts {
+    for c in counts {
         csv += &format!(
             "{},{:.3},{},{:.3}\n",
             super::csv_field(&c.image),
@@ -107,17 +114,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     );
     let mut summary =
         serde_json::json!({ "images": m.n, "mae": m.mae, "rmse": m.rmse, "mse": m.mse });
-    if let Some(loc) = &localizer {
-        let radius = a.radius.unwrap_or(1.25 * loc.config.sigma);
-        let total = localization_scores(
-            &counter,
-            loc,
-            &ds,
-            &idx,
-            a.batch_size,
-            &[(loc.config.point_threshold, loc.config.min_distance)],
-            radius,
-        )?[0];
+    if let Some((radius, total)) = e.localization {
         println!(
             "localization (radius {radius:.2} px): precision {:.3}  recall {:.3}  F1 {:.3}",
             total.precision(),

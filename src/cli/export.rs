@@ -12,7 +12,6 @@ use crate::autograd::{Tape, Var};
 use crate::checkpoint::{load_counter, load_localizer, save_model, write_tensors};
 use crate::data::{normalize_imagenet, synthetic};
 use crate::device::Device;
-use crate::eval::{counter_z, localizer_density_from};
 use crate::nn::{
     apply_bn_updates, Backbone, Counter, Forward, Localizer, ModelConfig, ModelKind, ParamStore,
 };
@@ -23,16 +22,16 @@ use crate::tensor::Tensor;
 pub struct InitCheckpointArgs {
     #[arg(long, value_enum)]
     pub model: ModelKind,
-    #[arg(long, value_enum, default_value = "vgg19_bn")]
+    #[arg(long, value_enum, default_value_t = ModelConfig::default().backbone)]
     pub backbone: Backbone,
     /// K, the number of GMP sampling points (0: no GMP).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = ModelConfig::default().gmp_points)]
     pub gmp_points: usize,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = ModelConfig::default().width_mult)]
     pub width_mult: f32,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = ModelConfig::default().unet_width)]
     pub unet_width: usize,
-    #[arg(long, default_value_t = 100.0)]
+    #[arg(long, default_value_t = ModelConfig::default().density_scale)]
     pub density_scale: f32,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -225,7 +224,7 @@ pub fn export_io(a: ExportIoArgs) -> anyhow::Result<()> {
     counter.store.to_device(&device)?;
     let size = a.size;
     let images = synthetic_batch(a.images, size, a.seed)?;
-    let z = counter_z(&counter, images.clone())?;
+    let z = counter.infer(images.clone())?;
     let z_host = z.value().to_device(&Device::Cpu)?;
     let mut tensors: Vec<(String, Tensor)> = vec![("input".into(), images.clone())];
     tensors.push(("z".into(), z_host));
@@ -235,15 +234,10 @@ pub fn export_io(a: ExportIoArgs) -> anyhow::Result<()> {
         let (mut loc, _) = load_localizer(path)?;
         loc.store.to_device(&device)?;
         // The 4-channel input on its own, so a mismatch can be told apart from the UNet's.
-        let x = {
-            let tape = Tape::inference();
-            let bound = loc.store.bind(&tape, false);
-            let f = Forward::new(&tape, &bound, &loc.store, false);
-            let imgs = Var::constant(images.clone().into_device(&device)?);
-            loc.input(&f, &imgs, &z)?
-        };
+        let imgs = Var::constant(images.clone().into_device(&device)?);
+        let x = Forward::inference(&loc.store, |f| loc.input(f, &imgs, &z))?;
         tensors.push(("localizer_input".into(), x.value().to_device(&Device::Cpu)?));
-        let d = localizer_density_from(&loc, images, &z)?;
+        let d = loc.infer(images, &z)?;
         tensors.push(("density".into(), d.value().to_device(&Device::Cpu)?));
         meta.insert("dcl.localizer".to_string(), loc.config.to_json());
     }

@@ -57,6 +57,17 @@ pub fn decode(path: &Path) -> Result<DynamicImage> {
     Ok(img)
 }
 
+/// Width x height from the file's header, without decoding it; None when unreadable.
+pub fn header_pixels(path: &Path) -> Option<u64> {
+    let (w, h) = image::ImageReader::open(path)
+        .ok()?
+        .with_guessed_format()
+        .ok()?
+        .into_dimensions()
+        .ok()?;
+    Some(w as u64 * h as u64)
+}
+
 /// Reads an image as RGB in [0, 1], CHW: grey is replicated to RGB, alpha dropped, 16-bit
 /// scaled by 1/65535, float images clamped to [0, 1].
 pub fn read_image_rgb(path: &Path) -> Result<RgbImage> {

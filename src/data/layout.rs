@@ -43,7 +43,7 @@ pub struct Scan {
 /// Suffixes tried, in order, when detecting a `dots` layout.
 const DOT_SUFFIXES: [&str; 5] = ["_dots", "-dots", "_dot", "dots", "_ann"];
 
-fn stem_of(p: &Path) -> String {
+pub(super) fn stem_of(p: &Path) -> String {
     p.file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default()

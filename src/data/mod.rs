@@ -8,6 +8,7 @@
 pub mod augment;
 pub mod dataset;
 pub mod density;
+pub mod files;
 pub mod image_io;
 pub mod layout;
 pub mod loader;

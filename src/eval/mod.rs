@@ -1,156 +1,58 @@
-//! Evaluation: count metrics, and predictions of a network over a data set aggregated per
-//! source image (a patch-wise data set's image count is the sum of its patches' counts).
-pub mod localization;
-pub mod metrics;
-
-use std::collections::BTreeMap;
+//! Evaluation of a counter, and optionally a localizer, on annotated images: per-image counts
+//! (a patch-wise data set's image count is the sum of its patches' counts) with their metrics,
+//! and localization scores at the localizer's own read-out settings.
 use std::sync::Arc;
 
-use crate::autograd::{Tape, Var};
-use crate::data::{Dataset, Loader};
+use crate::autograd::Var;
+use crate::data::Dataset;
 use crate::error::Result;
-use crate::nn::{Counter, Forward, Localizer};
-use crate::ops::elementwise::scale_tensor;
-use crate::ops::loss::{mse_loss_forward, per_image_counts};
-pub use metrics::{count_metrics, CountMetrics};
+use crate::infer::dataset::{localization_scores, predict_counts, ImageCount};
+use crate::metrics::{count_metrics, CountMetrics, MatchCounts};
+use crate::nn::{Counter, Localizer};
 
-/// One source image's predicted and true count.
+/// What `dcl eval` reports.
 #[derive(Clone, Debug)]
-pub struct ImageCount {
-    pub image: String,
-    pub predicted: f64,
-    pub truth: f64,
+pub struct Evaluation {
+    /// Per source image, in path order.
+    pub counts: Vec<ImageCount>,
+    pub metrics: CountMetrics,
+    /// With a localizer: the matching radius in network pixels and the scores within it.
+    pub localization: Option<(f32, MatchCounts)>,
+}
+
+/// Evaluates on `indices` of `ds`. Points are read out with the localizer's configured
+/// threshold and minimum distance and matched within `radius` (default 1.25 σ).
+pub fn evaluate(
+    counter: &Counter,
+    localizer: Option<&Localizer>,
+    ds: &Arc<Dataset>,
+    indices: &[usize],
+    batch_size: usize,
+    radius: Option<f32>,
+) -> Result<Evaluation> {
+    let counts = predict_counts(counter, ds, indices, batch_size)?;
+    let pairs: Vec<(f64, f64)> = counts.iter().map(|c| (c.predicted, c.truth)).collect();
+    let metrics = count_metrics(&pairs);
+    let localization = match localizer {
+        None => None,
+        Some(loc) => {
+            let radius = radius.unwrap_or(1.25 * loc.config.sigma);
+            let read_out = (loc.config.point_threshold, loc.config.min_distance);
+            let scores =
+                localization_scores(counter, loc, ds, indices, batch_size, &[read_out], radius)?;
+            Some((radius, scores[0]))
+        }
+    };
+    Ok(Evaluation {
+        counts,
+        metrics,
+        localization,
+    })
 }
 
 /// The counter's coarse map z of a batch of normalised images, in inference mode.
+///
+/// Kept only for `src/bench`, which calls it; the pass itself is `Counter::infer`.
 pub fn counter_z(counter: &Counter, images: crate::tensor::Tensor) -> Result<Var> {
-    let images = images.into_device(&counter.store.device())?;
-    let tape = Tape::inference();
-    let bound = counter.store.bind(&tape, false);
-    let f = Forward::new(&tape, &bound, &counter.store, false);
-    counter.forward(&f, &Var::constant(images))
-}
-
-/// Predicted and true counts per source image of `indices` of a data set.
-pub fn predict_counts(
-    counter: &Counter,
-    ds: &Arc<Dataset>,
-    indices: &[usize],
-    batch_size: usize,
-) -> Result<Vec<ImageCount>> {
-    let loader = Loader::new(ds.clone(), indices.to_vec(), batch_size, false, false, 0);
-    let mut by_source: BTreeMap<String, (f64, f64)> = BTreeMap::new();
-    let sources: Vec<String> = indices
-        .iter()
-        .map(|&i| ds.image_of(i).path.display().to_string())
-        .collect();
-    let mut k = 0;
-    for batch in loader.epoch(0) {
-        let batch = batch?;
-        let z = counter_z(counter, batch.images)?;
-        for (pred, truth) in per_image_counts(z.value())?.into_iter().zip(&batch.counts) {
-            let e = by_source.entry(sources[k].clone()).or_default();
-            e.0 += pred as f64;
-            e.1 += *truth as f64;
-            k += 1;
-        }
-    }
-    Ok(by_source
-        .into_iter()
-        .map(|(image, (predicted, truth))| ImageCount {
-            image,
-            predicted,
-            truth,
-        })
-        .collect())
-}
-
-/// Mean over patches of the localizer's MSE against density × density_scale (its training
-/// loss), on `indices` of a data set.
-pub fn localizer_mse(
-    counter: &Counter,
-    localizer: &Localizer,
-    ds: &Arc<Dataset>,
-    indices: &[usize],
-    batch_size: usize,
-) -> Result<f64> {
-    let loader = Loader::new(ds.clone(), indices.to_vec(), batch_size, false, false, 0);
-    let (mut total, mut n) = (0f64, 0usize);
-    for batch in loader.epoch(0) {
-        let batch = batch?;
-        let pred = localizer_density(counter, localizer, batch.images)?;
-        let target = scale_tensor(
-            &batch.density.into_device(&localizer.store.device())?,
-            localizer.config.density_scale,
-        )?;
-        let b = batch.counts.len();
-        total += mse_loss_forward(pred.value(), &target)? as f64 * b as f64;
-        n += b;
-    }
-    Ok(if n == 0 { 0.0 } else { total / n as f64 })
-}
-
-/// The localizer's output (density × density_scale) for normalised images, inference mode.
-pub fn localizer_density(
-    counter: &Counter,
-    localizer: &Localizer,
-    images: crate::tensor::Tensor,
-) -> Result<Var> {
-    let z = counter_z(counter, images.clone())?;
-    localizer_density_from(localizer, images, &z)
-}
-
-/// As `localizer_density`, reusing an already computed coarse map z of the same images.
-pub fn localizer_density_from(
-    localizer: &Localizer,
-    images: crate::tensor::Tensor,
-    z: &Var,
-) -> Result<Var> {
-    let images = images.into_device(&localizer.store.device())?;
-    let tape = Tape::inference();
-    let bound = localizer.store.bind(&tape, false);
-    let f = Forward::new(&tape, &bound, &localizer.store, false);
-    localizer.forward(&f, &Var::constant(images), z)
-}
-
-/// Localization scores (true/false positives, misses within `radius`) of the points read out
-/// of the localizer's maps for each (threshold, min_distance) candidate, over `indices` of an
-/// annotated data set. The maps are computed once and shared by all candidates.
-pub fn localization_scores(
-    counter: &Counter,
-    localizer: &Localizer,
-    ds: &Arc<Dataset>,
-    indices: &[usize],
-    batch_size: usize,
-    candidates: &[(f32, f32)],
-    radius: f32,
-) -> Result<Vec<localization::MatchCounts>> {
-    use crate::infer::{points::find_points, Map};
-    let mut totals = vec![localization::MatchCounts::default(); candidates.len()];
-    let loader = Loader::new(ds.clone(), indices.to_vec(), batch_size, false, false, 0);
-    for batch in loader.epoch(0) {
-        let batch = batch?;
-        let (h, w) = (batch.images.dims()[2], batch.images.dims()[3]);
-        let z = counter_z(counter, batch.images.clone())?;
-        let counts = per_image_counts(z.value())?;
-        let d = localizer_density_from(localizer, batch.images, &z)?
-            .value()
-            .to_host()?;
-        for (k, truth) in batch.points.iter().enumerate() {
-            let map = Map {
-                width: w,
-                height: h,
-                data: d[k * h * w..(k + 1) * h * w]
-                    .iter()
-                    .map(|v| v.max(0.0) / localizer.config.density_scale)
-                    .collect(),
-            };
-            for (t, &(threshold, min_distance)) in totals.iter_mut().zip(candidates) {
-                let pts = find_points(&map, counts[k] as f64, threshold, min_distance);
-                let pred: Vec<(f32, f32)> = pts.iter().map(|p| (p.x, p.y)).collect();
-                t.add(localization::match_points(&pred, truth, radius));
-            }
-        }
-    }
-    Ok(totals)
+    counter.infer(images)
 }

@@ -3,6 +3,10 @@
 //! are blended with weights that sum to one everywhere (see `tiling`), so the count is the sum
 //! of one seamless map. Memory stays bounded: the image is kept in its decoded pixel type and
 //! converted a tile at a time; the counter's map is 1/8 of the image per side.
+//!
+//! `dataset` runs the networks over an annotated data set patch by patch instead (validation
+//! and evaluation).
+pub mod dataset;
 pub mod points;
 pub mod tiling;
 
@@ -11,13 +15,10 @@ use image::DynamicImage;
 use crate::autograd::Var;
 use crate::data::normalize_imagenet;
 use crate::error::{Error, Result};
-use crate::eval::counter_z;
 use crate::nn::{Counter, Localizer};
 use crate::tensor::Tensor;
+use points::{find_points, Point};
 use tiling::{axis_weights, tile_starts};
-
-/// The counter's output stride: one coarse pixel per 8x8 network pixels.
-pub const COARSE_STRIDE: usize = 8;
 
 #[derive(Clone, Copy, Debug)]
 pub struct InferOptions {
@@ -91,6 +92,24 @@ pub struct Prediction {
     pub density: Option<Map>,
 }
 
+impl Prediction {
+    /// The cells located in the localizer's map (see `points::find_points`), in image pixel
+    /// coordinates; None without a localizer.
+    pub fn points(&self, threshold: f32, min_distance: f32) -> Option<Vec<Point>> {
+        let d = self.density.as_ref()?;
+        let pts = find_points(d, self.count, threshold, min_distance);
+        Some(
+            pts.into_iter()
+                .map(|q| Point {
+                    x: q.x / self.scale,
+                    y: q.y / self.scale,
+                    score: q.score,
+                })
+                .collect(),
+        )
+    }
+}
+
 /// Counts (and with a localizer, maps) one decoded image.
 pub fn predict(
     counter: &Counter,
@@ -99,7 +118,7 @@ pub fn predict(
     opts: &InferOptions,
 ) -> Result<Prediction> {
     let coarse_of = |images: Tensor| -> Result<Vec<f32>> {
-        let z = counter_z(counter, images)?.value().to_host()?;
+        let z = counter.infer(images)?.value().to_host()?;
         Ok(z.into_iter().map(f32::abs).collect())
     };
     predict_with(coarse_of, counter.config.input_scale, localizer, img, opts)
@@ -132,7 +151,7 @@ pub fn predict_with(
     let (pw, ph) = (nw.div_ceil(16) * 16, nh.div_ceil(16) * 16);
     let tile = opts.checked_tile()?;
     let (tw, th) = (tile.min(pw), tile.min(ph));
-    let c = COARSE_STRIDE;
+    let c = Counter::STRIDE;
     let (zw, zh) = (tw / c, th / c);
     let xs = tile_starts(pw, tw, opts.overlap, c);
     let ys = tile_starts(ph, th, opts.overlap, c);
@@ -184,9 +203,7 @@ pub fn predict_with(
             // built on the host from the blended map; it must live where the localizer does
             let z = Tensor::from_vec(zbuf, &[n, 1, zh, zw])?.into_device(&loc.store.device())?;
             let z = Var::constant(z);
-            let mut dv = crate::eval::localizer_density_from(loc, images, &z)?
-                .value()
-                .to_host()?;
+            let mut dv = loc.infer(images, &z)?.value().to_host()?;
             dv.iter_mut().for_each(|v| *v = v.max(0.0) * inv);
             for (k, &(ty, tx)) in group.iter().enumerate() {
                 let plane = &dv[k * th * tw..(k + 1) * th * tw];

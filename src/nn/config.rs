@@ -11,6 +11,16 @@ pub enum ModelKind {
     Localizer,
 }
 
+impl ModelKind {
+    /// `counter` or `localizer`, as configurations spell it; names a run's files.
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelKind::Counter => "counter",
+            ModelKind::Localizer => "localizer",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Backbone {

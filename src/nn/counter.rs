@@ -11,6 +11,7 @@ use crate::ops::max_pool2d::max_pool2d;
 use crate::ops::relu::relu;
 use crate::ops::upsample_bilinear::upsample_bilinear;
 use crate::rng::Rng;
+use crate::tensor::Tensor;
 
 /// torchvision's `cfgs["E"]` (VGG-19) without its final "M".
 const VGG19_CFG: [Option<usize>; 20] = [
@@ -73,10 +74,7 @@ impl Gmp {
         }
         let b = offset.bias.expect("offset conv has a bias");
         store
-            .set(
-                b,
-                crate::tensor::Tensor::from_vec(bias, &[2 * k]).expect("bias shape"),
-            )
+            .set(b, Tensor::from_vec(bias, &[2 * k]).expect("bias shape"))
             .expect("bias shape");
         Gmp { offset }
     }
@@ -160,6 +158,9 @@ impl Counter {
         })
     }
 
+    /// The counter's output stride: one coarse pixel per 8x8 network pixels.
+    pub const STRIDE: usize = 8;
+
     /// The coarse map z [N,1,H/8,W/8] of normalised images [N,3,H,W] (H, W multiples of 16).
     pub fn forward(&self, f: &Forward, images: &Var) -> Result<Var> {
         check_image_batch("counter", images.dims())?;
@@ -178,5 +179,12 @@ impl Counter {
             h = g.forward(f, &h)?;
         }
         self.head.forward(f, &h)
+    }
+
+    /// `forward` in inference mode (see `Forward::inference`) on images moved first to the
+    /// device the counter lives on.
+    pub fn infer(&self, images: Tensor) -> Result<Var> {
+        let images = Var::constant(images.into_device(&self.store.device())?);
+        Forward::inference(&self.store, |f| self.forward(f, &images))
     }
 }

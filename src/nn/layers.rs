@@ -41,6 +41,15 @@ impl<'a> Forward<'a> {
     pub fn take_bn_updates(&self) -> Vec<RunningUpdate> {
         std::mem::take(&mut self.bn_updates.borrow_mut())
     }
+
+    /// Runs `pass` once in inference mode with the parameters of `store`: a tape that records
+    /// nothing for backward, parameters bound without gradients, BatchNorm on running
+    /// statistics.
+    pub fn inference<T>(store: &ParamStore, pass: impl FnOnce(&Forward) -> Result<T>) -> Result<T> {
+        let tape = Tape::inference();
+        let bound = store.bind(&tape, false);
+        pass(&Forward::new(&tape, &bound, store, false))
+    }
 }
 
 /// Batch statistics of one BatchNorm layer, to fold into its running statistics.

@@ -10,6 +10,7 @@ use crate::ops::elementwise::{abs, scale};
 use crate::ops::max_pool2d::max_pool2d;
 use crate::ops::upsample_bilinear::upsample_bilinear;
 use crate::rng::Rng;
+use crate::tensor::Tensor;
 
 pub struct Localizer {
     pub config: ModelConfig,
@@ -102,5 +103,12 @@ impl Localizer {
             h = up.forward(f, &concat_channels(f.tape, &[&skip, &u])?)?;
         }
         self.outc.forward(f, &h)
+    }
+
+    /// `forward` in inference mode (see `Forward::inference`) on images moved first to the
+    /// device the localizer lives on; `z` must already be there.
+    pub fn infer(&self, images: Tensor, z: &Var) -> Result<Var> {
+        let images = Var::constant(images.into_device(&self.store.device())?);
+        Forward::inference(&self.store, |f| self.forward(f, &images, z))
     }
 }

@@ -3,8 +3,9 @@
 use crate::autograd::Var;
 use crate::data::Batch;
 use crate::error::{Error, Result};
-use crate::eval::{count_metrics, predict_counts};
-use crate::nn::{Counter, Forward, ModelConfig, ModelKind, ParamStore};
+use crate::infer::dataset::predict_counts;
+use crate::metrics::count_metrics;
+use crate::nn::{Counter, Forward, ModelKind};
 use crate::ops::elementwise::{add, scale};
 use crate::ops::loss::{count_l1_loss, window_count_l1_loss, window_sums};
 use crate::train::fit::{fit, Job, Scores, Summary};
@@ -17,17 +18,12 @@ pub struct CounterJob {
 }
 
 impl Job for CounterJob {
-    fn name(&self) -> &'static str {
-        "counter"
+    type Net = Counter;
+    fn net(&self) -> &Counter {
+        &self.net
     }
-    fn config(&self) -> &ModelConfig {
-        &self.net.config
-    }
-    fn store(&self) -> &ParamStore {
-        &self.net.store
-    }
-    fn store_mut(&mut self) -> &mut ParamStore {
-        &mut self.net.store
+    fn net_mut(&mut self) -> &mut Counter {
+        &mut self.net
     }
     fn loss(&self, f: &Forward, batch: Batch) -> Result<Var> {
         let z = self.net.forward(f, &Var::constant(batch.images))?;
@@ -81,7 +77,7 @@ fn check_windows(opts: &TrainOptions, data: &RunData) -> Result<()> {
     };
     let s = ds.try_sample(i)?;
     let (h, w) = (s.height, s.width);
-    let coarse = h / crate::infer::COARSE_STRIDE;
+    let coarse = h / Counter::STRIDE;
     if h != w || !coarse.is_multiple_of(opts.window_grid) {
         return Err(Error::Invalid(format!(
             "--window-grid {}: training patches of {w}x{h} have a {coarse}x{coarse} coarse map, \

@@ -4,12 +4,13 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use crate::autograd::{Tape, Var};
-use crate::checkpoint::save_model;
+use crate::autograd::{Profile, Tape, Var};
+use crate::checkpoint::save_network;
 use crate::data::{Batch, Loader};
 use crate::error::{Error, Result};
-use crate::nn::{apply_bn_updates, Forward, ModelConfig, ParamStore};
+use crate::nn::{apply_bn_updates, Forward, Network};
 use crate::optim::{Adam, Sgdr};
+use crate::progress::progress_bar;
 use crate::train::run::{load_snapshot, save_snapshot, EpochRecord, Progress, RunLog};
 use crate::train::{RunData, TrainOptions};
 
@@ -25,13 +26,12 @@ pub struct Scores {
     pub mse: Option<f64>,
 }
 
-/// A network being trained, as the loop sees it.
+/// A network being trained, as the loop sees it: the network (which names the run's files,
+/// and whose parameters are stepped and saved), its loss and its validation.
 pub trait Job {
-    /// `counter` or `localizer`: names the files of the run.
-    fn name(&self) -> &'static str;
-    fn config(&self) -> &ModelConfig;
-    fn store(&self) -> &ParamStore;
-    fn store_mut(&mut self) -> &mut ParamStore;
+    type Net: Network;
+    fn net(&self) -> &Self::Net;
+    fn net_mut(&mut self) -> &mut Self::Net;
     /// The scalar training loss of a batch, recorded on `f.tape`.
     fn loss(&self, f: &Forward, batch: Batch) -> Result<Var>;
     /// Scores on the validation data.
@@ -45,16 +45,18 @@ pub struct Summary {
     pub best: Option<(f64, usize)>,
     pub checkpoint: PathBuf,
     pub best_checkpoint: PathBuf,
+    /// Per-op times of every training step of this run (`--profile`; empty without it).
+    pub profile: Profile,
 }
 
-pub fn fit(
-    job: &mut impl Job,
+pub fn fit<J: Job>(
+    job: &mut J,
     opts: &TrainOptions,
     data: &RunData,
     resume: bool,
 ) -> Result<Summary> {
     opts.validate()?;
-    let name = job.name();
+    let name = J::Net::KIND.name();
     let dir = &opts.out;
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::file(dir, format!("cannot create the run folder: {e}")))?;
@@ -63,10 +65,10 @@ pub fn fit(
     let snap_path = dir.join(format!("{name}.snapshot.safetensors"));
     let log = RunLog::new(dir);
 
-    let mut adam = Adam::new(opts.adam(), job.store())?;
+    let mut adam = Adam::new(opts.adam(), job.net().store())?;
     let mut progress = Progress::default();
     if resume && snap_path.exists() {
-        progress = load_snapshot(&snap_path, job.store_mut(), &mut adam)?;
+        progress = load_snapshot(&snap_path, job.net_mut().store_mut(), &mut adam)?;
     }
     log.truncate(name, progress.epochs_done)?;
     let sched = Sgdr::new(opts.lr, opts.sgdr_t0, opts.sgdr_t_mult, opts.eta_min);
@@ -82,13 +84,14 @@ pub fn fit(
     .with_mosaic(opts.mosaic);
     let per_epoch = loader.batches_per_epoch().max(1);
     let mut last = None;
+    let mut profile = Profile::default();
 
     for epoch in progress.epochs_done..opts.epochs {
         if opts.max_steps.is_some_and(|m| progress.steps >= m) {
             break;
         }
         let t0 = Instant::now();
-        let bar = crate::report::progress_bar(
+        let bar = progress_bar(
             per_epoch as u64,
             &format!("{name} epoch {}", epoch + 1),
             opts.quiet,
@@ -107,20 +110,27 @@ pub fn fit(
                 progress.epochs_done = epoch;
                 progress.batches_done = i;
                 progress.epoch_loss_sum = loss_sum;
-                save_model(&last_path, job.config(), job.store(), progress.steps as u64)?;
-                save_snapshot(&snap_path, job.store(), &adam, &progress)?;
+                save_network(&last_path, job.net(), progress.steps as u64)?;
+                save_snapshot(&snap_path, job.net().store(), &adam, &progress)?;
                 return Err(Error::Interrupted(dir.clone()));
             }
             lr = sched.lr(epoch as f64 + i as f64 / per_epoch as f64);
-            let loss =
-                step(job, &mut adam, batch?, lr as f32, opts.profile).map_err(|e| match e {
-                    Error::NonFiniteLoss { value, .. } => Error::NonFiniteLoss {
-                        value,
-                        epoch: epoch + 1,
-                        step: i + 1,
-                    },
-                    e => e,
-                })?;
+            let loss = step(
+                job,
+                &mut adam,
+                batch?,
+                lr as f32,
+                opts.profile,
+                &mut profile,
+            )
+            .map_err(|e| match e {
+                Error::NonFiniteLoss { value, .. } => Error::NonFiniteLoss {
+                    value,
+                    epoch: epoch + 1,
+                    step: i + 1,
+                },
+                e => e,
+            })?;
             // one training forward per step: also BatchNorm's num_batches_tracked
             progress.steps += 1;
             loss_sum += loss as f64;
@@ -135,9 +145,9 @@ pub fn fit(
         if has_val && improved {
             progress.best = Some((scores.key, epoch + 1));
         }
-        save_model(&last_path, job.config(), job.store(), progress.steps as u64)?;
+        save_network(&last_path, job.net(), progress.steps as u64)?;
         if !has_val || improved {
-            save_model(&best_path, job.config(), job.store(), progress.steps as u64)?;
+            save_network(&best_path, job.net(), progress.steps as u64)?;
         }
         let rec = EpochRecord {
             model: name.to_string(),
@@ -157,9 +167,9 @@ pub fn fit(
         log.append(&rec)?;
         // The snapshot goes last: a crash before it resumes from the previous epoch, and the
         // files and the metrics record written above are simply rewritten.
-        save_snapshot(&snap_path, job.store(), &adam, &progress)?;
+        save_snapshot(&snap_path, job.net().store(), &adam, &progress)?;
         if !opts.quiet {
-            eprintln!("{}", crate::report::epoch_line(&rec));
+            eprintln!("{rec}");
         }
         last = Some(rec);
     }
@@ -179,25 +189,29 @@ pub fn fit(
         best: progress.best,
         checkpoint: last_path,
         best_checkpoint: best_path,
+        profile,
     })
 }
 
-/// One optimiser step; returns the loss.
+/// One optimiser step; returns the loss. With `profiling`, the step's per-op times are added
+/// to `profile`.
 fn step(
     job: &mut impl Job,
     adam: &mut Adam,
     mut batch: Batch,
     lr: f32,
-    profile: bool,
+    profiling: bool,
+    profile: &mut Profile,
 ) -> Result<f32> {
-    let device = job.store().device();
+    let device = job.net().store().device();
     batch.images = batch.images.into_device(&device)?;
     batch.density = batch.density.into_device(&device)?;
     let tape = Tape::new();
-    tape.set_profiling(profile);
+    tape.set_profiling(profiling);
     let (loss, grads, updates) = {
-        let bound = job.store().bind(&tape, true);
-        let f = Forward::new(&tape, &bound, job.store(), true);
+        let store = job.net().store();
+        let bound = store.bind(&tape, true);
+        let f = Forward::new(&tape, &bound, store, true);
         let loss = job.loss(&f, batch)?;
         let value = loss.value().item()?;
         if !value.is_finite() {
@@ -211,10 +225,11 @@ fn step(
         (value, bound.take_grads(&mut grads), f.take_bn_updates())
     };
     // `bound` is gone, so parameters are updated in place rather than copied.
-    adam.update(job.store_mut(), &grads, lr)?;
-    apply_bn_updates(job.store_mut(), updates)?;
-    if profile {
-        crate::report::record_profile(tape.take_profile());
+    let store = job.net_mut().store_mut();
+    adam.update(store, &grads, lr)?;
+    apply_bn_updates(store, updates)?;
+    if profiling {
+        profile.entries.extend(tape.take_profile().entries);
     }
     Ok(loss)
 }

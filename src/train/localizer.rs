@@ -3,11 +3,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::autograd::Var;
-use crate::checkpoint::{file_hash, load_counter, load_localizer, save_model};
+use crate::checkpoint::{file_hash, load_counter, load_localizer, save_network};
 use crate::data::{Batch, Dataset};
 use crate::error::Result;
-use crate::eval::{counter_z, localization_scores, localizer_mse};
-use crate::nn::{Counter, Forward, Localizer, ModelConfig, ModelKind, ParamStore};
+use crate::infer::dataset::{localization_scores, localizer_mse};
+use crate::nn::{Counter, Forward, Localizer, ModelKind};
 use crate::ops::elementwise::scale_tensor;
 use crate::ops::loss::mse_loss;
 use crate::train::fit::{fit, Job, Scores, Summary};
@@ -19,21 +19,16 @@ pub struct LocalizerJob {
 }
 
 impl Job for LocalizerJob {
-    fn name(&self) -> &'static str {
-        "localizer"
+    type Net = Localizer;
+    fn net(&self) -> &Localizer {
+        &self.net
     }
-    fn config(&self) -> &ModelConfig {
-        &self.net.config
-    }
-    fn store(&self) -> &ParamStore {
-        &self.net.store
-    }
-    fn store_mut(&mut self) -> &mut ParamStore {
-        &mut self.net.store
+    fn net_mut(&mut self) -> &mut Localizer {
+        &mut self.net
     }
     fn loss(&self, f: &Forward, batch: Batch) -> Result<Var> {
         // The counter is frozen: its map comes from an inference pass, a constant here.
-        let z = counter_z(&self.counter, batch.images.clone())?;
+        let z = self.counter.infer(batch.images.clone())?;
         let pred = self.net.forward(f, &Var::constant(batch.images), &z)?;
         let target = scale_tensor(&batch.density, self.net.config.density_scale)?;
         mse_loss(f.tape, &pred, &target)
@@ -117,7 +112,7 @@ fn tune_point_readout(
         );
     loc.config.point_threshold = best.0;
     loc.config.min_distance = best.1;
-    save_model(path, &loc.config, &loc.store, bn_steps)?;
+    save_network(path, &loc, bn_steps)?;
     if !quiet {
         eprintln!(
             "point read-out for {}: threshold {:.4} cells/px, min distance {:.1} px (validation F1 {:.3})",

@@ -21,66 +21,128 @@ use crate::error::{Error, Result};
 use crate::nn::{Backbone, ModelConfig, ModelKind};
 use crate::optim::AdamConfig;
 
-/// Everything a training run needs; saved as the run's config.json.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// Everything a training run needs: the flags of `dcl train` (clap) and the run's config.json
+/// (serde), so each setting, its help and its default are written once, here. The defaults of
+/// the networks' settings are `ModelConfig::default()`'s. A field that config.json files
+/// written before it existed lack takes its serde default: what those runs did (e.g. no
+/// mosaic crops), which need not be the flag's default.
+#[derive(Clone, Debug, Serialize, Deserialize, clap::Args)]
 pub struct TrainOptions {
-    /// A data folder, or `synthetic` for the built-in generated set.
+    /// Training data: a folder in a known layout, or `synthetic` for the built-in set.
+    #[arg(long, default_value = "synthetic")]
     pub data: String,
-    /// A validation folder; without it, validation uses a seeded split of `data`.
+    /// Validation folder (default: a seeded tenth of the training images is held out).
+    #[arg(long)]
     pub val: Option<PathBuf>,
+    /// Run folder: checkpoints, metrics.jsonl, config.json.
+    #[arg(long, default_value = "runs/latest")]
     pub out: PathBuf,
+    #[arg(long, default_value_t = 30)]
     pub epochs: usize,
+    #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
+    #[arg(long, default_value_t = 1e-4)]
     pub lr: f64,
+    /// L2 weight decay of Adam.
+    #[arg(long, default_value_t = 0.0)]
     pub weight_decay: f32,
-    /// SGDR: first cycle length in epochs, cycle growth factor and minimum learning rate.
+    /// SGDR: epochs of the first cosine cycle.
+    #[arg(long, default_value_t = 10.0)]
     pub sgdr_t0: f64,
+    /// SGDR: growth of each cycle's length.
+    #[arg(long, default_value_t = 2.0)]
     pub sgdr_t_mult: f64,
+    /// SGDR: lowest learning rate.
+    #[arg(long, default_value_t = 1e-6)]
     pub eta_min: f64,
+    /// Scales every channel count of both networks (1 = the paper's widths).
+    #[arg(long, default_value_t = ModelConfig::default().width_mult)]
     pub width_mult: f32,
+    /// Base width of the localizer's UNet (before --width-mult).
+    #[arg(long, default_value_t = ModelConfig::default().unet_width)]
     pub unet_width: usize,
+    #[arg(long, value_enum, default_value_t = ModelConfig::default().backbone)]
     pub backbone: Backbone,
+    /// K, the number of GMP sampling points.
+    #[arg(long, default_value_t = ModelConfig::default().gmp_points)]
     pub gmp_points: usize,
+    /// Ablation: replace global message passing by the identity.
+    // Wins over gmp_points (see `model_config`). Older config.json files folded it into
+    // gmp_points = 0 instead, which reads the same.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_gmp: bool,
+    /// σ in pixels of the ground-truth Gaussians.
+    #[arg(long, default_value_t = ModelConfig::default().sigma)]
     pub sigma: f32,
+    /// Density maps are multiplied by this for the localizer.
+    #[arg(long, default_value_t = ModelConfig::default().density_scale)]
     pub density_scale: f32,
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Turn off flips and rotations.
+    #[arg(long = "no-augment", action = clap::ArgAction::SetFalse)]
     pub augment: bool,
-    /// Probability that a training sample is a mosaic crop across four patches (see
-    /// `Loader::with_mosaic`); 0 gives the paper's flips and rotations only.
+    /// Probability that a training sample is a random crop across a 2x2 mosaic of patches, so
+    /// counts do not depend on where a tile's edge falls (tiled counting of large images);
+    /// 0 trains with the paper's flips and rotations only.
+    // See `Loader::with_mosaic`.
+    #[arg(long, default_value_t = 0.5)]
     #[serde(default)]
     pub mosaic: f32,
-    /// Counter only: also hold the count of each window of a g x g grid over the patch (see
-    /// `ops::loss::window_count_l1_loss`); 0 trains with the paper's image count loss only.
+    /// Counter: also train the count of each window of a GRID x GRID grid over the patch (counts
+    /// only, not in the paper), so the coarse map's mass sits where the cells are and tiled
+    /// counts of large images add up; 0 or 1: the paper's image count loss alone.
+    // See `ops::loss::window_count_l1_loss`.
+    #[arg(long, default_value_t = 0, value_name = "GRID")]
     #[serde(default)]
     pub window_grid: usize,
-    /// Weight of the window count loss next to the image count loss.
+    /// Weight of the window count loss.
+    #[arg(long, default_value_t = default_window_weight())]
     #[serde(default = "default_window_weight")]
     pub window_weight: f32,
-    /// Number of synthetic images when `data` is `synthetic`.
+    /// Images generated for `--data synthetic`.
+    #[arg(long, default_value_t = 64)]
     pub synthetic_n: usize,
-    /// Side of the synthetic images (a multiple of 16).
+    /// Side in pixels of the synthetic images (a multiple of 16).
+    #[arg(long, default_value_t = default_synthetic_size())]
     #[serde(default = "default_synthetic_size")]
     pub synthetic_size: usize,
-    /// Stop after this many optimiser steps in total (tests and quick demos).
+    /// Stop after this many optimiser steps per network.
+    #[arg(long)]
     pub max_steps: Option<usize>,
-    /// Localizer only: the frozen counter's checkpoint.
+    /// Localizer only: the frozen counter checkpoint.
+    #[arg(long)]
     pub counter: Option<PathBuf>,
-    /// Folder layout (vgg, adi, mbm, dots[:SUFFIX], points-csv); None: detected.
+    /// Folder layout: vgg, adi, mbm, dots[:SUFFIX] or points-csv (default: detected).
+    #[arg(long)]
     #[serde(default)]
     pub format: Option<String>,
-    /// Skip unreadable files with a warning instead of stopping.
+    /// Continue past unreadable or badly annotated files, listing them.
+    #[arg(long)]
     #[serde(default)]
     pub skip_bad: bool,
-    /// train:test:val ratios when no `val` folder is given (default 9:0:1).
+    /// Without --val: train:test:val ratios of a seeded split of --data (the paper's 10:9:1;
+    /// default 9:0:1). Whole images, or groups (--group), stay on one side.
+    #[arg(long)]
     #[serde(default)]
     pub split: Option<String>,
-    /// Regex whose first group names a file's split group (default: per data set).
+    /// Regex on file stems whose first group keeps related files together in splits
+    /// (default: MBM by slide, else per image).
+    #[arg(long)]
     #[serde(default)]
     pub group: Option<String>,
+    // Not part of a run's settings: where and how this process runs it (a resumed run takes
+    // them from its own command line).
+    #[arg(skip)]
     #[serde(skip)]
     pub device: Device,
+    /// Print a per-op time breakdown of the training steps at the end.
+    #[arg(long)]
     #[serde(skip)]
     pub profile: bool,
+    /// No progress bars or per-epoch lines.
+    #[arg(long)]
     #[serde(skip)]
     pub quiet: bool,
 }
@@ -93,42 +155,17 @@ fn default_window_weight() -> f32 {
     1.0
 }
 
+/// The defaults of `dcl train` given no flags.
 impl Default for TrainOptions {
     fn default() -> Self {
-        TrainOptions {
-            data: "synthetic".into(),
-            val: None,
-            out: PathBuf::from("runs/latest"),
-            epochs: 30,
-            batch_size: 8,
-            lr: 1e-4,
-            weight_decay: 0.0,
-            sgdr_t0: 10.0,
-            sgdr_t_mult: 2.0,
-            eta_min: 1e-6,
-            width_mult: 1.0,
-            unet_width: 64,
-            backbone: Backbone::Vgg19Bn,
-            gmp_points: 8,
-            sigma: 3.0,
-            density_scale: 100.0,
-            seed: 0,
-            augment: true,
-            mosaic: 0.5,
-            window_grid: 0,
-            window_weight: default_window_weight(),
-            synthetic_n: 64,
-            synthetic_size: 256,
-            max_steps: None,
-            counter: None,
-            format: None,
-            skip_bad: false,
-            split: None,
-            group: None,
-            device: Device::Cpu,
-            profile: false,
-            quiet: false,
+        #[derive(clap::Parser)]
+        struct NoFlags {
+            #[command(flatten)]
+            options: TrainOptions,
         }
+        <NoFlags as clap::Parser>::try_parse_from(["dcl"])
+            .expect("every training option has a default")
+            .options
     }
 }
 
@@ -137,7 +174,7 @@ impl TrainOptions {
         ModelConfig {
             model,
             backbone: self.backbone,
-            gmp_points: self.gmp_points,
+            gmp_points: if self.no_gmp { 0 } else { self.gmp_points },
             width_mult: self.width_mult,
             unet_width: self.unet_width,
             density_scale: self.density_scale,

@@ -31,6 +31,27 @@ pub struct EpochRecord {
     pub seconds: f64,
 }
 
+/// The one line printed after each epoch.
+impl std::fmt::Display for EpochRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} epoch {:>3}  steps {:>6}  lr {:.2e}  loss {:.4}",
+            self.model, self.epoch, self.steps, self.lr, self.train_loss
+        )?;
+        if let Some(m) = self.val_mae {
+            write!(f, "  val MAE {m:.2}")?;
+        }
+        if let Some(m) = self.val_rmse {
+            write!(f, "  val RMSE {m:.2}")?;
+        }
+        if let Some(m) = self.val_mse {
+            write!(f, "  val MSE {m:.5}")?;
+        }
+        write!(f, "  ({:.1}s)", self.seconds)
+    }
+}
+
 /// Appends epoch records to RUNDIR/metrics.jsonl.
 pub struct RunLog {
     path: PathBuf,
