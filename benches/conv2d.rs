@@ -75,7 +75,7 @@ struct Gemm {
 
 impl Gemm {
     fn new(g: &Conv2dGeometry) -> Gemm {
-        let (m, k, n) = (g.o, g.col_rows(), g.n * g.col_cols());
+        let (m, k, n) = (g.o(), g.col_rows(), g.n() * g.col_cols());
         let mut rng = Rng::new(3);
         Gemm {
             m,
@@ -107,8 +107,7 @@ impl Gemm {
 
 fn im2col_batch(c: &Case, col: &mut [f32]) {
     let xs = c.x.as_cpu().expect("cpu tensor");
-    let chw = c.g.c * c.g.h * c.g.w;
-    for xn in xs.chunks(chw) {
+    for xn in xs.chunks(c.g.x_image()) {
         im2col(xn, &c.g, col);
         black_box(&col);
     }
@@ -138,7 +137,7 @@ fn print_rates(cases: &[Case]) {
     for c in cases {
         let f = c.g.forward_flops() as f64;
         let mut gemm = Gemm::new(&c.g);
-        let mut col = vec![0.0f32; c.g.col_rows() * c.g.col_cols()];
+        let mut col = vec![0.0f32; c.g.col_image()];
         let mut run_gemm = || gemm.run();
         let mut run_fwd = || {
             black_box(conv_fwd(c));
@@ -240,10 +239,8 @@ fn bench(cr: &mut Criterion) {
         grp.throughput(Throughput::Elements(2 * f));
         grp.bench_function("bwd", |bch| bch.iter(|| conv_bwd(c)));
         // im2col moves N·K·P floats; its throughput is in column elements written.
-        let mut col = vec![0.0f32; c.g.col_rows() * c.g.col_cols()];
-        grp.throughput(Throughput::Elements(
-            (c.g.n * c.g.col_rows() * c.g.col_cols()) as u64,
-        ));
+        let mut col = vec![0.0f32; c.g.col_image()];
+        grp.throughput(Throughput::Elements(c.g.col_len() as u64));
         grp.bench_function("im2col_alone", |bch| bch.iter(|| im2col_batch(c, &mut col)));
         grp.finish();
     }

@@ -62,7 +62,7 @@ pub(super) fn rows(b: &Bench, r: &mut Rows, o: &KernelBenchOptions, rng: &mut Rn
             flops,
             ratio_note("Wᵀ·dY", parts.plain_dx, parts.dx_gemm),
         );
-        let col_bytes = (g.n * g.col_rows() * g.col_cols()) as f64 * F32;
+        let col_bytes = g.col_len() as f64 * F32;
         let x_bytes = x.numel() as f64 * F32;
         r.bw(
             &name,
@@ -184,11 +184,9 @@ fn conv_parts_cuda(
 ) -> Result<ConvParts> {
     use crate::device::cuda::gemm::{sgemm, RowMajorGemm};
     use crate::ops::conv2d::cuda as cc;
-    let s = g.cuda_shape();
-    let (rows, p, n, o) = (g.col_rows(), g.col_cols(), g.n, g.o);
+    let (rows, p, n, o) = (g.col_rows(), g.col_cols(), g.n(), g.o());
     let tile = cc::images_per_tile(rows * p, n, cc::COL_WORKSPACE_FLOATS);
-    let p_all = s.params(n)?;
-    let (ximg, yimg) = (g.c * g.h * g.w, o * p);
+    let (ximg, yimg) = (g.x_image(), g.y_image());
     let xs = x.gpu_buffer().ok_or_else(|| not_cuda("x"))?;
     let ws = w.gpu_buffer().ok_or_else(|| not_cuda("w"))?;
     let dys = dy.gpu_buffer().ok_or_else(|| not_cuda("dy"))?;
@@ -200,24 +198,21 @@ fn conv_parts_cuda(
         .step_by(tile)
         .map(|n0| (n0, tile.min(n - n0)))
         .collect();
-    let pt = |nb: usize| cc::ConvParams {
-        images: nb as u32,
-        ..p_all
-    };
     let im2col = b.time(|| {
         for &(n0, nb) in &tiles {
-            cc::im2col(d, &pt(nb), &xs.view(n0 * ximg..(n0 + nb) * ximg)?, &mut col)?;
+            let xv = xs.view(n0 * ximg..(n0 + nb) * ximg)?;
+            cc::Unfold::Im2col.run(d, &g.tile(nb), &xv, &mut col)?;
         }
         Ok(())
     })?;
     let fwd_gemm = b.time(|| {
         for &(n0, nb) in &tiles {
             let mut yv = y.view_mut(n0 * yimg..(n0 + nb) * yimg)?;
-            sgemm(d, &cc::forward_gemm(&s, nb)?, ws, &col, &mut yv)?;
+            sgemm(d, &cc::forward_gemm(&g.tile(nb)), ws, &col, &mut yv)?;
         }
         Ok(())
     })?;
-    let gw = cc::weight_grad_gemm(&s)?;
+    let gw = cc::weight_grad_gemm(g);
     let dw_gemm = b.time(|| {
         for &(n0, nb) in &tiles {
             for i in 0..nb {
@@ -232,14 +227,14 @@ fn conv_parts_cuda(
     let dx_gemm = b.time(|| {
         for &(n0, nb) in &tiles {
             let dyv = dys.view(n0 * yimg..(n0 + nb) * yimg)?;
-            sgemm(d, &cc::input_grad_gemm(&s, nb)?, ws, &dyv, &mut col)?;
+            sgemm(d, &cc::input_grad_gemm(&g.tile(nb)), ws, &dyv, &mut col)?;
         }
         Ok(())
     })?;
     let col2im = b.time(|| {
         for &(n0, nb) in &tiles {
             let mut dxv = dx.view_mut(n0 * ximg..(n0 + nb) * ximg)?;
-            cc::col2im(d, &pt(nb), &col, &mut dxv)?;
+            cc::Unfold::Col2im.run(d, &g.tile(nb), &col, &mut dxv)?;
         }
         Ok(())
     })?;
@@ -302,8 +297,8 @@ fn conv_parts_cpu(
 ) -> Result<ConvParts> {
     use crate::device::cpu::sgemm;
     use crate::ops::conv2d::cpu;
-    let (k, p, n, o) = (g.col_rows(), g.col_cols(), g.n, g.o);
-    let (chw, op) = (g.c * g.h * g.w, o * p);
+    let (k, p, n, o) = (g.col_rows(), g.col_cols(), g.n(), g.o());
+    let (chw, op) = (g.x_image(), o * p);
     let (xs, ws, dys) = (x.as_cpu()?, w.as_cpu()?, dy.as_cpu()?);
     let mut col = vec![0.0f32; k * p];
     let mut y = vec![0.0f32; n * op];
