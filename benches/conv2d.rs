@@ -171,34 +171,20 @@ fn print_rates(cases: &[Case]) {
         );
         let gf = |flops: f64, t: f64| flops / t / 1e9;
         println!("  {} ({:.2} GFLOP per forward):", c.name, f / 1e9);
-        println!(
-            "    gemm alone    {:6.1} | {:6.1} GFLOP/s   ({:.1} | {:.1} ms)",
-            gf(f, g),
-            gf(f, g0),
-            g * 1e3,
-            g0 * 1e3
-        );
-        println!(
-            "    conv fwd      {:6.1} | {:6.1} GFLOP/s   ({:.1} | {:.1} ms)",
-            gf(f, fw),
-            gf(f, fw0),
-            fw * 1e3,
-            fw0 * 1e3
-        );
-        println!(
-            "    conv bwd      {:6.1} | {:6.1} GFLOP/s   ({:.1} | {:.1} ms)",
-            gf(2.0 * f, bw),
-            gf(2.0 * f, bw0),
-            bw * 1e3,
-            bw0 * 1e3
-        );
-        println!(
-            "    conv fwd+bwd  {:6.1} | {:6.1} GFLOP/s   ({:.1} | {:.1} ms)",
-            gf(3.0 * f, al),
-            gf(3.0 * f, al0),
-            al * 1e3,
-            al0 * 1e3
-        );
+        for (label, flops, (med, best)) in [
+            ("gemm alone", f, (g, g0)),
+            ("conv fwd", f, (fw, fw0)),
+            ("conv bwd", 2.0 * f, (bw, bw0)),
+            ("conv fwd+bwd", 3.0 * f, (al, al0)),
+        ] {
+            println!(
+                "    {label:<13} {:6.1} | {:6.1} GFLOP/s   ({:.1} | {:.1} ms)",
+                gf(flops, med),
+                gf(flops, best),
+                med * 1e3,
+                best * 1e3
+            );
+        }
         let (rm, rmin) = med_min(ratio.clone());
         let rmax = ratio.iter().cloned().fold(f64::MIN, f64::max);
         println!(
