@@ -75,7 +75,7 @@ struct Gemm {
 
 impl Gemm {
     fn new(g: &Conv2dGeometry) -> Gemm {
-        let (m, k, n) = (g.o, g.col_rows(), g.n * g.col_cols());
+        let (m, k, n) = (g.o(), g.col_rows(), g.n() * g.col_cols());
         let mut rng = Rng::new(3);
         Gemm {
             m,
@@ -107,8 +107,7 @@ impl Gemm {
 
 fn im2col_batch(c: &Case, col: &mut [f32]) {
     let xs = c.x.as_cpu().expect("cpu tensor");
-    let chw = c.g.c * c.g.h * c.g.w;
-    for xn in xs.chunks(chw) {
+    for xn in xs.chunks(c.g.x_image()) {
         im2col(xn, &c.g, col);
         black_box(&col);
     }
@@ -138,7 +137,7 @@ fn print_rates(cases: &[Case]) {
     for c in cases {
         let f = c.g.forward_flops() as f64;
         let mut gemm = Gemm::new(&c.g);
-        let mut col = vec![0.0f32; c.g.col_rows() * c.g.col_cols()];
+        let mut col = vec![0.0f32; c.g.col_image()];
         let mut run_gemm = || gemm.run();
         let mut run_fwd = || {
             black_box(conv_fwd(c));
@@ -172,34 +171,20 @@ fn print_rates(cases: &[Case]) {
         );
         let gf = |flops: f64, t: f64| flops / t / 1e9;
         println!("  {} ({:.2} GFLOP per forward):", c.name, f / 1e9);
-        println!(
-            "    gemm alone    {:6.1} | {:6.1} GFLOP/s   ({:.1} | {:.1} ms)",
-            gf(f, g),
-            gf(f, g0),
-            g * 1e3,
-            g0 * 1e3
-        );
-        println!(
-            "    conv fwd      {:6.1} | {:6.1} GFLOP/s   ({:.1} | {:.1} ms)",
-            gf(f, fw),
-            gf(f, fw0),
-            fw * 1e3,
-            fw0 * 1e3
-        );
-        println!(
-            "    conv bwd      {:6.1} | {:6.1} GFLOP/s   ({:.1} | {:.1} ms)",
-            gf(2.0 * f, bw),
-            gf(2.0 * f, bw0),
-            bw * 1e3,
-            bw0 * 1e3
-        );
-        println!(
-            "    conv fwd+bwd  {:6.1} | {:6.1} GFLOP/s   ({:.1} | {:.1} ms)",
-            gf(3.0 * f, al),
-            gf(3.0 * f, al0),
-            al * 1e3,
-            al0 * 1e3
-        );
+        for (label, flops, (med, best)) in [
+            ("gemm alone", f, (g, g0)),
+            ("conv fwd", f, (fw, fw0)),
+            ("conv bwd", 2.0 * f, (bw, bw0)),
+            ("conv fwd+bwd", 3.0 * f, (al, al0)),
+        ] {
+            println!(
+                "    {label:<13} {:6.1} | {:6.1} GFLOP/s   ({:.1} | {:.1} ms)",
+                gf(flops, med),
+                gf(flops, best),
+                med * 1e3,
+                best * 1e3
+            );
+        }
         let (rm, rmin) = med_min(ratio.clone());
         let rmax = ratio.iter().cloned().fold(f64::MIN, f64::max);
         println!(
@@ -240,10 +225,8 @@ fn bench(cr: &mut Criterion) {
         grp.throughput(Throughput::Elements(2 * f));
         grp.bench_function("bwd", |bch| bch.iter(|| conv_bwd(c)));
         // im2col moves N·K·P floats; its throughput is in column elements written.
-        let mut col = vec![0.0f32; c.g.col_rows() * c.g.col_cols()];
-        grp.throughput(Throughput::Elements(
-            (c.g.n * c.g.col_rows() * c.g.col_cols()) as u64,
-        ));
+        let mut col = vec![0.0f32; c.g.col_image()];
+        grp.throughput(Throughput::Elements(c.g.col_len() as u64));
         grp.bench_function("im2col_alone", |bch| bch.iter(|| im2col_batch(c, &mut col)));
         grp.finish();
     }

@@ -1,29 +1,30 @@
 // Convolution helpers around cuBLAS SGEMM (src/ops/conv2d/cuda.rs): im2col, col2im (gather,
 // no atomics), bias add over NCHW and the per-channel bias gradient.
 // Column layout for one image: row (c*kh + ki)*kw + kj, column oy*OW + ox; a launch covers
-// `images` consecutive images, each with its own [C*kh*kw, OH*OW] block.
+// `n` consecutive images, each with its own [C*kh*kw, OH*OW] block.
 // Every index is 64-bit.
 #include "common.cuh"
 #include "reduce.cuh"
 
 #define BLOCK 256
 
-// Mirrors `ConvParams` in src/ops/conv2d/cuda.rs field for field.
-struct ConvParams {
+// Mirrors `Conv2dGeometry` in src/ops/conv2d/mod.rs field for field.
+struct Conv2dGeometry {
+    u32 n;           // images covered by this launch (the batch, or a tile of it)
     u32 c, h, w;     // input channels and spatial size of one image
+    u32 o;           // output channels (the GEMMs' size; im2col and col2im do not read it)
     u32 kh, kw;      // kernel size
     u32 stride, pad; // the same in both directions
     u32 oh, ow;      // output size
-    u32 images;      // images covered by this launch
 };
-static_assert(sizeof(ConvParams) == 40, "ConvParams layout must match the Rust struct");
+static_assert(sizeof(Conv2dGeometry) == 44, "layout must match the Rust struct");
 
 // col[img][(ch*kh+ki)*kw+kj][oy*OW+ox] = x[img][ch][oy*s-p+ki][ox*s-p+kj], zero outside.
-extern "C" __global__ void im2col_f32(ConvParams p, const float* __restrict__ x,
+extern "C" __global__ void im2col_f32(Conv2dGeometry p, const float* __restrict__ x,
                                       float* __restrict__ col) {
     const u64 ohw = (u64)p.oh * p.ow;
     const u64 rows = (u64)p.c * p.kh * p.kw;
-    const u64 total = (u64)p.images * rows * ohw;
+    const u64 total = (u64)p.n * rows * ohw;
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < total;
          i += (u64)blockDim.x * gridDim.x) {
         const u64 q = i % ohw;
@@ -42,11 +43,11 @@ extern "C" __global__ void im2col_f32(ConvParams p, const float* __restrict__ x,
 
 // Adjoint of im2col, as a gather: each input element sums the column entries that read it.
 // Overwrites dx (no accumulation into earlier contents).
-extern "C" __global__ void col2im_f32(ConvParams p, const float* __restrict__ col,
+extern "C" __global__ void col2im_f32(Conv2dGeometry p, const float* __restrict__ col,
                                       float* __restrict__ dx) {
     const u64 ohw = (u64)p.oh * p.ow;
     const u64 rows = (u64)p.c * p.kh * p.kw;
-    const u64 total = (u64)p.images * p.c * p.h * p.w;
+    const u64 total = (u64)p.n * p.c * p.h * p.w;
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < total;
          i += (u64)blockDim.x * gridDim.x) {
         const i64 xx = (i64)(i % p.w);

@@ -59,14 +59,13 @@ fn conv2d_forward_backward_all_paths() {
         );
         // a column workspace of one image: the tiled path gives the same result
         let geo = dcl::ops::conv2d::Conv2dGeometry::new(&x, &w, args).unwrap();
-        let s = geo.cuda_shape();
-        let one = geo.col_rows() * geo.col_cols();
+        let one = geo.col_image();
         let yt = conv_cuda::forward_ws(
             &dev,
             xg.gpu_buffer().unwrap(),
             wg.gpu_buffer().unwrap(),
             bg.as_ref().map(|b| b.gpu_buffer().unwrap()),
-            &s,
+            &geo,
             one,
         )
         .unwrap();

@@ -1,10 +1,14 @@
 //! Convolution rows of `dcl bench kernels`: the networks' 3x3 layers, whole and in parts.
 use super::timing::{nchw, randn, Bench, Rows, Timing, F32};
 use super::{not_cuda, KernelBenchOptions};
+use crate::device::cpu::sgemm as cpu_sgemm;
+use crate::device::cuda::gemm::{sgemm, RowMajorGemm};
+use crate::device::cuda::GpuBuffer;
 use crate::device::CudaDevice;
 use crate::error::Result;
 use crate::nn::layers::scaled;
-use crate::ops::conv2d::{conv2d_backward, conv2d_forward, Conv2dArgs, Conv2dGeometry};
+use crate::ops::conv2d::cuda::{self, tiles, Unfold};
+use crate::ops::conv2d::{conv2d_backward, conv2d_forward, cpu, Conv2dArgs, Conv2dGeometry};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 
@@ -33,8 +37,8 @@ pub(super) fn rows(b: &Bench, r: &mut Rows, o: &KernelBenchOptions, rng: &mut Rn
         let tf = b.time(|| conv2d_forward(&x, &w, bias.as_ref(), args).map(drop))?;
         let tb = b.time(|| conv2d_backward(&x, &w, &dy, args, true, true, l.bias).map(drop))?;
         let parts = match dev.cuda() {
-            Some(d) => conv_parts_cuda(b, d, &g, &x, &w, &dy)?,
-            None => conv_parts_cpu(b, &g, &x, &w, &dy)?,
+            Some(d) => conv_parts(b, n, CudaSteps::new(d, &g, &x, &w, &dy)?)?,
+            None => conv_parts(b, n, CpuSteps::new(&g, &x, &w, &dy)?)?,
         };
         r.flop(&name, "fwd", &shape, tf, flops, String::new());
         r.flop(&name, "bwd", &shape, tb, 2.0 * flops, "dx, dW, db".into());
@@ -62,7 +66,7 @@ pub(super) fn rows(b: &Bench, r: &mut Rows, o: &KernelBenchOptions, rng: &mut Rn
             flops,
             ratio_note("Wᵀ·dY", parts.plain_dx, parts.dx_gemm),
         );
-        let col_bytes = (g.n * g.col_rows() * g.col_cols()) as f64 * F32;
+        let col_bytes = g.col_len() as f64 * F32;
         let x_bytes = x.numel() as f64 * F32;
         r.bw(
             &name,
@@ -171,111 +175,51 @@ struct ConvParts {
     how: String,
 }
 
-/// The CUDA launcher's im2col, GEMM and col2im steps issued exactly as `conv2d::cuda::forward` /
-/// `backward` issue them (tiles of images, the weight broadcast), and plain GEMMs with
-/// the same m, n, k over the whole batch.
-fn conv_parts_cuda(
-    b: &Bench,
-    d: &CudaDevice,
-    g: &Conv2dGeometry,
-    x: &Tensor,
-    w: &Tensor,
-    dy: &Tensor,
-) -> Result<ConvParts> {
-    use crate::device::cuda::gemm::{sgemm, RowMajorGemm};
-    use crate::ops::conv2d::cuda as cc;
-    let s = g.cuda_shape();
-    let (rows, p, n, o) = (g.col_rows(), g.col_cols(), g.n, g.o);
-    let tile = cc::images_per_tile(rows * p, n, cc::COL_WORKSPACE_FLOATS);
-    let p_all = s.params(n)?;
-    let (ximg, yimg) = (g.c * g.h * g.w, o * p);
-    let xs = x.gpu_buffer().ok_or_else(|| not_cuda("x"))?;
-    let ws = w.gpu_buffer().ok_or_else(|| not_cuda("w"))?;
-    let dys = dy.gpu_buffer().ok_or_else(|| not_cuda("dy"))?;
-    let mut col = d.alloc::<f32>(tile * rows * p)?;
-    let mut y = d.alloc::<f32>(n * yimg)?;
-    let mut dw = d.alloc_zeros::<f32>(o * rows)?;
-    let mut dx = d.alloc::<f32>(n * ximg)?;
-    let tiles: Vec<(usize, usize)> = (0..n)
-        .step_by(tile)
-        .map(|n0| (n0, tile.min(n - n0)))
-        .collect();
-    let pt = |nb: usize| cc::ConvParams {
-        images: nb as u32,
-        ..p_all
+/// One device's calls for the steps [`conv_parts`] times, issued as that device's conv2d
+/// issues them, over column tiles of images (the CPU reference's tiles are single images).
+trait ConvSteps {
+    /// Images per column tile.
+    fn tile(&self) -> usize;
+    /// im2col of the `nb` images from `n0` into the column workspace.
+    fn im2col(&mut self, n0: usize, nb: usize) -> Result<()>;
+    /// `Y = W · col` for the tile.
+    fn fwd_gemm(&mut self, n0: usize, nb: usize) -> Result<()>;
+    /// `dW (+)= dY · colᵀ` for image `n0 + i`, the `i`-th of its tile.
+    fn dw_gemm(&mut self, n0: usize, i: usize) -> Result<()>;
+    /// `dcol = Wᵀ · dY` for the tile, into the column workspace.
+    fn dx_gemm(&mut self, n0: usize, nb: usize) -> Result<()>;
+    /// col2im of the tile from the column workspace.
+    fn col2im(&mut self, n0: usize, nb: usize) -> Result<()>;
+    /// Frees the column workspace and allocates, zeroed, the plain GEMMs' operands over the
+    /// whole batch: B [rows, N·P] and C [O, N·P].
+    fn start_plain(&mut self) -> Result<()>;
+    /// `C = W · B`, one GEMM.
+    fn plain_fwd(&mut self) -> Result<()>;
+    /// `dW = C · Bᵀ`, one GEMM.
+    fn plain_dw(&mut self) -> Result<()>;
+    /// `B = Wᵀ · C`, one GEMM.
+    fn plain_dx(&mut self) -> Result<()>;
+    /// How the convolution's GEMMs are issued, for the notes.
+    fn how(&self) -> String;
+}
+
+/// Times the steps of `s` one kind at a time over every tile of the batch's `n` images, then
+/// the plain GEMMs with the same m, n, k over the whole batch.
+fn conv_parts<S: ConvSteps>(b: &Bench, n: usize, mut s: S) -> Result<ConvParts> {
+    let tiles: Vec<(usize, usize)> = tiles(n, s.tile()).collect();
+    let mut over_tiles = |step: fn(&mut S, usize, usize) -> Result<()>| {
+        b.time(|| tiles.iter().try_for_each(|&(n0, nb)| step(&mut s, n0, nb)))
     };
-    let im2col = b.time(|| {
-        for &(n0, nb) in &tiles {
-            cc::im2col(d, &pt(nb), &xs.view(n0 * ximg..(n0 + nb) * ximg)?, &mut col)?;
-        }
-        Ok(())
-    })?;
-    let fwd_gemm = b.time(|| {
-        for &(n0, nb) in &tiles {
-            let mut yv = y.view_mut(n0 * yimg..(n0 + nb) * yimg)?;
-            sgemm(d, &cc::forward_gemm(&s, nb)?, ws, &col, &mut yv)?;
-        }
-        Ok(())
-    })?;
-    let gw = cc::weight_grad_gemm(&s)?;
-    let dw_gemm = b.time(|| {
-        for &(n0, nb) in &tiles {
-            for i in 0..nb {
-                let dyv = dys.view((n0 + i) * yimg..(n0 + i + 1) * yimg)?;
-                let cv = col.view(i * rows * p..(i + 1) * rows * p)?;
-                sgemm(d, &gw, &dyv, &cv, &mut dw)?;
-            }
-        }
-        Ok(())
-    })?;
-    // col doubles as dcol from here on (its values do not matter for timing).
-    let dx_gemm = b.time(|| {
-        for &(n0, nb) in &tiles {
-            let dyv = dys.view(n0 * yimg..(n0 + nb) * yimg)?;
-            sgemm(d, &cc::input_grad_gemm(&s, nb)?, ws, &dyv, &mut col)?;
-        }
-        Ok(())
-    })?;
-    let col2im = b.time(|| {
-        for &(n0, nb) in &tiles {
-            let mut dxv = dx.view_mut(n0 * ximg..(n0 + nb) * ximg)?;
-            cc::col2im(d, &pt(nb), &col, &mut dxv)?;
-        }
-        Ok(())
-    })?;
-    drop(col);
-    // Plain GEMMs over the whole batch: B [rows, N·P], C [O, N·P].
-    let np = n * p;
-    let big_b = d.alloc_zeros::<f32>(rows * np)?;
-    let mut big_c = d.alloc_zeros::<f32>(o * np)?;
-    let plain_fwd = b.time(|| {
-        sgemm(
-            d,
-            &RowMajorGemm::packed(o, np, rows, false, false),
-            ws,
-            &big_b,
-            &mut big_c,
-        )
-    })?;
-    let plain_dw = b.time(|| {
-        sgemm(
-            d,
-            &RowMajorGemm::packed(o, rows, np, false, true),
-            &big_c,
-            &big_b,
-            &mut dw,
-        )
-    })?;
-    let mut big_b = big_b;
-    let plain_dx = b.time(|| {
-        sgemm(
-            d,
-            &RowMajorGemm::packed(rows, np, o, true, false),
-            ws,
-            &big_c,
-            &mut big_b,
-        )
-    })?;
+    let im2col = over_tiles(S::im2col)?;
+    let fwd_gemm = over_tiles(S::fwd_gemm)?;
+    let dw_gemm = over_tiles(|s, n0, nb| (0..nb).try_for_each(|i| s.dw_gemm(n0, i)))?;
+    // The column workspace doubles as dcol from here on (its values do not matter for timing).
+    let dx_gemm = over_tiles(S::dx_gemm)?;
+    let col2im = over_tiles(S::col2im)?;
+    s.start_plain()?;
+    let plain_fwd = b.time(|| s.plain_fwd())?;
+    let plain_dw = b.time(|| s.plain_dw())?;
+    let plain_dx = b.time(|| s.plain_dx())?;
     Ok(ConvParts {
         im2col,
         col2im,
@@ -285,129 +229,226 @@ fn conv_parts_cuda(
         plain_dw,
         dx_gemm,
         plain_dx,
-        how: format!(
-            "tiles of {tile} image(s): fwd and dX one strided-batched GEMM per tile, dW one GEMM per image"
-        ),
+        how: s.how(),
     })
 }
 
+/// The CUDA launcher's steps (`ops/conv2d/cuda.rs`): tiles of images bounded by its column
+/// workspace, fwd and dX one strided-batched GEMM per tile with the weight broadcast, dW one
+/// GEMM per image.
+struct CudaSteps<'a> {
+    d: &'a CudaDevice,
+    g: &'a Conv2dGeometry,
+    tile: usize,
+    x: &'a GpuBuffer<f32>,
+    w: &'a GpuBuffer<f32>,
+    dy: &'a GpuBuffer<f32>,
+    col: GpuBuffer<f32>,
+    y: GpuBuffer<f32>,
+    dw: GpuBuffer<f32>,
+    dx: GpuBuffer<f32>,
+    /// The plain GEMMs' B and C; empty (a zero-length buffer owns no memory) until
+    /// `start_plain`.
+    big_b: GpuBuffer<f32>,
+    big_c: GpuBuffer<f32>,
+}
+
+impl<'a> CudaSteps<'a> {
+    fn new(
+        d: &'a CudaDevice,
+        g: &'a Conv2dGeometry,
+        x: &'a Tensor,
+        w: &'a Tensor,
+        dy: &'a Tensor,
+    ) -> Result<Self> {
+        let tile = cuda::images_per_tile(g.col_image(), g.n(), cuda::COL_WORKSPACE_FLOATS);
+        Ok(CudaSteps {
+            d,
+            g,
+            tile,
+            x: x.gpu_buffer().ok_or_else(|| not_cuda("x"))?,
+            w: w.gpu_buffer().ok_or_else(|| not_cuda("w"))?,
+            dy: dy.gpu_buffer().ok_or_else(|| not_cuda("dy"))?,
+            col: d.alloc(tile * g.col_image())?,
+            y: d.alloc(g.y_len())?,
+            dw: d.alloc_zeros(g.w_len())?,
+            dx: d.alloc(g.x_len())?,
+            big_b: d.alloc(0)?,
+            big_c: d.alloc(0)?,
+        })
+    }
+}
+
+impl ConvSteps for CudaSteps<'_> {
+    fn tile(&self) -> usize {
+        self.tile
+    }
+    fn im2col(&mut self, n0: usize, nb: usize) -> Result<()> {
+        let xv = self.x.view(cuda::images(n0, nb, self.g.x_image()))?;
+        Unfold::Im2col.run(self.d, &self.g.tile(nb), &xv, &mut self.col)
+    }
+    fn fwd_gemm(&mut self, n0: usize, nb: usize) -> Result<()> {
+        let mut yv = self.y.view_mut(cuda::images(n0, nb, self.g.y_image()))?;
+        let gemm = cuda::forward_gemm(&self.g.tile(nb));
+        sgemm(self.d, &gemm, self.w, &self.col, &mut yv)
+    }
+    fn dw_gemm(&mut self, n0: usize, i: usize) -> Result<()> {
+        let dyv = self.dy.view(cuda::images(n0 + i, 1, self.g.y_image()))?;
+        let cv = self.col.view(cuda::images(i, 1, self.g.col_image()))?;
+        sgemm(
+            self.d,
+            &cuda::weight_grad_gemm(self.g),
+            &dyv,
+            &cv,
+            &mut self.dw,
+        )
+    }
+    fn dx_gemm(&mut self, n0: usize, nb: usize) -> Result<()> {
+        let dyv = self.dy.view(cuda::images(n0, nb, self.g.y_image()))?;
+        let gemm = cuda::input_grad_gemm(&self.g.tile(nb));
+        sgemm(self.d, &gemm, self.w, &dyv, &mut self.col)
+    }
+    fn col2im(&mut self, n0: usize, nb: usize) -> Result<()> {
+        let mut dxv = self.dx.view_mut(cuda::images(n0, nb, self.g.x_image()))?;
+        Unfold::Col2im.run(self.d, &self.g.tile(nb), &self.col, &mut dxv)
+    }
+    fn start_plain(&mut self) -> Result<()> {
+        self.col = self.d.alloc(0)?;
+        let np = self.g.n() * self.g.col_cols();
+        self.big_b = self.d.alloc_zeros(self.g.col_rows() * np)?;
+        self.big_c = self.d.alloc_zeros(self.g.o() * np)?;
+        Ok(())
+    }
+    fn plain_fwd(&mut self) -> Result<()> {
+        let (o, rows, np) = plain_sizes(self.g);
+        let gemm = RowMajorGemm::packed(o, np, rows, false, false);
+        sgemm(self.d, &gemm, self.w, &self.big_b, &mut self.big_c)
+    }
+    fn plain_dw(&mut self) -> Result<()> {
+        let (o, rows, np) = plain_sizes(self.g);
+        let gemm = RowMajorGemm::packed(o, rows, np, false, true);
+        sgemm(self.d, &gemm, &self.big_c, &self.big_b, &mut self.dw)
+    }
+    fn plain_dx(&mut self) -> Result<()> {
+        let (o, rows, np) = plain_sizes(self.g);
+        let gemm = RowMajorGemm::packed(rows, np, o, true, false);
+        sgemm(self.d, &gemm, self.w, &self.big_c, &mut self.big_b)
+    }
+    fn how(&self) -> String {
+        format!(
+            "tiles of {} image(s): fwd and dX one strided-batched GEMM per tile, dW one GEMM per image",
+            self.tile
+        )
+    }
+}
+
 /// The CPU reference's steps (`ops/conv2d/cpu.rs`: per image im2col, GEMM, col2im through the
-/// `gemm` crate) and plain GEMMs with the same m, n, k over the whole batch.
-fn conv_parts_cpu(
-    b: &Bench,
-    g: &Conv2dGeometry,
-    x: &Tensor,
-    w: &Tensor,
-    dy: &Tensor,
-) -> Result<ConvParts> {
-    use crate::device::cpu::sgemm;
-    use crate::ops::conv2d::cpu;
-    let (k, p, n, o) = (g.col_rows(), g.col_cols(), g.n, g.o);
-    let (chw, op) = (g.c * g.h * g.w, o * p);
-    let (xs, ws, dys) = (x.as_cpu()?, w.as_cpu()?, dy.as_cpu()?);
-    let mut col = vec![0.0f32; k * p];
-    let mut y = vec![0.0f32; n * op];
-    let mut dw = vec![0.0f32; o * k];
-    let mut dx = vec![0.0f32; n * chw];
-    let im2col = b.time(|| {
-        for i in 0..n {
-            cpu::im2col(&xs[i * chw..][..chw], g, &mut col);
-        }
+/// `gemm` crate).
+struct CpuSteps<'a> {
+    g: &'a Conv2dGeometry,
+    x: &'a [f32],
+    w: &'a [f32],
+    dy: &'a [f32],
+    col: Vec<f32>,
+    y: Vec<f32>,
+    dw: Vec<f32>,
+    dx: Vec<f32>,
+    /// The plain GEMMs' B and C; empty until `start_plain`.
+    big_b: Vec<f32>,
+    big_c: Vec<f32>,
+}
+
+impl<'a> CpuSteps<'a> {
+    fn new(g: &'a Conv2dGeometry, x: &'a Tensor, w: &'a Tensor, dy: &'a Tensor) -> Result<Self> {
+        Ok(CpuSteps {
+            g,
+            x: x.as_cpu()?,
+            w: w.as_cpu()?,
+            dy: dy.as_cpu()?,
+            col: vec![0.0; g.col_image()],
+            y: vec![0.0; g.y_len()],
+            dw: vec![0.0; g.w_len()],
+            dx: vec![0.0; g.x_len()],
+            big_b: Vec::new(),
+            big_c: Vec::new(),
+        })
+    }
+}
+
+/// The CPU steps take single images: `(n0, 1)` tiles.
+impl ConvSteps for CpuSteps<'_> {
+    fn tile(&self) -> usize {
+        1
+    }
+    fn im2col(&mut self, n0: usize, _: usize) -> Result<()> {
+        let chw = self.g.x_image();
+        cpu::im2col(&self.x[n0 * chw..][..chw], self.g, &mut self.col);
         Ok(())
-    })?;
-    let fwd_gemm = b.time(|| {
-        for yn in y.chunks_mut(op) {
-            sgemm(o, p, k, ws, k as isize, 1, &col, p as isize, 1, yn, 0.0);
-        }
-        Ok(())
-    })?;
-    let dw_gemm = b.time(|| {
-        for i in 0..n {
-            let beta = if i == 0 { 0.0 } else { 1.0 };
-            let dyn_ = &dys[i * op..][..op];
-            sgemm(
-                o, k, p, dyn_, p as isize, 1, &col, 1, p as isize, &mut dw, beta,
-            );
-        }
-        Ok(())
-    })?;
-    let dx_gemm = b.time(|| {
-        for i in 0..n {
-            let dyn_ = &dys[i * op..][..op];
-            sgemm(
-                k, p, o, ws, 1, k as isize, dyn_, p as isize, 1, &mut col, 0.0,
-            );
-        }
-        Ok(())
-    })?;
-    let col2im = b.time(|| {
-        for i in 0..n {
-            cpu::col2im(&col, g, &mut dx[i * chw..][..chw]);
-        }
-        Ok(())
-    })?;
-    let np = n * p;
-    let mut big_b = vec![0.0f32; k * np];
-    let mut big_c = vec![0.0f32; o * np];
-    let plain_fwd = b.time(|| {
-        sgemm(
-            o,
-            np,
-            k,
-            ws,
-            k as isize,
-            1,
-            &big_b,
-            np as isize,
-            1,
-            &mut big_c,
-            0.0,
+    }
+    fn fwd_gemm(&mut self, n0: usize, _: usize) -> Result<()> {
+        let (o, k, p) = (self.g.o(), self.g.col_rows(), self.g.col_cols());
+        let yn = &mut self.y[n0 * o * p..][..o * p];
+        cpu_sgemm(
+            o, p, k, self.w, k as isize, 1, &self.col, p as isize, 1, yn, 0.0,
         );
         Ok(())
-    })?;
-    let plain_dw = b.time(|| {
-        sgemm(
-            o,
-            k,
-            np,
-            &big_c,
-            np as isize,
-            1,
-            &big_b,
-            1,
-            np as isize,
-            &mut dw,
-            0.0,
+    }
+    fn dw_gemm(&mut self, n0: usize, i: usize) -> Result<()> {
+        let (o, k, p) = (self.g.o(), self.g.col_rows(), self.g.col_cols());
+        let image = n0 + i;
+        let beta = if image == 0 { 0.0 } else { 1.0 };
+        let dyn_ = &self.dy[image * o * p..][..o * p];
+        let (col, dw) = (&self.col, &mut self.dw);
+        cpu_sgemm(o, k, p, dyn_, p as isize, 1, col, 1, p as isize, dw, beta);
+        Ok(())
+    }
+    fn dx_gemm(&mut self, n0: usize, _: usize) -> Result<()> {
+        let (o, k, p) = (self.g.o(), self.g.col_rows(), self.g.col_cols());
+        let dyn_ = &self.dy[n0 * o * p..][..o * p];
+        let col = &mut self.col;
+        cpu_sgemm(
+            k, p, o, self.w, 1, k as isize, dyn_, p as isize, 1, col, 0.0,
         );
         Ok(())
-    })?;
-    let plain_dx = b.time(|| {
-        sgemm(
-            k,
-            np,
-            o,
-            ws,
-            1,
-            k as isize,
-            &big_c,
-            np as isize,
-            1,
-            &mut big_b,
-            0.0,
-        );
+    }
+    fn col2im(&mut self, n0: usize, _: usize) -> Result<()> {
+        let chw = self.g.x_image();
+        cpu::col2im(&self.col, self.g, &mut self.dx[n0 * chw..][..chw]);
         Ok(())
-    })?;
-    Ok(ConvParts {
-        im2col,
-        col2im,
-        fwd_gemm,
-        plain_fwd,
-        dw_gemm,
-        plain_dw,
-        dx_gemm,
-        plain_dx,
-        how: "per image: im2col, GEMM, col2im (gemm crate)".into(),
-    })
+    }
+    fn start_plain(&mut self) -> Result<()> {
+        self.col = Vec::new();
+        let np = self.g.n() * self.g.col_cols();
+        self.big_b = vec![0.0; self.g.col_rows() * np];
+        self.big_c = vec![0.0; self.g.o() * np];
+        Ok(())
+    }
+    fn plain_fwd(&mut self) -> Result<()> {
+        let (o, k, np) = plain_sizes(self.g);
+        let (b, c) = (&self.big_b, &mut self.big_c);
+        cpu_sgemm(o, np, k, self.w, k as isize, 1, b, np as isize, 1, c, 0.0);
+        Ok(())
+    }
+    fn plain_dw(&mut self) -> Result<()> {
+        let (o, k, np) = plain_sizes(self.g);
+        let (b, c, dw) = (&self.big_b, &self.big_c, &mut self.dw);
+        cpu_sgemm(o, k, np, c, np as isize, 1, b, 1, np as isize, dw, 0.0);
+        Ok(())
+    }
+    fn plain_dx(&mut self) -> Result<()> {
+        let (o, k, np) = plain_sizes(self.g);
+        let (b, c) = (&mut self.big_b, &self.big_c);
+        cpu_sgemm(k, np, o, self.w, 1, k as isize, c, np as isize, 1, b, 0.0);
+        Ok(())
+    }
+    fn how(&self) -> String {
+        "per image: im2col, GEMM, col2im (gemm crate)".into()
+    }
+}
+
+/// O, C·kh·kw and N·OH·OW: the plain GEMMs' sizes.
+fn plain_sizes(g: &Conv2dGeometry) -> (usize, usize, usize) {
+    (g.o(), g.col_rows(), g.n() * g.col_cols())
 }
 
 fn ratio_note(what: &str, plain: Timing, ours: Timing) -> String {

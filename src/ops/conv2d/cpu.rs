@@ -3,42 +3,44 @@
 //! kernels): row `(c·kh + ki)·kw + kj`, column `oh·OW + ow`.
 use rayon::prelude::*;
 
-use super::Conv2dGeometry;
+use super::{Conv2dGeometry, Conv2dGrads, Conv2dNeeds};
 use crate::device::cpu::sgemm;
 
 /// Unfolds one image `x` [C, H, W] into `col` [C·kh·kw, OH·OW] (zero padding).
 pub fn im2col(x: &[f32], g: &Conv2dGeometry, col: &mut [f32]) {
-    let (p, hw) = (g.col_cols(), g.h * g.w);
+    let (h, w, kh, kw) = (g.h(), g.w(), g.kh(), g.kw());
+    let (stride, pad, oh_n, ow_n) = (g.stride(), g.pad(), g.oh(), g.ow());
+    let p = g.col_cols();
     // One task per channel: each owns kh·kw rows of `col` and reads one input plane.
-    col[..g.col_rows() * p]
-        .par_chunks_mut(g.kh * g.kw * p)
-        .zip(x[..g.c * hw].par_chunks(hw))
+    col[..g.col_image()]
+        .par_chunks_mut(kh * kw * p)
+        .zip(x[..g.x_image()].par_chunks(h * w))
         .for_each(|(cc, plane)| {
-            for ki in 0..g.kh {
-                for kj in 0..g.kw {
-                    let row = &mut cc[(ki * g.kw + kj) * p..][..p];
-                    for oh in 0..g.oh {
-                        let dst = &mut row[oh * g.ow..][..g.ow];
-                        let ih = (oh * g.stride + ki) as isize - g.pad as isize;
-                        if ih < 0 || ih >= g.h as isize {
+            for ki in 0..kh {
+                for kj in 0..kw {
+                    let row = &mut cc[(ki * kw + kj) * p..][..p];
+                    for oh in 0..oh_n {
+                        let dst = &mut row[oh * ow_n..][..ow_n];
+                        let ih = (oh * stride + ki) as isize - pad as isize;
+                        if ih < 0 || ih >= h as isize {
                             dst.fill(0.0);
                             continue;
                         }
-                        let src = &plane[ih as usize * g.w..][..g.w];
-                        if g.stride == 1 {
+                        let src = &plane[ih as usize * w..][..w];
+                        if stride == 1 {
                             // iw = ow + kj - pad: one contiguous run of valid columns.
-                            let lo = g.pad.saturating_sub(kj).min(g.ow);
-                            let hi = (g.w + g.pad).saturating_sub(kj).clamp(lo, g.ow);
+                            let lo = pad.saturating_sub(kj).min(ow_n);
+                            let hi = (w + pad).saturating_sub(kj).clamp(lo, ow_n);
                             dst[..lo].fill(0.0);
                             dst[hi..].fill(0.0);
                             if hi > lo {
-                                let off = lo + kj - g.pad;
+                                let off = lo + kj - pad;
                                 dst[lo..hi].copy_from_slice(&src[off..off + (hi - lo)]);
                             }
                         } else {
                             for (ow, d) in dst.iter_mut().enumerate() {
-                                let iw = (ow * g.stride + kj) as isize - g.pad as isize;
-                                *d = if iw >= 0 && iw < g.w as isize {
+                                let iw = (ow * stride + kj) as isize - pad as isize;
+                                *d = if iw >= 0 && iw < w as isize {
                                     src[iw as usize]
                                 } else {
                                     0.0
@@ -54,24 +56,26 @@ pub fn im2col(x: &[f32], g: &Conv2dGeometry, col: &mut [f32]) {
 /// Folds `col` [C·kh·kw, OH·OW] back onto one image `dx` [C, H, W], adding (the adjoint of
 /// `im2col`). `dx` must be zeroed (or hold values to accumulate onto).
 pub fn col2im(col: &[f32], g: &Conv2dGeometry, dx: &mut [f32]) {
-    let (p, hw) = (g.col_cols(), g.h * g.w);
-    dx[..g.c * hw]
-        .par_chunks_mut(hw)
-        .zip(col[..g.col_rows() * p].par_chunks(g.kh * g.kw * p))
+    let (h, w, kh, kw) = (g.h(), g.w(), g.kh(), g.kw());
+    let (stride, pad, oh_n, ow_n) = (g.stride(), g.pad(), g.oh(), g.ow());
+    let p = g.col_cols();
+    dx[..g.x_image()]
+        .par_chunks_mut(h * w)
+        .zip(col[..g.col_image()].par_chunks(kh * kw * p))
         .for_each(|(plane, cc)| {
-            for ki in 0..g.kh {
-                for kj in 0..g.kw {
-                    let row = &cc[(ki * g.kw + kj) * p..][..p];
-                    for oh in 0..g.oh {
-                        let ih = (oh * g.stride + ki) as isize - g.pad as isize;
-                        if ih < 0 || ih >= g.h as isize {
+            for ki in 0..kh {
+                for kj in 0..kw {
+                    let row = &cc[(ki * kw + kj) * p..][..p];
+                    for oh in 0..oh_n {
+                        let ih = (oh * stride + ki) as isize - pad as isize;
+                        if ih < 0 || ih >= h as isize {
                             continue;
                         }
-                        let dst = &mut plane[ih as usize * g.w..][..g.w];
-                        let src = &row[oh * g.ow..][..g.ow];
+                        let dst = &mut plane[ih as usize * w..][..w];
+                        let src = &row[oh * ow_n..][..ow_n];
                         for (ow, &v) in src.iter().enumerate() {
-                            let iw = (ow * g.stride + kj) as isize - g.pad as isize;
-                            if iw >= 0 && iw < g.w as isize {
+                            let iw = (ow * stride + kj) as isize - pad as isize;
+                            if iw >= 0 && iw < w as isize {
                                 dst[iw as usize] += v;
                             }
                         }
@@ -83,15 +87,14 @@ pub fn col2im(col: &[f32], g: &Conv2dGeometry, dx: &mut [f32]) {
 
 /// y[N, O, OH·OW]: per image, y_n = W[O, K] · col_n[K, P] (+ b broadcast over P).
 pub fn forward(x: &[f32], w: &[f32], b: Option<&[f32]>, g: &Conv2dGeometry) -> Vec<f32> {
-    let (k, p) = (g.col_rows(), g.col_cols());
-    let chw = g.c * g.h * g.w;
-    let mut y = vec![0.0f32; g.n * g.o * p];
+    let (o, k, p) = (g.o(), g.col_rows(), g.col_cols());
+    let mut y = vec![0.0f32; g.y_len()];
     let mut col = if g.is_pointwise() {
         Vec::new()
     } else {
-        vec![0.0f32; k * p]
+        vec![0.0f32; g.col_image()]
     };
-    for (xn, yn) in x.chunks(chw).zip(y.chunks_mut(g.o * p)) {
+    for (xn, yn) in x.chunks(g.x_image()).zip(y.chunks_mut(g.y_image())) {
         // The bias is written first and the GEMM accumulates onto it (beta = 1): no extra pass.
         if let Some(b) = b {
             for (row, &bv) in yn.chunks_mut(p).zip(b) {
@@ -105,15 +108,9 @@ pub fn forward(x: &[f32], w: &[f32], b: Option<&[f32]>, g: &Conv2dGeometry) -> V
             &col
         };
         let beta = if b.is_some() { 1.0 } else { 0.0 };
-        sgemm(g.o, p, k, w, k as isize, 1, cols, p as isize, 1, yn, beta);
+        sgemm(o, p, k, w, k as isize, 1, cols, p as isize, 1, yn, beta);
     }
     y
-}
-
-pub struct Grads {
-    pub dx: Option<Vec<f32>>,
-    pub dw: Option<Vec<f32>>,
-    pub db: Option<Vec<f32>>,
 }
 
 /// dW = Σ_n dY_n · col_nᵀ, dX_n = col2im(Wᵀ · dY_n), db = Σ_{n,p} dY. Transposes are strided
@@ -123,20 +120,18 @@ pub fn backward(
     w: &[f32],
     dy: &[f32],
     g: &Conv2dGeometry,
-    need_dx: bool,
-    need_dw: bool,
-    need_db: bool,
-) -> Grads {
-    let (k, p) = (g.col_rows(), g.col_cols());
-    let (chw, op) = (g.c * g.h * g.w, g.o * p);
-    let mut dw = need_dw.then(|| vec![0.0f32; g.o * k]);
-    let mut dx = need_dx.then(|| vec![0.0f32; g.n * chw]);
-    let mut col = if g.is_pointwise() || !(need_dx || need_dw) {
+    needs: Conv2dNeeds,
+) -> Conv2dGrads<Vec<f32>> {
+    let (o, k, p) = (g.o(), g.col_rows(), g.col_cols());
+    let (chw, op) = (g.x_image(), g.y_image());
+    let mut dw = needs.dw.then(|| vec![0.0f32; g.w_len()]);
+    let mut dx = needs.dx.then(|| vec![0.0f32; g.x_len()]);
+    let mut col = if g.is_pointwise() || !(needs.dx || needs.dw) {
         Vec::new()
     } else {
-        vec![0.0f32; k * p]
+        vec![0.0f32; g.col_image()]
     };
-    for n in 0..g.n {
+    for n in 0..g.n() {
         let xn = &x[n * chw..][..chw];
         let dyn_ = &dy[n * op..][..op];
         if let Some(dw) = dw.as_mut() {
@@ -148,25 +143,23 @@ pub fn backward(
             };
             // dW[O, K] (+)= dY_n[O, P] · col_nᵀ[P, K]; col_nᵀ read with strides (1, P).
             let beta = if n == 0 { 0.0 } else { 1.0 };
-            sgemm(
-                g.o, k, p, dyn_, p as isize, 1, cols, 1, p as isize, dw, beta,
-            );
+            sgemm(o, k, p, dyn_, p as isize, 1, cols, 1, p as isize, dw, beta);
         }
         if let Some(dx) = dx.as_mut() {
             let dxn = &mut dx[n * chw..][..chw];
             // Wᵀ[K, O] read from W[O, K] with strides (1, K).
             if g.is_pointwise() {
-                sgemm(k, p, g.o, w, 1, k as isize, dyn_, p as isize, 1, dxn, 0.0);
+                sgemm(k, p, o, w, 1, k as isize, dyn_, p as isize, 1, dxn, 0.0);
             } else {
                 sgemm(
-                    k, p, g.o, w, 1, k as isize, dyn_, p as isize, 1, &mut col, 0.0,
+                    k, p, o, w, 1, k as isize, dyn_, p as isize, 1, &mut col, 0.0,
                 );
                 col2im(&col, g, dxn);
             }
         }
     }
-    let db = need_db.then(|| {
-        let mut acc = vec![0.0f64; g.o];
+    let db = needs.db.then(|| {
+        let mut acc = vec![0.0f64; o];
         for dyn_ in dy.chunks(op) {
             for (a, row) in acc.iter_mut().zip(dyn_.chunks(p)) {
                 *a += row.iter().map(|&v| v as f64).sum::<f64>();
@@ -174,5 +167,5 @@ pub fn backward(
         }
         acc.into_iter().map(|v| v as f32).collect()
     });
-    Grads { dx, dw, db }
+    Conv2dGrads { dx, dw, db }
 }
