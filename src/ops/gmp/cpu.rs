@@ -4,6 +4,8 @@
 //! plane); doffsets reduces over channels per (n, position block).
 use rayon::prelude::*;
 
+use super::GmpGeometry;
+
 /// One bilinear sample: plane offsets of its four corner taps (top-left, top-right,
 /// bottom-left, bottom-right) and its fractional position inside the floor cell. Corners
 /// outside the map have `valid = 0` and index 0, so loops need no branches.
@@ -39,9 +41,10 @@ impl Tap {
     }
 }
 
-/// The taps of image n's samples, laid out `[p = i*W + j][k]`. `off` is that image's
+/// The taps of one image's samples, laid out `[p = i*W + j][k]`. `off` is that image's
 /// `[2K, H, W]` offsets block.
-pub fn taps(off: &[f32], k: usize, h: usize, w: usize) -> Vec<Tap> {
+pub fn taps(off: &[f32], g: &GmpGeometry) -> Vec<Tap> {
+    let (k, h, w) = (g.k as usize, g.h as usize, g.w as usize);
     let hw = h * w;
     let mut t = vec![Tap::default(); hw * k];
     for i in 0..h {
@@ -87,11 +90,11 @@ pub fn taps(off: &[f32], k: usize, h: usize, w: usize) -> Vec<Tap> {
 }
 
 /// The taps of every image: `tables[n]` for image n.
-fn all_taps(off: &[f32], n: usize, k: usize, h: usize, w: usize) -> Vec<Vec<Tap>> {
-    let per = 2 * k * h * w;
-    (0..n)
+fn all_taps(off: &[f32], g: &GmpGeometry) -> Vec<Vec<Tap>> {
+    let per = 2 * g.k as usize * g.plane();
+    (0..g.n as usize)
         .into_par_iter()
-        .map(|b| taps(&off[b * per..(b + 1) * per], k, h, w))
+        .map(|b| taps(&off[b * per..(b + 1) * per], g))
         .collect()
 }
 
@@ -103,12 +106,12 @@ struct Weighted {
 }
 
 /// Per-image tables of `Weighted` taps, `[p][k]`.
-fn weighted_tables(off: &[f32], n: usize, k: usize, h: usize, w: usize) -> Vec<Vec<Weighted>> {
-    let per = 2 * k * h * w;
-    (0..n)
+fn weighted_tables(off: &[f32], g: &GmpGeometry) -> Vec<Vec<Weighted>> {
+    let per = 2 * g.k as usize * g.plane();
+    (0..g.n as usize)
         .into_par_iter()
         .map(|b| {
-            taps(&off[b * per..(b + 1) * per], k, h, w)
+            taps(&off[b * per..(b + 1) * per], g)
                 .iter()
                 .map(|t| Weighted {
                     idx: t.idx,
@@ -143,16 +146,11 @@ fn for_channel_blocks<T: Sync>(
 }
 
 /// out[n,c,p] = (1/K) Σ_k Σ_corners weight · x[n,c,corner].
-pub fn forward(
-    x: &[f32],
-    off: &[f32],
-    (n, c, h, w): (usize, usize, usize, usize),
-    k: usize,
-) -> Vec<f32> {
-    let hw = h * w;
-    let tables = weighted_tables(off, n, k, h, w);
+pub fn forward(x: &[f32], off: &[f32], g: &GmpGeometry) -> Vec<f32> {
+    let (c, hw, k) = (g.c as usize, g.plane(), g.k as usize);
+    let tables = weighted_tables(off, g);
     let inv_k = 1.0 / k as f32;
-    let mut out = vec![0.0f32; n * c * hw];
+    let mut out = vec![0.0f32; g.x_len()];
     for_channel_blocks(&mut out, x, &tables, c, hw, |tab, o, xb, planes| {
         for p in 0..hw {
             let mut acc = [0.0f32; CB];
@@ -174,21 +172,16 @@ pub fn forward(
 
 /// dx[n,c,corner] += (1/K) · weight · dy[n,c,p], scattered within each (n, c) plane (a block
 /// of planes belongs to one task, so no two threads write the same plane).
-pub fn backward_x(
-    dy: &[f32],
-    off: &[f32],
-    (n, c, h, w): (usize, usize, usize, usize),
-    k: usize,
-) -> Vec<f32> {
-    let hw = h * w;
-    let tables = weighted_tables(off, n, k, h, w);
+pub fn backward_x(dy: &[f32], off: &[f32], g: &GmpGeometry) -> Vec<f32> {
+    let (c, hw, k) = (g.c as usize, g.plane(), g.k as usize);
+    let tables = weighted_tables(off, g);
     let inv_k = 1.0 / k as f32;
-    let mut dx = vec![0.0f32; n * c * hw];
-    for_channel_blocks(&mut dx, dy, &tables, c, hw, |tab, d, g, planes| {
+    let mut dx = vec![0.0f32; g.x_len()];
+    for_channel_blocks(&mut dx, dy, &tables, c, hw, |tab, d, gb, planes| {
         for p in 0..hw {
             let mut gk = [0.0f32; CB];
             for (cc, v) in gk[..planes].iter_mut().enumerate() {
-                *v = g[cc * hw + p] * inv_k;
+                *v = gb[cc * hw + p] * inv_k;
             }
             for t in &tab[p * k..(p + 1) * k] {
                 for q in 0..4 {
@@ -206,20 +199,14 @@ pub fn backward_x(
 /// doffsets[n, 2k, p] = (1/K) Σ_c dy[n,c,p] · Σ_corners x[n,c,corner] · ∂weight/∂x, and likewise
 /// channel 2k+1 with ∂weight/∂y; the channel sum is accumulated in f64. Work is split over
 /// (image, block of positions), each block reducing over all channels.
-pub fn backward_offsets(
-    x: &[f32],
-    off: &[f32],
-    dy: &[f32],
-    (n, c, h, w): (usize, usize, usize, usize),
-    k: usize,
-) -> Vec<f32> {
-    let hw = h * w;
-    let tables = all_taps(off, n, k, h, w);
+pub fn backward_offsets(x: &[f32], off: &[f32], dy: &[f32], g: &GmpGeometry) -> Vec<f32> {
+    let (n, c, hw, k) = (g.n as usize, g.c as usize, g.plane(), g.k as usize);
+    let tables = all_taps(off, g);
     // Blocks of positions small enough that the f64 accumulators stay in cache.
     let block = hw.clamp(1, 256);
     let blocks = hw.div_ceil(block);
     let inv_k = 1.0 / k as f64;
-    let mut doff = vec![0.0f32; n * 2 * k * hw];
+    let mut doff = vec![0.0f32; g.off_len()];
     let parts: Vec<(usize, usize, Vec<f64>)> = (0..n * blocks)
         .into_par_iter()
         .map(|job| {
@@ -230,9 +217,9 @@ pub fn backward_offsets(
             for ch in 0..c {
                 let base = (b * c + ch) * hw;
                 let xp = &x[base..base + hw];
-                let g = &dy[base..base + hw];
+                let dyp = &dy[base..base + hw];
                 for p in p0..p1 {
-                    let gv = g[p];
+                    let gv = dyp[p];
                     if gv == 0.0 {
                         continue;
                     }

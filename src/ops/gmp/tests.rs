@@ -316,3 +316,26 @@ fn errors_name_the_op() {
     let e = gmp_sample_forward(&x0, &o).unwrap_err().to_string();
     assert!(e.contains(OP) && e.contains("empty"), "{e}");
 }
+
+/// One geometry serves the CPU and every kernel: its sizes, one channel group by default, and
+/// the refusals of the checks it is built with.
+#[test]
+fn geometry_sizes_and_refusals() {
+    let g = GmpGeometry::new(2, 3, 4, 5, 6).unwrap();
+    assert_eq!((g.n, g.c, g.h, g.w, g.k, g.c_per_group), (2, 3, 4, 5, 6, 3));
+    assert_eq!((g.plane(), g.positions(), g.sample_points()), (20, 40, 240));
+    assert_eq!((g.x_len(), g.off_len()), (120, 480));
+    let x = random_input(&[2, 3, 4, 5], 1);
+    let o = random_input(&[2, 12, 4, 5], 2);
+    assert_eq!(GmpGeometry::of(&x, &o).unwrap(), g);
+    for (dims, what) in [
+        ([0, 3, 4, 5, 1], "empty"),
+        ([2, 3, 4, 5, 0], "K = 0"),
+        ([1, 1, 1 << 16, 1 << 15, 1], "too large"),
+        ([1 << 32, 1, 1, 1, 1], "N ="),
+    ] {
+        let [n, c, h, w, k] = dims;
+        let e = GmpGeometry::new(n, c, h, w, k).unwrap_err().to_string();
+        assert!(e.contains(OP) && e.contains(what), "{dims:?}: {e}");
+    }
+}
