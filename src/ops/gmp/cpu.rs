@@ -89,12 +89,12 @@ pub fn taps(off: &[f32], g: &GmpGeometry) -> Vec<Tap> {
     t
 }
 
-/// The taps of every image: `tables[n]` for image n.
-fn all_taps(off: &[f32], g: &GmpGeometry) -> Vec<Vec<Tap>> {
+/// Per-image tables, `tables[n]` for image n: `each` turns that image's taps into its table.
+fn tables<T: Send>(off: &[f32], g: &GmpGeometry, each: impl Fn(Vec<Tap>) -> T + Sync) -> Vec<T> {
     let per = 2 * g.k as usize * g.plane();
     (0..g.n as usize)
         .into_par_iter()
-        .map(|b| taps(&off[b * per..(b + 1) * per], g))
+        .map(|b| each(taps(&off[b * per..(b + 1) * per], g)))
         .collect()
 }
 
@@ -105,53 +105,44 @@ struct Weighted {
     w: [f32; 4],
 }
 
-/// Per-image tables of `Weighted` taps, `[p][k]`.
-fn weighted_tables(off: &[f32], g: &GmpGeometry) -> Vec<Vec<Weighted>> {
-    let per = 2 * g.k as usize * g.plane();
-    (0..g.n as usize)
-        .into_par_iter()
-        .map(|b| {
-            taps(&off[b * per..(b + 1) * per], g)
-                .iter()
-                .map(|t| Weighted {
-                    idx: t.idx,
-                    w: t.weights(),
-                })
-                .collect()
-        })
-        .collect()
-}
-
 /// Channels processed together: each tap is loaded once for this many planes.
 const CB: usize = 8;
 
-/// Runs `f(table, x_block, out_block, planes)` over blocks of up to `CB` planes of each image,
-/// in parallel; `a` is written, `b` read, both `[N, C, hw]`.
-fn for_channel_blocks<T: Sync>(
-    a: &mut [f32],
-    b: &[f32],
-    tables: &[Vec<T>],
-    c: usize,
-    hw: usize,
-    f: impl Fn(&[T], &mut [f32], &[f32], usize) + Sync,
-) {
-    a.par_chunks_mut(c * hw)
-        .zip(b.par_chunks(c * hw))
-        .zip(tables)
-        .for_each(|((ai, bi), tab)| {
-            ai.par_chunks_mut(CB * hw)
-                .zip(bi.par_chunks(CB * hw))
-                .for_each(|(ab, bb)| f(tab, ab, bb, ab.len() / hw));
+/// The frame forward and dx share: both read an x-shaped `[N, C, hw]` input and write a zeroed
+/// x-shaped output, by blocks of up to `CB` planes of one image (in parallel) that use the
+/// image's `Weighted` taps `[p][k]`. `f(table, out_block, in_block, planes)` does one block.
+fn per_channel_block(
+    input: &[f32],
+    off: &[f32],
+    g: &GmpGeometry,
+    f: impl Fn(&[Weighted], &mut [f32], &[f32], usize) + Sync,
+) -> Vec<f32> {
+    let tables = tables(off, g, |t| {
+        t.iter()
+            .map(|t| Weighted {
+                idx: t.idx,
+                w: t.weights(),
+            })
+            .collect::<Vec<_>>()
+    });
+    let (c, hw) = (g.c as usize, g.plane());
+    let mut out = vec![0.0f32; g.x_len()];
+    out.par_chunks_mut(c * hw)
+        .zip(input.par_chunks(c * hw))
+        .zip(&tables)
+        .for_each(|((oi, ii), tab)| {
+            oi.par_chunks_mut(CB * hw)
+                .zip(ii.par_chunks(CB * hw))
+                .for_each(|(ob, ib)| f(tab, ob, ib, ob.len() / hw));
         });
+    out
 }
 
 /// out[n,c,p] = (1/K) Σ_k Σ_corners weight · x[n,c,corner].
 pub fn forward(x: &[f32], off: &[f32], g: &GmpGeometry) -> Vec<f32> {
-    let (c, hw, k) = (g.c as usize, g.plane(), g.k as usize);
-    let tables = weighted_tables(off, g);
+    let (hw, k) = (g.plane(), g.k as usize);
     let inv_k = 1.0 / k as f32;
-    let mut out = vec![0.0f32; g.x_len()];
-    for_channel_blocks(&mut out, x, &tables, c, hw, |tab, o, xb, planes| {
+    per_channel_block(x, off, g, |tab, o, xb, planes| {
         for p in 0..hw {
             let mut acc = [0.0f32; CB];
             for t in &tab[p * k..(p + 1) * k] {
@@ -166,18 +157,15 @@ pub fn forward(x: &[f32], off: &[f32], g: &GmpGeometry) -> Vec<f32> {
                 o[cc * hw + p] = a * inv_k;
             }
         }
-    });
-    out
+    })
 }
 
 /// dx[n,c,corner] += (1/K) · weight · dy[n,c,p], scattered within each (n, c) plane (a block
 /// of planes belongs to one task, so no two threads write the same plane).
 pub fn backward_x(dy: &[f32], off: &[f32], g: &GmpGeometry) -> Vec<f32> {
-    let (c, hw, k) = (g.c as usize, g.plane(), g.k as usize);
-    let tables = weighted_tables(off, g);
+    let (hw, k) = (g.plane(), g.k as usize);
     let inv_k = 1.0 / k as f32;
-    let mut dx = vec![0.0f32; g.x_len()];
-    for_channel_blocks(&mut dx, dy, &tables, c, hw, |tab, d, gb, planes| {
+    per_channel_block(dy, off, g, |tab, d, gb, planes| {
         for p in 0..hw {
             let mut gk = [0.0f32; CB];
             for (cc, v) in gk[..planes].iter_mut().enumerate() {
@@ -192,8 +180,7 @@ pub fn backward_x(dy: &[f32], off: &[f32], g: &GmpGeometry) -> Vec<f32> {
                 }
             }
         }
-    });
-    dx
+    })
 }
 
 /// doffsets[n, 2k, p] = (1/K) Σ_c dy[n,c,p] · Σ_corners x[n,c,corner] · ∂weight/∂x, and likewise
@@ -201,7 +188,7 @@ pub fn backward_x(dy: &[f32], off: &[f32], g: &GmpGeometry) -> Vec<f32> {
 /// (image, block of positions), each block reducing over all channels.
 pub fn backward_offsets(x: &[f32], off: &[f32], dy: &[f32], g: &GmpGeometry) -> Vec<f32> {
     let (n, c, hw, k) = (g.n as usize, g.c as usize, g.plane(), g.k as usize);
-    let tables = all_taps(off, g);
+    let tables = tables(off, g, |t| t);
     // Blocks of positions small enough that the f64 accumulators stay in cache.
     let block = hw.clamp(1, 256);
     let blocks = hw.div_ceil(block);

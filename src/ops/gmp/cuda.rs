@@ -126,6 +126,53 @@ fn check_fused_k(g: &GmpGeometry) -> Result<()> {
     Ok(())
 }
 
+/// The fused kernels' parameters and grid: `g` with the channel group size of this device,
+/// one thread per (position, channel group).
+fn fused_launch(dev: &CudaDevice, g: &GmpGeometry) -> Result<(GmpGeometry, LaunchConfig)> {
+    check_fused_k(g)?;
+    let (groups, per) = fused_channel_groups(g.positions(), g.c as usize, dev.info().sm_count);
+    let p = GmpGeometry {
+        c_per_group: per,
+        ..*g
+    };
+    Ok((p, fused_cfg(dev, g.positions(), groups)))
+}
+
+/// Elements of each of the unfused version's tap tables, `[N, K, H, W, 4]`.
+fn tap_table_len(g: &GmpGeometry) -> usize {
+    g.sample_points() * 4
+}
+
+/// Elements of each of the unfused version's per-sample buffers, `[N, K, C, H, W]`.
+fn sample_buffer_len(g: &GmpGeometry) -> usize {
+    g.sample_points() * g.c as usize
+}
+
+/// Stage 1 of the unfused version: the tap tables (indices, weights) it returns and, for the
+/// backward, the weights' derivatives `(d/dx, d/dy)` into `derivatives`.
+fn unfused_taps(
+    dev: &CudaDevice,
+    g: &GmpGeometry,
+    offsets: &GpuBuffer<f32>,
+    derivatives: Option<(&mut GpuBuffer<f32>, &mut GpuBuffer<f32>)>,
+) -> Result<(GpuBuffer<i32>, GpuBuffer<f32>)> {
+    let mut idx = dev.alloc::<i32>(tap_table_len(g))?;
+    let mut w = dev.alloc::<f32>(tap_table_len(g))?;
+    let null: u64 = 0; // no derivative tables
+    let launch = dev
+        .launch(UNF_COORDS)
+        .arg(g)
+        .buf(offsets)
+        .out(&mut idx)
+        .out(&mut w);
+    match derivatives {
+        Some((dwx, dwy)) => launch.out(dwx).out(dwy),
+        None => launch.arg(&null).arg(&null),
+    }
+    .run(Some(grid(dev, g.sample_points())))?;
+    Ok((idx, w))
+}
+
 /// a `[n, c, h, w]` = mean over K bilinear samples of x at (j + u_k, i + v_k).
 pub fn forward(
     dev: &CudaDevice,
@@ -138,59 +185,38 @@ pub fn forward(
     let mut a = dev.alloc::<f32>(g.x_len())?;
     match version {
         GmpKernel::Naive => {
-            let cfg = grid(dev, g.x_len());
             dev.launch(NAIVE_FWD)
                 .arg(g)
                 .buf(x)
                 .buf(offsets)
                 .out(&mut a)
-                .run(Some(cfg))?;
+                .run(Some(grid(dev, g.x_len())))?;
         }
         GmpKernel::Unfused => {
-            let taps = g.sample_points();
-            let mut tidx = dev.alloc::<i32>(taps * 4)?;
-            let mut tw = dev.alloc::<f32>(taps * 4)?;
-            let null: u64 = 0; // no derivative tables in the forward
-            let cfg = grid(dev, taps);
-            dev.launch(UNF_COORDS)
-                .arg(g)
-                .buf(offsets)
-                .out(&mut tidx)
-                .out(&mut tw)
-                .arg(&null)
-                .arg(&null)
-                .run(Some(cfg))?;
-            let samples = taps * g.c as usize;
+            let (tidx, tw) = unfused_taps(dev, g, offsets, None)?;
+            let samples = sample_buffer_len(g);
             let mut sbuf = dev.alloc::<f32>(samples)?;
-            let cfg = grid(dev, samples);
             dev.launch(UNF_SAMPLE)
                 .arg(g)
                 .buf(x)
                 .buf(&tidx)
                 .buf(&tw)
                 .out(&mut sbuf)
-                .run(Some(cfg))?;
-            let cfg = grid(dev, g.x_len());
+                .run(Some(grid(dev, samples)))?;
             dev.launch(UNF_MEAN)
                 .arg(g)
                 .buf(&sbuf)
                 .out(&mut a)
-                .run(Some(cfg))?;
+                .run(Some(grid(dev, g.x_len())))?;
         }
         GmpKernel::Fused => {
-            check_fused_k(g)?;
-            let (groups, per) =
-                fused_channel_groups(g.positions(), g.c as usize, dev.info().sm_count);
-            let p = GmpGeometry {
-                c_per_group: per,
-                ..*g
-            };
+            let (p, cfg) = fused_launch(dev, g)?;
             dev.launch(FUSED_FWD)
                 .arg(&p)
                 .buf(x)
                 .buf(offsets)
                 .out(&mut a)
-                .run(Some(fused_cfg(dev, g.positions(), groups)))?;
+                .run(Some(cfg))?;
         }
     }
     Ok(a)
@@ -217,31 +243,19 @@ pub fn backward(
                 .buf(da)
                 .out(&mut dx)
                 .run(dev.cfg(g.x_len() as u64))?;
-            let cfg = grid(dev, g.sample_points());
             dev.launch(NAIVE_BWD_DOFF)
                 .arg(g)
                 .buf(x)
                 .buf(offsets)
                 .buf(da)
                 .out(&mut doff)
-                .run(Some(cfg))?;
+                .run(Some(grid(dev, g.sample_points())))?;
         }
         GmpKernel::Unfused => {
-            let taps = g.sample_points();
-            let mut tidx = dev.alloc::<i32>(taps * 4)?;
-            let mut tw = dev.alloc::<f32>(taps * 4)?;
-            let mut tdwx = dev.alloc::<f32>(taps * 4)?;
-            let mut tdwy = dev.alloc::<f32>(taps * 4)?;
-            let cfg = grid(dev, taps);
-            dev.launch(UNF_COORDS)
-                .arg(g)
-                .buf(offsets)
-                .out(&mut tidx)
-                .out(&mut tw)
-                .out(&mut tdwx)
-                .out(&mut tdwy)
-                .run(Some(cfg))?;
-            let samples = taps * g.c as usize;
+            let mut tdwx = dev.alloc::<f32>(tap_table_len(g))?;
+            let mut tdwy = dev.alloc::<f32>(tap_table_len(g))?;
+            let (tidx, tw) = unfused_taps(dev, g, offsets, Some((&mut tdwx, &mut tdwy)))?;
+            let samples = sample_buffer_len(g);
             let mut gpx = dev.alloc::<f32>(samples)?;
             let mut gpy = dev.alloc::<f32>(samples)?;
             dev.launch(UNF_BWD_SAMPLE)
@@ -261,16 +275,10 @@ pub fn backward(
                 .buf(&gpx)
                 .buf(&gpy)
                 .out(&mut doff)
-                .run(Some(cfg))?;
+                .run(Some(grid(dev, g.sample_points())))?;
         }
         GmpKernel::Fused => {
-            check_fused_k(g)?;
-            let (groups, per) =
-                fused_channel_groups(g.positions(), g.c as usize, dev.info().sm_count);
-            let p = GmpGeometry {
-                c_per_group: per,
-                ..*g
-            };
+            let (p, cfg) = fused_launch(dev, g)?;
             dev.launch(FUSED_BWD)
                 .arg(&p)
                 .buf(x)
@@ -278,7 +286,7 @@ pub fn backward(
                 .buf(da)
                 .out(&mut dx)
                 .out(&mut doff)
-                .run(Some(fused_cfg(dev, g.positions(), groups)))?;
+                .run(Some(cfg))?;
         }
     }
     Ok((dx, doff))
