@@ -21,13 +21,13 @@
 
 #define GMP_FUSED_MAX_K 16
 
-// Mirrors `GmpParams` in src/ops/gmp/cuda.rs.
-struct GmpParams {
+// Mirrors `GmpGeometry` in src/ops/gmp/mod.rs field for field.
+struct GmpGeometry {
     u32 n, c, h, w; // x is [n, c, h, w]; offsets are [n, 2k, h, w]
     u32 k;          // sampling points
     u32 c_per_group; // fused only: channels per thread (blockIdx.y selects the group)
 };
-static_assert(sizeof(GmpParams) == 24, "GmpParams layout must match the Rust struct");
+static_assert(sizeof(GmpGeometry) == 24, "GmpGeometry layout must match the Rust struct");
 
 // The floor cell of a sample point, with exactly the CPU reference's semantics
 // (src/ops/gmp/cpu.rs `taps`): taps t = 0..3 sit at (y0, x0), (y0, x0+1), (y0+1, x0),
@@ -118,7 +118,7 @@ __device__ __forceinline__ void gmp_scatter(float* dxp, const Cell& c, u32 w, fl
 }
 
 // Cell of sample k at plane position pos = i*w + j; op points at off[n][0][0][0].
-__device__ __forceinline__ Cell cell_at(const GmpParams& p, const float* __restrict__ op, u64 hw,
+__device__ __forceinline__ Cell cell_at(const GmpGeometry& p, const float* __restrict__ op, u64 hw,
                                         u64 pos, u32 k) {
     const u32 i = (u32)(pos / p.w), j = (u32)(pos % p.w);
     const float u = op[(2 * (u64)k) * hw + pos];
@@ -129,7 +129,7 @@ __device__ __forceinline__ Cell cell_at(const GmpParams& p, const float* __restr
 // ---------------------------------------------------------------------------------------------
 // naive
 
-extern "C" __global__ void gmp_naive_fwd_f32(GmpParams p, const float* __restrict__ x,
+extern "C" __global__ void gmp_naive_fwd_f32(GmpGeometry p, const float* __restrict__ x,
                                              const float* __restrict__ off, float* __restrict__ a) {
     const u64 hw = (u64)p.h * p.w;
     const u64 total = (u64)p.n * p.c * hw;
@@ -145,7 +145,7 @@ extern "C" __global__ void gmp_naive_fwd_f32(GmpParams p, const float* __restric
 }
 
 // dx must be zeroed. One thread per (n, c, i, j).
-extern "C" __global__ void gmp_naive_bwd_dx_f32(GmpParams p, const float* __restrict__ off,
+extern "C" __global__ void gmp_naive_bwd_dx_f32(GmpGeometry p, const float* __restrict__ off,
                                                 const float* __restrict__ da,
                                                 float* __restrict__ dx) {
     const u64 hw = (u64)p.h * p.w;
@@ -161,7 +161,7 @@ extern "C" __global__ void gmp_naive_bwd_dx_f32(GmpParams p, const float* __rest
 }
 
 // One thread per (n, k, i, j), summing over channels: no atomics.
-extern "C" __global__ void gmp_naive_bwd_doff_f32(GmpParams p, const float* __restrict__ x,
+extern "C" __global__ void gmp_naive_bwd_doff_f32(GmpGeometry p, const float* __restrict__ x,
                                                   const float* __restrict__ off,
                                                   const float* __restrict__ da,
                                                   float* __restrict__ doff) {
@@ -194,7 +194,7 @@ extern "C" __global__ void gmp_naive_bwd_doff_f32(GmpParams p, const float* __re
 // table), per-sample buffers [N, K, C, H, W]
 
 // Stage 1: tap indices and weights; with dwx/dwy non-null also the weights' derivatives.
-extern "C" __global__ void gmp_unf_coords_f32(GmpParams p, const float* __restrict__ off,
+extern "C" __global__ void gmp_unf_coords_f32(GmpGeometry p, const float* __restrict__ off,
                                               int* __restrict__ tidx, float* __restrict__ tw,
                                               float* __restrict__ tdwx, float* __restrict__ tdwy) {
     const u64 hw = (u64)p.h * p.w;
@@ -215,7 +215,7 @@ extern "C" __global__ void gmp_unf_coords_f32(GmpParams p, const float* __restri
 }
 
 // Stage 2: s[n][k][c][pos] = sum over inside taps of w * x[n][c][tap].
-extern "C" __global__ void gmp_unf_sample_f32(GmpParams p, const float* __restrict__ x,
+extern "C" __global__ void gmp_unf_sample_f32(GmpGeometry p, const float* __restrict__ x,
                                               const int* __restrict__ tidx,
                                               const float* __restrict__ tw,
                                               float* __restrict__ s) {
@@ -236,7 +236,7 @@ extern "C" __global__ void gmp_unf_sample_f32(GmpParams p, const float* __restri
 }
 
 // Stage 3: a[n][c][pos] = (1/K) sum_k s[n][k][c][pos].
-extern "C" __global__ void gmp_unf_mean_f32(GmpParams p, const float* __restrict__ s,
+extern "C" __global__ void gmp_unf_mean_f32(GmpGeometry p, const float* __restrict__ s,
                                             float* __restrict__ a) {
     const u64 hw = (u64)p.h * p.w;
     const u64 total = (u64)p.n * p.c * hw;
@@ -252,7 +252,7 @@ extern "C" __global__ void gmp_unf_mean_f32(GmpParams p, const float* __restrict
 
 // Backward stage 2: per (n, k, c, pos): scatter into dx (zeroed; atomics) and write the
 // position-gradient contributions gpx, gpy ([N, K, C, H, W]).
-extern "C" __global__ void gmp_unf_bwd_sample_f32(GmpParams p, const float* __restrict__ x,
+extern "C" __global__ void gmp_unf_bwd_sample_f32(GmpGeometry p, const float* __restrict__ x,
                                                   const float* __restrict__ da,
                                                   const int* __restrict__ tidx,
                                                   const float* __restrict__ tw,
@@ -289,7 +289,7 @@ extern "C" __global__ void gmp_unf_bwd_sample_f32(GmpParams p, const float* __re
 }
 
 // Backward stage 3: doff[n][2k][pos] = sum_c gpx, doff[n][2k+1][pos] = sum_c gpy.
-extern "C" __global__ void gmp_unf_bwd_reduce_f32(GmpParams p, const float* __restrict__ gpx,
+extern "C" __global__ void gmp_unf_bwd_reduce_f32(GmpGeometry p, const float* __restrict__ gpx,
                                                   const float* __restrict__ gpy,
                                                   float* __restrict__ doff) {
     const u64 hw = (u64)p.h * p.w;
@@ -314,7 +314,7 @@ extern "C" __global__ void gmp_unf_bwd_reduce_f32(GmpParams p, const float* __re
 // ---------------------------------------------------------------------------------------------
 // fused (K <= GMP_FUSED_MAX_K; grid.y = ceil(C / c_per_group) channel groups)
 
-extern "C" __global__ void gmp_fused_fwd_f32(GmpParams p, const float* __restrict__ x,
+extern "C" __global__ void gmp_fused_fwd_f32(GmpGeometry p, const float* __restrict__ x,
                                              const float* __restrict__ off,
                                              float* __restrict__ a) {
     const u64 hw = (u64)p.h * p.w;
@@ -341,7 +341,7 @@ extern "C" __global__ void gmp_fused_fwd_f32(GmpParams p, const float* __restric
 
 // dx and doff must be zeroed: dx takes atomics from overlapping taps, doff one atomicAdd per
 // (element, channel group); with a single channel group doff is deterministic.
-extern "C" __global__ void gmp_fused_bwd_f32(GmpParams p, const float* __restrict__ x,
+extern "C" __global__ void gmp_fused_bwd_f32(GmpGeometry p, const float* __restrict__ x,
                                              const float* __restrict__ off,
                                              const float* __restrict__ da, float* __restrict__ dx,
                                              float* __restrict__ doff) {

@@ -67,7 +67,7 @@ int main(int argc, char** argv) {
         unsigned n = arg(0), c = arg(1), h = arg(2), w = arg(3), k = arg(4), per = arg(5);
         size_t xl = (size_t)n * c * h * w, ol = (size_t)n * 2 * k * h * w, taps = (size_t)n * k * h * w;
         auto x = rd<float>("x", xl), off = rd<float>("off", ol), da = rd<float>("da", xl);
-        gmp::GmpParams p{n, c, h, w, k, c};
+        gmp::GmpGeometry p{n, c, h, w, k, c};
         {
             std::vector<float> a(xl), dx(xl, 0.0f), doff(ol, 0.0f);
             gmp::gmp_naive_fwd_f32(p, x.data(), off.data(), a.data());
@@ -89,7 +89,7 @@ int main(int argc, char** argv) {
             wr("unfused_a", a); wr("unfused_dx", dx); wr("unfused_doff", doff);
         }
         {
-            gmp::GmpParams pf{n, c, h, w, k, per};
+            gmp::GmpGeometry pf{n, c, h, w, k, per};
             std::vector<float> a(xl), dx(xl, 0.0f), doff(ol, 0.0f);
             for (unsigned g = 0; g * per < c; ++g) { blockIdx.y = g; gmp::gmp_fused_fwd_f32(pf, x.data(), off.data(), a.data()); }
             for (unsigned g = 0; g * per < c; ++g) { blockIdx.y = g; gmp::gmp_fused_bwd_f32(pf, x.data(), off.data(), da.data(), dx.data(), doff.data()); }

@@ -3,7 +3,9 @@ use super::timing::{nchw, randn, Bench, Rows, F32};
 use super::{not_cuda, KernelBenchOptions};
 use crate::error::Result;
 use crate::nn::layers::scaled;
-use crate::ops::gmp::{cuda as gmp_cuda, gmp_sample_backward, gmp_sample_forward, GmpKernel};
+use crate::ops::gmp::{
+    cuda as gmp_cuda, gmp_sample_backward, gmp_sample_forward, GmpGeometry, GmpKernel,
+};
 use crate::rng::Rng;
 
 /// GMP at the counter's shape (N, C512, S/8, K): the three CUDA versions side by side with
@@ -58,13 +60,7 @@ pub(super) fn rows(b: &Bench, r: &mut Rows, o: &KernelBenchOptions, rng: &mut Rn
             );
         }
         Some(d) => {
-            let gs = gmp_cuda::GmpShape {
-                n,
-                c,
-                h: hw,
-                w: hw,
-                k,
-            };
+            let gs = GmpGeometry::of(&x, &off)?;
             let (xs, os, ds) = (
                 x.gpu_buffer().ok_or_else(|| not_cuda("x"))?,
                 off.gpu_buffer().ok_or_else(|| not_cuda("offsets"))?,

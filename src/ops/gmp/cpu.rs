@@ -4,6 +4,8 @@
 //! plane); doffsets reduces over channels per (n, position block).
 use rayon::prelude::*;
 
+use super::GmpGeometry;
+
 /// One bilinear sample: plane offsets of its four corner taps (top-left, top-right,
 /// bottom-left, bottom-right) and its fractional position inside the floor cell. Corners
 /// outside the map have `valid = 0` and index 0, so loops need no branches.
@@ -39,9 +41,10 @@ impl Tap {
     }
 }
 
-/// The taps of image n's samples, laid out `[p = i*W + j][k]`. `off` is that image's
+/// The taps of one image's samples, laid out `[p = i*W + j][k]`. `off` is that image's
 /// `[2K, H, W]` offsets block.
-pub fn taps(off: &[f32], k: usize, h: usize, w: usize) -> Vec<Tap> {
+pub fn taps(off: &[f32], g: &GmpGeometry) -> Vec<Tap> {
+    let (k, h, w) = (g.k as usize, g.h as usize, g.w as usize);
     let hw = h * w;
     let mut t = vec![Tap::default(); hw * k];
     for i in 0..h {
@@ -86,12 +89,12 @@ pub fn taps(off: &[f32], k: usize, h: usize, w: usize) -> Vec<Tap> {
     t
 }
 
-/// The taps of every image: `tables[n]` for image n.
-fn all_taps(off: &[f32], n: usize, k: usize, h: usize, w: usize) -> Vec<Vec<Tap>> {
-    let per = 2 * k * h * w;
-    (0..n)
+/// Per-image tables, `tables[n]` for image n: `each` turns that image's taps into its table.
+fn tables<T: Send>(off: &[f32], g: &GmpGeometry, each: impl Fn(Vec<Tap>) -> T + Sync) -> Vec<T> {
+    let per = 2 * g.k as usize * g.plane();
+    (0..g.n as usize)
         .into_par_iter()
-        .map(|b| taps(&off[b * per..(b + 1) * per], k, h, w))
+        .map(|b| each(taps(&off[b * per..(b + 1) * per], g)))
         .collect()
 }
 
@@ -102,58 +105,44 @@ struct Weighted {
     w: [f32; 4],
 }
 
-/// Per-image tables of `Weighted` taps, `[p][k]`.
-fn weighted_tables(off: &[f32], n: usize, k: usize, h: usize, w: usize) -> Vec<Vec<Weighted>> {
-    let per = 2 * k * h * w;
-    (0..n)
-        .into_par_iter()
-        .map(|b| {
-            taps(&off[b * per..(b + 1) * per], k, h, w)
-                .iter()
-                .map(|t| Weighted {
-                    idx: t.idx,
-                    w: t.weights(),
-                })
-                .collect()
-        })
-        .collect()
-}
-
 /// Channels processed together: each tap is loaded once for this many planes.
 const CB: usize = 8;
 
-/// Runs `f(table, x_block, out_block, planes)` over blocks of up to `CB` planes of each image,
-/// in parallel; `a` is written, `b` read, both `[N, C, hw]`.
-fn for_channel_blocks<T: Sync>(
-    a: &mut [f32],
-    b: &[f32],
-    tables: &[Vec<T>],
-    c: usize,
-    hw: usize,
-    f: impl Fn(&[T], &mut [f32], &[f32], usize) + Sync,
-) {
-    a.par_chunks_mut(c * hw)
-        .zip(b.par_chunks(c * hw))
-        .zip(tables)
-        .for_each(|((ai, bi), tab)| {
-            ai.par_chunks_mut(CB * hw)
-                .zip(bi.par_chunks(CB * hw))
-                .for_each(|(ab, bb)| f(tab, ab, bb, ab.len() / hw));
+/// The frame forward and dx share: both read an x-shaped `[N, C, hw]` input and write a zeroed
+/// x-shaped output, by blocks of up to `CB` planes of one image (in parallel) that use the
+/// image's `Weighted` taps `[p][k]`. `f(table, out_block, in_block, planes)` does one block.
+fn per_channel_block(
+    input: &[f32],
+    off: &[f32],
+    g: &GmpGeometry,
+    f: impl Fn(&[Weighted], &mut [f32], &[f32], usize) + Sync,
+) -> Vec<f32> {
+    let tables = tables(off, g, |t| {
+        t.iter()
+            .map(|t| Weighted {
+                idx: t.idx,
+                w: t.weights(),
+            })
+            .collect::<Vec<_>>()
+    });
+    let (c, hw) = (g.c as usize, g.plane());
+    let mut out = vec![0.0f32; g.x_len()];
+    out.par_chunks_mut(c * hw)
+        .zip(input.par_chunks(c * hw))
+        .zip(&tables)
+        .for_each(|((oi, ii), tab)| {
+            oi.par_chunks_mut(CB * hw)
+                .zip(ii.par_chunks(CB * hw))
+                .for_each(|(ob, ib)| f(tab, ob, ib, ob.len() / hw));
         });
+    out
 }
 
 /// out[n,c,p] = (1/K) Σ_k Σ_corners weight · x[n,c,corner].
-pub fn forward(
-    x: &[f32],
-    off: &[f32],
-    (n, c, h, w): (usize, usize, usize, usize),
-    k: usize,
-) -> Vec<f32> {
-    let hw = h * w;
-    let tables = weighted_tables(off, n, k, h, w);
+pub fn forward(x: &[f32], off: &[f32], g: &GmpGeometry) -> Vec<f32> {
+    let (hw, k) = (g.plane(), g.k as usize);
     let inv_k = 1.0 / k as f32;
-    let mut out = vec![0.0f32; n * c * hw];
-    for_channel_blocks(&mut out, x, &tables, c, hw, |tab, o, xb, planes| {
+    per_channel_block(x, off, g, |tab, o, xb, planes| {
         for p in 0..hw {
             let mut acc = [0.0f32; CB];
             for t in &tab[p * k..(p + 1) * k] {
@@ -168,27 +157,19 @@ pub fn forward(
                 o[cc * hw + p] = a * inv_k;
             }
         }
-    });
-    out
+    })
 }
 
 /// dx[n,c,corner] += (1/K) · weight · dy[n,c,p], scattered within each (n, c) plane (a block
 /// of planes belongs to one task, so no two threads write the same plane).
-pub fn backward_x(
-    dy: &[f32],
-    off: &[f32],
-    (n, c, h, w): (usize, usize, usize, usize),
-    k: usize,
-) -> Vec<f32> {
-    let hw = h * w;
-    let tables = weighted_tables(off, n, k, h, w);
+pub fn backward_x(dy: &[f32], off: &[f32], g: &GmpGeometry) -> Vec<f32> {
+    let (hw, k) = (g.plane(), g.k as usize);
     let inv_k = 1.0 / k as f32;
-    let mut dx = vec![0.0f32; n * c * hw];
-    for_channel_blocks(&mut dx, dy, &tables, c, hw, |tab, d, g, planes| {
+    per_channel_block(dy, off, g, |tab, d, gb, planes| {
         for p in 0..hw {
             let mut gk = [0.0f32; CB];
             for (cc, v) in gk[..planes].iter_mut().enumerate() {
-                *v = g[cc * hw + p] * inv_k;
+                *v = gb[cc * hw + p] * inv_k;
             }
             for t in &tab[p * k..(p + 1) * k] {
                 for q in 0..4 {
@@ -199,27 +180,20 @@ pub fn backward_x(
                 }
             }
         }
-    });
-    dx
+    })
 }
 
 /// doffsets[n, 2k, p] = (1/K) Σ_c dy[n,c,p] · Σ_corners x[n,c,corner] · ∂weight/∂x, and likewise
 /// channel 2k+1 with ∂weight/∂y; the channel sum is accumulated in f64. Work is split over
 /// (image, block of positions), each block reducing over all channels.
-pub fn backward_offsets(
-    x: &[f32],
-    off: &[f32],
-    dy: &[f32],
-    (n, c, h, w): (usize, usize, usize, usize),
-    k: usize,
-) -> Vec<f32> {
-    let hw = h * w;
-    let tables = all_taps(off, n, k, h, w);
+pub fn backward_offsets(x: &[f32], off: &[f32], dy: &[f32], g: &GmpGeometry) -> Vec<f32> {
+    let (n, c, hw, k) = (g.n as usize, g.c as usize, g.plane(), g.k as usize);
+    let tables = tables(off, g, |t| t);
     // Blocks of positions small enough that the f64 accumulators stay in cache.
     let block = hw.clamp(1, 256);
     let blocks = hw.div_ceil(block);
     let inv_k = 1.0 / k as f64;
-    let mut doff = vec![0.0f32; n * 2 * k * hw];
+    let mut doff = vec![0.0f32; g.off_len()];
     let parts: Vec<(usize, usize, Vec<f64>)> = (0..n * blocks)
         .into_par_iter()
         .map(|job| {
@@ -230,9 +204,9 @@ pub fn backward_offsets(
             for ch in 0..c {
                 let base = (b * c + ch) * hw;
                 let xp = &x[base..base + hw];
-                let g = &dy[base..base + hw];
+                let dyp = &dy[base..base + hw];
                 for p in p0..p1 {
-                    let gv = g[p];
+                    let gv = dyp[p];
                     if gv == 0.0 {
                         continue;
                     }

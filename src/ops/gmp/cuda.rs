@@ -8,9 +8,8 @@ use std::str::FromStr;
 
 use cudarc::driver::LaunchConfig;
 
-use crate::device::cuda::{
-    check_len, dim_u32, launch, numel, CudaDevice, GpuBuffer, Kernel, KernelFile, KernelParam,
-};
+use super::GmpGeometry;
+use crate::device::cuda::{check_len, launch, CudaDevice, GpuBuffer, Kernel, KernelFile};
 use crate::error::{Error, Result};
 
 const FILE: &str = "gmp.cu";
@@ -78,72 +77,7 @@ impl FromStr for GmpKernel {
     }
 }
 
-/// Mirrors `struct GmpParams` in kernels/gmp.cu field for field.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct GmpParams {
-    pub n: u32,
-    pub c: u32,
-    pub h: u32,
-    pub w: u32,
-    pub k: u32,
-    pub c_per_group: u32,
-}
-// Safety: six u32, as `struct GmpParams` in the kernel.
-unsafe impl KernelParam for GmpParams {}
-const _: () = assert!(std::mem::size_of::<GmpParams>() == 24);
-
-/// x `[n, c, h, w]`, offsets `[n, 2k, h, w]`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct GmpShape {
-    pub n: usize,
-    pub c: usize,
-    pub h: usize,
-    pub w: usize,
-    pub k: usize,
-}
-
 const OP: &str = "gmp_sample (cuda)";
-
-impl GmpShape {
-    fn params(&self, c_per_group: u32) -> Result<GmpParams> {
-        if self.k == 0 {
-            return Err(Error::shape(OP, "K = 0 sampling points"));
-        }
-        // The kernels index inside a plane with int.
-        if numel(OP, &[self.h, self.w])? > i32::MAX as usize / 2 {
-            return Err(Error::shape(
-                OP,
-                format!("plane {}x{} too large", self.h, self.w),
-            ));
-        }
-        numel(
-            OP,
-            &[self.n, self.k.max(self.c), self.c.max(1), self.h, self.w],
-        )?;
-        Ok(GmpParams {
-            n: dim_u32(OP, "N", self.n)?,
-            c: dim_u32(OP, "C", self.c)?,
-            h: dim_u32(OP, "H", self.h)?,
-            w: dim_u32(OP, "W", self.w)?,
-            k: dim_u32(OP, "K", self.k)?,
-            c_per_group,
-        })
-    }
-    fn x_len(&self) -> usize {
-        self.n * self.c * self.h * self.w
-    }
-    fn off_len(&self) -> usize {
-        self.n * 2 * self.k * self.h * self.w
-    }
-    fn positions(&self) -> usize {
-        self.n * self.h * self.w
-    }
-    fn check(&self, x: &GpuBuffer<f32>, offsets: &GpuBuffer<f32>) -> Result<()> {
-        check_len(OP, "x", x, self.x_len())?;
-        check_len(OP, "offsets", offsets, self.off_len())
-    }
-}
 
 /// Channel groups of the fused kernels: enough (position, group) threads to fill the GPU about
 /// once, at least 4 channels per thread so the taps are reused. Returns (groups, channels per
@@ -174,17 +108,69 @@ fn grid(dev: &CudaDevice, n: usize) -> LaunchConfig {
     launch::blocks(launch::grid_size(n as u64, dev.max_blocks()))
 }
 
-fn check_fused_k(s: &GmpShape) -> Result<()> {
-    if s.k > FUSED_MAX_K {
+fn check_inputs(g: &GmpGeometry, x: &GpuBuffer<f32>, offsets: &GpuBuffer<f32>) -> Result<()> {
+    check_len(OP, "x", x, g.x_len())?;
+    check_len(OP, "offsets", offsets, g.off_len())
+}
+
+fn check_fused_k(g: &GmpGeometry) -> Result<()> {
+    if g.k as usize > FUSED_MAX_K {
         return Err(Error::shape(
             OP,
             format!(
                 "the fused kernel supports K <= {FUSED_MAX_K}, got {}; use --gmp-kernel naive or unfused",
-                s.k
+                g.k
             ),
         ));
     }
     Ok(())
+}
+
+/// The fused kernels' parameters and grid: `g` with the channel group size of this device,
+/// one thread per (position, channel group).
+fn fused_launch(dev: &CudaDevice, g: &GmpGeometry) -> Result<(GmpGeometry, LaunchConfig)> {
+    check_fused_k(g)?;
+    let (groups, per) = fused_channel_groups(g.positions(), g.c as usize, dev.info().sm_count);
+    let p = GmpGeometry {
+        c_per_group: per,
+        ..*g
+    };
+    Ok((p, fused_cfg(dev, g.positions(), groups)))
+}
+
+/// Elements of each of the unfused version's tap tables, `[N, K, H, W, 4]`.
+fn tap_table_len(g: &GmpGeometry) -> usize {
+    g.sample_points() * 4
+}
+
+/// Elements of each of the unfused version's per-sample buffers, `[N, K, C, H, W]`.
+fn sample_buffer_len(g: &GmpGeometry) -> usize {
+    g.sample_points() * g.c as usize
+}
+
+/// Stage 1 of the unfused version: the tap tables (indices, weights) it returns and, for the
+/// backward, the weights' derivatives `(d/dx, d/dy)` into `derivatives`.
+fn unfused_taps(
+    dev: &CudaDevice,
+    g: &GmpGeometry,
+    offsets: &GpuBuffer<f32>,
+    derivatives: Option<(&mut GpuBuffer<f32>, &mut GpuBuffer<f32>)>,
+) -> Result<(GpuBuffer<i32>, GpuBuffer<f32>)> {
+    let mut idx = dev.alloc::<i32>(tap_table_len(g))?;
+    let mut w = dev.alloc::<f32>(tap_table_len(g))?;
+    let null: u64 = 0; // no derivative tables
+    let launch = dev
+        .launch(UNF_COORDS)
+        .arg(g)
+        .buf(offsets)
+        .out(&mut idx)
+        .out(&mut w);
+    match derivatives {
+        Some((dwx, dwy)) => launch.out(dwx).out(dwy),
+        None => launch.arg(&null).arg(&null),
+    }
+    .run(Some(grid(dev, g.sample_points())))?;
+    Ok((idx, w))
 }
 
 /// a `[n, c, h, w]` = mean over K bilinear samples of x at (j + u_k, i + v_k).
@@ -193,68 +179,44 @@ pub fn forward(
     version: GmpKernel,
     x: &GpuBuffer<f32>,
     offsets: &GpuBuffer<f32>,
-    s: &GmpShape,
+    g: &GmpGeometry,
 ) -> Result<GpuBuffer<f32>> {
-    let p = s.params(s.c.max(1) as u32)?;
-    s.check(x, offsets)?;
-    let mut a = dev.alloc::<f32>(s.x_len())?;
-    if s.x_len() == 0 {
-        return Ok(a);
-    }
+    check_inputs(g, x, offsets)?;
+    let mut a = dev.alloc::<f32>(g.x_len())?;
     match version {
         GmpKernel::Naive => {
-            let cfg = grid(dev, s.x_len());
             dev.launch(NAIVE_FWD)
-                .arg(&p)
+                .arg(g)
                 .buf(x)
                 .buf(offsets)
                 .out(&mut a)
-                .run(Some(cfg))?;
+                .run(Some(grid(dev, g.x_len())))?;
         }
         GmpKernel::Unfused => {
-            let taps = s.n * s.k * s.h * s.w;
-            let mut tidx = dev.alloc::<i32>(taps * 4)?;
-            let mut tw = dev.alloc::<f32>(taps * 4)?;
-            let null: u64 = 0; // no derivative tables in the forward
-            let cfg = grid(dev, taps);
-            dev.launch(UNF_COORDS)
-                .arg(&p)
-                .buf(offsets)
-                .out(&mut tidx)
-                .out(&mut tw)
-                .arg(&null)
-                .arg(&null)
-                .run(Some(cfg))?;
-            let samples = taps * s.c;
+            let (tidx, tw) = unfused_taps(dev, g, offsets, None)?;
+            let samples = sample_buffer_len(g);
             let mut sbuf = dev.alloc::<f32>(samples)?;
-            let cfg = grid(dev, samples);
             dev.launch(UNF_SAMPLE)
-                .arg(&p)
+                .arg(g)
                 .buf(x)
                 .buf(&tidx)
                 .buf(&tw)
                 .out(&mut sbuf)
-                .run(Some(cfg))?;
-            let cfg = grid(dev, s.x_len());
+                .run(Some(grid(dev, samples)))?;
             dev.launch(UNF_MEAN)
-                .arg(&p)
+                .arg(g)
                 .buf(&sbuf)
                 .out(&mut a)
-                .run(Some(cfg))?;
+                .run(Some(grid(dev, g.x_len())))?;
         }
         GmpKernel::Fused => {
-            check_fused_k(s)?;
-            let (groups, per) = fused_channel_groups(s.positions(), s.c, dev.info().sm_count);
-            let p = GmpParams {
-                c_per_group: per,
-                ..p
-            };
+            let (p, cfg) = fused_launch(dev, g)?;
             dev.launch(FUSED_FWD)
                 .arg(&p)
                 .buf(x)
                 .buf(offsets)
                 .out(&mut a)
-                .run(Some(fused_cfg(dev, s.positions(), groups)))?;
+                .run(Some(cfg))?;
         }
     }
     Ok(a)
@@ -267,53 +229,37 @@ pub fn backward(
     x: &GpuBuffer<f32>,
     offsets: &GpuBuffer<f32>,
     da: &GpuBuffer<f32>,
-    s: &GmpShape,
+    g: &GmpGeometry,
 ) -> Result<(GpuBuffer<f32>, GpuBuffer<f32>)> {
-    let p = s.params(s.c.max(1) as u32)?;
-    s.check(x, offsets)?;
-    check_len(OP, "da", da, s.x_len())?;
-    let mut dx = dev.alloc_zeros::<f32>(s.x_len())?;
-    let mut doff = dev.alloc_zeros::<f32>(s.off_len())?;
-    if s.off_len() == 0 {
-        return Ok((dx, doff));
-    }
+    check_inputs(g, x, offsets)?;
+    check_len(OP, "da", da, g.x_len())?;
+    let mut dx = dev.alloc_zeros::<f32>(g.x_len())?;
+    let mut doff = dev.alloc_zeros::<f32>(g.off_len())?;
     match version {
         GmpKernel::Naive => {
             dev.launch(NAIVE_BWD_DX)
-                .arg(&p)
+                .arg(g)
                 .buf(offsets)
                 .buf(da)
                 .out(&mut dx)
-                .run(dev.cfg(s.x_len() as u64))?;
-            let cfg = grid(dev, s.n * s.k * s.h * s.w);
+                .run(dev.cfg(g.x_len() as u64))?;
             dev.launch(NAIVE_BWD_DOFF)
-                .arg(&p)
+                .arg(g)
                 .buf(x)
                 .buf(offsets)
                 .buf(da)
                 .out(&mut doff)
-                .run(Some(cfg))?;
+                .run(Some(grid(dev, g.sample_points())))?;
         }
         GmpKernel::Unfused => {
-            let taps = s.n * s.k * s.h * s.w;
-            let mut tidx = dev.alloc::<i32>(taps * 4)?;
-            let mut tw = dev.alloc::<f32>(taps * 4)?;
-            let mut tdwx = dev.alloc::<f32>(taps * 4)?;
-            let mut tdwy = dev.alloc::<f32>(taps * 4)?;
-            let cfg = grid(dev, taps);
-            dev.launch(UNF_COORDS)
-                .arg(&p)
-                .buf(offsets)
-                .out(&mut tidx)
-                .out(&mut tw)
-                .out(&mut tdwx)
-                .out(&mut tdwy)
-                .run(Some(cfg))?;
-            let samples = taps * s.c;
+            let mut tdwx = dev.alloc::<f32>(tap_table_len(g))?;
+            let mut tdwy = dev.alloc::<f32>(tap_table_len(g))?;
+            let (tidx, tw) = unfused_taps(dev, g, offsets, Some((&mut tdwx, &mut tdwy)))?;
+            let samples = sample_buffer_len(g);
             let mut gpx = dev.alloc::<f32>(samples)?;
             let mut gpy = dev.alloc::<f32>(samples)?;
             dev.launch(UNF_BWD_SAMPLE)
-                .arg(&p)
+                .arg(g)
                 .buf(x)
                 .buf(da)
                 .buf(&tidx)
@@ -325,29 +271,22 @@ pub fn backward(
                 .out(&mut gpy)
                 .run(dev.cfg(samples as u64))?;
             dev.launch(UNF_BWD_REDUCE)
-                .arg(&p)
+                .arg(g)
                 .buf(&gpx)
                 .buf(&gpy)
                 .out(&mut doff)
-                .run(Some(cfg))?;
+                .run(Some(grid(dev, g.sample_points())))?;
         }
         GmpKernel::Fused => {
-            check_fused_k(s)?;
-            if s.c > 0 {
-                let (groups, per) = fused_channel_groups(s.positions(), s.c, dev.info().sm_count);
-                let p = GmpParams {
-                    c_per_group: per,
-                    ..p
-                };
-                dev.launch(FUSED_BWD)
-                    .arg(&p)
-                    .buf(x)
-                    .buf(offsets)
-                    .buf(da)
-                    .out(&mut dx)
-                    .out(&mut doff)
-                    .run(Some(fused_cfg(dev, s.positions(), groups)))?;
-            }
+            let (p, cfg) = fused_launch(dev, g)?;
+            dev.launch(FUSED_BWD)
+                .arg(&p)
+                .buf(x)
+                .buf(offsets)
+                .buf(da)
+                .out(&mut dx)
+                .out(&mut doff)
+                .run(Some(cfg))?;
         }
     }
     Ok((dx, doff))
@@ -396,29 +335,9 @@ mod tests {
 
     #[test]
     fn params_refuse_bad_shapes() {
-        let s = GmpShape {
-            n: 1,
-            c: 2,
-            h: 3,
-            w: 4,
-            k: 0,
-        };
-        assert!(s.params(1).is_err());
-        let s = GmpShape {
-            n: 1,
-            c: 2,
-            h: 1 << 16,
-            w: 1 << 16,
-            k: 8,
-        };
-        assert!(s.params(1).is_err());
-        let s = GmpShape {
-            n: 2,
-            c: 3,
-            h: 5,
-            w: 7,
-            k: 17,
-        };
-        assert!(check_fused_k(&s).unwrap_err().to_string().contains("naive"));
+        assert!(GmpGeometry::new(1, 2, 3, 4, 0).is_err());
+        assert!(GmpGeometry::new(1, 2, 1 << 16, 1 << 16, 8).is_err());
+        let g = GmpGeometry::new(2, 3, 5, 7, 17).unwrap();
+        assert!(check_fused_k(&g).unwrap_err().to_string().contains("naive"));
     }
 }

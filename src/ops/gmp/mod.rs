@@ -5,6 +5,8 @@
 //! `x + a` are composed by the layer from `conv2d` and `add`.
 mod cpu;
 pub mod cuda;
+#[cfg(test)]
+mod tests;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -12,14 +14,108 @@ use std::sync::Arc;
 pub use cuda::GmpKernel;
 
 use crate::autograd::{Backward, Tape, Var};
+use crate::device::cuda::{dim_u32, numel, KernelParam};
 use crate::error::{Error, Result};
 use crate::tensor::{device_mismatch, expect_rank, same_device, Storage, Tensor};
 
-fn cuda_shape((n, c, h, w): (usize, usize, usize, usize), k: usize) -> cuda::GmpShape {
-    cuda::GmpShape { n, c, h, w, k }
-}
-
 const OP: &str = "gmp_sample";
+
+/// One sampling's sizes: x `[n, c, h, w]` read at `k` points per position, offsets
+/// `[n, 2k, h, w]`. Used by the CPU reference, the launchers and, `#[repr(C)]`, as the kernels'
+/// parameter struct (kernels/gmp.cu), field for field. The fields are private, so every
+/// geometry has passed [`GmpGeometry::new`]'s checks once. `c_per_group` is the fused kernels'
+/// channels per thread, set by their launcher per launch; everywhere else it is `c` (one group).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GmpGeometry {
+    n: u32,
+    c: u32,
+    h: u32,
+    w: u32,
+    k: u32,
+    c_per_group: u32,
+}
+// Safety: six u32, as `struct GmpGeometry` in the kernel.
+unsafe impl KernelParam for GmpGeometry {}
+const _: () = assert!(std::mem::size_of::<GmpGeometry>() == 24);
+
+impl GmpGeometry {
+    /// Checks x `[n, c, h, w]` with `k` sampling points: nothing empty, a plane the kernels can
+    /// index with int (the CPU's taps with u32), every buffer of every version (the unfused one
+    /// holds `[N, K, C, H, W]`) within usize, every size within u32.
+    pub fn new(n: usize, c: usize, h: usize, w: usize, k: usize) -> Result<Self> {
+        if n == 0 || c == 0 || h == 0 || w == 0 {
+            return Err(Error::shape(OP, format!("x {:?} is empty", [n, c, h, w])));
+        }
+        if k == 0 {
+            return Err(Error::shape(OP, "K = 0 sampling points"));
+        }
+        if numel(OP, &[h, w])? > i32::MAX as usize / 2 {
+            return Err(Error::shape(OP, format!("map {h}x{w} is too large")));
+        }
+        numel(OP, &[n, k.max(c), c, h, w])?;
+        let (n, c) = (dim_u32(OP, "N", n)?, dim_u32(OP, "C", c)?);
+        Ok(GmpGeometry {
+            n,
+            c,
+            h: dim_u32(OP, "H", h)?,
+            w: dim_u32(OP, "W", w)?,
+            k: dim_u32(OP, "K", k)?,
+            c_per_group: c,
+        })
+    }
+
+    /// The geometry of x `[N, C, H, W]` sampled by offsets `[N, 2K, H, W]` (shapes only).
+    pub fn of(x: &Tensor, offsets: &Tensor) -> Result<Self> {
+        let &[n, c, h, w] = expect_rank(OP, "input x", x, 4)? else {
+            unreachable!("rank checked")
+        };
+        let &[on, ok2, oh, ow] = expect_rank(OP, "offsets", offsets, 4)? else {
+            unreachable!("rank checked")
+        };
+        if on != n || oh != h || ow != w {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "offsets {} must match x {} in batch and spatial size",
+                    offsets.shape(),
+                    x.shape()
+                ),
+            ));
+        }
+        if ok2 == 0 || ok2 % 2 != 0 {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "offsets {} must have 2K > 0 channels (u_k, v_k pairs), got {ok2}",
+                    offsets.shape()
+                ),
+            ));
+        }
+        Self::new(n, c, h, w, ok2 / 2)
+    }
+
+    /// Positions of one plane, H·W.
+    pub fn plane(&self) -> usize {
+        self.h as usize * self.w as usize
+    }
+    /// Elements of x (and of the sampled mean, dx, dy).
+    pub fn x_len(&self) -> usize {
+        self.n as usize * self.c as usize * self.plane()
+    }
+    /// Elements of the offsets (and of doffsets).
+    pub fn off_len(&self) -> usize {
+        self.n as usize * 2 * self.k as usize * self.plane()
+    }
+    /// Positions of all images, N·H·W.
+    pub fn positions(&self) -> usize {
+        self.n as usize * self.plane()
+    }
+    /// Sample points of all images, N·K·H·W (each reads the same cell in every channel).
+    pub fn sample_points(&self) -> usize {
+        self.positions() * self.k as usize
+    }
+}
 
 /// The implementation `gmp_sample` runs on a GPU (`--gmp-kernel`; the CPU has one reference):
 /// the op's own switch, process-wide, default fused.
@@ -39,55 +135,18 @@ pub fn kernel() -> GmpKernel {
         .unwrap_or_default()
 }
 
-/// Checks x `[N, C, H, W]` against offsets `[N, 2K, H, W]`; returns ((N, C, H, W), K).
-fn check_shapes(x: &Tensor, offsets: &Tensor) -> Result<((usize, usize, usize, usize), usize)> {
-    let &[n, c, h, w] = expect_rank(OP, "input x", x, 4)? else {
-        unreachable!("rank checked")
-    };
-    let &[on, ok2, oh, ow] = expect_rank(OP, "offsets", offsets, 4)? else {
-        unreachable!("rank checked")
-    };
-    if on != n || oh != h || ow != w {
-        return Err(Error::shape(
-            OP,
-            format!(
-                "offsets {} must match x {} in batch and spatial size",
-                offsets.shape(),
-                x.shape()
-            ),
-        ));
-    }
-    if ok2 == 0 || ok2 % 2 != 0 {
-        return Err(Error::shape(
-            OP,
-            format!(
-                "offsets {} must have 2K > 0 channels (u_k, v_k pairs), got {ok2}",
-                offsets.shape()
-            ),
-        ));
-    }
-    if n == 0 || c == 0 || h == 0 || w == 0 {
-        return Err(Error::shape(OP, format!("x {} is empty", x.shape())));
-    }
-    if h * w > u32::MAX as usize {
-        return Err(Error::shape(OP, format!("map {h}x{w} is too large")));
-    }
-    same_device(OP, &[x, offsets])?;
-    Ok(((n, c, h, w), ok2 / 2))
-}
-
 /// out `[N, C, H, W]`: out[n,c,i,j] = (1/K) Σ_k x̃[n,c](i + v_k, j + u_k), where x̃ is the
 /// bilinear interpolant of x, zero outside the map.
 pub fn gmp_sample_forward(x: &Tensor, offsets: &Tensor) -> Result<Tensor> {
-    let (dims, k) = check_shapes(x, offsets)?;
+    let g = GmpGeometry::of(x, offsets)?;
+    same_device(OP, &[x, offsets])?;
     match (x.storage(), offsets.storage()) {
-        (Storage::Cpu(xs), Storage::Cpu(os)) => Ok(Tensor::from_storage(
-            cpu::forward(xs, os, dims, k),
-            x.dims(),
-        )),
+        (Storage::Cpu(xs), Storage::Cpu(os)) => {
+            Ok(Tensor::from_storage(cpu::forward(xs, os, &g), x.dims()))
+        }
         (Storage::Cuda(xs), Storage::Cuda(os)) => {
             let dev = xs.device();
-            let a = cuda::forward(dev, kernel(), xs, os, &cuda_shape(dims, k))?;
+            let a = cuda::forward(dev, kernel(), xs, os, &g)?;
             Ok(Tensor::from_storage(a, x.dims()))
         }
         _ => Err(device_mismatch(OP, &[x, offsets])),
@@ -111,7 +170,8 @@ pub fn gmp_sample_backward(
     need_dx: bool,
     need_doffsets: bool,
 ) -> Result<GmpGrads> {
-    let (dims, k) = check_shapes(x, offsets)?;
+    let g = GmpGeometry::of(x, offsets)?;
+    same_device(OP, &[x, offsets])?;
     if dy.shape() != x.shape() {
         return Err(Error::shape(
             OP,
@@ -120,16 +180,16 @@ pub fn gmp_sample_backward(
     }
     same_device(OP, &[x, dy])?;
     match (x.storage(), offsets.storage(), dy.storage()) {
-        (Storage::Cpu(xs), Storage::Cpu(os), Storage::Cpu(g)) => Ok(GmpGrads {
-            dx: need_dx.then(|| Tensor::from_storage(cpu::backward_x(g, os, dims, k), x.dims())),
+        (Storage::Cpu(xs), Storage::Cpu(os), Storage::Cpu(dys)) => Ok(GmpGrads {
+            dx: need_dx.then(|| Tensor::from_storage(cpu::backward_x(dys, os, &g), x.dims())),
             doffsets: need_doffsets.then(|| {
-                Tensor::from_storage(cpu::backward_offsets(xs, os, g, dims, k), offsets.dims())
+                Tensor::from_storage(cpu::backward_offsets(xs, os, dys, &g), offsets.dims())
             }),
         }),
-        (Storage::Cuda(xs), Storage::Cuda(os), Storage::Cuda(g)) => {
+        (Storage::Cuda(xs), Storage::Cuda(os), Storage::Cuda(dys)) => {
             let dev = xs.device();
             // Every version produces both gradients in its passes; unrequested ones are dropped.
-            let (dx, doff) = cuda::backward(dev, kernel(), xs, os, g, &cuda_shape(dims, k))?;
+            let (dx, doff) = cuda::backward(dev, kernel(), xs, os, dys, &g)?;
             Ok(GmpGrads {
                 dx: need_dx.then(|| Tensor::from_storage(dx, x.dims())),
                 doffsets: need_doffsets.then(|| Tensor::from_storage(doff, offsets.dims())),
@@ -164,325 +224,4 @@ pub fn gmp_sample(tape: &Tape, x: &Var, offsets: &Var) -> Result<Var> {
             offsets: offsets.value_arc(),
         },
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ops::gradcheck::{check_gradients_with, random_input, GradcheckOptions};
-    use crate::rng::Rng;
-
-    const H: usize = 3;
-    const W: usize = 4;
-
-    /// x[i, j] = 10·(i+1) + (j+1): every value distinct, so a wrong tap shows.
-    fn grid() -> Tensor {
-        let v = (0..H * W)
-            .map(|p| (10 * (p / W + 1) + p % W + 1) as f32)
-            .collect();
-        Tensor::from_vec(v, &[1, 1, H, W]).unwrap()
-    }
-
-    fn at(i: isize, j: isize) -> f32 {
-        if (0..H as isize).contains(&i) && (0..W as isize).contains(&j) {
-            (10 * (i + 1) + j + 1) as f32
-        } else {
-            0.0
-        }
-    }
-
-    /// Offsets `[1, 2K, H, W]` with the same moves (u_k, v_k) at every position.
-    fn constant_offsets(moves: &[(f32, f32)]) -> Tensor {
-        let mut v = Vec::new();
-        for &(u, vv) in moves {
-            v.extend(std::iter::repeat_n(u, H * W));
-            v.extend(std::iter::repeat_n(vv, H * W));
-        }
-        Tensor::from_vec(v, &[1, 2 * moves.len(), H, W]).unwrap()
-    }
-
-    fn expect(moves: &[(f32, f32)], f: impl Fn(isize, isize) -> f32) {
-        let y = gmp_sample_forward(&grid(), &constant_offsets(moves)).unwrap();
-        assert_eq!(y.dims(), &[1, 1, H, W]);
-        let y = y.to_vec();
-        for i in 0..H as isize {
-            for j in 0..W as isize {
-                let (got, want) = (y[i as usize * W + j as usize], f(i, j));
-                assert!(
-                    (got - want).abs() < 1e-5,
-                    "moves {moves:?} at ({i},{j}): got {got}, want {want}"
-                );
-            }
-        }
-    }
-
-    /// Hand-derived values, grid_sample(align_corners=True, zeros) semantics in pixel units.
-    #[test]
-    fn golden_integer_border_and_half_offsets() {
-        // (0,0) is the identity.
-        expect(&[(0.0, 0.0)], at);
-        // u = 1 reads column j+1: a left shift, zeros entering at the right border.
-        expect(&[(1.0, 0.0)], |i, j| at(i, j + 1));
-        // v = -1 reads row i-1: a down shift, zeros entering at the top.
-        expect(&[(0.0, -1.0)], |i, j| at(i - 1, j));
-        // u = 0.5 averages horizontal neighbours; past the right border only half remains.
-        expect(&[(0.5, 0.0)], |i, j| 0.5 * (at(i, j) + at(i, j + 1)));
-        // u = -0.5: at j = 0 the sample sits at x = -0.5 and gets half of column 0.
-        expect(&[(-0.5, 0.0)], |i, j| 0.5 * (at(i, j - 1) + at(i, j)));
-        // K = 2 averages its samples; (0.25, 0.75) weighs the four corners (1-u)(1-v)…
-        expect(&[(1.0, 0.0), (0.25, 0.75)], |i, j| {
-            let s1 = at(i, j + 1);
-            let s2 = 0.75 * 0.25 * at(i, j)
-                + 0.25 * 0.25 * at(i, j + 1)
-                + 0.75 * 0.75 * at(i + 1, j)
-                + 0.25 * 0.75 * at(i + 1, j + 1);
-            0.5 * (s1 + s2)
-        });
-        // Moves of whole maps land outside: all zero.
-        expect(&[(W as f32, 0.0)], |_, _| 0.0);
-        expect(&[(0.0, -(H as f32))], |_, _| 0.0);
-    }
-
-    /// Samples exactly on the border: x = W-1 reads the last column with full weight; x = -1 or
-    /// x = W (one pixel outside) read nothing.
-    #[test]
-    fn golden_exact_border_samples() {
-        let x = grid();
-        let mut off = vec![0.0f32; 2 * H * W];
-        // Position (0,0) samples the bottom-right corner pixel exactly; (0,1) samples x = -1;
-        // (0,2) samples x = W; (1,0) samples y = H-1, x = 0.
-        off[0] = (W - 1) as f32;
-        off[H * W] = (H - 1) as f32;
-        off[1] = -2.0;
-        off[2] = (W - 2) as f32;
-        off[H * W + W] = (H - 2) as f32;
-        let o = Tensor::from_vec(off, &[1, 2, H, W]).unwrap();
-        let y = gmp_sample_forward(&x, &o).unwrap().to_vec();
-        assert_eq!(y[0], at(H as isize - 1, W as isize - 1));
-        assert_eq!(y[1], 0.0);
-        assert_eq!(y[2], 0.0);
-        assert_eq!(y[W], at(H as isize - 1, 0));
-        assert_eq!(y[3], at(0, 3)); // untouched positions stay the identity
-    }
-
-    /// At integer positions the offset gradient uses the floor cell (right/lower neighbour), as
-    /// grid_sample: d out / d u = x(j+1) − x(j), and −x(j) at the right border (zero padding).
-    #[test]
-    fn offset_gradient_at_integer_positions_uses_floor_cell() {
-        let x = grid();
-        let o = constant_offsets(&[(0.0, 0.0)]);
-        let dy = Tensor::full(&[1, 1, H, W], 1.0, &crate::device::Device::Cpu);
-        let g = gmp_sample_backward(&x, &o, &dy, true, true).unwrap();
-        assert_eq!(
-            g.dx.unwrap().to_vec(),
-            x.to_vec().iter().map(|_| 1.0).collect::<Vec<_>>()
-        );
-        let d = g.doffsets.unwrap().to_vec();
-        for i in 0..H as isize {
-            for j in 0..W as isize {
-                let p = i as usize * W + j as usize;
-                assert_eq!(d[p], at(i, j + 1) - at(i, j), "du at ({i},{j})");
-                assert_eq!(d[H * W + p], at(i + 1, j) - at(i, j), "dv at ({i},{j})");
-            }
-        }
-    }
-
-    /// Offsets = integer + fraction in [0.1, 0.9], integers in [-3, 3]: samples fully inside,
-    /// straddling a border, and fully outside, none within 0.1 of a kink.
-    fn kink_free_offsets(dims: &[usize], seed: u64) -> Tensor {
-        let mut rng = Rng::new(seed);
-        let n: usize = dims.iter().product();
-        let v = (0..n)
-            .map(|_| (rng.below(7) as f32 - 3.0) + rng.range(0.1, 0.9))
-            .collect();
-        Tensor::from_vec(v, dims).unwrap()
-    }
-
-    #[test]
-    fn gradcheck_gmp() {
-        let (n, c, h, w, k) = (2, 3, 4, 5, 3);
-        let x = random_input(&[n, c, h, w], 21);
-        let o = kink_free_offsets(&[n, 2 * k, h, w], 22);
-        // The test covers the three cases it claims.
-        let ov = o.to_vec();
-        let (mut inside, mut straddle, mut outside) = (0, 0, 0);
-        for b in 0..n {
-            for kk in 0..k {
-                for p in 0..h * w {
-                    let px = (p % w) as f32 + ov[((b * 2 * k + 2 * kk) * h * w) + p];
-                    let py = (p / w) as f32 + ov[((b * 2 * k + 2 * kk + 1) * h * w) + p];
-                    let cx = |v: f32, m: usize| {
-                        if v > 0.0 && v < (m - 1) as f32 {
-                            0
-                        } else if v > -1.0 && v < m as f32 {
-                            1
-                        } else {
-                            2
-                        }
-                    };
-                    match cx(px, w).max(cx(py, h)) {
-                        0 => inside += 1,
-                        1 => straddle += 1,
-                        _ => outside += 1,
-                    }
-                }
-            }
-        }
-        assert!(
-            inside > 5 && straddle > 5 && outside > 5,
-            "{inside} {straddle} {outside}"
-        );
-        let opts = GradcheckOptions {
-            max_probes: 120,
-            ..Default::default()
-        };
-        check_gradients_with("gmp_sample", &opts, vec![x, o], |t, v| {
-            gmp_sample(t, &v[0], &v[1])
-        })
-        .unwrap();
-    }
-
-    /// Direct per-sample formulas (no tables, no channel blocks), the check on the blocked loops:
-    /// value and position derivatives of the zero-padded bilinear interpolant of one plane.
-    fn naive_sample(plane: &[f32], h: usize, w: usize, px: f32, py: f32) -> (f32, f32, f32) {
-        let (x0, y0) = (px.floor(), py.floor());
-        let (fx, fy) = (px - x0, py - y0);
-        let get = |y: f32, x: f32| {
-            if y >= 0.0 && y < h as f32 && x >= 0.0 && x < w as f32 {
-                plane[y as usize * w + x as usize]
-            } else {
-                0.0
-            }
-        };
-        let (a, b) = (get(y0, x0), get(y0, x0 + 1.0));
-        let (c, d) = (get(y0 + 1.0, x0), get(y0 + 1.0, x0 + 1.0));
-        let v =
-            a * (1.0 - fx) * (1.0 - fy) + b * fx * (1.0 - fy) + c * (1.0 - fx) * fy + d * fx * fy;
-        let dpx = (b - a) * (1.0 - fy) + (d - c) * fy;
-        let dpy = (c - a) * (1.0 - fx) + (d - b) * fx;
-        (v, dpx, dpy)
-    }
-
-    /// C = 11 spans one full block of channels and a partial one; N = 2 checks per-image tables.
-    #[test]
-    fn blocked_loops_match_naive_reference() {
-        let (n, c, h, w, k) = (2, 11, 5, 6, 3);
-        let x = random_input(&[n, c, h, w], 51);
-        let o = kink_free_offsets(&[n, 2 * k, h, w], 52);
-        let dy = random_input(&[n, c, h, w], 53);
-        let (xv, ov, gv) = (x.to_vec(), o.to_vec(), dy.to_vec());
-        let hw = h * w;
-        let mut out = vec![0.0f32; n * c * hw];
-        let mut dx = vec![0.0f32; n * c * hw];
-        let mut doff = vec![0.0f64; n * 2 * k * hw];
-        for b in 0..n {
-            for ch in 0..c {
-                let base = (b * c + ch) * hw;
-                let plane = &xv[base..base + hw];
-                for p in 0..hw {
-                    for kk in 0..k {
-                        let px = (p % w) as f32 + ov[(b * 2 * k + 2 * kk) * hw + p];
-                        let py = (p / w) as f32 + ov[(b * 2 * k + 2 * kk + 1) * hw + p];
-                        let (v, dpx, dpy) = naive_sample(plane, h, w, px, py);
-                        out[base + p] += v / k as f32;
-                        doff[(b * 2 * k + 2 * kk) * hw + p] +=
-                            (gv[base + p] * dpx / k as f32) as f64;
-                        doff[(b * 2 * k + 2 * kk + 1) * hw + p] +=
-                            (gv[base + p] * dpy / k as f32) as f64;
-                        // dx: scatter dy with the same explicit corner weights (zero padding
-                        // drops corners outside the map).
-                        let (x0, y0) = (px.floor(), py.floor());
-                        let (fx, fy) = (px - x0, py - y0);
-                        for (dyy, dxx, wt) in [
-                            (0.0, 0.0, (1.0 - fx) * (1.0 - fy)),
-                            (0.0, 1.0, fx * (1.0 - fy)),
-                            (1.0, 0.0, (1.0 - fx) * fy),
-                            (1.0, 1.0, fx * fy),
-                        ] {
-                            let (yy, xx) = (y0 + dyy, x0 + dxx);
-                            if yy >= 0.0 && yy < h as f32 && xx >= 0.0 && xx < w as f32 {
-                                dx[base + yy as usize * w + xx as usize] +=
-                                    wt * gv[base + p] / k as f32;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        let close = |got: &[f32], want: &[f32], what: &str| {
-            assert_eq!(got.len(), want.len());
-            for (i, (g, e)) in got.iter().zip(want).enumerate() {
-                assert!(
-                    (g - e).abs() < 1e-4 * (1.0 + e.abs()),
-                    "{what}[{i}]: {g} vs {e}"
-                );
-            }
-        };
-        close(&gmp_sample_forward(&x, &o).unwrap().to_vec(), &out, "out");
-        let g = gmp_sample_backward(&x, &o, &dy, true, true).unwrap();
-        close(&g.dx.unwrap().to_vec(), &dx, "dx");
-        let doff: Vec<f32> = doff.iter().map(|&v| v as f32).collect();
-        close(&g.doffsets.unwrap().to_vec(), &doff, "doffsets");
-    }
-
-    /// Non-finite moves do not panic: the sample (and every gradient it touches) is NaN, while
-    /// a huge finite move is simply outside the map. The CUDA kernels reproduce this exactly.
-    #[test]
-    fn non_finite_offsets_give_nan_samples_without_panicking() {
-        let x = grid();
-        for (u, nan) in [
-            (f32::NAN, true),
-            (f32::INFINITY, true),
-            (f32::NEG_INFINITY, true),
-            (1e30, false),
-        ] {
-            let o = constant_offsets(&[(u, 0.0)]);
-            let y = gmp_sample_forward(&x, &o).unwrap().to_vec();
-            assert!(y.iter().all(|v| v.is_nan() == nan), "{u}: {y:?}");
-            if !nan {
-                assert!(y.iter().all(|&v| v == 0.0), "{u}: {y:?}");
-            }
-            let dy = Tensor::full(&[1, 1, H, W], 1.0, &crate::device::Device::Cpu);
-            let g = gmp_sample_backward(&x, &o, &dy, true, true).unwrap();
-            assert_eq!(g.dx.unwrap().to_vec().iter().any(|v| v.is_nan()), nan);
-        }
-    }
-
-    /// Only the requested gradients are computed.
-    #[test]
-    fn backward_honours_needs() {
-        let x = random_input(&[1, 2, 3, 3], 1);
-        let o = kink_free_offsets(&[1, 2, 3, 3], 2);
-        let dy = random_input(&[1, 2, 3, 3], 3);
-        let g = gmp_sample_backward(&x, &o, &dy, false, true).unwrap();
-        assert!(g.dx.is_none() && g.doffsets.is_some());
-        let g = gmp_sample_backward(&x, &o, &dy, true, false).unwrap();
-        assert!(g.dx.is_some() && g.doffsets.is_none());
-    }
-
-    #[test]
-    fn errors_name_the_op() {
-        let x = random_input(&[2, 3, 4, 5], 1);
-        for bad in [
-            &[2, 3, 4, 5][..],
-            &[2, 0, 4, 5],
-            &[1, 2, 4, 5],
-            &[2, 2, 5, 4],
-            &[2, 2, 4],
-        ] {
-            let o = random_input(bad, 2);
-            let e = gmp_sample_forward(&x, &o).unwrap_err().to_string();
-            assert!(e.contains(OP), "{bad:?}: {e}");
-        }
-        let o = random_input(&[2, 4, 4, 5], 2);
-        let dy = random_input(&[2, 3, 4, 4], 3);
-        let e = gmp_sample_backward(&x, &o, &dy, true, true)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains(OP) && e.contains("dy"), "{e}");
-        // an empty map is an error, not a panic in the CPU loops
-        let x0 = Tensor::from_vec(vec![], &[2, 0, 4, 5]).unwrap();
-        let e = gmp_sample_forward(&x0, &o).unwrap_err().to_string();
-        assert!(e.contains(OP) && e.contains("empty"), "{e}");
-    }
 }
