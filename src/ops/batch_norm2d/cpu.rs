@@ -3,9 +3,12 @@
 //! Channel reductions run one rayon task per channel; elementwise passes one task per plane.
 use rayon::prelude::*;
 
-/// Per channel (mean, biased variance) of `x` laid out as `n` images of `c` planes of `hw`.
-pub fn channel_mean_var(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<(f64, f64)> {
-    let m = (n * hw) as f64;
+use super::BatchNorm2dGeometry;
+
+/// Per channel (mean, biased variance) of `x`.
+pub fn channel_mean_var(x: &[f32], g: &BatchNorm2dGeometry) -> Vec<(f64, f64)> {
+    let (n, c, hw) = (g.images(), g.channels(), g.plane());
+    let m = g.per_channel() as f64;
     (0..c)
         .into_par_iter()
         .map(|ch| {
@@ -34,9 +37,9 @@ pub fn normalize(
     invstd: &[f32],
     gamma: &[f32],
     beta: &[f32],
-    hw: usize,
+    g: &BatchNorm2dGeometry,
 ) -> Vec<f32> {
-    let c = mean.len();
+    let (c, hw) = (g.channels(), g.plane());
     let mut y = vec![0.0f32; x.len()];
     y.par_chunks_mut(hw)
         .zip(x.par_chunks(hw))
@@ -57,20 +60,19 @@ pub fn grad_sums(
     dy: &[f32],
     mean: &[f32],
     invstd: &[f32],
-    n: usize,
-    hw: usize,
+    g: &BatchNorm2dGeometry,
 ) -> Vec<(f64, f64)> {
-    let c = mean.len();
+    let (n, c, hw) = (g.images(), g.channels(), g.plane());
     (0..c)
         .into_par_iter()
         .map(|ch| {
             let (mut sdy, mut sdyx) = (0.0f64, 0.0f64);
             for i in 0..n {
                 let off = (i * c + ch) * hw;
-                for (&xv, &g) in x[off..off + hw].iter().zip(&dy[off..off + hw]) {
+                for (&xv, &d) in x[off..off + hw].iter().zip(&dy[off..off + hw]) {
                     let xhat = ((xv - mean[ch]) * invstd[ch]) as f64;
-                    sdy += g as f64;
-                    sdyx += g as f64 * xhat;
+                    sdy += d as f64;
+                    sdyx += d as f64 * xhat;
                 }
             }
             (sdy, sdyx)
@@ -88,10 +90,9 @@ pub fn dx_train(
     invstd: &[f32],
     gamma: &[f32],
     sums: &[(f64, f64)],
-    m: usize,
-    hw: usize,
+    g: &BatchNorm2dGeometry,
 ) -> Vec<f32> {
-    let c = mean.len();
+    let (c, hw, m) = (g.channels(), g.plane(), g.per_channel());
     let mut dx = vec![0.0f32; x.len()];
     dx.par_chunks_mut(hw)
         .zip(x.par_chunks(hw).zip(dy.par_chunks(hw)))
@@ -102,25 +103,25 @@ pub fn dx_train(
             let k = gamma[ch] * is;
             let mdy = (sums[ch].0 / m as f64) as f32;
             let mdyx = (sums[ch].1 / m as f64) as f32;
-            for ((o, &xv), &g) in dxp.iter_mut().zip(xp).zip(dyp) {
+            for ((o, &xv), &d) in dxp.iter_mut().zip(xp).zip(dyp) {
                 let xhat = (xv - mu) * is;
-                *o = k * (g - mdy - xhat * mdyx);
+                *o = k * (d - mdy - xhat * mdyx);
             }
         });
     dx
 }
 
 /// Eval-mode dx (fixed statistics): dx = dy·gamma·invstd.
-pub fn dx_eval(dy: &[f32], invstd: &[f32], gamma: &[f32], hw: usize) -> Vec<f32> {
-    let c = invstd.len();
+pub fn dx_eval(dy: &[f32], invstd: &[f32], gamma: &[f32], g: &BatchNorm2dGeometry) -> Vec<f32> {
+    let (c, hw) = (g.channels(), g.plane());
     let mut dx = vec![0.0f32; dy.len()];
     dx.par_chunks_mut(hw)
         .zip(dy.par_chunks(hw))
         .enumerate()
         .for_each(|(p, (dxp, dyp))| {
             let k = gamma[p % c] * invstd[p % c];
-            for (o, &g) in dxp.iter_mut().zip(dyp) {
-                *o = g * k;
+            for (o, &d) in dxp.iter_mut().zip(dyp) {
+                *o = d * k;
             }
         });
     dx

@@ -1,8 +1,7 @@
 //! BatchNorm2d on the GPU (kernels/batch_norm2d.cu): batch statistics by a two-pass per-channel
 //! block reduction (deterministic), running-statistics update, eval mode, and both backwards.
-use crate::device::cuda::{
-    check_len, dim_u32, launch, numel, CudaDevice, GpuBuffer, Kernel, KernelFile, KernelParam,
-};
+use super::BatchNorm2dGeometry;
+use crate::device::cuda::{check_len, dim_u32, launch, CudaDevice, GpuBuffer, Kernel, KernelFile};
 use crate::error::{Error, Result};
 
 const FILE: &str = "batch_norm2d.cu";
@@ -26,50 +25,7 @@ pub const KERNELS: KernelFile = KernelFile::new(
     ],
 );
 
-/// Mirrors `struct BnParams` in kernels/batch_norm2d.cu field for field.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct BnParams {
-    pub hw: u64,
-    pub n: u32,
-    pub c: u32,
-    pub eps: f32,
-    pub pad_: u32,
-}
-// Safety: a u64 and four 4-byte fields, as `struct BnParams` in the kernel.
-unsafe impl KernelParam for BnParams {}
-const _: () = assert!(std::mem::size_of::<BnParams>() == 24);
-
 const OP: &str = "batch_norm2d (cuda)";
-
-/// Shape of an NCHW batch-norm input.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BnDims {
-    pub n: usize,
-    pub c: usize,
-    pub h: usize,
-    pub w: usize,
-}
-
-impl BnDims {
-    fn params(&self, eps: f32) -> Result<BnParams> {
-        numel(OP, &[self.n, self.c, self.h, self.w])?;
-        Ok(BnParams {
-            hw: (self.h * self.w) as u64,
-            n: dim_u32(OP, "N", self.n)?,
-            c: dim_u32(OP, "C", self.c)?,
-            eps,
-            pad_: 0,
-        })
-    }
-    fn numel(&self) -> usize {
-        self.n * self.c * self.h * self.w
-    }
-    /// Values per channel, M = N·H·W.
-    pub fn per_channel(&self) -> usize {
-        self.n * self.h * self.w
-    }
-}
 
 /// What the training forward saves: per-channel batch mean, biased variance and
 /// 1/sqrt(var + eps).
@@ -86,7 +42,7 @@ fn check_channel_vec(what: &str, s: &GpuBuffer<f32>, c: usize) -> Result<()> {
 #[allow(clippy::too_many_arguments)]
 fn launch_fwd(
     dev: &CudaDevice,
-    p: &BnParams,
+    p: &BatchNorm2dGeometry,
     x: &GpuBuffer<f32>,
     mean: &GpuBuffer<f32>,
     invstd: &GpuBuffer<f32>,
@@ -109,25 +65,31 @@ fn launch_fwd(
 
 /// Per-channel batch statistics of x: mean, biased variance and 1/sqrt(var + eps). Refuses
 /// M = N·H·W < 2 (the unbiased variance of the running update needs two values, as PyTorch).
-pub fn batch_stats(dev: &CudaDevice, x: &GpuBuffer<f32>, d: BnDims, eps: f32) -> Result<BnSaved> {
-    let p = d.params(eps)?;
-    check_len(OP, "x", x, d.numel())?;
-    if d.per_channel() < 2 {
+pub fn batch_stats(
+    dev: &CudaDevice,
+    x: &GpuBuffer<f32>,
+    g: &BatchNorm2dGeometry,
+    eps: f32,
+) -> Result<BnSaved> {
+    check_len(OP, "x", x, g.numel())?;
+    if g.per_channel() < 2 {
         return Err(Error::shape(
             OP,
-            format!("training needs more than 1 value per channel, got {d:?}"),
+            format!("training needs more than 1 value per channel, got {g:?}"),
         ));
     }
-    let mut mean = dev.alloc::<f32>(d.c)?;
-    let mut var = dev.alloc::<f32>(d.c)?;
-    let mut invstd = dev.alloc::<f32>(d.c)?;
+    let c = g.channels();
+    let mut mean = dev.alloc::<f32>(c)?;
+    let mut var = dev.alloc::<f32>(c)?;
+    let mut invstd = dev.alloc::<f32>(c)?;
     dev.launch(STATS)
-        .arg(&p)
+        .arg(g)
+        .arg(&eps)
         .buf(x)
         .out(&mut mean)
         .out(&mut var)
         .out(&mut invstd)
-        .run(launch::per_item(d.c as u64))?;
+        .run(launch::per_item(c as u64))?;
     Ok(BnSaved { mean, var, invstd })
 }
 
@@ -158,19 +120,18 @@ pub fn normalize(
     invstd: &GpuBuffer<f32>,
     gamma: &GpuBuffer<f32>,
     beta: &GpuBuffer<f32>,
-    d: BnDims,
+    g: &BatchNorm2dGeometry,
 ) -> Result<GpuBuffer<f32>> {
-    let p = d.params(0.0)?;
-    check_len(OP, "x", x, d.numel())?;
+    check_len(OP, "x", x, g.numel())?;
     for (what, s) in [
         ("mean", mean),
         ("invstd", invstd),
         ("gamma", gamma),
         ("beta", beta),
     ] {
-        check_channel_vec(what, s, d.c)?;
+        check_channel_vec(what, s, g.channels())?;
     }
-    launch_fwd(dev, &p, x, mean, invstd, gamma, beta, d.numel())
+    launch_fwd(dev, g, x, mean, invstd, gamma, beta, g.numel())
 }
 
 /// `r = (1 − momentum)·r + momentum·stat` for the running mean and variance, given the batch
@@ -215,22 +176,21 @@ pub fn backward_with_stats(
     gamma: &GpuBuffer<f32>,
     mean: &GpuBuffer<f32>,
     invstd: &GpuBuffer<f32>,
-    d: BnDims,
+    g: &BatchNorm2dGeometry,
     training: bool,
 ) -> Result<BnGrads> {
-    let p = d.params(0.0)?;
-    check_len(OP, "x", x, d.numel())?;
-    check_len(OP, "dy", dy, d.numel())?;
+    check_len(OP, "x", x, g.numel())?;
+    check_len(OP, "dy", dy, g.numel())?;
     for (what, s) in [("gamma", gamma), ("mean", mean), ("invstd", invstd)] {
-        check_channel_vec(what, s, d.c)?;
+        check_channel_vec(what, s, g.channels())?;
     }
-    let (dgamma, dbeta) = reduce(dev, &p, x, dy, mean, invstd, d.c)?;
-    let total = d.numel();
+    let (dgamma, dbeta) = reduce(dev, g, x, dy, mean, invstd, g.channels())?;
+    let total = g.numel();
     let mut dx = dev.alloc::<f32>(total)?;
     if let Some(cfg) = dev.cfg(total as u64) {
         if training {
             dev.launch(BWD_DX_TRAIN)
-                .arg(&p)
+                .arg(g)
                 .buf(x)
                 .buf(dy)
                 .buf(mean)
@@ -242,7 +202,7 @@ pub fn backward_with_stats(
                 .run(Some(cfg))?;
         } else {
             dev.launch(BWD_DX_EVAL)
-                .arg(&p)
+                .arg(g)
                 .buf(dy)
                 .buf(invstd)
                 .buf(gamma)
@@ -262,7 +222,7 @@ pub struct BnGrads {
 
 fn reduce(
     dev: &CudaDevice,
-    p: &BnParams,
+    p: &BatchNorm2dGeometry,
     x: &GpuBuffer<f32>,
     dy: &GpuBuffer<f32>,
     mean: &GpuBuffer<f32>,

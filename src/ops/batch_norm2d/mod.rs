@@ -12,21 +12,78 @@ pub mod cuda;
 use std::sync::Arc;
 
 use crate::autograd::{Backward, Tape, Var};
+use crate::device::cuda::KernelParam;
 use crate::error::{Error, Result};
 use crate::tensor::{device_mismatch, same_device, Storage, Tensor};
 
-/// The CUDA launchers' view of x `[N, C, H, W]` (rank checked by the caller).
-fn bn_dims(x: &Tensor) -> cuda::BnDims {
-    let d = x.dims();
-    cuda::BnDims {
-        n: d[0],
-        c: d[1],
-        h: d[2],
-        w: d[3],
+const OP: &str = "batch_norm2d";
+
+/// One batch norm's sizes: `n` images of `c` channel planes of `hw` = H·W values; each channel's
+/// statistics run over its M = N·H·W values. Used by the CPU reference, the launchers and,
+/// `#[repr(C)]`, as the kernels' parameter struct (kernels/batch_norm2d.cu), field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchNorm2dGeometry {
+    pub hw: u64,
+    pub n: u32,
+    pub c: u32,
+}
+// Safety: a u64 and two u32, as `struct BatchNorm2dGeometry` in the kernel.
+unsafe impl KernelParam for BatchNorm2dGeometry {}
+const _: () = assert!(std::mem::size_of::<BatchNorm2dGeometry>() == 16);
+
+impl BatchNorm2dGeometry {
+    /// Checks the input dims [N, C, H, W]: rank 4, C and H·W non-empty (N may be 0), the size
+    /// within usize and N, C within u32.
+    pub fn new(dims: &[usize]) -> Result<Self> {
+        let &[n, c, h, w] = dims else {
+            return Err(Error::shape(
+                OP,
+                format!("input x must have rank 4 [N, C, H, W], got {dims:?}"),
+            ));
+        };
+        if c == 0 || h == 0 || w == 0 {
+            return Err(Error::shape(
+                OP,
+                format!("input x {dims:?} has an empty dimension"),
+            ));
+        }
+        let too_large = || {
+            Error::shape(
+                OP,
+                format!("input x {dims:?} is too large (N and C must fit u32)"),
+            )
+        };
+        let hw = h.checked_mul(w).ok_or_else(too_large)?;
+        hw.checked_mul(c)
+            .and_then(|v| v.checked_mul(n))
+            .ok_or_else(too_large)?;
+        let u = |v: usize| u32::try_from(v).map_err(|_| too_large());
+        Ok(BatchNorm2dGeometry {
+            hw: hw as u64,
+            n: u(n)?,
+            c: u(c)?,
+        })
+    }
+    pub fn images(&self) -> usize {
+        self.n as usize
+    }
+    pub fn channels(&self) -> usize {
+        self.c as usize
+    }
+    /// Values per channel plane, H·W.
+    pub fn plane(&self) -> usize {
+        self.hw as usize
+    }
+    /// Values of x, N·C·H·W.
+    pub fn numel(&self) -> usize {
+        self.images() * self.channels() * self.plane()
+    }
+    /// Values per channel, M = N·H·W.
+    pub fn per_channel(&self) -> usize {
+        self.images() * self.plane()
     }
 }
-
-const OP: &str = "batch_norm2d";
 
 /// Batch statistics of one training forward, for `update_running_stats`.
 #[derive(Clone, Debug)]
@@ -53,22 +110,13 @@ pub struct BatchNormGrads {
     pub dbeta: Option<Tensor>,
 }
 
-/// Checks x [N, C, H, W] and the per-channel tensors ([C] each); returns (N, C, H·W).
-fn check(x: &Tensor, per_channel: &[(&str, &Tensor)]) -> Result<(usize, usize, usize)> {
-    let [n, c, h, w] = x.dims() else {
-        return Err(Error::shape(
-            OP,
-            format!("input x must have rank 4 [N, C, H, W], got {}", x.shape()),
-        ));
-    };
-    if *c == 0 || h * w == 0 {
-        return Err(Error::shape(
-            OP,
-            format!("input x {} has an empty dimension", x.shape()),
-        ));
-    }
+/// The geometry of x [N, C, H, W] after checking the per-channel tensors ([C] each) and that
+/// all share x's device.
+fn geometry(x: &Tensor, per_channel: &[(&str, &Tensor)]) -> Result<BatchNorm2dGeometry> {
+    let g = BatchNorm2dGeometry::new(x.dims())?;
+    let c = g.channels();
     for (name, t) in per_channel {
-        if t.dims() != [*c] {
+        if t.dims() != [c] {
             return Err(Error::shape(
                 OP,
                 format!(
@@ -82,7 +130,7 @@ fn check(x: &Tensor, per_channel: &[(&str, &Tensor)]) -> Result<(usize, usize, u
     let mut all: Vec<&Tensor> = vec![x];
     all.extend(per_channel.iter().map(|(_, t)| *t));
     same_device(OP, &all)?;
-    Ok((*n, *c, h * w))
+    Ok(g)
 }
 
 fn check_eps(eps: f32) -> Result<()> {
@@ -110,7 +158,7 @@ fn check_dy(x: &Tensor, dy: &Tensor) -> Result<()> {
 
 /// y = (x − mean)·invstd·gamma + beta with the given per-channel statistics.
 fn normalize(x: &Tensor, gamma: &Tensor, beta: &Tensor, s: &BatchNormSaved) -> Result<Tensor> {
-    let (_, _, hw) = check(
+    let geo = geometry(
         x,
         &[
             ("gamma", gamma),
@@ -127,7 +175,7 @@ fn normalize(x: &Tensor, gamma: &Tensor, beta: &Tensor, s: &BatchNormSaved) -> R
         s.invstd.storage(),
     ) {
         (Storage::Cpu(xs), Storage::Cpu(g), Storage::Cpu(b), Storage::Cpu(m), Storage::Cpu(is)) => {
-            Storage::Cpu(cpu::normalize(xs, m, is, g, b, hw))
+            Storage::Cpu(cpu::normalize(xs, m, is, g, b, &geo))
         }
         (
             Storage::Cuda(xs),
@@ -137,7 +185,7 @@ fn normalize(x: &Tensor, gamma: &Tensor, beta: &Tensor, s: &BatchNormSaved) -> R
             Storage::Cuda(is),
         ) => {
             let dev = xs.device();
-            let y = cuda::normalize(dev, xs, m, is, g, b, bn_dims(x))?;
+            let y = cuda::normalize(dev, xs, m, is, g, b, &geo)?;
             Storage::Cuda(y)
         }
         _ => return Err(device_mismatch(OP, &[x, gamma, beta, &s.mean, &s.invstd])),
@@ -153,9 +201,9 @@ pub fn batch_norm2d_train_forward(
     beta: &Tensor,
     eps: f32,
 ) -> Result<(Tensor, BatchNormSaved, BatchStats)> {
-    let (n, c, hw) = check(x, &[("gamma", gamma), ("beta", beta)])?;
+    let geo = geometry(x, &[("gamma", gamma), ("beta", beta)])?;
     check_eps(eps)?;
-    let m = n * hw;
+    let (c, m) = (geo.channels(), geo.per_channel());
     if m < 2 {
         // As PyTorch: the variance of one value per channel is meaningless (and M−1 = 0).
         return Err(Error::shape(
@@ -168,7 +216,7 @@ pub fn batch_norm2d_train_forward(
     }
     let (saved, stats) = match x.storage() {
         Storage::Cpu(xs) => {
-            let mv = cpu::channel_mean_var(xs, n, c, hw);
+            let mv = cpu::channel_mean_var(xs, &geo);
             let mean: Vec<f32> = mv.iter().map(|&(mu, _)| mu as f32).collect();
             let invstd: Vec<f32> = mv
                 .iter()
@@ -191,7 +239,7 @@ pub fn batch_norm2d_train_forward(
         }
         Storage::Cuda(xs) => {
             let dev = xs.device();
-            let st = cuda::batch_stats(dev, xs, bn_dims(x), eps)?;
+            let st = cuda::batch_stats(dev, xs, &geo, eps)?;
             let unbiased = crate::ops::elementwise::cuda::scale(
                 dev,
                 &st.var,
@@ -309,10 +357,11 @@ fn backward(
     training: bool,
     [need_dx, need_dgamma, need_dbeta]: [bool; 3],
 ) -> Result<BatchNormGrads> {
-    let (n, c, hw) = check(
+    let geo = geometry(
         x,
         &[("gamma", gamma), ("mean", &s.mean), ("invstd", &s.invstd)],
     )?;
+    let c = geo.channels();
     check_dy(x, dy)?;
     let (dx, dgamma, dbeta) = match (
         x.storage(),
@@ -330,10 +379,10 @@ fn backward(
         ) => {
             // The sums give dgamma and dbeta, and the training dx needs them too.
             let sums = (need_dgamma || need_dbeta || (training && need_dx))
-                .then(|| cpu::grad_sums(xs, dys, m, is, n, hw));
+                .then(|| cpu::grad_sums(xs, dys, m, is, &geo));
             let dx = need_dx.then(|| match &sums {
-                Some(sums) if training => cpu::dx_train(xs, dys, m, is, g, sums, n * hw, hw),
-                _ => cpu::dx_eval(dys, is, g, hw),
+                Some(sums) if training => cpu::dx_train(xs, dys, m, is, g, sums, &geo),
+                _ => cpu::dx_eval(dys, is, g, &geo),
             });
             let pick = |f: fn(&(f64, f64)) -> f64| -> Vec<f32> {
                 sums.as_ref()
@@ -356,7 +405,7 @@ fn backward(
             let dev = xs.device();
             // One reduction gives dgamma and dbeta, which the training dx needs anyway; the
             // unrequested outputs are dropped.
-            let gr = cuda::backward_with_stats(dev, xs, dys, g, m, is, bn_dims(x), training)?;
+            let gr = cuda::backward_with_stats(dev, xs, dys, g, m, is, &geo, training)?;
             let st = Storage::Cuda;
             (
                 need_dx.then(|| st(gr.dx)),
