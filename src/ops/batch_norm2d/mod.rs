@@ -103,11 +103,83 @@ pub struct BatchNormSaved {
     pub invstd: Tensor,
 }
 
+/// The gradients a backward was asked for (the others are `None`): as tensors, or as a
+/// backend's buffers (`Vec<f32>`, `GpuBuffer<f32>`) before they are shaped.
 #[derive(Debug)]
-pub struct BatchNormGrads {
-    pub dx: Option<Tensor>,
-    pub dgamma: Option<Tensor>,
-    pub dbeta: Option<Tensor>,
+pub struct BatchNormGrads<T = Tensor> {
+    pub dx: Option<T>,
+    pub dgamma: Option<T>,
+    pub dbeta: Option<T>,
+}
+
+impl<B: Into<Storage>> BatchNormGrads<B> {
+    /// dx shaped as x, dgamma and dbeta as [C].
+    fn into_tensors(self, x_dims: &[usize]) -> BatchNormGrads {
+        let c = [x_dims[1]];
+        BatchNormGrads {
+            dx: self.dx.map(|b| Tensor::from_storage(b, x_dims)),
+            dgamma: self.dgamma.map(|b| Tensor::from_storage(b, &c)),
+            dbeta: self.dbeta.map(|b| Tensor::from_storage(b, &c)),
+        }
+    }
+}
+
+/// A backend's per-channel batch statistics ([C] each) of one training forward.
+pub struct ChannelStats<B> {
+    pub mean: B,
+    /// 1/√(var + eps) with the biased variance.
+    pub invstd: B,
+    /// M/(M−1) times the biased variance.
+    pub var_unbiased: B,
+}
+
+impl<B: Into<Storage>> ChannelStats<B> {
+    /// What the backward needs (mean, invstd) and what the running update needs (mean, var).
+    fn into_saved(self, c: usize) -> Result<(BatchNormSaved, BatchStats)> {
+        let t = |b: B| Tensor::from_storage(b, &[c]);
+        let mean = t(self.mean);
+        let saved = BatchNormSaved {
+            mean: mean.try_clone()?,
+            invstd: t(self.invstd),
+        };
+        let var_unbiased = t(self.var_unbiased);
+        Ok((saved, BatchStats { mean, var_unbiased }))
+    }
+}
+
+/// Which statistics a forward normalised with, and so which backward applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchNormMode {
+    /// The batch's own statistics, which depend on x.
+    Train,
+    /// Fixed statistics (the running ones).
+    Eval,
+}
+
+impl BatchNormMode {
+    /// The op's name on the tape.
+    pub fn op_name(self) -> &'static str {
+        match self {
+            BatchNormMode::Train => "batch_norm2d_train",
+            BatchNormMode::Eval => "batch_norm2d_eval",
+        }
+    }
+}
+
+/// The gradients a backward is asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchNormNeeds {
+    pub dx: bool,
+    pub dgamma: bool,
+    pub dbeta: bool,
+}
+
+impl BatchNormNeeds {
+    /// The per-channel sums Σdy (dbeta) and Σdy·x̂ (dgamma) are needed: for themselves, and by
+    /// the training dx.
+    pub fn sums(self, mode: BatchNormMode) -> bool {
+        self.dgamma || self.dbeta || (mode == BatchNormMode::Train && self.dx)
+    }
 }
 
 /// The geometry of x [N, C, H, W] after checking the per-channel tensors ([C] each) and that
@@ -183,11 +255,7 @@ fn normalize(x: &Tensor, gamma: &Tensor, beta: &Tensor, s: &BatchNormSaved) -> R
             Storage::Cuda(b),
             Storage::Cuda(m),
             Storage::Cuda(is),
-        ) => {
-            let dev = xs.device();
-            let y = cuda::normalize(dev, xs, m, is, g, b, &geo)?;
-            Storage::Cuda(y)
-        }
+        ) => Storage::Cuda(cuda::normalize(xs.device(), xs, m, is, g, b, &geo)?),
         _ => return Err(device_mismatch(OP, &[x, gamma, beta, &s.mean, &s.invstd])),
     };
     Ok(Tensor::from_storage(y, x.dims()))
@@ -203,8 +271,7 @@ pub fn batch_norm2d_train_forward(
 ) -> Result<(Tensor, BatchNormSaved, BatchStats)> {
     let geo = geometry(x, &[("gamma", gamma), ("beta", beta)])?;
     check_eps(eps)?;
-    let (c, m) = (geo.channels(), geo.per_channel());
-    if m < 2 {
+    if geo.per_channel() < 2 {
         // As PyTorch: the variance of one value per channel is meaningless (and M−1 = 0).
         return Err(Error::shape(
             OP,
@@ -215,71 +282,13 @@ pub fn batch_norm2d_train_forward(
         ));
     }
     let (saved, stats) = match x.storage() {
-        Storage::Cpu(xs) => {
-            let mv = cpu::channel_mean_var(xs, &geo);
-            let mean: Vec<f32> = mv.iter().map(|&(mu, _)| mu as f32).collect();
-            let invstd: Vec<f32> = mv
-                .iter()
-                .map(|&(_, v)| (1.0 / (v + eps as f64).sqrt()) as f32)
-                .collect();
-            let unbiased: Vec<f32> = mv
-                .iter()
-                .map(|&(_, v)| (v * m as f64 / (m - 1) as f64) as f32)
-                .collect();
-            (
-                BatchNormSaved {
-                    mean: Tensor::from_storage(Storage::Cpu(mean.clone()), &[c]),
-                    invstd: Tensor::from_storage(Storage::Cpu(invstd), &[c]),
-                },
-                BatchStats {
-                    mean: Tensor::from_storage(Storage::Cpu(mean), &[c]),
-                    var_unbiased: Tensor::from_storage(Storage::Cpu(unbiased), &[c]),
-                },
-            )
-        }
+        Storage::Cpu(xs) => cpu::batch_stats(xs, &geo, eps).into_saved(geo.channels())?,
         Storage::Cuda(xs) => {
-            let dev = xs.device();
-            let st = cuda::batch_stats(dev, xs, &geo, eps)?;
-            let unbiased = crate::ops::elementwise::cuda::scale(
-                dev,
-                &st.var,
-                (m as f64 / (m - 1) as f64) as f32,
-            )?;
-            let mean_copy = dev.dtod(&st.mean)?;
-            (
-                BatchNormSaved {
-                    mean: Tensor::from_storage(st.mean, &[c]),
-                    invstd: Tensor::from_storage(st.invstd, &[c]),
-                },
-                BatchStats {
-                    mean: Tensor::from_storage(mean_copy, &[c]),
-                    var_unbiased: Tensor::from_storage(unbiased, &[c]),
-                },
-            )
+            cuda::batch_stats(xs.device(), xs, &geo, eps)?.into_saved(geo.channels())?
         }
     };
     let y = normalize(x, gamma, beta, &saved)?;
     Ok((y, saved, stats))
-}
-
-/// Training backward (the batch statistics depend on x).
-pub fn batch_norm2d_train_backward(
-    x: &Tensor,
-    gamma: &Tensor,
-    saved: &BatchNormSaved,
-    dy: &Tensor,
-    need_dx: bool,
-    need_dgamma: bool,
-    need_dbeta: bool,
-) -> Result<BatchNormGrads> {
-    backward(
-        x,
-        gamma,
-        saved,
-        dy,
-        true,
-        [need_dx, need_dgamma, need_dbeta],
-    )
 }
 
 impl BatchNormSaved {
@@ -298,12 +307,8 @@ impl BatchNormSaved {
         }
         same_device(OP, &[running_mean, running_var])?;
         let invstd = match running_var.storage() {
-            Storage::Cpu(v) => Storage::Cpu(
-                v.iter()
-                    .map(|&v| (1.0 / (v as f64 + eps as f64).sqrt()) as f32)
-                    .collect(),
-            ),
-            Storage::Cuda(v) => Storage::Cuda(cuda::invstd_of(v.device(), v, v.len(), eps)?),
+            Storage::Cpu(v) => Storage::Cpu(cpu::invstd(v, eps)),
+            Storage::Cuda(v) => Storage::Cuda(cuda::invstd(v.device(), v, eps)?),
         };
         Ok(BatchNormSaved {
             mean: running_mean.try_clone()?,
@@ -329,41 +334,23 @@ pub fn batch_norm2d_eval_forward(
     )
 }
 
-/// Eval backward (fixed statistics, from `BatchNormSaved::from_running`).
-pub fn batch_norm2d_eval_backward(
+/// The backward of either forward, from the statistics it normalised with (`saved`): in `Train`
+/// mode they are the batch's own and depend on x, in `Eval` mode they are constants.
+pub fn batch_norm2d_backward(
     x: &Tensor,
     gamma: &Tensor,
     saved: &BatchNormSaved,
     dy: &Tensor,
-    need_dx: bool,
-    need_dgamma: bool,
-    need_dbeta: bool,
+    mode: BatchNormMode,
+    needs: BatchNormNeeds,
 ) -> Result<BatchNormGrads> {
-    backward(
-        x,
-        gamma,
-        saved,
-        dy,
-        false,
-        [need_dx, need_dgamma, need_dbeta],
-    )
-}
-
-fn backward(
-    x: &Tensor,
-    gamma: &Tensor,
-    s: &BatchNormSaved,
-    dy: &Tensor,
-    training: bool,
-    [need_dx, need_dgamma, need_dbeta]: [bool; 3],
-) -> Result<BatchNormGrads> {
+    let s = saved;
     let geo = geometry(
         x,
         &[("gamma", gamma), ("mean", &s.mean), ("invstd", &s.invstd)],
     )?;
-    let c = geo.channels();
     check_dy(x, dy)?;
-    let (dx, dgamma, dbeta) = match (
+    let grads = match (
         x.storage(),
         gamma.storage(),
         s.mean.storage(),
@@ -376,51 +363,47 @@ fn backward(
             Storage::Cpu(m),
             Storage::Cpu(is),
             Storage::Cpu(dys),
-        ) => {
-            // The sums give dgamma and dbeta, and the training dx needs them too.
-            let sums = (need_dgamma || need_dbeta || (training && need_dx))
-                .then(|| cpu::grad_sums(xs, dys, m, is, &geo));
-            let dx = need_dx.then(|| match &sums {
-                Some(sums) if training => cpu::dx_train(xs, dys, m, is, g, sums, &geo),
-                _ => cpu::dx_eval(dys, is, g, &geo),
-            });
-            let pick = |f: fn(&(f64, f64)) -> f64| -> Vec<f32> {
-                sums.as_ref()
-                    .map(|s| s.iter().map(|v| f(v) as f32).collect())
-                    .unwrap_or_default()
-            };
-            (
-                dx.map(Storage::Cpu),
-                need_dgamma.then(|| Storage::Cpu(pick(|v| v.1))),
-                need_dbeta.then(|| Storage::Cpu(pick(|v| v.0))),
-            )
-        }
+        ) => cpu::backward(xs, dys, g, m, is, &geo, mode, needs).into_tensors(x.dims()),
         (
             Storage::Cuda(xs),
             Storage::Cuda(g),
             Storage::Cuda(m),
             Storage::Cuda(is),
             Storage::Cuda(dys),
-        ) => {
-            let dev = xs.device();
-            // One reduction gives dgamma and dbeta, which the training dx needs anyway; the
-            // unrequested outputs are dropped.
-            let gr = cuda::backward_with_stats(dev, xs, dys, g, m, is, &geo, training)?;
-            let st = Storage::Cuda;
-            (
-                need_dx.then(|| st(gr.dx)),
-                need_dgamma.then(|| st(gr.dgamma)),
-                need_dbeta.then(|| st(gr.dbeta)),
-            )
-        }
+        ) => cuda::backward(xs.device(), xs, dys, g, m, is, &geo, mode, needs)?
+            .into_tensors(x.dims()),
         _ => return Err(device_mismatch(OP, &[x, gamma, &s.mean, &s.invstd, dy])),
     };
-    Ok(BatchNormGrads {
-        dx: dx.map(|s| Tensor::from_storage(s, x.dims())),
-        dgamma: dgamma.map(|s| Tensor::from_storage(s, &[c])),
-        dbeta: dbeta.map(|s| Tensor::from_storage(s, &[c])),
-    })
+    Ok(grads)
 }
+
+/// Declares the entry point of [`batch_norm2d_backward`] for one mode, with the needs as flags
+/// (x, gamma, beta): the two modes' entry points are one piece of code.
+macro_rules! backward_in_mode {
+    ($(#[$doc:meta])* $name:ident: $mode:ident) => {
+        $(#[$doc])*
+        pub fn $name(
+            x: &Tensor,
+            gamma: &Tensor,
+            saved: &BatchNormSaved,
+            dy: &Tensor,
+            dx: bool,
+            dgamma: bool,
+            dbeta: bool,
+        ) -> Result<BatchNormGrads> {
+            let needs = BatchNormNeeds { dx, dgamma, dbeta };
+            batch_norm2d_backward(x, gamma, saved, dy, BatchNormMode::$mode, needs)
+        }
+    };
+}
+backward_in_mode!(
+    /// Training backward (the batch statistics depend on x).
+    batch_norm2d_train_backward: Train
+);
+backward_in_mode!(
+    /// Eval backward (fixed statistics, from `BatchNormSaved::from_running`).
+    batch_norm2d_eval_backward: Eval
+);
 
 /// r ← (1 − momentum)·r + momentum·stat for the mean and the unbiased variance (PyTorch).
 pub fn update_running_stats(
@@ -450,63 +433,61 @@ pub fn update_running_stats(
         }
         same_device(OP, &[r, s])?;
     }
-    let blend = |r: &mut [f32], s: &[f32]| {
-        for (r, &s) in r.iter_mut().zip(s) {
-            *r = (1.0 - momentum) * *r + momentum * s;
-        }
-    };
     same_device(OP, &[running_mean, running_var])?;
-    if let (Storage::Cuda(_), Storage::Cuda(_)) = (running_mean.storage(), running_var.storage()) {
-        let (Storage::Cuda(m), Storage::Cuda(v)) =
-            (stats.mean.storage(), stats.var_unbiased.storage())
-        else {
-            return Err(device_mismatch(OP, &[running_mean, &stats.mean]));
-        };
-        let (Storage::Cuda(rm), Storage::Cuda(rv)) =
-            (running_mean.storage_mut(), running_var.storage_mut())
-        else {
-            unreachable!("checked above")
-        };
-        let dev = rm.device().clone();
-        return cuda::running_blend(&dev, momentum, m, v, rm, rv);
+    match (
+        running_mean.storage_mut(),
+        running_var.storage_mut(),
+        stats.mean.storage(),
+        stats.var_unbiased.storage(),
+    ) {
+        (Storage::Cpu(rm), Storage::Cpu(rv), Storage::Cpu(m), Storage::Cpu(v)) => {
+            cpu::running_blend(momentum, m, v, rm, rv);
+            Ok(())
+        }
+        (Storage::Cuda(rm), Storage::Cuda(rv), Storage::Cuda(m), Storage::Cuda(v)) => {
+            cuda::running_blend(m.device(), momentum, m, v, rm, rv)
+        }
+        _ => Err(device_mismatch(OP, &[running_mean, &stats.mean])),
     }
-    match (running_mean.storage_mut(), stats.mean.storage()) {
-        (Storage::Cpu(r), Storage::Cpu(s)) => blend(r, s),
-        _ => unreachable!("devices checked above"),
-    }
-    match (running_var.storage_mut(), stats.var_unbiased.storage()) {
-        (Storage::Cpu(r), Storage::Cpu(s)) => blend(r, s),
-        _ => unreachable!("devices checked above"),
-    }
-    Ok(())
 }
 
 struct BatchNormBackward {
     x: Arc<Tensor>,
     gamma: Arc<Tensor>,
     saved: BatchNormSaved,
-    training: bool,
+    mode: BatchNormMode,
 }
 
 impl Backward for BatchNormBackward {
     fn backward(&self, dy: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
-        let g = backward(
-            &self.x,
-            &self.gamma,
-            &self.saved,
-            dy,
-            self.training,
-            [needs[0], needs[1], needs[2]],
-        )?;
+        let needs = BatchNormNeeds {
+            dx: needs[0],
+            dgamma: needs[1],
+            dbeta: needs[2],
+        };
+        let g = batch_norm2d_backward(&self.x, &self.gamma, &self.saved, dy, self.mode, needs)?;
         Ok(vec![g.dx, g.dgamma, g.dbeta])
     }
     fn name(&self) -> &'static str {
-        if self.training {
-            "batch_norm2d_train"
-        } else {
-            "batch_norm2d_eval"
-        }
+        self.mode.op_name()
     }
+}
+
+/// Records y of a forward in `mode` that normalised with `saved`.
+fn record(
+    tape: &Tape,
+    [x, gamma, beta]: [&Var; 3],
+    y: Tensor,
+    saved: BatchNormSaved,
+    mode: BatchNormMode,
+) -> Var {
+    let bw = BatchNormBackward {
+        x: x.value_arc(),
+        gamma: gamma.value_arc(),
+        saved,
+        mode,
+    };
+    tape.record(y, &[x, gamma, beta], bw)
 }
 
 /// Training-mode batch norm; the caller applies `update_running_stats` with the returned stats.
@@ -517,16 +498,11 @@ pub fn batch_norm2d_train(
     beta: &Var,
     eps: f32,
 ) -> Result<(Var, BatchStats)> {
-    let (y, saved, stats) = tape.timed("batch_norm2d_train", || {
+    let mode = BatchNormMode::Train;
+    let (y, saved, stats) = tape.timed(mode.op_name(), || {
         batch_norm2d_train_forward(x.value(), gamma.value(), beta.value(), eps)
     })?;
-    let bw = BatchNormBackward {
-        x: x.value_arc(),
-        gamma: gamma.value_arc(),
-        saved,
-        training: true,
-    };
-    Ok((tape.record(y, &[x, gamma, beta], bw), stats))
+    Ok((record(tape, [x, gamma, beta], y, saved, mode), stats))
 }
 
 /// Eval-mode batch norm with the running statistics (differentiable in x, gamma and beta).
@@ -539,17 +515,12 @@ pub fn batch_norm2d_eval(
     running_var: &Tensor,
     eps: f32,
 ) -> Result<Var> {
+    let mode = BatchNormMode::Eval;
     let saved = BatchNormSaved::from_running(running_mean, running_var, eps)?;
-    let y = tape.timed("batch_norm2d_eval", || {
+    let y = tape.timed(mode.op_name(), || {
         normalize(x.value(), gamma.value(), beta.value(), &saved)
     })?;
-    let bw = BatchNormBackward {
-        x: x.value_arc(),
-        gamma: gamma.value_arc(),
-        saved,
-        training: false,
-    };
-    Ok(tape.record(y, &[x, gamma, beta], bw))
+    Ok(record(tape, [x, gamma, beta], y, saved, mode))
 }
 
 #[cfg(test)]
