@@ -216,3 +216,33 @@ fn shape_errors_name_batch_norm2d() {
         "{e}"
     );
 }
+
+#[test]
+fn geometry_checks_rank_emptiness_and_u32() {
+    let g = BatchNorm2dGeometry::new(&[3, 5, 7, 4]).unwrap();
+    assert_eq!((g.n, g.c, g.hw), (3, 5, 28));
+    assert_eq!((g.numel(), g.per_channel()), (3 * 5 * 28, 3 * 28));
+    // An empty batch is a shape (eval of nothing); empty channels or planes are not.
+    assert!(BatchNorm2dGeometry::new(&[0, 2, 3, 3]).is_ok());
+    for dims in [[2, 0, 3, 3], [2, 2, 0, 3], [2, 2, 3, 0]] {
+        let e = BatchNorm2dGeometry::new(&dims).unwrap_err().to_string();
+        assert!(e.contains("batch_norm2d") && e.contains("empty"), "{e}");
+    }
+    let e = BatchNorm2dGeometry::new(&[2, 3, 4])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("rank 4"), "{e}");
+    assert!(BatchNorm2dGeometry::new(&[1 << 32, 1, 1, 1]).is_err());
+    assert!(BatchNorm2dGeometry::new(&[1, usize::MAX, 2, 2]).is_err());
+}
+
+#[test]
+fn only_the_training_dx_needs_the_sums() {
+    let needs = |dx, dgamma, dbeta| BatchNormNeeds { dx, dgamma, dbeta };
+    assert!(needs(true, false, false).sums(BatchNormMode::Train));
+    assert!(!needs(true, false, false).sums(BatchNormMode::Eval));
+    for mode in [BatchNormMode::Train, BatchNormMode::Eval] {
+        assert!(needs(false, true, false).sums(mode) && needs(false, false, true).sums(mode));
+        assert!(!needs(false, false, false).sums(mode));
+    }
+}
