@@ -78,5 +78,33 @@ fn batch_norm_train_eval_running_and_backward() {
                 REDUCTION,
             );
         }
+        // One gradient at a time: the GPU then skips the reduction or the dx kernel, and what is
+        // asked for must not change.
+        for (mode, s, sg) in [("train", &saved, &savedg), ("eval", &se, &seg)] {
+            let backward = if mode == "train" {
+                batch_norm2d_train_backward
+            } else {
+                batch_norm2d_eval_backward
+            };
+            for [nx, ng, nb] in [
+                [true, false, false],
+                [false, true, false],
+                [false, false, true],
+            ] {
+                let gc = backward(&x, &gamma, s, &dy, nx, ng, nb).unwrap();
+                let gp = backward(&xg, &gg, sg, &dyg, nx, ng, nb).unwrap();
+                for (what, a, b) in [
+                    ("dx", &gp.dx, &gc.dx),
+                    ("dgamma", &gp.dgamma, &gc.dgamma),
+                    ("dbeta", &gp.dbeta, &gc.dbeta),
+                ] {
+                    let tag = format!("bn {mode} {what} alone {:?} {tag}", [nx, ng, nb]);
+                    assert_eq!(a.is_some(), b.is_some(), "{tag}: presence");
+                    if let (Some(a), Some(b)) = (a, b) {
+                        close(&tag, a, b, REDUCTION);
+                    }
+                }
+            }
+        }
     }
 }
