@@ -6,6 +6,10 @@
 //!
 //! Both record a backward (to x, gamma, beta). The backward saves x (shared by `Arc`), gamma and
 //! the per-channel mean and 1/√(var + eps), and recomputes x̂ from them.
+//!
+//! This file checks shapes (into a [`BatchNorm2dGeometry`]), dispatches on the device and records
+//! on the tape; cpu.rs (the reference) and cuda.rs (the launchers of kernels/batch_norm2d.cu)
+//! offer the same functions: batch_stats, invstd, normalize, running_blend and backward.
 mod cpu;
 pub mod cuda;
 
