@@ -5,19 +5,17 @@
 #include "common.cuh"
 #include "reduce.cuh"
 
-// Mirrors `BnParams` in src/ops/batch_norm2d/cuda.rs.
-struct BnParams {
+// Mirrors `BatchNorm2dGeometry` in src/ops/batch_norm2d/mod.rs.
+struct BatchNorm2dGeometry {
     u64 hw;   // H * W
     u32 n, c; // batch, channels
-    float eps;
-    u32 pad_; // explicit padding so both sides agree on the 24-byte size
 };
-static_assert(sizeof(BnParams) == 24, "BnParams layout must match the Rust struct");
+static_assert(sizeof(BatchNorm2dGeometry) == 16, "layout must match the Rust struct");
 
 // Per channel: mean, biased var, invstd. One block per channel (grid-stride over channels).
-extern "C" __global__ void bn_stats_f32(BnParams p, const float* __restrict__ x,
-                                        float* __restrict__ mean, float* __restrict__ var,
-                                        float* __restrict__ invstd) {
+extern "C" __global__ void bn_stats_f32(BatchNorm2dGeometry p, float eps,
+                                        const float* __restrict__ x, float* __restrict__ mean,
+                                        float* __restrict__ var, float* __restrict__ invstd) {
     __shared__ float sh[33];
     const float m = (float)((u64)p.n * p.hw);
     for (u32 ch = blockIdx.x; ch < p.c; ch += gridDim.x) {
@@ -39,7 +37,7 @@ extern "C" __global__ void bn_stats_f32(BnParams p, const float* __restrict__ x,
         if (threadIdx.x == 0) {
             mean[ch] = mu;
             var[ch] = v;
-            invstd[ch] = 1.0f / sqrtf(v + p.eps);
+            invstd[ch] = 1.0f / sqrtf(v + eps);
         }
     }
 }
@@ -52,7 +50,7 @@ extern "C" __global__ void bn_invstd_f32(const float* __restrict__ var, float* _
 
 // y = (x - mean[c]) * (invstd[c] * gamma[c]) + beta[c] (train: batch stats; eval: running
 // stats), grouped as the CPU reference.
-extern "C" __global__ void bn_fwd_f32(BnParams p, const float* __restrict__ x,
+extern "C" __global__ void bn_fwd_f32(BatchNorm2dGeometry p, const float* __restrict__ x,
                                       const float* __restrict__ mean,
                                       const float* __restrict__ invstd,
                                       const float* __restrict__ gamma,
@@ -78,7 +76,7 @@ extern "C" __global__ void bn_running_update_f32(u32 c, float momentum, float un
 
 // Per channel: dbeta = sum dy, dgamma = sum dy * xhat with xhat = (x - mean) * invstd.
 // One block per channel, deterministic.
-extern "C" __global__ void bn_bwd_reduce_f32(BnParams p, const float* __restrict__ x,
+extern "C" __global__ void bn_bwd_reduce_f32(BatchNorm2dGeometry p, const float* __restrict__ x,
                                              const float* __restrict__ dy,
                                              const float* __restrict__ mean,
                                              const float* __restrict__ invstd,
@@ -107,7 +105,7 @@ extern "C" __global__ void bn_bwd_reduce_f32(BnParams p, const float* __restrict
 
 // Training-mode input gradient, in the CPU reference's form:
 // dx = gamma*invstd * (dy - dbeta/M - xhat*dgamma/M).
-extern "C" __global__ void bn_bwd_dx_train_f32(BnParams p, const float* __restrict__ x,
+extern "C" __global__ void bn_bwd_dx_train_f32(BatchNorm2dGeometry p, const float* __restrict__ x,
                                                const float* __restrict__ dy,
                                                const float* __restrict__ mean,
                                                const float* __restrict__ invstd,
@@ -127,7 +125,7 @@ extern "C" __global__ void bn_bwd_dx_train_f32(BnParams p, const float* __restri
 }
 
 // Eval-mode input gradient (statistics are constants): dx = dy * gamma * invstd.
-extern "C" __global__ void bn_bwd_dx_eval_f32(BnParams p, const float* __restrict__ dy,
+extern "C" __global__ void bn_bwd_dx_eval_f32(BatchNorm2dGeometry p, const float* __restrict__ dy,
                                               const float* __restrict__ invstd,
                                               const float* __restrict__ gamma,
                                               float* __restrict__ dx) {

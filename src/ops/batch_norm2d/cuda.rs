@@ -1,9 +1,10 @@
-//! BatchNorm2d on the GPU (kernels/batch_norm2d.cu): batch statistics by a two-pass per-channel
-//! block reduction (deterministic), running-statistics update, eval mode, and both backwards.
-use crate::device::cuda::{
-    check_len, dim_u32, launch, numel, CudaDevice, GpuBuffer, Kernel, KernelFile, KernelParam,
-};
+//! BatchNorm2d on the GPU (kernels/batch_norm2d.cu), the twins of cpu.rs: batch statistics by a
+//! two-pass per-channel block reduction (deterministic), running-statistics update, eval mode,
+//! and both backwards.
+use super::{BatchNorm2dGeometry, BatchNormGrads, BatchNormMode, BatchNormNeeds, ChannelStats};
+use crate::device::cuda::{check_len, dim_u32, launch, CudaDevice, GpuBuffer, Kernel, KernelFile};
 use crate::error::{Error, Result};
+use crate::ops::elementwise::cuda::scale;
 
 const FILE: &str = "batch_norm2d.cu";
 const STATS: Kernel = Kernel::new(FILE, "bn_stats_f32");
@@ -26,118 +27,62 @@ pub const KERNELS: KernelFile = KernelFile::new(
     ],
 );
 
-/// Mirrors `struct BnParams` in kernels/batch_norm2d.cu field for field.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct BnParams {
-    pub hw: u64,
-    pub n: u32,
-    pub c: u32,
-    pub eps: f32,
-    pub pad_: u32,
-}
-// Safety: a u64 and four 4-byte fields, as `struct BnParams` in the kernel.
-unsafe impl KernelParam for BnParams {}
-const _: () = assert!(std::mem::size_of::<BnParams>() == 24);
-
 const OP: &str = "batch_norm2d (cuda)";
 
-/// Shape of an NCHW batch-norm input.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BnDims {
-    pub n: usize,
-    pub c: usize,
-    pub h: usize,
-    pub w: usize,
-}
-
-impl BnDims {
-    fn params(&self, eps: f32) -> Result<BnParams> {
-        numel(OP, &[self.n, self.c, self.h, self.w])?;
-        Ok(BnParams {
-            hw: (self.h * self.w) as u64,
-            n: dim_u32(OP, "N", self.n)?,
-            c: dim_u32(OP, "C", self.c)?,
-            eps,
-            pad_: 0,
-        })
+/// Checks the buffers of N·C·H·W values (`full`) and those of one value per channel.
+fn check_sizes(
+    g: &BatchNorm2dGeometry,
+    full: &[(&str, &GpuBuffer<f32>)],
+    per_channel: &[(&str, &GpuBuffer<f32>)],
+) -> Result<()> {
+    for (what, b) in full {
+        check_len(OP, what, *b, g.numel())?;
     }
-    fn numel(&self) -> usize {
-        self.n * self.c * self.h * self.w
+    for (what, b) in per_channel {
+        check_len(OP, what, *b, g.channels())?;
     }
-    /// Values per channel, M = N·H·W.
-    pub fn per_channel(&self) -> usize {
-        self.n * self.h * self.w
-    }
+    Ok(())
 }
 
-/// What the training forward saves: per-channel batch mean, biased variance and
-/// 1/sqrt(var + eps).
-pub struct BnSaved {
-    pub mean: GpuBuffer<f32>,
-    pub var: GpuBuffer<f32>,
-    pub invstd: GpuBuffer<f32>,
-}
-
-fn check_channel_vec(what: &str, s: &GpuBuffer<f32>, c: usize) -> Result<()> {
-    check_len(OP, what, s, c)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn launch_fwd(
+/// Per-channel batch statistics of x: mean, 1/sqrt(var + eps) and the unbiased variance
+/// M/(M−1)·var. Refuses M = N·H·W < 2 (the unbiased variance needs two values, as PyTorch).
+pub fn batch_stats(
     dev: &CudaDevice,
-    p: &BnParams,
     x: &GpuBuffer<f32>,
-    mean: &GpuBuffer<f32>,
-    invstd: &GpuBuffer<f32>,
-    gamma: &GpuBuffer<f32>,
-    beta: &GpuBuffer<f32>,
-    total: usize,
-) -> Result<GpuBuffer<f32>> {
-    let mut y = dev.alloc::<f32>(total)?;
-    dev.launch(FWD)
-        .arg(p)
-        .buf(x)
-        .buf(mean)
-        .buf(invstd)
-        .buf(gamma)
-        .buf(beta)
-        .out(&mut y)
-        .run(dev.cfg(total as u64))?;
-    Ok(y)
-}
-
-/// Per-channel batch statistics of x: mean, biased variance and 1/sqrt(var + eps). Refuses
-/// M = N·H·W < 2 (the unbiased variance of the running update needs two values, as PyTorch).
-pub fn batch_stats(dev: &CudaDevice, x: &GpuBuffer<f32>, d: BnDims, eps: f32) -> Result<BnSaved> {
-    let p = d.params(eps)?;
-    check_len(OP, "x", x, d.numel())?;
-    if d.per_channel() < 2 {
+    g: &BatchNorm2dGeometry,
+    eps: f32,
+) -> Result<ChannelStats<GpuBuffer<f32>>> {
+    check_sizes(g, &[("x", x)], &[])?;
+    let m = g.per_channel();
+    if m < 2 {
         return Err(Error::shape(
             OP,
-            format!("training needs more than 1 value per channel, got {d:?}"),
+            format!("training needs more than 1 value per channel, got {g:?}"),
         ));
     }
-    let mut mean = dev.alloc::<f32>(d.c)?;
-    let mut var = dev.alloc::<f32>(d.c)?;
-    let mut invstd = dev.alloc::<f32>(d.c)?;
+    let c = g.channels();
+    let mut mean = dev.alloc::<f32>(c)?;
+    let mut var = dev.alloc::<f32>(c)?;
+    let mut invstd = dev.alloc::<f32>(c)?;
     dev.launch(STATS)
-        .arg(&p)
+        .arg(g)
+        .arg(&eps)
         .buf(x)
         .out(&mut mean)
         .out(&mut var)
         .out(&mut invstd)
-        .run(launch::per_item(d.c as u64))?;
-    Ok(BnSaved { mean, var, invstd })
+        .run(launch::per_item(c as u64))?;
+    let var_unbiased = scale(dev, &var, (m as f64 / (m - 1) as f64) as f32)?;
+    Ok(ChannelStats {
+        mean,
+        invstd,
+        var_unbiased,
+    })
 }
 
 /// invstd = 1/sqrt(var + eps) per channel (the eval path's normaliser).
-pub fn invstd_of(
-    dev: &CudaDevice,
-    var: &GpuBuffer<f32>,
-    c: usize,
-    eps: f32,
-) -> Result<GpuBuffer<f32>> {
+pub fn invstd(dev: &CudaDevice, var: &GpuBuffer<f32>, eps: f32) -> Result<GpuBuffer<f32>> {
+    let c = var.len();
     let cu = dim_u32(OP, "C", c)?;
     let mut invstd = dev.alloc::<f32>(c)?;
     dev.launch(INVSTD)
@@ -158,19 +103,29 @@ pub fn normalize(
     invstd: &GpuBuffer<f32>,
     gamma: &GpuBuffer<f32>,
     beta: &GpuBuffer<f32>,
-    d: BnDims,
+    g: &BatchNorm2dGeometry,
 ) -> Result<GpuBuffer<f32>> {
-    let p = d.params(0.0)?;
-    check_len(OP, "x", x, d.numel())?;
-    for (what, s) in [
-        ("mean", mean),
-        ("invstd", invstd),
-        ("gamma", gamma),
-        ("beta", beta),
-    ] {
-        check_channel_vec(what, s, d.c)?;
-    }
-    launch_fwd(dev, &p, x, mean, invstd, gamma, beta, d.numel())
+    check_sizes(
+        g,
+        &[("x", x)],
+        &[
+            ("mean", mean),
+            ("invstd", invstd),
+            ("gamma", gamma),
+            ("beta", beta),
+        ],
+    )?;
+    let mut y = dev.alloc::<f32>(g.numel())?;
+    dev.launch(FWD)
+        .arg(g)
+        .buf(x)
+        .buf(mean)
+        .buf(invstd)
+        .buf(gamma)
+        .buf(beta)
+        .out(&mut y)
+        .run(dev.cfg(g.numel() as u64))?;
+    Ok(y)
 }
 
 /// `r = (1 − momentum)·r + momentum·stat` for the running mean and variance, given the batch
@@ -189,7 +144,7 @@ pub fn running_blend(
         ("running_mean", &*running_mean),
         ("running_var", &*running_var),
     ] {
-        check_channel_vec(what, s, c)?;
+        check_len(OP, what, s, c)?;
     }
     let cu = dim_u32(OP, "C", c)?;
     let unbias = 1.0f32;
@@ -206,73 +161,57 @@ pub fn running_blend(
 }
 
 /// Backward from the statistics the forward normalised with: dgamma = Σ dy·x̂, dbeta = Σ dy,
-/// and dx in training mode (the statistics depend on x) or eval mode (constants).
+/// and dx in training mode (the statistics depend on x) or eval mode (constants); only what
+/// `needs` asks for is computed.
 #[allow(clippy::too_many_arguments)]
-pub fn backward_with_stats(
+pub fn backward(
     dev: &CudaDevice,
     x: &GpuBuffer<f32>,
     dy: &GpuBuffer<f32>,
     gamma: &GpuBuffer<f32>,
     mean: &GpuBuffer<f32>,
     invstd: &GpuBuffer<f32>,
-    d: BnDims,
-    training: bool,
-) -> Result<BnGrads> {
-    let p = d.params(0.0)?;
-    check_len(OP, "x", x, d.numel())?;
-    check_len(OP, "dy", dy, d.numel())?;
-    for (what, s) in [("gamma", gamma), ("mean", mean), ("invstd", invstd)] {
-        check_channel_vec(what, s, d.c)?;
-    }
-    let (dgamma, dbeta) = reduce(dev, &p, x, dy, mean, invstd, d.c)?;
-    let total = d.numel();
-    let mut dx = dev.alloc::<f32>(total)?;
-    if let Some(cfg) = dev.cfg(total as u64) {
-        if training {
-            dev.launch(BWD_DX_TRAIN)
-                .arg(&p)
-                .buf(x)
-                .buf(dy)
-                .buf(mean)
-                .buf(invstd)
-                .buf(gamma)
-                .buf(&dgamma)
-                .buf(&dbeta)
-                .out(&mut dx)
-                .run(Some(cfg))?;
-        } else {
-            dev.launch(BWD_DX_EVAL)
-                .arg(&p)
-                .buf(dy)
-                .buf(invstd)
-                .buf(gamma)
-                .out(&mut dx)
-                .run(Some(cfg))?;
-        }
-    }
-    Ok(BnGrads { dx, dgamma, dbeta })
+    g: &BatchNorm2dGeometry,
+    mode: BatchNormMode,
+    needs: BatchNormNeeds,
+) -> Result<BatchNormGrads<GpuBuffer<f32>>> {
+    check_sizes(
+        g,
+        &[("x", x), ("dy", dy)],
+        &[("gamma", gamma), ("mean", mean), ("invstd", invstd)],
+    )?;
+    // One reduction gives dgamma and dbeta, which the training dx needs too.
+    let sums = needs
+        .sums(mode)
+        .then(|| reduce(dev, g, x, dy, mean, invstd))
+        .transpose()?;
+    let train_sums = sums.as_ref().filter(|_| mode == BatchNormMode::Train);
+    let dx = needs
+        .dx
+        .then(|| launch_dx(dev, g, x, dy, gamma, mean, invstd, train_sums))
+        .transpose()?;
+    let (dgamma, dbeta) = sums.unzip();
+    Ok(BatchNormGrads {
+        dx,
+        dgamma: dgamma.filter(|_| needs.dgamma),
+        dbeta: dbeta.filter(|_| needs.dbeta),
+    })
 }
 
-/// Gradients of a batch-norm layer: (dx, dgamma, dbeta).
-pub struct BnGrads {
-    pub dx: GpuBuffer<f32>,
-    pub dgamma: GpuBuffer<f32>,
-    pub dbeta: GpuBuffer<f32>,
-}
-
+/// Per channel (dgamma, dbeta) = (Σ dy·x̂, Σ dy).
 fn reduce(
     dev: &CudaDevice,
-    p: &BnParams,
+    g: &BatchNorm2dGeometry,
     x: &GpuBuffer<f32>,
     dy: &GpuBuffer<f32>,
     mean: &GpuBuffer<f32>,
     invstd: &GpuBuffer<f32>,
-    c: usize,
 ) -> Result<(GpuBuffer<f32>, GpuBuffer<f32>)> {
+    let c = g.channels();
     let mut dgamma = dev.alloc::<f32>(c)?;
     let mut dbeta = dev.alloc::<f32>(c)?;
     dev.launch(BWD_REDUCE)
-        .arg(p)
+        .arg(g)
         .buf(x)
         .buf(dy)
         .buf(mean)
@@ -281,4 +220,43 @@ fn reduce(
         .out(&mut dbeta)
         .run(launch::per_item(c as u64))?;
     Ok((dgamma, dbeta))
+}
+
+/// dx: the training form when given the sums (dgamma, dbeta), else the eval form.
+#[allow(clippy::too_many_arguments)]
+fn launch_dx(
+    dev: &CudaDevice,
+    g: &BatchNorm2dGeometry,
+    x: &GpuBuffer<f32>,
+    dy: &GpuBuffer<f32>,
+    gamma: &GpuBuffer<f32>,
+    mean: &GpuBuffer<f32>,
+    invstd: &GpuBuffer<f32>,
+    train_sums: Option<&(GpuBuffer<f32>, GpuBuffer<f32>)>,
+) -> Result<GpuBuffer<f32>> {
+    let mut dx = dev.alloc::<f32>(g.numel())?;
+    let cfg = dev.cfg(g.numel() as u64);
+    match train_sums {
+        Some((dgamma, dbeta)) => dev
+            .launch(BWD_DX_TRAIN)
+            .arg(g)
+            .buf(x)
+            .buf(dy)
+            .buf(mean)
+            .buf(invstd)
+            .buf(gamma)
+            .buf(dgamma)
+            .buf(dbeta)
+            .out(&mut dx)
+            .run(cfg)?,
+        None => dev
+            .launch(BWD_DX_EVAL)
+            .arg(g)
+            .buf(dy)
+            .buf(invstd)
+            .buf(gamma)
+            .out(&mut dx)
+            .run(cfg)?,
+    }
+    Ok(dx)
 }
