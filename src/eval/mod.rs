@@ -3,7 +3,6 @@
 //! and localization scores at the localizer's own read-out settings.
 use std::sync::Arc;
 
-use crate::autograd::Var;
 use crate::data::Dataset;
 use crate::error::Result;
 use crate::infer::dataset::{localization_scores, predict_counts, ImageCount};
@@ -48,11 +47,4 @@ pub fn evaluate(
         metrics,
         localization,
     })
-}
-
-/// The counter's coarse map z of a batch of normalised images, in inference mode.
-///
-/// Kept only for `src/bench`, which calls it; the pass itself is `Counter::infer`.
-pub fn counter_z(counter: &Counter, images: crate::tensor::Tensor) -> Result<Var> {
-    counter.infer(images)
 }

@@ -52,26 +52,25 @@ fn batch_norm_train_eval_running_and_backward() {
         let seg = BatchNormSaved::from_running(&rmg, &rvg, 1e-5).unwrap();
         // Both backwards, for all three gradients and for one at a time (the GPU then skips the
         // reduction or the dx kernel, and what is asked for must not change).
-        for (mode, s, sg) in [("train", &saved, &savedg), ("eval", &se, &seg)] {
-            let backward = if mode == "train" {
-                batch_norm2d_train_backward
-            } else {
-                batch_norm2d_eval_backward
-            };
+        for (mode, s, sg) in [
+            (BatchNormMode::Train, &saved, &savedg),
+            (BatchNormMode::Eval, &se, &seg),
+        ] {
             for [nx, ng, nb] in [
                 [true, true, true],
                 [true, false, false],
                 [false, true, false],
                 [false, false, true],
             ] {
-                let gc = backward(&x, &gamma, s, &dy, nx, ng, nb).unwrap();
-                let gp = backward(&xg, &gg, sg, &dyg, nx, ng, nb).unwrap();
+                let needs = BatchNormNeeds::of([nx, ng, nb]);
+                let gc = batch_norm2d_backward(&x, &gamma, s, &dy, mode, needs).unwrap();
+                let gp = batch_norm2d_backward(&xg, &gg, sg, &dyg, mode, needs).unwrap();
                 for (what, asked, a, b) in [
                     ("dx", nx, &gp.dx, &gc.dx),
                     ("dgamma", ng, &gp.dgamma, &gc.dgamma),
                     ("dbeta", nb, &gp.dbeta, &gc.dbeta),
                 ] {
-                    let tag = format!("bn {mode} {what} needs {:?} {tag}", [nx, ng, nb]);
+                    let tag = format!("bn {mode:?} {what} needs {:?} {tag}", [nx, ng, nb]);
                     assert!(
                         a.is_some() == asked && b.is_some() == asked,
                         "{tag}: presence"

@@ -33,8 +33,8 @@ use dcl::device::cuda::gemm::{sgemm, RowMajorGemm};
 use dcl::device::{CudaDevice, Device};
 use dcl::nn::{apply_bn_updates, Counter, Forward, Localizer, ModelConfig, ModelKind};
 use dcl::ops::batch_norm2d::{
-    batch_norm2d_eval_backward, batch_norm2d_eval_forward, batch_norm2d_train_backward,
-    batch_norm2d_train_forward, update_running_stats, BatchNormSaved,
+    batch_norm2d_backward, batch_norm2d_eval_forward, batch_norm2d_train_forward,
+    update_running_stats, BatchNormMode, BatchNormNeeds, BatchNormSaved,
 };
 use dcl::ops::concat::{concat_channels_backward, concat_channels_forward};
 use dcl::ops::conv2d::{conv2d_backward, conv2d_forward, cuda as conv_cuda, Conv2dArgs};

@@ -3,7 +3,9 @@ use super::timing::{nchw, randn, Bench, Rows, F32};
 use super::KernelBenchOptions;
 use crate::error::Result;
 use crate::nn::layers::scaled;
-use crate::ops::batch_norm2d::{batch_norm2d_train_backward, batch_norm2d_train_forward};
+use crate::ops::batch_norm2d::{
+    batch_norm2d_backward, batch_norm2d_train_forward, BatchNormMode, BatchNormNeeds,
+};
 use crate::ops::concat::{concat_channels_backward, concat_channels_forward};
 use crate::ops::loss::{
     count_l1_loss_backward, count_l1_loss_forward, mse_loss_backward, mse_loss_forward,
@@ -63,7 +65,8 @@ pub(super) fn rows(b: &Bench, r: &mut Rows, o: &KernelBenchOptions, rng: &mut Rn
         let (_, saved, _) = batch_norm2d_train_forward(&x, &gamma, &beta, 1e-5)?;
         let tf = b.time(|| batch_norm2d_train_forward(&x, &gamma, &beta, 1e-5).map(drop))?;
         let tb = b.time(|| {
-            batch_norm2d_train_backward(&x, &gamma, &saved, &dy, true, true, true).map(drop)
+            let all = BatchNormNeeds::ALL;
+            batch_norm2d_backward(&x, &gamma, &saved, &dy, BatchNormMode::Train, all).map(drop)
         })?;
         let nb = x.numel() as f64 * F32;
         r.bw(

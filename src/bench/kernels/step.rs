@@ -85,7 +85,7 @@ pub(super) fn rows(b: &Bench, r: &mut Rows, o: &KernelBenchOptions, rng: &mut Rn
     let density = randn(&[n, 1, s, s], 0.01, rng, dev)?;
     let tl = b.time(|| {
         // As the localizer's training step: the frozen counter's map, then the UNet.
-        let z = crate::eval::counter_z(&counter, images.clone())?;
+        let z = counter.infer(images.clone())?;
         let tape = Tape::new();
         let (grads, updates) = {
             let bound = loc.store.bind(&tape, true);

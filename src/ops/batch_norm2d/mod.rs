@@ -179,6 +179,17 @@ pub struct BatchNormNeeds {
 }
 
 impl BatchNormNeeds {
+    /// All three gradients (what a layer in training asks for).
+    pub const ALL: BatchNormNeeds = BatchNormNeeds {
+        dx: true,
+        dgamma: true,
+        dbeta: true,
+    };
+    /// The gradients whose flags are set, in the order dx, dgamma, dbeta.
+    pub fn of([dx, dgamma, dbeta]: [bool; 3]) -> Self {
+        BatchNormNeeds { dx, dgamma, dbeta }
+    }
+
     /// The per-channel sums Σdy (dbeta) and Σdy·x̂ (dgamma) are needed: for themselves, and by
     /// the training dx.
     pub fn sums(self, mode: BatchNormMode) -> bool {
@@ -383,32 +394,6 @@ pub fn batch_norm2d_backward(
 
 /// Declares the entry point of [`batch_norm2d_backward`] for one mode, with the needs as flags
 /// (x, gamma, beta): the two modes' entry points are one piece of code.
-macro_rules! backward_in_mode {
-    ($(#[$doc:meta])* $name:ident: $mode:ident) => {
-        $(#[$doc])*
-        pub fn $name(
-            x: &Tensor,
-            gamma: &Tensor,
-            saved: &BatchNormSaved,
-            dy: &Tensor,
-            dx: bool,
-            dgamma: bool,
-            dbeta: bool,
-        ) -> Result<BatchNormGrads> {
-            let needs = BatchNormNeeds { dx, dgamma, dbeta };
-            batch_norm2d_backward(x, gamma, saved, dy, BatchNormMode::$mode, needs)
-        }
-    };
-}
-backward_in_mode!(
-    /// Training backward (the batch statistics depend on x).
-    batch_norm2d_train_backward: Train
-);
-backward_in_mode!(
-    /// Eval backward (fixed statistics, from `BatchNormSaved::from_running`).
-    batch_norm2d_eval_backward: Eval
-);
-
 /// r ← (1 − momentum)·r + momentum·stat for the mean and the unbiased variance (PyTorch).
 pub fn update_running_stats(
     running_mean: &mut Tensor,

@@ -144,7 +144,14 @@ fn gradcheck_rejects_eval_gradient_in_training() {
     struct WrongTrain(Arc<Tensor>, Arc<Tensor>, BatchNormSaved);
     impl Backward for WrongTrain {
         fn backward(&self, dy: &Tensor, _: &[bool]) -> Result<Vec<Option<Tensor>>> {
-            let g = batch_norm2d_eval_backward(&self.0, &self.1, &self.2, dy, true, true, true)?;
+            let g = batch_norm2d_backward(
+                &self.0,
+                &self.1,
+                &self.2,
+                dy,
+                BatchNormMode::Eval,
+                BatchNormNeeds::ALL,
+            )?;
             Ok(vec![g.dx, g.dgamma, g.dbeta])
         }
         fn name(&self) -> &'static str {
@@ -169,10 +176,12 @@ fn backward_honours_needs() {
     let x = random_input(&[2, 2, 3, 3], 1);
     let (_, saved, _) = batch_norm2d_train_forward(&x, &t(&[1., 1.]), &t(&[0., 0.]), 1e-5).unwrap();
     let dy = random_input(&[2, 2, 3, 3], 2);
-    let g =
-        batch_norm2d_train_backward(&x, &t(&[1., 1.]), &saved, &dy, true, false, false).unwrap();
+    let train = |needs| {
+        batch_norm2d_backward(&x, &t(&[1., 1.]), &saved, &dy, BatchNormMode::Train, needs).unwrap()
+    };
+    let g = train(BatchNormNeeds::of([true, false, false]));
     assert!(g.dx.is_some() && g.dgamma.is_none() && g.dbeta.is_none());
-    let g = batch_norm2d_train_backward(&x, &t(&[1., 1.]), &saved, &dy, false, true, true).unwrap();
+    let g = train(BatchNormNeeds::of([false, true, true]));
     assert!(g.dx.is_none() && g.dgamma.is_some() && g.dbeta.is_some());
     // dbeta is Σ dy per channel.
     let d = dy.to_vec();
