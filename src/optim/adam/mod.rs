@@ -1,5 +1,8 @@
 //! Adam exactly as `torch.optim.Adam` (L2 weight decay added to the gradient, bias corrections
 //! on m and v), with its state saved and restored for resuming a run.
+mod cpu;
+pub mod cuda;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -137,27 +140,14 @@ pub fn update_tensor(
         v.storage_mut(),
     ) {
         (Storage::Cpu(p), Storage::Cpu(g), Storage::Cpu(m), Storage::Cpu(v)) => {
-            update_cpu(p, g, m, v, h);
+            cpu::update(p, g, m, v, h);
             Ok(())
         }
         (Storage::Cuda(p), Storage::Cuda(g), Storage::Cuda(m), Storage::Cuda(v)) => {
             let dev = p.device().clone();
-            super::cuda::update(&dev, h, p, g, m, v)
+            cuda::update(&dev, h, p, g, m, v)
         }
         _ => unreachable!("devices checked above"),
-    }
-}
-
-fn update_cpu(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: &AdamStep) {
-    let step_size = h.lr / h.bias_correction1;
-    let bc2_sqrt = h.bias_correction2.sqrt();
-    for i in 0..p.len() {
-        let gi = g[i] + h.weight_decay * p[i];
-        m[i] = h.beta1 * m[i] + (1.0 - h.beta1) * gi;
-        v[i] = h.beta2 * v[i] + (1.0 - h.beta2) * gi * gi;
-        // torch: denom = sqrt(v) / sqrt(bc2) + eps; p -= lr / bc1 * m / denom
-        let denom = v[i].sqrt() / bc2_sqrt + h.eps;
-        p[i] -= step_size * m[i] / denom;
     }
 }
 

@@ -1,7 +1,7 @@
 //! Adam on the GPU, fused per parameter tensor (kernels/adam.cu): one launch updates the
 //! parameter and both moments in place, with the host's [`AdamStep`] (bias corrections in f64
 //! on the host, so both backends use the same values to the bit).
-use super::adam::AdamStep;
+use super::AdamStep;
 use crate::device::cuda::{check_len, CudaDevice, GpuBuffer, Kernel, KernelFile};
 use crate::error::Result;
 
