@@ -183,30 +183,19 @@ impl Preprocess {
         // The Grid rule works on a padded, resized copy; the others on the image itself.
         let padded;
         let (src, sw, sh, scale, patches) = match *self {
-            Preprocess::AsIs => (
-                img,
-                w,
-                h,
-                1.0,
-                vec![Patch {
+            Preprocess::AsIs | Preprocess::Resize { .. } => {
+                let out = match *self {
+                    Preprocess::Resize { size } => (size, size),
+                    _ => (w, h),
+                };
+                let whole = Patch {
                     row: 0,
                     col: 0,
                     region: (0, 0, w, h),
-                    out: (w, h),
-                }],
-            ),
-            Preprocess::Resize { size } => (
-                img,
-                w,
-                h,
-                1.0,
-                vec![Patch {
-                    row: 0,
-                    col: 0,
-                    region: (0, 0, w, h),
-                    out: (size, size),
-                }],
-            ),
+                    out,
+                };
+                (img, w, h, 1.0, vec![whole])
+            }
             Preprocess::Quad { size } => {
                 if w < 2 || h < 2 {
                     return Err(Error::file(

@@ -78,55 +78,7 @@ pub(super) struct Rows {
 }
 
 impl Rows {
-    pub(super) fn bw(
-        &mut self,
-        op: &str,
-        pass: &str,
-        shape: &str,
-        t: Timing,
-        bytes: f64,
-        note: String,
-    ) {
-        let gbs = bytes / (t.median_ms * 1e-3) / 1e9;
-        self.rows.push(Row {
-            op: op.into(),
-            pass: pass.into(),
-            shape: shape.into(),
-            median_ms: t.median_ms,
-            min_ms: t.min_ms,
-            bytes: Some(bytes),
-            flops: None,
-            gb_per_s: Some(gbs),
-            tflop_per_s: None,
-            pct_of_ceiling: Some(100.0 * gbs / self.ceil.copy_gb_per_s),
-            note,
-        });
-    }
-    pub(super) fn flop(
-        &mut self,
-        op: &str,
-        pass: &str,
-        shape: &str,
-        t: Timing,
-        flops: f64,
-        note: String,
-    ) {
-        let tf = flops / (t.median_ms * 1e-3) / 1e12;
-        self.rows.push(Row {
-            op: op.into(),
-            pass: pass.into(),
-            shape: shape.into(),
-            median_ms: t.median_ms,
-            min_ms: t.min_ms,
-            bytes: None,
-            flops: Some(flops),
-            gb_per_s: None,
-            tflop_per_s: Some(tf),
-            pct_of_ceiling: Some(100.0 * tf / self.ceil.gemm_tflop_per_s),
-            note,
-        });
-    }
-    pub(super) fn plain(&mut self, op: &str, pass: &str, shape: &str, t: Timing, note: String) {
+    fn push(&mut self, op: &str, pass: &str, shape: &str, t: Timing, note: String) -> &mut Row {
         self.rows.push(Row {
             op: op.into(),
             pass: pass.into(),
@@ -140,6 +92,45 @@ impl Rows {
             pct_of_ceiling: None,
             note,
         });
+        self.rows.last_mut().expect("just pushed")
+    }
+    /// A memory-bound op: `bytes` that must move, against the copy ceiling.
+    pub(super) fn bw(
+        &mut self,
+        op: &str,
+        pass: &str,
+        shape: &str,
+        t: Timing,
+        bytes: f64,
+        note: String,
+    ) {
+        let ceiling = self.ceil.copy_gb_per_s;
+        let gbs = bytes / (t.median_ms * 1e-3) / 1e9;
+        let row = self.push(op, pass, shape, t, note);
+        row.bytes = Some(bytes);
+        row.gb_per_s = Some(gbs);
+        row.pct_of_ceiling = Some(100.0 * gbs / ceiling);
+    }
+    /// A compute-bound op: `flops`, against the GEMM ceiling.
+    pub(super) fn flop(
+        &mut self,
+        op: &str,
+        pass: &str,
+        shape: &str,
+        t: Timing,
+        flops: f64,
+        note: String,
+    ) {
+        let ceiling = self.ceil.gemm_tflop_per_s;
+        let tf = flops / (t.median_ms * 1e-3) / 1e12;
+        let row = self.push(op, pass, shape, t, note);
+        row.flops = Some(flops);
+        row.tflop_per_s = Some(tf);
+        row.pct_of_ceiling = Some(100.0 * tf / ceiling);
+    }
+    /// A timing with no rate (whole steps).
+    pub(super) fn plain(&mut self, op: &str, pass: &str, shape: &str, t: Timing, note: String) {
+        self.push(op, pass, shape, t, note);
     }
 }
 

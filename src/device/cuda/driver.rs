@@ -291,7 +291,7 @@ impl Driver {
         .cuda(name)
     }
 
-    /// cuBLAS SGEMM (strided-batched when `batch > 1`) on the device's stream, column-major.
+    /// cuBLAS SGEMM (strided-batched) on the device's stream, column-major.
     ///
     /// # Safety
     /// The addresses must hold what the dimensions, leading dimensions and strides address.
@@ -312,46 +312,28 @@ impl Driver {
         };
         let handle = *self.blas.handle();
         let (a, b, c) = (first as *const f32, second as *const f32, out as *mut f32);
-        if cb.batch == 1 {
-            cudarc::cublas::result::sgemm(
-                handle,
-                op(cb.transa),
-                op(cb.transb),
-                cb.m,
-                cb.n,
-                cb.k,
-                &cb.alpha,
-                a,
-                cb.lda,
-                b,
-                cb.ldb,
-                &cb.beta,
-                c,
-                cb.ldc,
-            )
-            .cuda("cublasSgemm")
-        } else {
-            cudarc::cublas::result::sgemm_strided_batched(
-                handle,
-                op(cb.transa),
-                op(cb.transb),
-                cb.m,
-                cb.n,
-                cb.k,
-                &cb.alpha,
-                a,
-                cb.lda,
-                cb.stride_a,
-                b,
-                cb.ldb,
-                cb.stride_b,
-                &cb.beta,
-                c,
-                cb.ldc,
-                cb.stride_c,
-                cb.batch,
-            )
-            .cuda("cublasSgemmStridedBatched")
-        }
+        // One strided-batched call for every batch size: with batch 1 cuBLAS runs it as a plain
+        // GEMM (the strides are not read).
+        cudarc::cublas::result::sgemm_strided_batched(
+            handle,
+            op(cb.transa),
+            op(cb.transb),
+            cb.m,
+            cb.n,
+            cb.k,
+            &cb.alpha,
+            a,
+            cb.lda,
+            cb.stride_a,
+            b,
+            cb.ldb,
+            cb.stride_b,
+            &cb.beta,
+            c,
+            cb.ldc,
+            cb.stride_c,
+            cb.batch,
+        )
+        .cuda("cublasSgemmStridedBatched")
     }
 }
