@@ -13,7 +13,7 @@ struct BatchNorm2dGeometry {
 static_assert(sizeof(BatchNorm2dGeometry) == 16, "layout must match the Rust struct");
 
 // Per channel: mean, biased var, invstd. One block per channel (grid-stride over channels).
-extern "C" __global__ void bn_stats_f32(BatchNorm2dGeometry p, float eps,
+extern "C" __global__ void __launch_bounds__(256) bn_stats_f32(BatchNorm2dGeometry p, float eps,
                                         const float* __restrict__ x, float* __restrict__ mean,
                                         float* __restrict__ var, float* __restrict__ invstd) {
     __shared__ float sh[33];
@@ -76,7 +76,7 @@ extern "C" __global__ void bn_running_update_f32(u32 c, float momentum, float un
 
 // Per channel: dbeta = sum dy, dgamma = sum dy * xhat with xhat = (x - mean) * invstd.
 // One block per channel, deterministic.
-extern "C" __global__ void bn_bwd_reduce_f32(BatchNorm2dGeometry p, const float* __restrict__ x,
+extern "C" __global__ void __launch_bounds__(256) bn_bwd_reduce_f32(BatchNorm2dGeometry p, const float* __restrict__ x,
                                              const float* __restrict__ dy,
                                              const float* __restrict__ mean,
                                              const float* __restrict__ invstd,

@@ -85,7 +85,7 @@ extern "C" __global__ void conv_bias_add_f32(float* __restrict__ y, const float*
 
 // db[o] = sum over n, q of dy[n][o][q]. One block per channel (grid-stride over channels),
 // block tree reduction: deterministic, no atomics. Launch with blockDim.x == BLOCK.
-extern "C" __global__ void conv_bias_grad_f32(const float* __restrict__ dy, float* __restrict__ db,
+extern "C" __global__ void __launch_bounds__(256) conv_bias_grad_f32(const float* __restrict__ dy, float* __restrict__ db,
                                               u32 images, u32 channels, u64 plane) {
     __shared__ float sh[33];
     for (u32 ch = blockIdx.x; ch < channels; ch += gridDim.x) {

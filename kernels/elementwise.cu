@@ -34,7 +34,7 @@ extern "C" __global__ void fill_scalar_f32(const float* __restrict__ s, float* _
 }
 
 // partial[blockIdx.x] = sum of this block's grid-stride share of x.
-extern "C" __global__ void sum_partial_f32(const float* __restrict__ x, float* __restrict__ partial,
+extern "C" __global__ void __launch_bounds__(256) sum_partial_f32(const float* __restrict__ x, float* __restrict__ partial,
                                            u64 n) {
     __shared__ float sh[33];
     float s = 0.0f;
@@ -44,7 +44,7 @@ extern "C" __global__ void sum_partial_f32(const float* __restrict__ x, float* _
 }
 
 // out[0] = sum of partial[0..parts); launch as a single block.
-extern "C" __global__ void sum_finalize_f32(const float* __restrict__ partial, u32 parts,
+extern "C" __global__ void __launch_bounds__(256) sum_finalize_f32(const float* __restrict__ partial, u32 parts,
                                             float* __restrict__ out) {
     __shared__ float sh[33];
     float s = 0.0f;

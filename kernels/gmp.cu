@@ -12,7 +12,8 @@
 //   unfused: one kernel per stage: per-(n, k, i, j) tap indices and weights, per-(n, k, c, i, j)
 //            samples [N, K, C, H, W], mean over K; backward likewise through [N, K, C, H, W]
 //            position-gradient buffers reduced over C by a last kernel.
-//   fused:   one kernel each way. A thread owns a position (n, i, j) and a group of channels
+//   fused:   one kernel each way (instantiated for K <= 4, 8 and 16, see below; the first
+//            version, arrays for 16 whatever K, is kept as fused16). A thread owns a position (n, i, j) and a group of channels
 //            (blockIdx.y); it computes the K cells once and reuses them for every channel of
 //            its group. Threads of a warp hold neighbouring positions, so NCHW reads and writes
 //            stay coalesced. The backward produces dx (atomics) and doff (per-thread sums over
@@ -312,11 +313,16 @@ extern "C" __global__ void gmp_unf_bwd_reduce_f32(GmpGeometry p, const float* __
 }
 
 // ---------------------------------------------------------------------------------------------
-// fused (K <= GMP_FUSED_MAX_K; grid.y = ceil(C / c_per_group) channel groups)
+// fused (grid.y = ceil(C / c_per_group) channel groups). The forward's per-thread array holds
+// KMAX cells, a compile-time bound (K <= KMAX): registers scale with KMAX, so the launcher
+// picks the smallest instantiation that holds K (4, 8, else 16). The backward walks K in
+// chunks of 4. The first version, arrays sized for 16 whatever K (163 / 226 registers on
+// sm_90, one block per SM), stays as `gmp_fused16_*`, the baseline the others are timed
+// against.
 
-extern "C" __global__ void gmp_fused_fwd_f32(GmpGeometry p, const float* __restrict__ x,
-                                             const float* __restrict__ off,
-                                             float* __restrict__ a) {
+template <u32 KMAX>
+__device__ __forceinline__ void fused_fwd(const GmpGeometry& p, const float* __restrict__ x,
+                                          const float* __restrict__ off, float* __restrict__ a) {
     const u64 hw = (u64)p.h * p.w;
     const u64 positions = (u64)p.n * hw;
     const u32 c0 = blockIdx.y * p.c_per_group;
@@ -324,15 +330,15 @@ extern "C" __global__ void gmp_fused_fwd_f32(GmpGeometry p, const float* __restr
     GRID_STRIDE(q, positions) {
         const u64 img = q / hw, pos = q % hw;
         const float* op = off + img * 2 * p.k * hw;
-        Cell cells[GMP_FUSED_MAX_K];
+        Cell cells[KMAX];
 #pragma unroll
-        for (u32 k = 0; k < GMP_FUSED_MAX_K; ++k)
+        for (u32 k = 0; k < KMAX; ++k)
             if (k < p.k) cells[k] = cell_at(p, op, hw, pos, k);
         for (u32 ch = c0; ch < c1; ++ch) {
             const u64 plane = (img * p.c + ch) * hw;
             float acc = 0.0f;
 #pragma unroll
-            for (u32 k = 0; k < GMP_FUSED_MAX_K; ++k)
+            for (u32 k = 0; k < KMAX; ++k)
                 if (k < p.k) acc = gmp_accumulate(acc, x + plane, cells[k], p.w);
             a[plane + pos] = acc * (1.0f / (float)p.k);
         }
@@ -341,10 +347,11 @@ extern "C" __global__ void gmp_fused_fwd_f32(GmpGeometry p, const float* __restr
 
 // dx and doff must be zeroed: dx takes atomics from overlapping taps, doff one atomicAdd per
 // (element, channel group); with a single channel group doff is deterministic.
-extern "C" __global__ void gmp_fused_bwd_f32(GmpGeometry p, const float* __restrict__ x,
-                                             const float* __restrict__ off,
-                                             const float* __restrict__ da, float* __restrict__ dx,
-                                             float* __restrict__ doff) {
+template <u32 KMAX>
+__device__ __forceinline__ void fused_bwd(const GmpGeometry& p, const float* __restrict__ x,
+                                          const float* __restrict__ off,
+                                          const float* __restrict__ da, float* __restrict__ dx,
+                                          float* __restrict__ doff) {
     const u64 hw = (u64)p.h * p.w;
     const u64 positions = (u64)p.n * hw;
     const u32 c0 = blockIdx.y * p.c_per_group;
@@ -352,10 +359,10 @@ extern "C" __global__ void gmp_fused_bwd_f32(GmpGeometry p, const float* __restr
     GRID_STRIDE(q, positions) {
         const u64 img = q / hw, pos = q % hw;
         const float* op = off + img * 2 * p.k * hw;
-        Cell cells[GMP_FUSED_MAX_K];
-        float du[GMP_FUSED_MAX_K], dv[GMP_FUSED_MAX_K];
+        Cell cells[KMAX];
+        float du[KMAX], dv[KMAX];
 #pragma unroll
-        for (u32 k = 0; k < GMP_FUSED_MAX_K; ++k) {
+        for (u32 k = 0; k < KMAX; ++k) {
             du[k] = 0.0f;
             dv[k] = 0.0f;
             if (k < p.k) cells[k] = cell_at(p, op, hw, pos, k);
@@ -366,7 +373,7 @@ extern "C" __global__ void gmp_fused_bwd_f32(GmpGeometry p, const float* __restr
             const float gd = da[plane + pos];
             const float g = gd * inv_k;
 #pragma unroll
-            for (u32 k = 0; k < GMP_FUSED_MAX_K; ++k) {
+            for (u32 k = 0; k < KMAX; ++k) {
                 if (k < p.k) {
                     if (gd != 0.0f) { // the CPU skips zero gradients in the offsets' sum
                         float sx, sy;
@@ -380,7 +387,7 @@ extern "C" __global__ void gmp_fused_bwd_f32(GmpGeometry p, const float* __restr
         }
         if (c0 < c1) {
 #pragma unroll
-            for (u32 k = 0; k < GMP_FUSED_MAX_K; ++k) {
+            for (u32 k = 0; k < KMAX; ++k) {
                 if (k < p.k) {
                     atomicAdd(doff + (img * 2 * p.k + 2 * k) * hw + pos, du[k] * inv_k);
                     atomicAdd(doff + (img * 2 * p.k + 2 * k + 1) * hw + pos, dv[k] * inv_k);
@@ -388,4 +395,94 @@ extern "C" __global__ void gmp_fused_bwd_f32(GmpGeometry p, const float* __restr
             }
         }
     }
+}
+
+// The backward in chunks of KC sampling points: each chunk's cells and sums live in registers
+// while the thread walks its channels (da is read once per chunk), so registers scale with KC,
+// not K: KC = 4 fits 2 blocks of 256 threads per SM without spilling, for any K.
+template <u32 KC>
+__device__ __forceinline__ void fused_bwd_chunked(const GmpGeometry& p,
+                                                  const float* __restrict__ x,
+                                                  const float* __restrict__ off,
+                                                  const float* __restrict__ da,
+                                                  float* __restrict__ dx,
+                                                  float* __restrict__ doff) {
+    const u64 hw = (u64)p.h * p.w;
+    const u64 positions = (u64)p.n * hw;
+    const u32 c0 = blockIdx.y * p.c_per_group;
+    const u32 c1 = min(c0 + p.c_per_group, p.c);
+    const float inv_k = 1.0f / (float)p.k;
+    GRID_STRIDE(q, positions) {
+        const u64 img = q / hw, pos = q % hw;
+        const float* op = off + img * 2 * p.k * hw;
+        for (u32 k0 = 0; k0 < p.k; k0 += KC) {
+            Cell cells[KC];
+            float du[KC], dv[KC];
+#pragma unroll
+            for (u32 j = 0; j < KC; ++j) {
+                du[j] = 0.0f;
+                dv[j] = 0.0f;
+                if (k0 + j < p.k) cells[j] = cell_at(p, op, hw, pos, k0 + j);
+            }
+            for (u32 ch = c0; ch < c1; ++ch) {
+                const u64 plane = (img * p.c + ch) * hw;
+                const float gd = da[plane + pos];
+                const float g = gd * inv_k;
+#pragma unroll
+                for (u32 j = 0; j < KC; ++j) {
+                    if (k0 + j < p.k) {
+                        if (gd != 0.0f) { // the CPU skips zero gradients in the offsets' sum
+                            float sx, sy;
+                            gmp_sample_grad(x + plane, cells[j], p.w, &sx, &sy);
+                            du[j] += gd * sx;
+                            dv[j] += gd * sy;
+                        }
+                        gmp_scatter(dx + plane, cells[j], p.w, g);
+                    }
+                }
+            }
+            if (c0 < c1) {
+#pragma unroll
+                for (u32 j = 0; j < KC; ++j) {
+                    const u32 k = k0 + j;
+                    if (k < p.k) {
+                        atomicAdd(doff + (img * 2 * p.k + 2 * k) * hw + pos, du[j] * inv_k);
+                        atomicAdd(doff + (img * 2 * p.k + 2 * k + 1) * hw + pos, dv[j] * inv_k);
+                    }
+                }
+            }
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256, 2) gmp_fused_k4_fwd_f32(
+    GmpGeometry p, const float* __restrict__ x, const float* __restrict__ off,
+    float* __restrict__ a) {
+    fused_fwd<4>(p, x, off, a);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 2) gmp_fused_k8_fwd_f32(
+    GmpGeometry p, const float* __restrict__ x, const float* __restrict__ off,
+    float* __restrict__ a) {
+    fused_fwd<8>(p, x, off, a);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 2) gmp_fused_bwd_f32(
+    GmpGeometry p, const float* __restrict__ x, const float* __restrict__ off,
+    const float* __restrict__ da, float* __restrict__ dx, float* __restrict__ doff) {
+    fused_bwd_chunked<4>(p, x, off, da, dx, doff);
+}
+
+// The first fused version (arrays for GMP_FUSED_MAX_K whatever K): the baseline.
+extern "C" __global__ void gmp_fused16_fwd_f32(GmpGeometry p, const float* __restrict__ x,
+                                               const float* __restrict__ off,
+                                               float* __restrict__ a) {
+    fused_fwd<GMP_FUSED_MAX_K>(p, x, off, a);
+}
+
+extern "C" __global__ void gmp_fused16_bwd_f32(GmpGeometry p, const float* __restrict__ x,
+                                               const float* __restrict__ off,
+                                               const float* __restrict__ da, float* __restrict__ dx,
+                                               float* __restrict__ doff) {
+    fused_bwd<GMP_FUSED_MAX_K>(p, x, off, da, dx, doff);
 }

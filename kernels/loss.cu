@@ -10,7 +10,7 @@
 __device__ __forceinline__ float signf(float v) { return v > 0.0f ? 1.0f : (v < 0.0f ? -1.0f : 0.0f); }
 
 // sums[r] = sum_q |z[r * len + q]|; one block per row (grid-stride over rows).
-extern "C" __global__ void abs_sum_rows_f32(const float* __restrict__ z, float* __restrict__ sums,
+extern "C" __global__ void __launch_bounds__(256) abs_sum_rows_f32(const float* __restrict__ z, float* __restrict__ sums,
                                             u32 rows, u64 len) {
     __shared__ float sh[33];
     for (u32 r = blockIdx.x; r < rows; r += gridDim.x) {
@@ -23,7 +23,7 @@ extern "C" __global__ void abs_sum_rows_f32(const float* __restrict__ z, float* 
 }
 
 // loss[0] = (1/n) sum_r |sums[r] - counts[r]|; launch as one block.
-extern "C" __global__ void count_l1_loss_f32(const float* __restrict__ sums,
+extern "C" __global__ void __launch_bounds__(256) count_l1_loss_f32(const float* __restrict__ sums,
                                              const float* __restrict__ counts,
                                              float* __restrict__ loss, u32 n) {
     __shared__ float sh[33];
@@ -46,7 +46,7 @@ extern "C" __global__ void count_l1_bwd_f32(const float* __restrict__ z,
 }
 
 // partial[blockIdx.x] = sum of (p - t)^2 over this block's grid-stride share.
-extern "C" __global__ void sq_diff_partial_f32(const float* __restrict__ p,
+extern "C" __global__ void __launch_bounds__(256) sq_diff_partial_f32(const float* __restrict__ p,
                                                const float* __restrict__ t,
                                                float* __restrict__ partial, u64 n) {
     __shared__ float sh[33];
@@ -60,7 +60,7 @@ extern "C" __global__ void sq_diff_partial_f32(const float* __restrict__ p,
 }
 
 // loss[0] = (sum of partials) / numel; launch as one block.
-extern "C" __global__ void mse_finalize_f32(const float* __restrict__ partial, u32 parts,
+extern "C" __global__ void __launch_bounds__(256) mse_finalize_f32(const float* __restrict__ partial, u32 parts,
                                             float* __restrict__ loss, u64 numel) {
     __shared__ float sh[33];
     float s = 0.0f;

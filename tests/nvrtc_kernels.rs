@@ -139,3 +139,88 @@ fn disk_cache_reuses_and_repairs_cubins() {
         first
     );
 }
+
+/// Registers, spills and shared memory of every kernel on every target, against its launch
+/// plan (`Kernel::threads`, `Kernel::min_blocks_per_sm`), and every kernel's parameter sizes in
+/// the PTX against the same kernel compiled as C++ for the host emulation, whose launches check
+/// the launcher's argument bytes against those sizes (so launcher = host C++ = PTX).
+#[test]
+fn every_kernel_fits_its_launch_plan_and_takes_what_its_launcher_passes() {
+    use dcl::device::cuda::nvrtc::compile;
+    use dcl::device::cuda::resources::{
+        blocks_per_sm, parse_ptxas_report, ptx_entry_params, TARGETS,
+    };
+    if !nvrtc_or_skip("nvrtc_resources") {
+        return;
+    }
+    let host = if dcl::device::cuda::host::compiler_available() {
+        Some(dcl::device::cuda::CudaDevice::host_emulated().unwrap())
+    } else {
+        assert!(
+            std::env::var("DCL_REQUIRE_CXX").ok().as_deref() != Some("1"),
+            "DCL_REQUIRE_CXX=1 but no C++ compiler runs (set CXX)"
+        );
+        eprintln!("nvrtc_resources: no C++ compiler: PTX parameters not compared");
+        None
+    };
+    let mut problems = Vec::new();
+    let mut table = Vec::new();
+    for kf in dcl::kernels::all() {
+        let src = kernel_source(kf.file).unwrap();
+        for sm in &TARGETS {
+            let c = compile(kf.file, src, sm.arch, &["--ptxas-options=-v"])
+                .unwrap_or_else(|e| panic!("{e}"));
+            let report = parse_ptxas_report(&c.log);
+            let params = ptx_entry_params(&c.ptx);
+            for k in kf.kernels {
+                let Some(r) = report.iter().find(|r| r.name == k.name) else {
+                    problems.push(format!("{} {}: no ptxas report", k.name, sm.arch));
+                    continue;
+                };
+                let fit = blocks_per_sm(r, k.threads, 0, sm);
+                if sm.arch == "sm_90" {
+                    table.push(format!(
+                        "{:>28} {:>3} regs {:>5} B smem {:>2} blocks/SM (want {})",
+                        k.name, r.registers, r.static_smem_bytes, fit, k.min_blocks_per_sm
+                    ));
+                }
+                if fit < k.min_blocks_per_sm {
+                    problems.push(format!(
+                        "{} on {}: {} registers and {} B of shared memory let {fit} blocks of {} \
+                         threads fit on an SM, the plan wants {}",
+                        k.name,
+                        sm.arch,
+                        r.registers,
+                        r.static_smem_bytes,
+                        k.threads,
+                        k.min_blocks_per_sm
+                    ));
+                }
+                if r.spill_stores > 0 || r.spill_loads > 0 {
+                    problems.push(format!(
+                        "{} on {}: spills ({} B stores, {} B loads)",
+                        k.name, sm.arch, r.spill_stores, r.spill_loads
+                    ));
+                }
+                if r.static_smem_bytes > sm.smem_per_block {
+                    problems.push(format!(
+                        "{} on {}: {} B static shared memory, over the {} B a block gets",
+                        k.name, sm.arch, r.static_smem_bytes, sm.smem_per_block
+                    ));
+                }
+                if let Some(dev) = &host {
+                    let ptx = params.get(k.name).cloned().unwrap_or_default();
+                    let cxx = dev.host_signature(*k).unwrap().unwrap();
+                    if ptx != cxx {
+                        problems.push(format!(
+                            "{} on {}: PTX parameters {ptx:?} bytes, C++ {cxx:?}",
+                            k.name, sm.arch
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    eprintln!("{}", table.join("\n"));
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}

@@ -2,7 +2,7 @@
 use super::*;
 
 #[test]
-fn batch_norm_train_eval_running_and_backward() {
+pub(crate) fn batch_norm_train_eval_running_and_backward() {
     let Some((_g, d, _dev)) = gpu("batch_norm2d") else {
         return;
     };

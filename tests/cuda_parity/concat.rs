@@ -2,7 +2,7 @@
 use super::*;
 
 #[test]
-fn concat_forward_backward() {
+pub(crate) fn concat_forward_backward() {
     let Some((_g, d, _dev)) = gpu("concat") else {
         return;
     };

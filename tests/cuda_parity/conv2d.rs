@@ -2,7 +2,7 @@
 use super::*;
 
 #[test]
-fn conv2d_forward_backward_all_paths() {
+pub(crate) fn conv2d_forward_backward_all_paths() {
     let Some((_g, d, dev)) = gpu("conv2d") else {
         return;
     };

@@ -2,7 +2,7 @@
 use super::*;
 
 #[test]
-fn copies_round_trip_and_mixed_devices_are_refused() {
+pub(crate) fn copies_round_trip_and_mixed_devices_are_refused() {
     let Some((_g, d, _dev)) = gpu("copies") else {
         return;
     };
@@ -39,7 +39,7 @@ fn copies_round_trip_and_mixed_devices_are_refused() {
 }
 
 #[test]
-fn sgemm_3x5_times_5x7_and_tf32_switch() {
+pub(crate) fn sgemm_3x5_times_5x7_and_tf32_switch() {
     let Some((_g, _d, dev)) = gpu("sgemm") else {
         return;
     };
@@ -75,4 +75,36 @@ fn sgemm_3x5_times_5x7_and_tf32_switch() {
         );
     }
     dev.set_tf32(false).unwrap();
+}
+
+/// A block reduction traps on a block that is not whole warps (the shim's lanes that do not
+/// exist would otherwise enter the sum): the launch fails with the trap, not a wrong sum.
+#[test]
+pub(crate) fn block_sum_traps_on_a_partial_warp() {
+    let Some((_g, _d, dev)) = gpu("block_sum guard") else {
+        return;
+    };
+    if !dev.is_emulated() {
+        // On a GPU a trap poisons the context for every later test of this process.
+        eprintln!("block_sum guard: only run on the host emulation");
+        return;
+    }
+    let k = dcl::device::cuda::Kernel::new("elementwise.cu", "sum_partial_f32");
+    let x = dev.htod(&[1.0f32; 300]).unwrap();
+    let mut partial = dev.alloc::<f32>(1).unwrap();
+    let n = 300u64;
+    let cfg = cudarc::driver::LaunchConfig {
+        grid_dim: (1, 1, 1),
+        block_dim: (100, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let e = dev
+        .launch(k)
+        .buf(&x)
+        .out(&mut partial)
+        .arg(&n)
+        .run(Some(cfg))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("__trap") && e.contains("sum_partial_f32"), "{e}");
 }

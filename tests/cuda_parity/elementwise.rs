@@ -2,7 +2,7 @@
 use super::*;
 
 #[test]
-fn elementwise_relu_and_sum() {
+pub(crate) fn elementwise_relu_and_sum() {
     let Some((_g, d, _dev)) = gpu("elementwise") else {
         return;
     };

@@ -1,4 +1,4 @@
-//! GMP sampling, all three versions.
+//! GMP sampling, every version.
 use super::*;
 
 /// Offsets with moves of up to `reach` pixels (many samples outside a small map), and some
@@ -20,7 +20,9 @@ fn gmp_compare(d: &Device, x: &Tensor, off: &Tensor, da: &Tensor, tag: &str) {
     let k = off.dims()[1] / 2;
     for v in GmpKernel::ALL {
         dcl::ops::gmp::set_kernel(v);
-        if v == GmpKernel::Fused && k > dcl::ops::gmp::cuda::FUSED_MAX_K {
+        if matches!(v, GmpKernel::Fused | GmpKernel::Fused16)
+            && k > dcl::ops::gmp::cuda::FUSED_MAX_K
+        {
             let e = gmp_sample_forward(&xg, &og).unwrap_err().to_string();
             assert!(e.contains("naive"), "{e}");
             continue;
@@ -50,7 +52,7 @@ fn gmp_compare(d: &Device, x: &Tensor, off: &Tensor, da: &Tensor, tag: &str) {
 }
 
 #[test]
-fn gmp_three_versions_match_the_cpu() {
+pub(crate) fn gmp_every_version_matches_the_cpu() {
     let Some((_g, d, _dev)) = gpu("gmp_sample") else {
         return;
     };
@@ -60,6 +62,7 @@ fn gmp_three_versions_match_the_cpu() {
         (3, 5, 7, 9, 4, 4.0),
         (1, 3, 6, 11, 8, 2.5),
         (3, 37, 5, 4, 2, 6.0),
+        (2, 9, 5, 7, 11, 3.0), // the fused kernels' arrays for 16
         (1, 2, 9, 6, 17, 3.0), // beyond the fused kernel's K: naive and unfused only
         (2, 64, 16, 16, 8, 8.0),
     ] {
@@ -73,7 +76,7 @@ fn gmp_three_versions_match_the_cpu() {
 /// Non-finite offsets: the CPU gives NaN samples (and NaN gradients at the taps it touches),
 /// and every CUDA version must put its NaNs at exactly the same places.
 #[test]
-fn gmp_non_finite_offsets_follow_the_cpu() {
+pub(crate) fn gmp_non_finite_offsets_follow_the_cpu() {
     let Some((_g, d, _dev)) = gpu("gmp_sample non-finite") else {
         return;
     };

@@ -2,7 +2,7 @@
 use super::*;
 
 #[test]
-fn count_l1_and_mse_losses() {
+pub(crate) fn count_l1_and_mse_losses() {
     let Some((_g, d, _dev)) = gpu("losses") else {
         return;
     };
@@ -53,7 +53,7 @@ fn count_l1_and_mse_losses() {
 /// targets are window sums of a density map: both on the GPU against the CPU, targets well away
 /// from the window sums; and its scalar adds to the count loss's on the same device.
 #[test]
-fn window_count_loss_and_gradient() {
+pub(crate) fn window_count_loss_and_gradient() {
     let Some((_g, d, _dev)) = gpu("window loss") else {
         return;
     };

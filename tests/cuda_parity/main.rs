@@ -16,6 +16,7 @@
 mod batch_norm2d;
 mod concat;
 mod conv2d;
+mod coverage;
 mod device;
 mod elementwise;
 mod gmp;

@@ -2,7 +2,7 @@
 use super::*;
 
 #[test]
-fn max_pool_forward_backward() {
+pub(crate) fn max_pool_forward_backward() {
     let Some((_g, d, _dev)) = gpu("max_pool2d") else {
         return;
     };

@@ -2,7 +2,7 @@
 use super::*;
 
 #[test]
-fn adam_steps_match_the_cpu() {
+pub(crate) fn adam_steps_match_the_cpu() {
     let Some((_g, d, _dev)) = gpu("adam") else {
         return;
     };

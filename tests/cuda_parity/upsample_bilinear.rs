@@ -2,7 +2,7 @@
 use super::*;
 
 #[test]
-fn upsample_bilinear_both_modes_forward_backward() {
+pub(crate) fn upsample_bilinear_both_modes_forward_backward() {
     let Some((_g, d, _dev)) = gpu("upsample_bilinear") else {
         return;
     };

@@ -1,5 +1,5 @@
 //! The device's ceilings, measured in the same run as the ops: a large copy and a large SGEMM.
-use super::timing::{Bench, F32};
+use super::timing::{random_values, Bench, F32};
 use super::Ceilings;
 use crate::error::Result;
 
@@ -7,15 +7,19 @@ pub(super) fn measure(b: &Bench) -> Result<Ceilings> {
     match b.dev.cuda() {
         Some(d) => {
             use crate::device::cuda::gemm::{sgemm, RowMajorGemm};
-            let n = 128usize << 20; // 512 MiB each way
-            let src = d.alloc_zeros::<f32>(n)?;
+            // The host emulation runs on the CPU: the CPU's sizes.
+            let (n, m) = if d.is_emulated() {
+                (16usize << 20, 1024usize)
+            } else {
+                (128usize << 20, 8192usize) // 512 MiB each way
+            };
+            let src = d.htod(&random_values(n, 1))?;
             let mut dst = d.alloc::<f32>(n)?;
             let t = b.time(|| d.copy_dtod(&src, &mut dst))?;
             drop((src, dst));
             let copy_bytes = 2.0 * n as f64 * F32;
-            let m = 8192usize;
-            let a = d.alloc_zeros::<f32>(m * m)?;
-            let bb = d.alloc_zeros::<f32>(m * m)?;
+            let a = d.htod(&random_values(m * m, 2))?;
+            let bb = d.htod(&random_values(m * m, 3))?;
             let mut c = d.alloc::<f32>(m * m)?;
             let g = RowMajorGemm::packed(m, m, m, false, false);
             let tg = b.time(|| sgemm(d, &g, &a, &bb, &mut c))?;
@@ -30,7 +34,7 @@ pub(super) fn measure(b: &Bench) -> Result<Ceilings> {
         None => {
             use rayon::prelude::*;
             let n = 16usize << 20; // 64 MiB each way
-            let src = vec![1.0f32; n];
+            let src = random_values(n, 1);
             let mut dst = vec![0.0f32; n];
             let t = b.time(|| {
                 dst.par_chunks_mut(1 << 16)
@@ -40,8 +44,8 @@ pub(super) fn measure(b: &Bench) -> Result<Ceilings> {
             })?;
             let copy_bytes = 2.0 * n as f64 * F32;
             let m = 1024usize;
-            let a = vec![0.5f32; m * m];
-            let bb = vec![0.25f32; m * m];
+            let a = random_values(m * m, 2);
+            let bb = random_values(m * m, 3);
             let mut c = vec![0.0f32; m * m];
             let tg = b.time(|| {
                 crate::device::cpu::sgemm(

@@ -1,5 +1,5 @@
 //! Convolution rows of `dcl bench kernels`: the networks' 3x3 layers, whole and in parts.
-use super::timing::{nchw, randn, Bench, Rows, Timing, F32};
+use super::timing::{nchw, randn, random_values, Bench, Rows, Timing, F32};
 use super::{not_cuda, KernelBenchOptions};
 use crate::device::cpu::sgemm as cpu_sgemm;
 use crate::device::cuda::gemm::{sgemm, RowMajorGemm};
@@ -315,8 +315,8 @@ impl ConvSteps for CudaSteps<'_> {
     fn start_plain(&mut self) -> Result<()> {
         self.col = self.d.alloc(0)?;
         let np = self.g.n() * self.g.col_cols();
-        self.big_b = self.d.alloc_zeros(self.g.col_rows() * np)?;
-        self.big_c = self.d.alloc_zeros(self.g.o() * np)?;
+        self.big_b = self.d.htod(&random_values(self.g.col_rows() * np, 4))?;
+        self.big_c = self.d.htod(&random_values(self.g.o() * np, 5))?;
         Ok(())
     }
     fn plain_fwd(&mut self) -> Result<()> {
@@ -419,8 +419,8 @@ impl ConvSteps for CpuSteps<'_> {
     fn start_plain(&mut self) -> Result<()> {
         self.col = Vec::new();
         let np = self.g.n() * self.g.col_cols();
-        self.big_b = vec![0.0; self.g.col_rows() * np];
-        self.big_c = vec![0.0; self.g.o() * np];
+        self.big_b = random_values(self.g.col_rows() * np, 4);
+        self.big_c = random_values(self.g.o() * np, 5);
         Ok(())
     }
     fn plain_fwd(&mut self) -> Result<()> {

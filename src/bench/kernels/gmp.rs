@@ -68,7 +68,7 @@ pub(super) fn rows(b: &Bench, r: &mut Rows, o: &KernelBenchOptions, rng: &mut Rn
             );
             let mut both = Vec::new();
             for v in GmpKernel::ALL {
-                if v == GmpKernel::Fused && k > gmp_cuda::FUSED_MAX_K {
+                if matches!(v, GmpKernel::Fused | GmpKernel::Fused16) && k > gmp_cuda::FUSED_MAX_K {
                     continue;
                 }
                 let tf = b.time(|| gmp_cuda::forward(d, v, xs, os, &gs).map(drop))?;

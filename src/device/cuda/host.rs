@@ -37,6 +37,7 @@ struct ShimConfig {
     block: [u32; 3],
     shmem: u32,
     workers: u32,
+    always_fibers: u32,
 }
 
 type LaunchFn =
@@ -60,6 +61,9 @@ pub(crate) struct HostBackend {
     deferred: Mutex<Option<String>>,
     workers: u32,
     tsan: bool,
+    /// Every block on fibers, not only the first of each launch (ThreadSanitizer runs, or
+    /// `DCL_CUDA_HOST_FIBERS=always`).
+    always_fibers: bool,
     cache: PathBuf,
 }
 
@@ -139,12 +143,15 @@ impl HostBackend {
             .unwrap_or_else(|| std::env::temp_dir().join("dcl-kernels"))
             .join("host");
         compiler_version(&compiler())?;
+        let always_fibers =
+            tsan || std::env::var("DCL_CUDA_HOST_FIBERS").ok().as_deref() == Some("always");
         Ok(HostBackend {
             modules: Mutex::new(HashMap::new()),
             allocs: Mutex::new(BTreeMap::new()),
             deferred: Mutex::new(None),
             workers,
             tsan,
+            always_fibers,
             cache,
         })
     }
@@ -276,6 +283,7 @@ impl HostBackend {
             block: [cfg.block_dim.0, cfg.block_dim.1, cfg.block_dim.2],
             shmem: cfg.shared_mem_bytes,
             workers: self.workers,
+            always_fibers: self.always_fibers as u32,
         };
         let mut err = vec![0u8; 1024];
         // Safety: `args` points at the argument bytes of the kernel's parameters (their count
@@ -518,7 +526,11 @@ pub(crate) unsafe fn sgemm_col_major(
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            if m * n * k >= 1 << 18 {
+                gemm::Parallelism::Rayon(rayon::current_num_threads())
+            } else {
+                gemm::Parallelism::None
+            },
         );
     }
 }

@@ -26,18 +26,23 @@ pub fn extern_c_kernels(source: &str) -> Vec<String> {
         let Some(rest) = line.strip_prefix("extern \"C\"") else {
             continue;
         };
-        let mut words = rest.split_whitespace();
-        if words.next() != Some("__global__") || words.next() != Some("void") {
+        let Some(rest) = rest.trim_start().strip_prefix("__global__") else {
             continue;
+        };
+        let Some(mut rest) = rest.trim_start().strip_prefix("void") else {
+            continue;
+        };
+        // an optional `__launch_bounds__(threads, blocks)` before the name
+        if let Some(bounds) = rest.trim_start().strip_prefix("__launch_bounds__(") {
+            rest = bounds.split_once(')').map_or("", |(_, after)| after);
         }
-        if let Some(w) = words.next() {
-            let name: String = w
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            if !name.is_empty() {
-                names.push(name);
-            }
+        let name: String = rest
+            .trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        if !name.is_empty() {
+            names.push(name);
         }
     }
     names
@@ -49,7 +54,7 @@ mod tests {
 
     #[test]
     fn parser_reads_signatures() {
-        let src = "// extern \"C\" __global__ void commented(\nextern \"C\" __global__ void a_f32(int x) {}\n  extern \"C\" __global__ void b(\nstatic __global__ void c() {}\n";
-        assert_eq!(extern_c_kernels(src), vec!["a_f32", "b"]);
+        let src = "// extern \"C\" __global__ void commented(\nextern \"C\" __global__ void a_f32(int x) {}\n  extern \"C\" __global__ void b(\nstatic __global__ void c() {}\nextern \"C\" __global__ void __launch_bounds__(256, 2) d_f32(\n";
+        assert_eq!(extern_c_kernels(src), vec!["a_f32", "b", "d_f32"]);
     }
 }

@@ -19,16 +19,35 @@ use crate::error::{Error, Result};
 /// Threads per block for every kernel (the reduction kernels rely on a multiple of 32).
 pub const BLOCK: u32 = 256;
 
-/// An `extern "C" __global__` entry point of `kernels/<file>`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// An `extern "C" __global__` entry point of `kernels/<file>`, with the launch shape its
+/// launcher plans for: blocks of at most `threads`, of which at least `min_blocks_per_sm` must
+/// fit on one multiprocessor (CI checks the compiled kernel's registers and shared memory
+/// against this on every target architecture).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Kernel {
     pub file: &'static str,
     pub name: &'static str,
+    pub threads: u32,
+    pub min_blocks_per_sm: u32,
 }
 
 impl Kernel {
+    /// A kernel launched in blocks of [`BLOCK`] threads, 4 of which must fit on an SM (1024
+    /// resident threads: at most 64 registers a thread).
     pub const fn new(file: &'static str, name: &'static str) -> Self {
-        Kernel { file, name }
+        Kernel {
+            file,
+            name,
+            threads: BLOCK,
+            min_blocks_per_sm: 4,
+        }
+    }
+
+    /// The same kernel with another occupancy floor (a kernel whose work per thread needs
+    /// more registers).
+    pub const fn min_blocks(mut self, blocks: u32) -> Self {
+        self.min_blocks_per_sm = blocks;
+        self
     }
 }
 
@@ -154,12 +173,13 @@ impl<'a> Launch<'a> {
     }
 }
 
-/// A configuration the driver would refuse (an empty grid or block, or a block over 1024
-/// threads) is a clear error here rather than a deferred launch failure.
+/// A configuration the driver would refuse (an empty grid or block) or that the kernel's plan
+/// did not reckon with (more threads than `Kernel::threads`, which its resource check assumed)
+/// is a clear error here rather than a deferred launch failure.
 fn check_config(k: Kernel, cfg: &LaunchConfig) -> Result<()> {
     let (g, b) = (cfg.grid_dim, cfg.block_dim);
     let threads = b.0 as u64 * b.1 as u64 * b.2 as u64;
-    if g.0 == 0 || g.1 == 0 || g.2 == 0 || threads == 0 || threads > 1024 {
+    if g.0 == 0 || g.1 == 0 || g.2 == 0 || threads == 0 || threads > k.threads as u64 {
         return Err(Error::Device(format!(
             "kernel {} launched with grid {g:?} and block {b:?}",
             k.name

@@ -24,6 +24,7 @@ pub mod kernels;
 pub mod launch;
 pub mod nvrtc;
 pub mod primitives;
+pub mod resources;
 
 pub use buffer::{GpuBuffer, GpuRead, GpuView, GpuViewMut, GpuWrite};
 pub use info::{check_arch_supported, check_versions, CudaDeviceInfo, CudaLibraries};
@@ -93,6 +94,8 @@ enum Backend {
 struct Inner {
     backend: Backend,
     info: CudaDeviceInfo,
+    /// Every kernel launched so far (coverage checks).
+    launched: Mutex<std::collections::BTreeSet<Kernel>>,
     max_blocks: u32,
     alloc_calls: AtomicU64,
     alloc_bytes: AtomicU64,
@@ -134,6 +137,7 @@ impl CudaDevice {
         CudaDevice {
             inner: Arc::new(Inner {
                 backend,
+                launched: Mutex::new(Default::default()),
                 max_blocks: launch::max_blocks_for(info.sm_count),
                 info,
                 alloc_calls: AtomicU64::new(0),
@@ -468,6 +472,7 @@ impl CudaDevice {
         arg_sizes: &[usize],
         buffers: &[u64],
     ) -> Result<()> {
+        lock(&self.inner.launched).insert(k);
         match &self.inner.backend {
             Backend::Driver(d) => {
                 let f = d.function(k.file, k.name, &self.inner.info)?;
@@ -485,6 +490,12 @@ impl CudaDevice {
                 h.launch(k.file, k.name, cfg, args, buffers)
             }
         }
+    }
+
+    /// Every kernel launched on this device since it was opened (for coverage checks: the
+    /// parity tests must run each entry point).
+    pub fn launched_kernels(&self) -> std::collections::BTreeSet<Kernel> {
+        lock(&self.inner.launched).clone()
     }
 
     /// The parameter sizes of kernel `k` as compiled by the emulation's C++ compiler (an ABI

@@ -83,6 +83,21 @@ fn c_chars_to_string(v: &[c_char]) -> String {
 /// Compiles one kernel file to a CUBIN for `arch` (`sm_XX`). A compile error carries the file
 /// name and NVRTC's log (with line numbers).
 pub fn compile_cubin(file: &str, source: &str, arch: &str) -> Result<Vec<u8>> {
+    Ok(compile(file, source, arch, &[])?.cubin)
+}
+
+/// What NVRTC made of one kernel file.
+pub struct Compiled {
+    pub cubin: Vec<u8>,
+    /// The PTX the CUBIN was assembled from (its `.entry` lines give the parameter sizes).
+    pub ptx: String,
+    /// NVRTC's log: warnings, and with `--ptxas-options=-v` each kernel's registers, spills,
+    /// stack and shared memory.
+    pub log: String,
+}
+
+/// Compiles with the usual options plus `extra` (e.g. `--ptxas-options=-v`).
+pub fn compile(file: &str, source: &str, arch: &str, extra: &[&str]) -> Result<Compiled> {
     check_arch(file, arch)?;
     require_nvrtc()?;
     let src = CString::new(source)
@@ -94,33 +109,54 @@ pub fn compile_cubin(file: &str, source: &str, arch: &str) -> Result<Vec<u8>> {
             "NVRTC could not create a program for kernels/{file}: {e:?}"
         ))
     })?;
-    let opts = compile_options(arch);
+    let mut opts = compile_options(arch);
+    opts.extend(extra.iter().map(|o| o.to_string()));
     // Safety: `prog` is live until destroy_program below; src and name outlive it.
-    let out = match unsafe { nvrtc::compile_program(prog, &opts) } {
-        Ok(()) => unsafe { read_cubin(prog) }.map_err(|e| {
-            Error::Device(format!(
-                "NVRTC: reading the CUBIN of kernels/{file} ({arch}): {e}"
-            ))
-        }),
-        Err(e) => {
-            let log = unsafe { nvrtc::get_program_log(prog) }
-                .map(|l| c_chars_to_string(&l))
-                .unwrap_or_else(|le| format!("(no log: {le:?})"));
-            Err(Error::Device(format!(
-                "NVRTC could not compile kernels/{file} for {arch} ({e:?}; options {}):\n{log}",
-                opts.join(" ")
-            )))
-        }
+    let compiled = unsafe { nvrtc::compile_program(prog, &opts) };
+    let log = unsafe { nvrtc::get_program_log(prog) }
+        .map(|l| c_chars_to_string(&l))
+        .unwrap_or_else(|le| format!("(no log: {le:?})"));
+    let out = match compiled {
+        Ok(()) => unsafe { read_outputs(prog) }
+            .map(|(cubin, ptx)| Compiled { cubin, ptx, log })
+            .map_err(|e| {
+                Error::Device(format!(
+                    "NVRTC: reading the output of kernels/{file} ({arch}): {e}"
+                ))
+            }),
+        Err(e) => Err(Error::Device(format!(
+            "NVRTC could not compile kernels/{file} for {arch} ({e:?}; options {}):\n{log}",
+            opts.join(" ")
+        ))),
     };
     // Safety: created above and not destroyed yet. A failure to free is not worth an error.
     let _ = unsafe { nvrtc::destroy_program(prog) };
-    let cubin = out?;
-    if cubin.is_empty() {
+    let out = out?;
+    if out.cubin.is_empty() {
         return Err(Error::Device(format!(
             "NVRTC produced an empty CUBIN for kernels/{file} ({arch})"
         )));
     }
-    Ok(cubin)
+    Ok(out)
+}
+
+/// Safety: `prog` must be a successfully compiled, live program.
+unsafe fn read_outputs(prog: sys::nvrtcProgram) -> std::result::Result<(Vec<u8>, String), String> {
+    let cubin = read_cubin(prog)?;
+    let mut size = 0usize;
+    sys::nvrtcGetPTXSize(prog, &mut size)
+        .result()
+        .map_err(|e| format!("{e:?}"))?;
+    let mut buf = vec![0u8; size];
+    if size > 0 {
+        sys::nvrtcGetPTX(prog, buf.as_mut_ptr() as *mut c_char)
+            .result()
+            .map_err(|e| format!("{e:?}"))?;
+    }
+    let ptx = String::from_utf8_lossy(&buf)
+        .trim_end_matches('\0')
+        .to_string();
+    Ok((cubin, ptx))
 }
 
 /// Safety: `prog` must be a successfully compiled, live program.

@@ -21,8 +21,14 @@ const UNF_SAMPLE: Kernel = Kernel::new(FILE, "gmp_unf_sample_f32");
 const UNF_MEAN: Kernel = Kernel::new(FILE, "gmp_unf_mean_f32");
 const UNF_BWD_SAMPLE: Kernel = Kernel::new(FILE, "gmp_unf_bwd_sample_f32");
 const UNF_BWD_REDUCE: Kernel = Kernel::new(FILE, "gmp_unf_bwd_reduce_f32");
-const FUSED_FWD: Kernel = Kernel::new(FILE, "gmp_fused_fwd_f32");
-const FUSED_BWD: Kernel = Kernel::new(FILE, "gmp_fused_bwd_f32");
+const FUSED4_FWD: Kernel = Kernel::new(FILE, "gmp_fused_k4_fwd_f32").min_blocks(2);
+const FUSED8_FWD: Kernel = Kernel::new(FILE, "gmp_fused_k8_fwd_f32").min_blocks(2);
+const FUSED_BWD: Kernel = Kernel::new(FILE, "gmp_fused_bwd_f32").min_blocks(2);
+// The fused kernels hold K cells and sums per thread: 2 blocks of 256 threads per SM (at most
+// 128 registers, `__launch_bounds__(256, 2)` in the source). The first version, kept as the
+// baseline, fits one.
+const FUSED16_FWD: Kernel = Kernel::new(FILE, "gmp_fused16_fwd_f32").min_blocks(1);
+const FUSED16_BWD: Kernel = Kernel::new(FILE, "gmp_fused16_bwd_f32").min_blocks(1);
 pub const KERNELS: KernelFile = KernelFile::new(
     FILE,
     &[
@@ -34,15 +40,21 @@ pub const KERNELS: KernelFile = KernelFile::new(
         UNF_MEAN,
         UNF_BWD_SAMPLE,
         UNF_BWD_REDUCE,
-        FUSED_FWD,
+        FUSED4_FWD,
+        FUSED8_FWD,
         FUSED_BWD,
+        FUSED16_FWD,
+        FUSED16_BWD,
     ],
 );
 
 /// Largest K the fused kernels keep in registers (`GMP_FUSED_MAX_K` in kernels/gmp.cu).
 pub const FUSED_MAX_K: usize = 16;
 
-/// Which implementation runs (`--gmp-kernel naive|unfused|fused`).
+/// Which implementation runs (`--gmp-kernel naive|unfused|fused|fused16`): `fused` sizes its
+/// forward's per-thread arrays for the smallest of 4, 8, 16 that holds K and walks K in
+/// chunks of 4 in the backward; `fused16` is its first version, arrays for 16 whatever K,
+/// kept as the baseline it is timed against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[repr(u8)]
 pub enum GmpKernel {
@@ -50,15 +62,22 @@ pub enum GmpKernel {
     Unfused,
     #[default]
     Fused,
+    Fused16,
 }
 
 impl GmpKernel {
-    pub const ALL: [GmpKernel; 3] = [GmpKernel::Naive, GmpKernel::Unfused, GmpKernel::Fused];
+    pub const ALL: [GmpKernel; 4] = [
+        GmpKernel::Naive,
+        GmpKernel::Unfused,
+        GmpKernel::Fused,
+        GmpKernel::Fused16,
+    ];
     pub fn name(&self) -> &'static str {
         match self {
             GmpKernel::Naive => "naive",
             GmpKernel::Unfused => "unfused",
             GmpKernel::Fused => "fused",
+            GmpKernel::Fused16 => "fused16",
         }
     }
 }
@@ -66,14 +85,24 @@ impl GmpKernel {
 impl FromStr for GmpKernel {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "naive" => Ok(GmpKernel::Naive),
-            "unfused" => Ok(GmpKernel::Unfused),
-            "fused" => Ok(GmpKernel::Fused),
-            other => Err(Error::Invalid(format!(
-                "unknown GMP kernel '{other}' (expected naive, unfused or fused)"
-            ))),
-        }
+        GmpKernel::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "unknown GMP kernel '{s}' (expected naive, unfused, fused or fused16)"
+                ))
+            })
+    }
+}
+
+/// The (forward, backward) fused kernels `version` runs for `k` sampling points.
+fn fused_kernels(version: GmpKernel, k: u32) -> (Kernel, Kernel) {
+    match version {
+        GmpKernel::Fused if k <= 4 => (FUSED4_FWD, FUSED_BWD),
+        GmpKernel::Fused if k <= 8 => (FUSED8_FWD, FUSED_BWD),
+        GmpKernel::Fused => (FUSED16_FWD, FUSED_BWD),
+        _ => (FUSED16_FWD, FUSED16_BWD),
     }
 }
 
@@ -209,9 +238,9 @@ pub fn forward(
                 .out(&mut a)
                 .run(Some(grid(dev, g.x_len())))?;
         }
-        GmpKernel::Fused => {
+        v @ (GmpKernel::Fused | GmpKernel::Fused16) => {
             let (p, cfg) = fused_launch(dev, g)?;
-            dev.launch(FUSED_FWD)
+            dev.launch(fused_kernels(v, g.k).0)
                 .arg(&p)
                 .buf(x)
                 .buf(offsets)
@@ -277,9 +306,9 @@ pub fn backward(
                 .out(&mut doff)
                 .run(Some(grid(dev, g.sample_points())))?;
         }
-        GmpKernel::Fused => {
+        v @ (GmpKernel::Fused | GmpKernel::Fused16) => {
             let (p, cfg) = fused_launch(dev, g)?;
-            dev.launch(FUSED_BWD)
+            dev.launch(fused_kernels(v, g.k).1)
                 .arg(&p)
                 .buf(x)
                 .buf(offsets)

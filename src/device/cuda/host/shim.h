@@ -141,10 +141,16 @@ struct Block {
     int barrier_arrived = 0;
     int barrier_line = 0;
     int barrier_token = 0;
+    bool fast = false;   // threads run one after another as plain calls (no barrier expected)
+    bool synced = false; // a barrier or warp op ran in this block
     std::string error;
 };
 
 inline thread_local Block* g_block = nullptr;
+
+// Thrown by __trap() and caught where the thread's call started (its fiber, or the plain call
+// of a block run without fibers).
+struct Trap {};
 inline thread_local std::vector<char*> g_stacks;
 inline thread_local std::vector<char> g_dynamic_shared;
 constexpr size_t STACK_BYTES = 256 * 1024;
@@ -178,8 +184,21 @@ DCL_SHIM_INTERNAL inline void release_barrier(Block* b) {
         if (f.state == AT_BARRIER) f.state = READY;
 }
 
+// A barrier or warp op reached in a block run without fibers: block 0 of the launch, run on
+// fibers, reached none, so the kernel's threads do not all reach this one (or the launch
+// diverges between blocks).
+DCL_SHIM_INTERNAL inline bool diverged_in_fast_block(int line) {
+    if (!g_block->fast) return false;
+    fail("reached a barrier or warp op (line " + std::to_string(line) +
+         ") that block 0 never reached; rerun with DCL_CUDA_HOST_FIBERS=always if the kernel "
+         "syncs only in some blocks");
+    return true;
+}
+
 DCL_SHIM_INTERNAL inline void syncthreads(int line) {
     Block* b = g_block;
+    if (diverged_in_fast_block(line)) return;
+    b->synced = true;
     Fiber& f = me();
     if (b->barrier_arrived > 0 && b->barrier_line != line) {
         fail("threads wait at different __syncthreads (lines " + std::to_string(b->barrier_line) +
@@ -232,6 +251,8 @@ DCL_SHIM_INTERNAL inline void try_complete_warp(Block* b, int warp, unsigned mas
 
 DCL_SHIM_INTERNAL inline uint64_t warp_op(int op, unsigned mask, uint64_t value, int src, int line) {
     Block* b = g_block;
+    if (diverged_in_fast_block(line)) return value;
+    b->synced = true;
     Fiber& f = me();
     int t = b->cur, warp = t / 32, lane = t % 32;
     unsigned exist = existing_lanes(b, warp);
@@ -285,7 +306,11 @@ template <class T> inline T from_bits(uint64_t u) {
 DCL_SHIM_INTERNAL inline void fiber_main(unsigned lo, unsigned hi) {
     Block* b = (Block*)(((uintptr_t)hi << 32) | (uintptr_t)lo);
     const Launch* L = b->launch;
-    L->body(L->kernel, L->args);
+    try {
+        L->body(L->kernel, L->args);
+    } catch (const Trap&) {
+        // recorded by __trap
+    }
     Fiber& f = b->fibers[b->cur];
     f.state = DONE;
     b->live -= 1;
@@ -297,12 +322,39 @@ DCL_SHIM_INTERNAL inline void fiber_main(unsigned lo, unsigned hi) {
     setcontext(&b->sched);
 }
 
-// Runs one block to completion on this worker thread.
+// Runs one block as plain calls, thread after thread (for kernels without barriers).
+DCL_SHIM_INTERNAL inline void run_block_fast(Block& b, uint3 bid) {
+    const Launch* L = b.launch;
+    int n = (int)(L->block.x * L->block.y * L->block.z);
+    b.n = n;
+    b.fast = true;
+    b.fibers.resize(n);
+    if (g_dynamic_shared.size() < L->shmem) g_dynamic_shared.resize(L->shmem);
+    g_block = &b;
+    blockIdx = bid;
+    blockDim = L->block;
+    gridDim = L->grid;
+    for (int t = 0; t < n && b.error.empty(); ++t) {
+        b.cur = t;
+        threadIdx = uint3{(unsigned)t % L->block.x, ((unsigned)t / L->block.x) % L->block.y,
+                          (unsigned)t / (L->block.x * L->block.y)};
+        try {
+            L->body(L->kernel, L->args);
+        } catch (const Trap&) {
+            // recorded by __trap
+        }
+    }
+    g_block = nullptr;
+}
+
+// Runs one block to completion on this worker thread, each thread a fiber.
 DCL_SHIM_INTERNAL inline void run_block(Block& b, uint3 bid) {
     const Launch* L = b.launch;
     int n = (int)(L->block.x * L->block.y * L->block.z);
     b.n = n;
     b.live = n;
+    b.fast = false;
+    b.synced = false;
     b.barrier_arrived = 0;
     b.fibers.assign(n, Fiber{});
     b.warps.assign((n + 31) / 32, Warp{});
@@ -383,6 +435,7 @@ template <class... A> inline int signature(void (*)(A...), size_t* sizes, int ma
 
 struct Config {
     unsigned grid[3], block[3], shmem, workers;
+    unsigned always_fibers; // every block on fibers (ThreadSanitizer runs, divergent kernels)
 };
 
 // Runs the whole grid; returns 0, or 1 with the first error in `err`.
@@ -404,7 +457,25 @@ inline int launch(void (*k)(A...), const char* name, const Config* c, void** arg
                  name, c->grid[0], c->grid[1], c->grid[2], c->block[0], c->block[1], c->block[2]);
         return 1;
     }
-    std::atomic<uint64_t> next{0};
+    auto bid_of = [&](uint64_t i) {
+        return uint3{(unsigned)(i % c->grid[0]), (unsigned)((i / c->grid[0]) % c->grid[1]),
+                     (unsigned)(i / ((uint64_t)c->grid[0] * c->grid[1]))};
+    };
+    // Block 0 runs on fibers first; if it reached no barrier or warp op, the kernel has none
+    // (CUDA requires a block's threads to reach the same barriers) and the other blocks run as
+    // plain calls, which is much faster; one that does reach one is an error then.
+    bool fast;
+    {
+        Block b;
+        b.launch = &L;
+        run_block(b, bid_of(0));
+        if (!b.error.empty()) {
+            snprintf(err, errlen, "%s", b.error.c_str());
+            return 1;
+        }
+        fast = !b.synced && !c->always_fibers;
+    }
+    std::atomic<uint64_t> next{1};
     std::vector<std::string> errors(std::max(1u, c->workers));
     auto work = [&](unsigned w) {
         Block b;
@@ -412,9 +483,11 @@ inline int launch(void (*k)(A...), const char* name, const Config* c, void** arg
         for (;;) {
             uint64_t i = next.fetch_add(1);
             if (i >= blocks) break;
-            uint3 bid{(unsigned)(i % c->grid[0]), (unsigned)((i / c->grid[0]) % c->grid[1]),
-                      (unsigned)(i / ((uint64_t)c->grid[0] * c->grid[1]))};
-            run_block(b, bid);
+            if (fast) {
+                run_block_fast(b, bid_of(i));
+            } else {
+                run_block(b, bid_of(i));
+            }
             if (!b.error.empty()) {
                 errors[w] = b.error;
                 next.store(blocks); // stop the others
@@ -518,9 +591,5 @@ inline int __ffs(unsigned v) { return __builtin_ffs((int)v); }
 inline int __clz(unsigned v) { return v ? __builtin_clz(v) : 32; }
 [[noreturn]] inline void __trap() {
     dcl_shim::fail("__trap()");
-    dcl_shim::Block* b = dcl_shim::g_block;
-    b->fibers[b->cur].state = dcl_shim::DONE;
-    b->live -= 1;
-    setcontext(&b->sched);
-    abort();
+    throw dcl_shim::Trap{};
 }
