@@ -38,7 +38,14 @@ struct ShimConfig {
     shmem: u32,
     workers: u32,
     always_fibers: u32,
+    launch_sync: *mut u8,
 }
+
+/// The addresses the shim's ThreadSanitizer annotations order launches on (`Config`).
+static LAUNCH_SYNC: [std::sync::atomic::AtomicU8; 2] = [
+    std::sync::atomic::AtomicU8::new(0),
+    std::sync::atomic::AtomicU8::new(0),
+];
 
 type LaunchFn =
     unsafe extern "C" fn(*const ShimConfig, *mut *mut c_void, *mut c_char, usize) -> i32;
@@ -284,6 +291,7 @@ impl HostBackend {
             shmem: cfg.shared_mem_bytes,
             workers: self.workers,
             always_fibers: self.always_fibers as u32,
+            launch_sync: LAUNCH_SYNC.as_ptr() as *mut u8,
         };
         let mut err = vec![0u8; 1024];
         // Safety: `args` points at the argument bytes of the kernel's parameters (their count

@@ -121,6 +121,7 @@ struct Warp {
 };
 
 struct Launch {
+    char* launch_sync; // see Config
     void (*body)(void* kernel, void** args);
     void* kernel;
     void** args;
@@ -147,13 +148,23 @@ struct Block {
 };
 
 inline thread_local Block* g_block = nullptr;
+// TSan only: orders a worker's finished blocks before its next ones (a new block's shared
+// memory is fresh on a GPU; on a worker it is the same memory, reused).
+inline thread_local int g_block_epoch = 0;
 
 // Thrown by __trap() and caught where the thread's call started (its fiber, or the plain call
 // of a block run without fibers).
 struct Trap {};
-inline thread_local std::vector<char*> g_stacks;
+// Fiber stacks of this worker, reused by its blocks and freed when the worker thread ends.
+struct Stacks {
+    std::vector<char*> v;
+    ~Stacks() {
+        for (char* p : v) free(p);
+    }
+};
+inline thread_local Stacks g_stacks;
 inline thread_local std::vector<char> g_dynamic_shared;
-constexpr size_t STACK_BYTES = 256 * 1024;
+constexpr size_t STACK_BYTES = 128 * 1024;
 
 DCL_SHIM_INTERNAL inline void fail(const std::string& why) {
     Block* b = g_block;
@@ -306,12 +317,20 @@ template <class T> inline T from_bits(uint64_t u) {
 DCL_SHIM_INTERNAL inline void fiber_main(unsigned lo, unsigned hi) {
     Block* b = (Block*)(((uintptr_t)hi << 32) | (uintptr_t)lo);
     const Launch* L = b->launch;
+#ifdef DCL_SHIM_TSAN
+    __tsan_acquire(L->launch_sync);   // after every earlier launch
+    __tsan_acquire(&g_block_epoch);   // after this worker's earlier blocks (shared memory)
+#endif
     try {
         L->body(L->kernel, L->args);
     } catch (const Trap&) {
         // recorded by __trap
     }
     Fiber& f = b->fibers[b->cur];
+#ifdef DCL_SHIM_TSAN
+    __tsan_release(&g_block_epoch);
+    __tsan_release(L->launch_sync + 1);
+#endif
     f.state = DONE;
     b->live -= 1;
     // exited threads do not hold a barrier the others wait at
@@ -358,7 +377,7 @@ DCL_SHIM_INTERNAL inline void run_block(Block& b, uint3 bid) {
     b.barrier_arrived = 0;
     b.fibers.assign(n, Fiber{});
     b.warps.assign((n + 31) / 32, Warp{});
-    while ((int)g_stacks.size() < n) g_stacks.push_back((char*)malloc(STACK_BYTES));
+    while ((int)g_stacks.v.size() < n) g_stacks.v.push_back((char*)malloc(STACK_BYTES));
     if (g_dynamic_shared.size() < L->shmem) g_dynamic_shared.resize(L->shmem);
     g_block = &b;
     blockIdx = bid;
@@ -373,7 +392,7 @@ DCL_SHIM_INTERNAL inline void run_block(Block& b, uint3 bid) {
                       (unsigned)t / (L->block.x * L->block.y)};
         f.state = READY;
         getcontext(&f.ctx);
-        f.ctx.uc_stack.ss_sp = g_stacks[t];
+        f.ctx.uc_stack.ss_sp = g_stacks.v[t];
         f.ctx.uc_stack.ss_size = STACK_BYTES;
         f.ctx.uc_link = nullptr;
         uintptr_t p = (uintptr_t)&b;
@@ -426,7 +445,7 @@ template <class... A> inline void call_kernel(void* kernel, void** args) {
     call_with(reinterpret_cast<void (*)(A...)>(kernel), args, std::index_sequence_for<A...>{});
 }
 
-template <class... A> inline int signature(void (*)(A...), size_t* sizes, int max) {
+template <class... A> DCL_SHIM_INTERNAL inline int signature(void (*)(A...), size_t* sizes, int max) {
     const size_t s[] = {sizeof(A)..., 0};
     int n = (int)sizeof...(A);
     for (int i = 0; i < n && i < max; ++i) sizes[i] = s[i];
@@ -436,6 +455,9 @@ template <class... A> inline int signature(void (*)(A...), size_t* sizes, int ma
 struct Config {
     unsigned grid[3], block[3], shmem, workers;
     unsigned always_fibers; // every block on fibers (ThreadSanitizer runs, divergent kernels)
+    // TSan only: two process-wide addresses (every kernel file's library gets the same ones)
+    // that order one launch's threads after all earlier launches' threads, as the stream does.
+    char* launch_sync;
 };
 
 // Runs the whole grid; returns 0, or 1 with the first error in `err`.
@@ -443,6 +465,12 @@ template <class... A>
 inline int launch(void (*k)(A...), const char* name, const Config* c, void** args, char* err,
                   size_t errlen) {
     Launch L;
+    L.launch_sync = c->launch_sync;
+#ifdef DCL_SHIM_TSAN
+    // This launch's threads come after every thread of the launches before it.
+    __tsan_acquire(c->launch_sync + 1);
+    __tsan_release(c->launch_sync);
+#endif
     L.body = &call_kernel<A...>;
     L.kernel = reinterpret_cast<void*>(k);
     L.args = args;
