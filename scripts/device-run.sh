@@ -12,7 +12,7 @@
 #                                   (DCL_TEST_CUDA=1, at most T_TEST=30 s each), then each failed
 #                                   one again with CUDA_LAUNCH_BLOCKING=1
 #   sanitizer   T_SANITIZER=60      compute-sanitizer memcheck, then racecheck, over the op tests
-#                                   (all but steps::), one process per test (T_SAN_TEST=20 s each)
+#                                   (all but steps::), one process per tool
 #   bench-fp32  T_BENCH_FP32=55     dcl bench kernels --device cuda
 #   bench-tf32  T_BENCH_TF32=40     dcl bench kernels --device cuda --tf32 --reps 10
 #   parity      T_PARITY=70         full-width counter + localizer: dcl export-io on cuda and on cpu,
@@ -69,7 +69,6 @@ T_PARITY=${T_PARITY:-70}
 T_TRAIN=${T_TRAIN:-40}
 T_COUNT=${T_COUNT:-35}
 T_TEST=${T_TEST:-30}
-T_SAN_TEST=${T_SAN_TEST:-20}
 caps_sum=$((T_PREFLIGHT + T_TESTS + T_SANITIZER + T_BENCH_FP32 + T_BENCH_TF32 + T_PARITY + T_TRAIN + T_COUNT))
 T_TOTAL=${T_TOTAL:-$caps_sum}
 # The dry run's tiny runs are on the CPU or the host emulation, far slower than a GPU: there
@@ -162,6 +161,7 @@ check_flags() {
     echo "caps: preflight $T_PREFLIGHT, tests $T_TESTS, sanitizer $T_SANITIZER, bench-fp32 $T_BENCH_FP32, bench-tf32 $T_BENCH_TF32, parity $T_PARITY, train $T_TRAIN, count $T_COUNT = $caps_sum s; whole run at most $T_TOTAL s"
     if [ -f "$bundle/manifest.txt" ]; then sed 's/^/bundle: /' "$bundle/manifest.txt"; fi
 } | tee -a "$summary"
+chmod +x "$dcl" "$parity_bin" 2>/dev/null # in case the copy lost the modes
 if [ ! -x "$dcl" ] || [ ! -x "$parity_bin" ]; then
     part=preflight part_t0=$(now)
     row failed "bundle incomplete: $dcl or $parity_bin missing; run scripts/device-build.sh here and carry the bundle"
@@ -420,6 +420,9 @@ if wanted tests; then
 fi
 
 # ---- sanitizer: compute-sanitizer memcheck and racecheck over the op tests ---------------
+# One process per tool over every op test (a sanitizer's start and each context under it cost
+# seconds; the tests part already isolates each test). memcheck kills only the faulting kernel
+# (--destroy-on-device-error kernel), so one fault does not fail the tests after it.
 if wanted sanitizer; then
     part_begin sanitizer "$T_SANITIZER"
     slog=$logs/sanitizer.log
@@ -431,57 +434,52 @@ if wanted sanitizer; then
         done
     fi
     [ -z "$san" ] && san=$(find /usr/local /opt -maxdepth 6 -name compute-sanitizer -type f -perm -u+x 2>/dev/null | head -1)
-    # Tests that call cuBLAS last: its kernels are many and slow to instrument.
-    san_tests=()
-    for t in "${op_tests[@]}"; do [[ $t == conv2d::* || $t == device::* ]] || san_tests+=("$t"); done
-    for t in "${op_tests[@]}"; do [[ $t == conv2d::* || $t == device::* ]] && san_tests+=("$t"); done
-    san_args=(--error-exitcode 86 --print-limit 20)
+    san_filter=(--skip steps::)
     if [ "$dry" = 1 ]; then
-        echo "would run, per test: ${san:-compute-sanitizer} --tool memcheck|racecheck ${san_args[*]} $parity_bin --exact TEST --nocapture --test-threads=1" >>"$slog"
-        row skipped "dry run: compute-sanitizer ${san:-not found here}; memcheck and racecheck over ${#san_tests[@]} op tests"
+        echo "would run: ${san:-compute-sanitizer} --tool memcheck|racecheck --error-exitcode 86 $parity_bin ${san_filter[*]} --nocapture --test-threads=1" >>"$slog"
+        row skipped "dry run: compute-sanitizer ${san:-not found here}; memcheck and racecheck over ${#op_tests[@]} op tests"
     elif [ -z "$san" ]; then
         row failed "compute-sanitizer not found (PATH, /usr/local/cuda*, /opt/nvidia)"
     else
-        "$san" --version >>"$slog" 2>&1
-        parts=() san_bad=0
-        # memcheck gets 7/12 of the part, racecheck what is left.
+        { echo "$san"; timeout 10 "$san" --version; } >>"$slog" 2>&1
+        # Only the options this version knows (an unknown one would stop it at once).
+        san_help=$(timeout 10 "$san" --help 2>&1)
+        san_args=(--error-exitcode 86)
+        [[ $san_help == *--print-limit* ]] && san_args+=(--print-limit 20)
+        san_parts=() san_bad=0 san_partial=0
         for tool in memcheck racecheck; do
-            if [ "$tool" = memcheck ]; then tool_end=$(($(now) + T_SANITIZER * 7 / 12)); else tool_end=$part_end; fi
-            clean=0 errs=() nf=0 skipped_n=0
-            for t in "${san_tests[@]}"; do
-                cap=$((tool_end - $(now)))
-                [ "$cap" -gt "$(left)" ] && cap=$(left)
-                [ "$cap" -gt "$T_SAN_TEST" ] && cap=$T_SAN_TEST
-                if [ "$cap" -lt 3 ]; then
-                    skipped_n=$((skipped_n + 1))
-                    continue
-                fi
-                log=$logs/sanitizer/$tool-$t.log
-                DCL_TEST_CUDA=1 timeout -k 5 "$cap" "$san" --tool "$tool" "${san_args[@]}" \
-                    "$parity_bin" --exact "$t" --nocapture --test-threads=1 >"$log" 2>&1
-                rc=$?
-                summary_line=$(grep -m1 'ERROR SUMMARY' "$log" | sed -E 's/.*ERROR SUMMARY: //')
-                case $rc in
-                    0) clean=$((clean + 1)) ;;
-                    86) errs+=("$t (${summary_line:-errors})") ;;
-                    124 | 137) nf=$((nf + 1)) ;;
-                    *) errs+=("$t (exit $rc${summary_line:+, $summary_line})") ;;
-                esac
-                echo "$tool $t: exit $rc ${summary_line:-}" >>"$slog"
-            done
-            p="$tool $clean/${#san_tests[@]} clean"
-            [ "$nf" -gt 0 ] && p+=", $nf not finished"
-            [ "$skipped_n" -gt 0 ] && p+=", $skipped_n not run (time)"
-            [ ${#errs[@]} -gt 0 ] && p+=", ERRORS: ${errs[*]}" && san_bad=1
-            parts+=("$p")
+            # memcheck gets 7/12 of the part, racecheck what is left.
+            cap=$(left)
+            [ "$tool" = memcheck ] && cap=$((cap * 7 / 12))
+            extra=()
+            [ "$tool" = memcheck ] && [[ $san_help == *--destroy-on-device-error* ]] && extra=(--destroy-on-device-error kernel)
+            log=$logs/sanitizer/$tool.log
+            DCL_TEST_CUDA=1 capped "$cap" "$log" "$san" --tool "$tool" "${san_args[@]}" "${extra[@]}" \
+                "$parity_bin" "${san_filter[@]}" --nocapture --test-threads=1
+            rc=$?
+            errs=$(grep -m1 'ERROR SUMMARY' "$log" | sed -E 's/.*ERROR SUMMARY: //')
+            res=$(grep -m1 '^test result:' "$log" | sed -E 's/^test result: [A-Za-z]+\. ([0-9]+) passed; ([0-9]+) failed.*/\1 passed, \2 failed/')
+            failed_names=$(sed -n '/^failures:$/,/^test result/p' "$log" | grep -E '^    [a-z_0-9]+::' | sed 's/^ *//' | paste -sd' ')
+            p="$tool: "
+            case $rc in
+                0) p+="${res:-?}, ${errs:-no error summary}" ;;
+                124 | 137)
+                    p+="not finished in $cap s (stopped in $(grep -oE '^test [^ ]+' "$log" | tail -1 | cut -c6-))"
+                    san_partial=1 ;;
+                86) p+="${errs:-errors}; ${res:-?}${failed_names:+ ($failed_names)}"; san_bad=1 ;;
+                *) p+="exit $rc, ${res:-no test result}${failed_names:+ ($failed_names)}${errs:+, $errs}: $(last_line "$log")"; san_bad=1 ;;
+            esac
+            echo "$p" >>"$slog"
+            san_parts+=("$p")
         done
-        detail=$(printf '%s; ' "${parts[@]}")
+        detail=$(printf '%s; ' "${san_parts[@]}")
+        detail="${detail%; } (${#op_tests[@]} op tests, one process per tool)"
         if [ "$san_bad" = 1 ]; then
-            row failed "${detail%; }"
-        elif [[ $detail == *"not "* ]]; then
-            row partial "${detail%; }"
+            row failed "$detail"
+        elif [ "$san_partial" = 1 ]; then
+            row partial "$detail"
         else
-            row ok "${detail%; }"
+            row ok "$detail"
         fi
     fi
 fi
