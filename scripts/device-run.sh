@@ -276,8 +276,16 @@ ldp=$lib
 for d in "$cuda_dir" "$nvrtc_dir" "$cublas_dir"; do
     [ -n "$d" ] && [[ ":$ldp:" != *":$d:"* ]] && ldp+=:$d
 done
-export LD_LIBRARY_PATH=$ldp${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH" >>"$plog"
+ldp+=${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+echo "LD_LIBRARY_PATH for dcl and cuda_parity: $ldp" >>"$plog"
+# Only our two binaries get this path (through wrappers): PyTorch keeps the libraries it was
+# built with.
+mkdir -p "$work/bin"
+for b in dcl cuda_parity; do
+    printf '#!/usr/bin/env bash\nLD_LIBRARY_PATH=%q exec %q "$@"\n' "$ldp" "$bundle/bin/$b" >"$work/bin/$b"
+    chmod +x "$work/bin/$b"
+done
+dcl=$work/bin/dcl parity_bin=$work/bin/cuda_parity
 say "libraries: $found"
 pre_tests=()
 for t in "${all_tests[@]}"; do [[ $t == device::* ]] && pre_tests+=("$t"); done
@@ -454,8 +462,8 @@ if wanted sanitizer; then
             extra=()
             [ "$tool" = memcheck ] && [[ $san_help == *--destroy-on-device-error* ]] && extra=(--destroy-on-device-error kernel)
             log=$logs/sanitizer/$tool.log
-            DCL_TEST_CUDA=1 capped "$cap" "$log" "$san" --tool "$tool" "${san_args[@]}" "${extra[@]}" \
-                "$parity_bin" "${san_filter[@]}" --nocapture --test-threads=1
+            LD_LIBRARY_PATH=$ldp DCL_TEST_CUDA=1 capped "$cap" "$log" "$san" --tool "$tool" "${san_args[@]}" \
+                "${extra[@]}" "$bundle/bin/cuda_parity" "${san_filter[@]}" --nocapture --test-threads=1
             rc=$?
             errs=$(grep -m1 'ERROR SUMMARY' "$log" | sed -E 's/.*ERROR SUMMARY: //')
             res=$(grep -m1 '^test result:' "$log" | sed -E 's/^test result: [A-Za-z]+\. ([0-9]+) passed; ([0-9]+) failed.*/\1 passed, \2 failed/')
