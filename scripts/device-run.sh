@@ -183,7 +183,7 @@ if [ "$dry" = 1 ]; then
     # left out (noted in the rows), not failed.
     "${CXX:-c++}" --version >/dev/null 2>&1 || host_ok=0
 fi
-mapfile -t all_tests < <("$parity_bin" --list 2>/dev/null | sed -n 's/: test$//p')
+mapfile -t all_tests < <("$parity_bin" --list 2>"$work/list.err" | sed -n 's/: test$//p')
 # The op tests first, then whole training steps (heavier, and the op tests localise a fault).
 op_tests=() step_tests=()
 for t in "${all_tests[@]}"; do
@@ -291,11 +291,14 @@ pre_tests=()
 for t in "${all_tests[@]}"; do [[ $t == device::* ]] && pre_tests+=("$t"); done
 [ ${#pre_tests[@]} -eq 0 ] && [ ${#all_tests[@]} -gt 0 ] && pre_tests=("${all_tests[0]}")
 pre_ok=0
-if [ "$host_ok" = 0 ]; then
+# Both binaries must start here at all (a glibc older than the manifest's would stop them).
+if ! dcl_version=$("$dcl" --version 2>&1); then
+    pre_msg="$bundle/bin/dcl does not start: $(head -1 <<<"$dcl_version" | cut -c1-160)"
+elif [ ${#all_tests[@]} -eq 0 ]; then
+    pre_msg="$bundle/bin/cuda_parity --list names no tests: $(head -1 "$work/list.err" | cut -c1-160)"
+elif [ "$host_ok" = 0 ]; then
     pre_msg="no C++ compiler (${CXX:-c++}) for the host emulation: tiny run left out"
     pre_ok=1
-elif [ ${#pre_tests[@]} -eq 0 ]; then
-    pre_msg="$parity_bin --list names no tests"
 else
     LD_DEBUG=libs LD_DEBUG_OUTPUT=$logs/ld-debug DCL_TEST_CUDA=$TEST_CUDA \
         capped "$(left)" "$plog" "$parity_bin" --exact "${pre_tests[@]}" --nocapture --test-threads=1
