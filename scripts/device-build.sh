@@ -27,7 +27,7 @@ while [ $# -gt 0 ]; do
     case $1 in
         --profile) profile=${2:?--profile needs release or dev}; shift 2 ;;
         --dest) dest=${2:?--dest needs a folder}; shift 2 ;;
-        -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,/^set /p' "$0" | sed '$d'; exit 0 ;;
         *) echo "device-build: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done

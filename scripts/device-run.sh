@@ -48,7 +48,7 @@ while [ $# -gt 0 ]; do
         --dry-run) dry=1; shift ;;
         --bundle) bundle=${2:?--bundle needs a folder}; shift 2 ;;
         --parts) only=${2:?--parts needs a list}; shift 2 ;;
-        -h | --help) sed -n '2,38p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,/^set /p' "$0" | sed '$d'; exit 0 ;;
         *) echo "device-run: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
