@@ -1,101 +1,122 @@
 #!/usr/bin/env bash
-# Runs HERE (the machine with Rust). Builds what the GPU machine runs, since it has no Rust:
-# the release `dcl` and every test binary (`cargo test --release --no-run`, located through
-# cargo's JSON messages), into .device/ (gitignored), which the device call carries.
+# Runs HERE (the machine with Rust). Builds the bundle that the GPU machine runs, since that
+# machine has no Rust: only the two binaries scripts/device-run.sh runs, fully stripped, and a
+# copy of the VGG cells for the training and counting parts.
+#
+#   scripts/device-build.sh                       # release build into .device/ (gitignored)
+#                                                 # (cargo test --release --no-run --test cuda_parity)
+#   scripts/device-build.sh --profile dev --dest target/device-dry   # what CI's dry run uses
+#
+# The bundle (DEST, default .device):
+#   bin/dcl            the release `dcl` (train, count, bench, init-checkpoint, export-io)
+#   bin/cuda_parity    the GPU parity test binary (tests/cuda_parity), run one test per process
+#   data/vgg/          ../shared/data/vgg (train/ and val/): ../shared does not travel
+#   manifest.txt       commit, profile, sizes, the glibc the binaries need, the test list
 # The CUDA kernels are embedded in the binaries (build.rs) and compiled there by NVRTC.
 #
-#   scripts/device-build.sh            then, on the device: scripts/device-run.sh
-#
-# .device/ holds:
-#   bin/dcl, bin/<test name> (e.g. bin/cuda_parity; the crate's unit tests as bin/dcl-lib)
-#   bin/paths.env   the absolute paths cargo baked into the tests (CARGO_MANIFEST_DIR,
-#                   CARGO_BIN_EXE_dcl), so device-run.sh can make them resolve there
-#   data/vgg/       a copy of the VGG cells (train/ and val/) unless ./shared/data/vgg is a
-#                   real folder of this checkout (only such a folder travels; ../shared does not)
+# What travels to the device is the working tree (tracked and untracked-not-ignored files,
+# ./shared if the checkout has one) plus the carried paths. This script fails when that would
+# exceed DCL_TRAVEL_LIMIT_MIB (default 40; the device tool's own limit is 64 MiB).
+# DCL_KEEP_SYMBOLS=1 keeps the symbol tables (readable backtraces, about 2 MiB more).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$(pwd -P)
+
+profile=release
 dest=.device
+while [ $# -gt 0 ]; do
+    case $1 in
+        --profile) profile=${2:?--profile needs release or dev}; shift 2 ;;
+        --dest) dest=${2:?--dest needs a folder}; shift 2 ;;
+        -h | --help) sed -n '2,/^set /p' "$0" | sed '$d'; exit 0 ;;
+        *) echo "device-build: unknown argument $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+case $profile in
+    release) cargo_profile=(--release) ;;
+    dev) cargo_profile=() ;;
+    *) echo "device-build: --profile is release or dev, not $profile" >&2; exit 2 ;;
+esac
 shared_src=${DCL_SHARED:-../shared}
-# What travels (working tree + carried paths) is limited to 64 MiB in all.
-limit_mib=${DCL_CARRY_LIMIT_MIB:-56}
-
+limit_mib=${DCL_TRAVEL_LIMIT_MIB:-40}
 command -v python3 >/dev/null || { echo "device-build: python3 is needed to read cargo's JSON" >&2; exit 1; }
-rm -rf "$dest/bin"
-mkdir -p "$dest/bin"
 
-echo "device-build: cargo build --release (dcl)" >&2
-cargo build --release --bin dcl
-meta=$(cargo metadata --format-version 1 --no-deps)
-target_dir=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])' <<<"$meta")
-cp "$target_dir/release/dcl" "$dest/bin/dcl"
-
-echo "device-build: cargo test --release --no-run" >&2
 msgs=$(mktemp)
 trap 'rm -f "$msgs"' EXIT
-cargo test --release --no-run --message-format=json-render-diagnostics >"$msgs"
-# One line per test executable: "<name> <path>". Unit tests of the library and of the binary
-# share the crate's name, so they become dcl-lib and dcl-bin.
-python3 - "$msgs" >"$dest/bin/tests.txt" <<'EOF'
+# One cargo call builds both: an integration test builds the crate's binary beside it. (A
+# separate `cargo build` would resolve features without the dev-dependencies and rebuild part
+# of the tree; after `cargo test`, as in CI, this call is a no-op.)
+echo "device-build: cargo test ${cargo_profile[*]} --no-run --test cuda_parity (also builds the dcl binary)" >&2
+cargo test "${cargo_profile[@]}" --no-run --test cuda_parity --message-format=json-render-diagnostics >"$msgs"
+# The executables from cargo's own messages: the `dcl` bin and the cuda_parity test.
+mapfile -t exes < <(python3 - "$msgs" <<'EOF'
 import json, sys
+found = {}
 for line in open(sys.argv[1]):
     try:
         m = json.loads(line)
     except ValueError:
         continue
-    if m.get("reason") != "compiler-artifact" or not m.get("executable") or not m["profile"]["test"]:
+    if m.get("reason") != "compiler-artifact" or not m.get("executable"):
         continue
     t = m["target"]
-    name = t["name"]
-    kinds = t["kind"]
-    if "lib" in kinds:
-        name += "-lib"
-    elif "bin" in kinds:
-        name += "-bin"
-    elif "bench" in kinds:
-        continue
-    print(name, m["executable"])
+    if t["name"] == "dcl" and t["kind"] == ["bin"] and not m["profile"]["test"]:
+        found["dcl"] = m["executable"]
+    elif t["name"] == "cuda_parity" and m["profile"]["test"]:
+        found["cuda_parity"] = m["executable"]
+for k in ("dcl", "cuda_parity"):
+    print(found.get(k, ""))
 EOF
-[ -s "$dest/bin/tests.txt" ] || { echo "device-build: cargo reported no test executables" >&2; exit 1; }
-while read -r name path; do
-    cp "$path" "$dest/bin/$name"
-done <"$dest/bin/tests.txt"
-cut -d' ' -f1 "$dest/bin/tests.txt" >"$dest/bin/tests.list"
-rm "$dest/bin/tests.txt"
+)
+for i in 0 1; do
+    if [ -z "${exes[$i]:-}" ] || [ ! -x "${exes[$i]}" ]; then
+        echo "device-build: cargo reported no executable for $([ "$i" = 0 ] && echo dcl || echo cuda_parity)" >&2
+        exit 1
+    fi
+done
 
-cat >"$dest/bin/paths.env" <<EOF
-BAKED_MANIFEST_DIR=$root
-BAKED_DCL=$target_dir/release/dcl
-EOF
+rm -rf "${dest:?}/bin"
+mkdir -p "$dest/bin"
+strip_mode=--strip-all
+[ "${DCL_KEEP_SYMBOLS:-0}" = 1 ] && strip_mode=--strip-debug
+strip "$strip_mode" -o "$dest/bin/dcl" "${exes[0]}"
+strip "$strip_mode" -o "$dest/bin/cuda_parity" "${exes[1]}"
 
-size_mib() { du -sm "$@" | awk '{s += $1} END {print s + 0}'; }
-if [ "$(size_mib "$dest/bin")" -gt $((limit_mib - 12)) ]; then
-    # Line tables make backtraces readable but cost megabytes per binary; symbols stay.
-    echo "device-build: stripping debug info to fit the carry limit" >&2
-    for f in "$dest"/bin/*; do
-        [ -x "$f" ] && [ ! -L "$f" ] && strip --strip-debug "$f" 2>/dev/null || true
-    done
-fi
-
+# Data for the training and counting parts. A real ./shared/data/vgg of this checkout travels
+# by itself; otherwise copy ../shared/data/vgg (the device sees only this checkout).
+rm -rf "${dest:?}/data"
 if [ -d shared/data/vgg/train ] && [ ! -L shared ] && [ ! -L shared/data ] && [ ! -L shared/data/vgg ]; then
-    rm -rf "$dest/data"
-    echo "device-build: data travels in ./shared/data/vgg" >&2
-elif [ -d "$shared_src/data/vgg/train" ]; then
-    rm -rf "$dest/data"
+    data_note="./shared/data/vgg travels with the checkout"
+elif [ -d "$shared_src/data/vgg/train" ] && [ -d "$shared_src/data/vgg/val" ]; then
     mkdir -p "$dest/data/vgg"
     cp -r "$shared_src/data/vgg/train" "$shared_src/data/vgg/val" "$dest/data/vgg/"
-    echo "device-build: copied $shared_src/data/vgg (train, val) into $dest/data/vgg" >&2
+    data_note="copied $shared_src/data/vgg (train $(find "$dest/data/vgg/train" -name '*cell.png' | wc -l), val $(find "$dest/data/vgg/val" -name '*cell.png' | wc -l) images)"
 else
-    echo "device-build: warning: no VGG data found (./shared/data/vgg or $shared_src/data/vgg); the training part will fail" >&2
+    data_note="no VGG data ($shared_src/data/vgg missing): the training part will fail, counting uses the test fixtures"
+    echo "device-build: warning: $data_note" >&2
 fi
 
-total=$(size_mib "$dest")
-tree=$(git ls-files -co --exclude-standard -z | du -cm --files0-from=- 2>/dev/null | tail -1 | cut -f1)
-if [ -d shared ]; then tree=$((tree + $(size_mib shared))); fi # ./shared travels too
-echo "device-build: $dest is ${total} MiB (working tree ~${tree} MiB; 64 MiB may travel in all):" >&2
-ls -la "$dest/bin" >&2
-if [ $((total + tree)) -gt 64 ]; then
-    echo "device-build: too large to travel; carry less (DCL_CARRY_LIMIT_MIB)" >&2
+kib() { du -sk "$@" 2>/dev/null | awk '{s += $1} END {print s + 0}'; }
+mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
+tree_kib=$(git ls-files -co --exclude-standard -z | du -ck --files0-from=- 2>/dev/null | tail -1 | cut -f1)
+[ -d shared ] && [ ! -L shared ] && tree_kib=$((tree_kib + $(kib shared)))
+bin_kib=$(kib "$dest/bin")
+data_kib=0
+[ -d "$dest/data" ] && data_kib=$(kib "$dest/data")
+total_kib=$((tree_kib + bin_kib + data_kib))
+glibc=$({ objdump -T "$dest/bin/dcl" "$dest/bin/cuda_parity" 2>/dev/null || true; } | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -1 || true)
+
+{
+    echo "commit      $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)')"
+    echo "built       $(date -u +%FT%TZ) on $(uname -m), profile $profile, strip $strip_mode"
+    echo "needs       ${glibc:-glibc ?} or newer on the device"
+    echo "bin         $(mib "$bin_kib") MiB: dcl $(mib "$(kib "$dest/bin/dcl")"), cuda_parity $(mib "$(kib "$dest/bin/cuda_parity")")"
+    echo "data        $(mib "$data_kib") MiB: $data_note"
+    echo "travels     $(mib "$total_kib") MiB = working tree $(mib "$tree_kib") + bin + data (limit $limit_mib MiB)"
+    echo "tests       $("$dest/bin/cuda_parity" --list 2>/dev/null | grep -c ': test$')"
+} >"$dest/manifest.txt"
+sed 's/^/device-build: /' "$dest/manifest.txt" >&2
+if [ "$total_kib" -gt $((limit_mib * 1024)) ]; then
+    echo "device-build: too large to travel: $(mib "$total_kib") MiB > $limit_mib MiB" >&2
     exit 1
 fi
-echo "device-build: done. Carry '$dest' and run scripts/device-run.sh on the device." >&2
+echo "device-build: done; carry '$dest' and run scripts/device-run.sh on the device (scripts/README.md)" >&2

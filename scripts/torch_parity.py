@@ -6,7 +6,7 @@ names are exactly those of dcl checkpoints (torchvision `vgg19[_bn].features` in
 UNet names), so a dcl checkpoint loads with `load_state_dict(strict=True)`. The inputs and dcl's
 eval-mode outputs come from `dcl export-io`.
 
-  compare  one checkpoint (pair) against one `dcl export-io` file
+  compare  one checkpoint (pair) against `dcl export-io` files (one per dcl device, say)
   suite    makes random checkpoints with `dcl init-checkpoint`, exports, compares: vgg19,
            vgg19_bn, no GMP, K=8 and K=3, and the localizer, at the sizes asked for
   time     PyTorch eager forward+backward (and + Adam step) of the full-width counter and
@@ -308,8 +308,9 @@ def compare(io_path, counter_path, localizer_path, device, tol, label=""):
                 f"z max-abs {max_abs:.3e}, rel {rel:.3e} (|z| max {scale:.3e}), "
                 f"count rel {count_rel:.3e}{extra} [{where}]")
         print(line, flush=True)
-        results.append({"network": describe(ccfg), "input": list(images.shape), "max_abs": max_abs,
-                        "rel": rel, "count_rel": count_rel, "ok": ok, "line": line})
+        results.append({"network": describe(ccfg), "dcl_device": exp.get("device"),
+                        "input": list(images.shape), "max_abs": max_abs, "rel": rel,
+                        "count_rel": count_rel, "ok": ok, "line": line})
         if localizer_path:
             if "density" not in io:
                 raise SystemExit(f"{io_path}: no 'density' tensor; export with --localizer")
@@ -327,8 +328,9 @@ def compare(io_path, counter_path, localizer_path, device, tol, label=""):
                     f"4-channel input rel {in_rel:.3e}; end to end (torch z) rel {e2e_rel:.3e} "
                     f"[{where}]")
             print(line, flush=True)
-            results.append({"network": describe(lcfg), "input": list(images.shape),
-                            "max_abs": max_abs, "rel": rel, "input_rel": in_rel,
+            results.append({"network": describe(lcfg), "dcl_device": exp.get("device"),
+                            "input": list(images.shape), "max_abs": max_abs, "rel": rel,
+                            "input_rel": in_rel,
                             "e2e_rel": e2e_rel, "ok": ok, "line": line})
     return results
 
@@ -456,8 +458,9 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    c = sub.add_parser("compare", help="one dcl export-io file against torch")
-    c.add_argument("--io", required=True, help="file written by dcl export-io")
+    c = sub.add_parser("compare", help="dcl export-io files against torch")
+    c.add_argument("--io", required=True, nargs="+",
+                   help="file(s) written by dcl export-io (e.g. one per dcl device)")
     c.add_argument("--counter", required=True)
     c.add_argument("--localizer")
     c.add_argument("--device", default="cpu")
@@ -491,7 +494,8 @@ def main():
         time_steps(a)
         return 0
     if a.cmd == "compare":
-        results, failures = compare(a.io, a.counter, a.localizer, a.device, a.tol), []
+        results = [r for io in a.io for r in compare(io, a.counter, a.localizer, a.device, a.tol)]
+        failures = []
     else:
         results, failures = suite(a)
     bad = [r for r in results if not r["ok"]]
