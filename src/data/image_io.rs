@@ -39,22 +39,175 @@ pub fn is_image_file(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Decodes any PNG / JPEG / TIFF; the error names the file (missing, unreadable, truncated).
-pub fn decode(path: &Path) -> Result<DynamicImage> {
-    let reader = image::ImageReader::open(path)
-        .map_err(|e| Error::file(path, format!("cannot open image: {e}")))?
-        .with_guessed_format()
-        .map_err(|e| Error::file(path, format!("cannot read image: {e}")))?;
-    let img = reader.decode().map_err(|e| {
-        Error::file(
-            path,
-            format!("cannot decode image (unreadable or truncated): {e}"),
-        )
-    })?;
-    if img.width() == 0 || img.height() == 0 {
-        return Err(Error::file(path, "image has no pixels"));
+/// What decoding one image may allocate. A file whose header declares more is refused before
+/// its pixels are decoded, so a crafted header (a PNG "declaring" 10⁶ x 10⁶ pixels) is a clean
+/// error, never an allocation failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeLimits {
+    /// Largest width or height.
+    pub max_side: u32,
+    /// Largest decoded buffer in bytes (width x height x channels x bytes per channel), also
+    /// the largest file read.
+    pub max_bytes: u64,
+}
+
+impl Default for DecodeLimits {
+    /// 65535 pixels a side (JPEG's own limit) and 2 GiB decoded (e.g. 26000 x 26000 RGB at
+    /// 8 bits).
+    fn default() -> Self {
+        DecodeLimits {
+            max_side: 65535,
+            max_bytes: 2 << 30,
+        }
     }
-    Ok(img)
+}
+
+/// Decodes any PNG / JPEG / TIFF within the default `DecodeLimits`; the error names the file
+/// (missing, unreadable, truncated, corrupt, too large).
+pub fn decode(path: &Path) -> Result<DynamicImage> {
+    decode_with(path, &DecodeLimits::default())
+}
+
+/// `decode` within `limits`.
+pub fn decode_with(path: &Path, limits: &DecodeLimits) -> Result<DynamicImage> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| Error::file(path, format!("cannot open image: {e}")))?;
+    if !meta.is_file() {
+        return Err(Error::file(path, "cannot open image: not a regular file"));
+    }
+    if meta.len() > limits.max_bytes {
+        return Err(Error::file(
+            path,
+            format!(
+                "image file of {} bytes is larger than the limit of {} bytes",
+                meta.len(),
+                limits.max_bytes
+            ),
+        ));
+    }
+    let bytes =
+        std::fs::read(path).map_err(|e| Error::file(path, format!("cannot read image: {e}")))?;
+    decode_bytes(&bytes, limits).map_err(|e| Error::file(path, e))
+}
+
+/// Decodes an image held in memory; the error is the problem alone (callers name the file).
+///
+/// Strict: a decoding error or an early end of data is an error, never a partly filled image.
+/// PNG and TIFF go through the `image` crate (which fails on a truncated or corrupt stream,
+/// and checks PNG checksums); JPEG through `zune-jpeg` in strict mode (`image` runs it lenient,
+/// which fills a truncated scan with grey and reports nothing).
+pub fn decode_bytes(
+    bytes: &[u8],
+    limits: &DecodeLimits,
+) -> std::result::Result<DynamicImage, String> {
+    let format = image::guess_format(bytes)
+        .map_err(|_| "not a PNG, JPEG or TIFF image (unknown content)".to_string())?;
+    // A panic in a decoder on a crafted file is reported as this file's error.
+    let decoded = std::panic::catch_unwind(|| match format {
+        image::ImageFormat::Jpeg => decode_jpeg_strict(bytes, limits),
+        image::ImageFormat::Png | image::ImageFormat::Tiff => {
+            let mut reader = image::ImageReader::with_format(Cursor::new(bytes), format);
+            let mut l = image::Limits::default();
+            l.max_image_width = Some(limits.max_side);
+            l.max_image_height = Some(limits.max_side);
+            l.max_alloc = Some(limits.max_bytes);
+            reader.limits(l);
+            reader.decode().map_err(|e| match e {
+                image::ImageError::Limits(e) => format!(
+                    "image too large ({e}; at most {} pixels a side and {} bytes decoded)",
+                    limits.max_side, limits.max_bytes
+                ),
+                e => format!("cannot decode image (corrupt or truncated): {e}"),
+            })
+        }
+        other => Err(format!(
+            "{other:?} images are not supported (PNG, JPEG or TIFF)"
+        )),
+    })
+    .unwrap_or_else(|_| Err("cannot decode image: the decoder failed on this file".into()))?;
+    if decoded.width() == 0 || decoded.height() == 0 {
+        return Err("image has no pixels".into());
+    }
+    Ok(decoded)
+}
+
+/// Whether a JPEG holds an end-of-image marker (FF D9) after its first scan. The segments
+/// before the scan are walked by their lengths (an EXIF thumbnail's own marker does not
+/// count); inside entropy-coded data FF is always followed by 00 or a restart marker, so the
+/// first FF D9 after the scan starts is the real one.
+fn jpeg_has_end_marker(bytes: &[u8]) -> bool {
+    let mut i = 2;
+    while i + 4 <= bytes.len() {
+        if bytes[i] != 0xFF {
+            return false;
+        }
+        match bytes[i + 1] {
+            0xFF => i += 1,
+            0xDA => return bytes[i..].windows(2).any(|w| w == [0xFF, 0xD9]),
+            _ => i += 2 + u16::from_be_bytes([bytes[i + 2], bytes[i + 3]]) as usize,
+        }
+    }
+    false
+}
+
+/// A JPEG decoded by zune-jpeg in strict mode, to the colour types `image` gives (grey and
+/// RGB, with alpha if any; CMYK and others converted to RGB).
+fn decode_jpeg_strict(
+    bytes: &[u8],
+    limits: &DecodeLimits,
+) -> std::result::Result<DynamicImage, String> {
+    use zune_core::colorspace::ColorSpace;
+    let bad = |e: zune_jpeg::errors::DecodeErrors| {
+        format!("cannot decode image (corrupt or truncated JPEG): {e}")
+    };
+    let options = zune_core::options::DecoderOptions::default()
+        .set_strict_mode(true)
+        .set_max_width(limits.max_side as usize)
+        .set_max_height(limits.max_side as usize);
+    let mut dec = zune_jpeg::JpegDecoder::new_with_options(
+        zune_core::bytestream::ZCursor::new(bytes),
+        options,
+    );
+    dec.decode_headers().map_err(bad)?;
+    let (w, h) = dec
+        .dimensions()
+        .ok_or_else(|| "cannot decode image: no JPEG frame header".to_string())?;
+    let out = match dec.input_colorspace() {
+        Some(c @ (ColorSpace::RGB | ColorSpace::RGBA | ColorSpace::Luma | ColorSpace::LumaA)) => c,
+        _ => ColorSpace::RGB,
+    };
+    let need = w as u64 * h as u64 * out.num_components() as u64;
+    if need > limits.max_bytes {
+        return Err(format!(
+            "image too large ({w}x{h} needs {need} bytes decoded; at most {} bytes)",
+            limits.max_bytes
+        ));
+    }
+    dec.set_options(dec.options().jpeg_set_out_colorspace(out));
+    let px = dec.decode().map_err(bad)?;
+    // Strict mode still accepts a file cut in its last few bytes (the scan's final bits and
+    // the end-of-image marker): the marker must be there.
+    if !jpeg_has_end_marker(bytes) {
+        return Err(
+            "cannot decode image (corrupt or truncated JPEG): no end-of-image marker after the \
+             image data"
+                .into(),
+        );
+    }
+    let (w, h) = (w as u32, h as u32);
+    let short = || "cannot decode image: the JPEG decoder returned too few pixels".to_string();
+    Ok(match out {
+        ColorSpace::Luma => {
+            DynamicImage::ImageLuma8(image::ImageBuffer::from_raw(w, h, px).ok_or_else(short)?)
+        }
+        ColorSpace::LumaA => {
+            DynamicImage::ImageLumaA8(image::ImageBuffer::from_raw(w, h, px).ok_or_else(short)?)
+        }
+        ColorSpace::RGBA => {
+            DynamicImage::ImageRgba8(image::ImageBuffer::from_raw(w, h, px).ok_or_else(short)?)
+        }
+        _ => DynamicImage::ImageRgb8(image::ImageBuffer::from_raw(w, h, px).ok_or_else(short)?),
+    })
 }
 
 /// Width x height from the file's header, without decoding it; None when unreadable.
@@ -250,63 +403,129 @@ pub fn read_dots_image(path: &Path, rule: DotRule) -> Result<DotsImage> {
     })
 }
 
+/// The largest points CSV read (about 10 million points).
+pub const MAX_CSV_BYTES: u64 = 256 << 20;
+
 /// Reads a CSV of points: one `x,y` row per cell (x = column, y = row, 0-based pixel indices
-/// whose centres are at integers, fractions allowed). A first line that is not numeric is a
-/// header; if it names columns `x` and `y` those are used, otherwise the first two. Blank lines
-/// and lines starting with '#' are skipped. Every point must lie inside the `width` x `height`
-/// image (-0.5 <= x < width - 0.5). A file with a header and no rows means zero cells.
+/// whose centres are at integers, fractions allowed), parsed strictly (`parse_points_csv`).
 /// Returned points use the pixel-square convention of this module (index + 0.5).
 pub fn read_points_csv(path: &Path, width: usize, height: usize) -> Result<Vec<(f32, f32)>> {
+    let meta =
+        std::fs::metadata(path).map_err(|e| Error::file(path, format!("cannot read CSV: {e}")))?;
+    if !meta.is_file() || meta.len() > MAX_CSV_BYTES {
+        return Err(Error::file(
+            path,
+            format!("cannot read CSV: not a regular file of at most {MAX_CSV_BYTES} bytes"),
+        ));
+    }
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::file(path, format!("cannot read CSV: {e}")))?;
-    let mut cols = (0usize, 1usize);
+    parse_points_csv(&text, width, height).map_err(|e| Error::file(path, e))
+}
+
+/// Parses a points CSV. Strict, so that a damaged file is an error rather than fewer cells:
+/// - blank lines and lines starting with '#' are skipped (a UTF-8 byte-order mark too);
+/// - the first other line is a header only if it names the columns `x` and `y` (any case, in
+///   any order, among other columns); then every row has as many fields as the header;
+/// - without a header every row is exactly two fields;
+/// - x and y of every row are finite numbers inside the `width` x `height` image
+///   (-0.5 <= x < width - 0.5, the same for y);
+/// - a file with neither a header nor a row (0 bytes, only comments) is an error; a header
+///   alone means an image without cells.
+///
+/// Fields may be quoted ("1.5"). The error names the line.
+pub fn parse_points_csv(
+    text: &str,
+    width: usize,
+    height: usize,
+) -> std::result::Result<Vec<(f32, f32)>, String> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let unquote = |f: &str| {
+        let f = f.trim();
+        f.strip_prefix('"')
+            .and_then(|g| g.strip_suffix('"'))
+            .unwrap_or(f)
+            .trim()
+            .to_string()
+    };
+    // (x column, y column, fields per row), set by the header or the first row
+    let mut cols: Option<(usize, usize, usize)> = None;
+    let mut header = false;
     let mut pts = Vec::new();
-    let mut first = true;
-    for (ln, line) in text.lines().enumerate() {
+    let shown = |line: &str| -> String {
+        let s: String = line.chars().take(60).collect();
+        if s.len() < line.len() {
+            format!("{s}...")
+        } else {
+            s
+        }
+    };
+    for (ln, line) in text.split('\n').enumerate() {
+        let ln = ln + 1;
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let fields: Vec<&str> = line
-            .split(',')
-            .map(|f| f.trim().trim_matches('"').trim())
-            .collect();
-        if first {
-            first = false;
-            if fields.iter().any(|f| f.parse::<f64>().is_err()) {
+        let fields: Vec<String> = line.split(',').map(unquote).collect();
+        let number = |f: &str| f.parse::<f64>().ok();
+        if cols.is_none() {
+            if fields.len() == 2 && fields.iter().all(|f| number(f).is_some()) {
+                cols = Some((0, 1, 2));
+            } else {
                 let pos = |n: &str| fields.iter().position(|f| f.eq_ignore_ascii_case(n));
-                if let (Some(x), Some(y)) = (pos("x"), pos("y")) {
-                    cols = (x, y);
+                match (pos("x"), pos("y")) {
+                    (Some(x), Some(y)) => {
+                        cols = Some((x, y, fields.len()));
+                        header = true;
+                        continue;
+                    }
+                    _ => {
+                        return Err(format!(
+                            "line {ln}: '{}' is neither a header naming the columns x and y \
+                             nor a row of two numbers x,y",
+                            shown(line)
+                        ))
+                    }
                 }
-                continue;
             }
         }
-        let get = |c: usize| -> Result<f64> {
-            let f = fields.get(c).ok_or_else(|| {
-                Error::file(
-                    path,
-                    format!("line {}: expected x,y but found '{line}'", ln + 1),
-                )
-            })?;
-            f.parse::<f64>().map_err(|_| {
-                Error::file(
-                    path,
-                    format!("line {}: '{f}' is not a number ('{line}')", ln + 1),
+        let (cx, cy, n) = cols.expect("set above");
+        if fields.len() != n {
+            return Err(format!(
+                "line {ln}: expected {} but found '{}' ({} fields)",
+                if header {
+                    format!("{n} fields as in the header")
+                } else {
+                    "x,y".to_string()
+                },
+                shown(line),
+                fields.len()
+            ));
+        }
+        let get = |c: usize| -> std::result::Result<f64, String> {
+            number(&fields[c]).ok_or_else(|| {
+                format!(
+                    "line {ln}: '{}' is not a number ('{}')",
+                    shown(&fields[c]),
+                    shown(line)
                 )
             })
         };
-        let (x, y) = (get(cols.0)?, get(cols.1)?);
+        let (x, y) = (get(cx)?, get(cy)?);
         let inside = |v: f64, n: usize| v.is_finite() && v >= -0.5 && v < n as f64 - 0.5;
         if !inside(x, width) || !inside(y, height) {
-            return Err(Error::file(
-                path,
-                format!(
-                    "line {}: point ({x}, {y}) lies outside the {width}x{height} image",
-                    ln + 1
-                ),
+            return Err(format!(
+                "line {ln}: point ({x}, {y}) lies outside the {width}x{height} image"
             ));
         }
         pts.push(((x + 0.5) as f32, (y + 0.5) as f32));
+    }
+    if cols.is_none() {
+        return Err(
+            "empty annotation: no header and no x,y rows (an image without cells is a file \
+             holding the header x,y alone)"
+                .into(),
+        );
     }
     Ok(pts)
 }
