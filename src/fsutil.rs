@@ -73,6 +73,22 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     write().map_err(|e| Error::file(path, format!("cannot write: {e}")))
 }
 
+/// Writes `bytes` into a new file `DIR/PREFIX<random>SUFFIX`, created exclusively (so also
+/// safe in a shared folder such as /tmp), and keeps it; returns its path.
+pub fn write_new_file(dir: &Path, prefix: &str, suffix: &str, bytes: &[u8]) -> Result<PathBuf> {
+    let write = || -> std::io::Result<PathBuf> {
+        let mut f = tempfile::Builder::new()
+            .prefix(prefix)
+            .suffix(suffix)
+            .rand_bytes(8)
+            .tempfile_in(dir)?;
+        f.as_file_mut().write_all(bytes)?;
+        f.as_file_mut().sync_all()?;
+        f.keep().map(|(_, p)| p).map_err(|e| e.error)
+    };
+    write().map_err(|e| Error::file(dir, format!("cannot write a file here: {e}")))
+}
+
 /// The PID in a temporary file name `.NAME.dcl-tmp.PID.RANDOM`, if it is one of ours.
 pub fn temp_owner(file_name: &str) -> Option<u32> {
     let rest = &file_name[file_name.rfind(TEMP_TAG)? + TEMP_TAG.len()..];
