@@ -237,7 +237,16 @@ fn read_model(
     path: &Path,
     kind: ModelKind,
 ) -> Result<(ModelConfig, BTreeMap<String, Loaded>, u64)> {
-    let (meta, floats, ints) = read_tensors(path)?;
+    check_model(path, read_tensors(path)?, kind)
+}
+
+/// Checks a checkpoint's contents: its configuration (every field in bounds), that it holds
+/// a network of `kind` of about the configured size, integer tensors, and finite values.
+fn check_model(
+    path: &Path,
+    (meta, floats, ints): Contents,
+    kind: ModelKind,
+) -> Result<(ModelConfig, BTreeMap<String, Loaded>, u64)> {
     let config = config_from_metadata(path, &meta)?;
     if config.model != kind {
         return Err(Error::Checkpoint {
@@ -285,6 +294,18 @@ pub fn load_model<N: Network>(path: &Path) -> Result<(N, u64)> {
     let (config, floats, steps) = read_model(path, N::KIND)?;
     let mut net = N::new(&config, 0)?;
     load_into(path, net.store_mut(), floats)?;
+    Ok((net, steps))
+}
+
+/// `load_model` of a checkpoint held in memory; `name` names it in errors.
+pub fn load_model_bytes<N: Network>(bytes: &[u8], name: &Path) -> Result<(N, u64)> {
+    let contents = parse_tensors(bytes).map_err(|msg| Error::Checkpoint {
+        path: name.into(),
+        msg,
+    })?;
+    let (config, floats, steps) = check_model(name, contents, N::KIND)?;
+    let mut net = N::new(&config, 0)?;
+    load_into(name, net.store_mut(), floats)?;
     Ok((net, steps))
 }
 

@@ -106,6 +106,11 @@ pub fn decode_bytes(
     let decoded = std::panic::catch_unwind(|| match format {
         image::ImageFormat::Jpeg => decode_jpeg_strict(bytes, limits),
         image::ImageFormat::Png | image::ImageFormat::Tiff => {
+            if format == image::ImageFormat::Png {
+                check_png_chunks(bytes)?;
+            } else {
+                check_tiff_tags(bytes)?;
+            }
             let mut reader = image::ImageReader::with_format(Cursor::new(bytes), format);
             let mut l = image::Limits::default();
             l.max_image_width = Some(limits.max_side);
@@ -117,6 +122,7 @@ pub fn decode_bytes(
                     "image too large ({e}; at most {} pixels a side and {} bytes decoded)",
                     limits.max_side, limits.max_bytes
                 ),
+                image::ImageError::Unsupported(e) => format!("unsupported image: {e}"),
                 e => format!("cannot decode image (corrupt or truncated): {e}"),
             })
         }
@@ -129,6 +135,137 @@ pub fn decode_bytes(
         return Err("image has no pixels".into());
     }
     Ok(decoded)
+}
+
+/// CRC-32 (ISO-HDLC, as PNG uses) of `bytes`.
+fn crc32(bytes: &[u8]) -> u32 {
+    static TABLE: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        std::array::from_fn(|n| {
+            (0..8).fold(n as u32, |c, _| {
+                if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                }
+            })
+        })
+    });
+    !bytes.iter().fold(!0u32, |c, &b| {
+        table[((c ^ b as u32) & 0xFF) as usize] ^ (c >> 8)
+    })
+}
+
+/// A PNG's chunks, walked to its IEND: every chunk lies inside the file and its CRC matches.
+/// The decoder stops reading once it has the pixels, so without this a file cut in (or
+/// damaged after) its last image data would pass.
+fn check_png_chunks(bytes: &[u8]) -> std::result::Result<(), String> {
+    let mut i = 8;
+    loop {
+        let Some(head) = bytes.get(i..i + 8) else {
+            return Err(
+                "cannot decode image (truncated PNG): it ends before its IEND chunk".into(),
+            );
+        };
+        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let kind = &head[4..8];
+        let end = (i + 8).saturating_add(len);
+        let Some(crc) = bytes.get(end..end.saturating_add(4)) else {
+            return Err(format!(
+                "cannot decode image (truncated PNG): chunk {} at byte {i} runs past the end",
+                String::from_utf8_lossy(kind)
+            ));
+        };
+        let want = u32::from_be_bytes([crc[0], crc[1], crc[2], crc[3]]);
+        if crc32(&bytes[i + 4..end]) != want {
+            return Err(format!(
+                "cannot decode image (corrupt PNG): chunk {} at byte {i} fails its CRC check",
+                String::from_utf8_lossy(kind)
+            ));
+        }
+        if kind == b"IEND" {
+            return Ok(());
+        }
+        i = end + 4;
+    }
+}
+
+/// A TIFF's tags, walked through its chain of IFDs (classic and BigTIFF): every tag's values
+/// must lie inside the file and number at most 2^22. The TIFF decoder reserves memory for a
+/// tag's declared values before reading them (up to 256 MiB for a file of a few bytes), and
+/// before any limit can be set; this bounds that by the file's size.
+fn check_tiff_tags(bytes: &[u8]) -> std::result::Result<(), String> {
+    const MAX_VALUES: u64 = 1 << 22;
+    let bad = |what: String| Err(format!("cannot decode image (corrupt TIFF): {what}"));
+    let le = match bytes.get(..2) {
+        Some(b"II") => true,
+        Some(b"MM") => false,
+        _ => return bad("no byte-order mark".into()),
+    };
+    let uint = |at: usize, n: usize| -> Option<u64> {
+        let b = bytes.get(at..at.checked_add(n)?)?;
+        Some(if le {
+            b.iter().rev().fold(0u64, |v, &x| v << 8 | x as u64)
+        } else {
+            b.iter().fold(0u64, |v, &x| v << 8 | x as u64)
+        })
+    };
+    let big = match uint(2, 2) {
+        Some(42) => false,
+        Some(43) => true,
+        _ => return bad("not a TIFF version (42) or BigTIFF (43)".into()),
+    };
+    let (word, entry, first) = if big { (8, 20, 8) } else { (4, 12, 4) };
+    let mut ifd = uint(first, word).ok_or("cannot decode image (truncated TIFF)")?;
+    let mut seen = std::collections::HashSet::new();
+    while ifd != 0 {
+        if !seen.insert(ifd) || seen.len() > 256 {
+            return bad("its chain of directories loops or is too long".into());
+        }
+        let at = usize::try_from(ifd).map_err(|_| "corrupt TIFF".to_string())?;
+        let count_size = if big { 8 } else { 2 };
+        let Some(n) = uint(at, count_size) else {
+            return bad(format!("directory at byte {at} lies past the end"));
+        };
+        if n > 4096 {
+            return bad(format!("directory at byte {at} declares {n} tags"));
+        }
+        let entries = at + count_size;
+        for k in 0..n as usize {
+            let e = entries + k * entry;
+            let (Some(tag), Some(ty), Some(count), Some(offset)) = (
+                uint(e, 2),
+                uint(e + 2, 2),
+                uint(e + 4, word),
+                uint(e + 4 + word, word),
+            ) else {
+                return bad(format!("directory at byte {at} runs past the end"));
+            };
+            let size = match ty {
+                1 | 2 | 6 | 7 => 1,
+                3 | 8 => 2,
+                4 | 9 | 11 | 13 => 4,
+                5 | 10 | 12 | 16 | 17 | 18 => 8,
+                _ => 1,
+            };
+            if count > MAX_VALUES {
+                return bad(format!("tag {tag} declares {count} values"));
+            }
+            let total = count * size;
+            if total > word as u64
+                && offset
+                    .checked_add(total)
+                    .is_none_or(|end| end > bytes.len() as u64)
+            {
+                return bad(format!(
+                    "the {count} values of tag {tag} lie past the end of the file"
+                ));
+            }
+        }
+        ifd = uint(entries + n as usize * entry, word)
+            .ok_or("cannot decode image (truncated TIFF): no next-directory offset")?;
+    }
+    Ok(())
 }
 
 /// Whether a JPEG holds an end-of-image marker (FF D9) after its first scan. The segments
@@ -351,7 +488,12 @@ pub struct DotsImage {
 /// Reads a dot-annotation image: one point per annotated pixel at its centre, row-major order.
 /// Returns the image size too, so callers can check it against the image's.
 pub fn read_dots_image(path: &Path, rule: DotRule) -> Result<DotsImage> {
-    let img = decode(path)?;
+    dots_of(&decode(path)?, rule).map_err(|e| Error::file(path, e))
+}
+
+/// The dots of a decoded annotation image (see `read_dots_image`); the error is the problem
+/// alone (no recognisable dots).
+pub fn dots_of(img: &DynamicImage, rule: DotRule) -> std::result::Result<DotsImage, String> {
     let (w, h) = (img.width() as usize, img.height() as usize);
     let grey = !img.color().has_color();
     let rule = match rule {
@@ -388,12 +530,9 @@ pub fn read_dots_image(path: &Path, rule: DotRule) -> Result<DotsImage> {
         DotRule::Auto => unreachable!("resolved above"),
     }
     if pts.is_empty() {
-        return Err(Error::file(
-            path,
-            format!(
-                "annotation has no recognisable dots (looked for {})",
-                rule.describe()
-            ),
+        return Err(format!(
+            "annotation has no recognisable dots (looked for {})",
+            rule.describe()
         ));
     }
     Ok(DotsImage {

@@ -8,7 +8,9 @@ mod run;
 pub use counter::{train_counter, CounterJob};
 pub use fit::{fit, Job, Scores, Summary, INTERRUPT};
 pub use localizer::train_localizer;
-pub use run::{EpochRecord, Progress, RunLog};
+pub use run::{
+    load_snapshot, load_snapshot_bytes, save_snapshot, EpochRecord, Progress, RunLog, RUN_ID_KEY,
+};
 
 use std::path::PathBuf;
 use std::sync::Arc;

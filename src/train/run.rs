@@ -218,11 +218,35 @@ pub fn load_snapshot(
     adam: &mut Adam,
     run_id: Option<&str>,
 ) -> Result<Progress> {
+    restore_snapshot(path, read_tensors(path)?, store, adam, run_id)
+}
+
+/// `load_snapshot` of a snapshot held in memory; `name` names it in errors.
+pub fn load_snapshot_bytes(
+    bytes: &[u8],
+    name: &Path,
+    store: &mut ParamStore,
+    adam: &mut Adam,
+    run_id: Option<&str>,
+) -> Result<Progress> {
+    let contents = crate::checkpoint::parse_tensors(bytes).map_err(|msg| Error::Checkpoint {
+        path: name.into(),
+        msg,
+    })?;
+    restore_snapshot(name, contents, store, adam, run_id)
+}
+
+fn restore_snapshot(
+    path: &Path,
+    (meta, mut floats, _): crate::checkpoint::Contents,
+    store: &mut ParamStore,
+    adam: &mut Adam,
+    run_id: Option<&str>,
+) -> Result<Progress> {
     let err = |msg: String| Error::Checkpoint {
         path: path.into(),
         msg,
     };
-    let (meta, mut floats, _) = read_tensors(path)?;
     let theirs = meta.get(RUN_ID_KEY).map(String::as_str);
     if theirs != run_id {
         return Err(err(format!(
