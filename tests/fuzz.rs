@@ -447,7 +447,7 @@ fn fuzz_dots() {
             let r = measured(image_bound(m.len()), || dots_of(&img, rule))?;
             if let Ok(d) = r {
                 let (w, h) = (d.width as f32, d.height as f32);
-                if d.points.is_empty() || d.points.len() > d.width * d.height {
+                if d.points.is_empty() || d.points.len() > (d.width * d.height / 4).max(64) {
                     return Err(format!("{} dots in a {w}x{h} image", d.points.len()));
                 }
                 if let Some(p) = d
@@ -518,7 +518,8 @@ fn reference_csv(text: &str, w: usize, h: usize) -> Option<Vec<(f32, f32)>> {
         }
         pts.push(((x + 0.5) as f32, (y + 0.5) as f32));
     }
-    Some(pts)
+    // at most one cell per 4 pixels (at least 64)
+    (pts.len() <= (w * h / 4).max(64)).then_some(pts)
 }
 
 /// CSV mutations: the byte mutations, plus line-level ones (a row replaced by an interesting
@@ -1010,4 +1011,266 @@ fn write_seed_corpus() {
         serde_json::to_string_pretty(&run).unwrap(),
     )
     .unwrap();
+}
+
+// ---------------------------------------------------------------------------------------
+// The command line on mutated files (the wiring of the parsers above into `dcl`).
+
+/// Runs `dcl` with a time limit: (exit code, stderr); a signal or a hang is a finding.
+fn run_dcl(args: &[&std::ffi::OsStr]) -> Result<(i32, String), String> {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dcl"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    // read on a thread, so a chatty child never blocks on a full pipe
+    let mut pipe = child.stderr.take().ok_or("no stderr")?;
+    let reader = std::thread::spawn(move || {
+        let mut err = String::new();
+        let _ = std::io::Read::read_to_string(&mut pipe, &mut err);
+        err
+    });
+    let t0 = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            let err = reader.join().unwrap_or_default();
+            return match status.code() {
+                Some(c) => Ok((c, err)),
+                None => Err(format!("ended by a signal ({status}): {err}")),
+            };
+        }
+        if t0.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            return Err("still running after 120 s (a hang)".into());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// What a run's stderr must look like: no panic, and on failure a last line `error: ...`.
+fn check_cli(code: i32, err: &str, expect_error: bool, names: &str) -> Check {
+    if err.contains("panicked") || err.contains("RUST_BACKTRACE") {
+        return Err(format!("a panic: {err}"));
+    }
+    match code {
+        0 if expect_error => Err(format!("exit 0 on an invalid {names}: {err}")),
+        0 => Ok(()),
+        1 => {
+            let last = err.trim_end().lines().last().unwrap_or_default();
+            if !last.starts_with("error: ") {
+                return Err(format!("exit 1 without an error line: {err}"));
+            }
+            if expect_error && !last.contains(names) {
+                return Err(format!("the error does not name {names}: {last}"));
+            }
+            Ok(())
+        }
+        c => Err(format!("exit code {c}: {err}")),
+    }
+}
+
+/// `dcl count`, `dcl data stats`, `dcl eval` and `dcl train --resume` on mutants of real and
+/// generated files, for `DCL_FUZZ_SECS` (each run is a process: a few dozen in the default
+/// 2 s). Invalid-by-construction mutants (truncated images and annotations, structured
+/// checkpoint, CSV and snapshot damage) must exit 1 with an error naming the file; other
+/// mutants may be accepted, but never with a panic, a signal (an abort) or a hang.
+#[test]
+fn fuzz_cli() {
+    use std::ffi::OsStr;
+    let d = tempfile::tempdir().unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    // a VGG folder, an ADI folder and a points-csv folder; a counter and a run to resume
+    let vgg = d.path().join("vgg");
+    std::fs::create_dir_all(&vgg).unwrap();
+    for f in ["001cell.png", "001dots.png", "005cell.png", "005dots.png"] {
+        std::fs::copy(fixtures.join("vgg").join(f), vgg.join(f)).unwrap();
+    }
+    let adi = d.path().join("adi");
+    for sub in ["images", "annotations"] {
+        std::fs::create_dir_all(adi.join(sub)).unwrap();
+        for e in std::fs::read_dir(fixtures.join("adi").join(sub)).unwrap() {
+            let p = e.unwrap().path();
+            std::fs::copy(&p, adi.join(sub).join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    let csvdir = d.path().join("csv");
+    std::fs::create_dir_all(&csvdir).unwrap();
+    image::RgbImage::from_fn(40, 30, |x, y| image::Rgb([x as u8, y as u8, 9]))
+        .save(csvdir.join("a.png"))
+        .unwrap();
+    let csv_seed = std::fs::read(corpus_dir("csv").join("header.csv")).unwrap();
+    let ck_seed = std::fs::read(corpus_dir("checkpoint").join("counter.safetensors")).unwrap();
+    let counter = d.path().join("counter.safetensors");
+    std::fs::write(&counter, &ck_seed).unwrap();
+    let run = d.path().join("run");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_dcl"))
+        .args([
+            "train",
+            "--model",
+            "counter",
+            "--synthetic-n",
+            "4",
+            "--synthetic-size",
+            "32",
+        ])
+        .args([
+            "--width-mult",
+            "0.015625",
+            "--gmp-points",
+            "2",
+            "--batch-size",
+            "2",
+        ])
+        .args(["--epochs", "1", "--quiet", "--out"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cfg = std::fs::read_to_string(run.join("config.json")).unwrap();
+    std::fs::write(
+        run.join("config.json"),
+        cfg.replace("\"epochs\": 1", "\"epochs\": 2"),
+    )
+    .unwrap();
+    let snap = run.join("counter.snapshot.safetensors");
+    let snap_seed = std::fs::read(&snap).unwrap();
+
+    let vgg_files: Vec<PathBuf> = ["001cell.png", "001dots.png"]
+        .iter()
+        .map(|f| vgg.join(f))
+        .collect();
+    let adi_img = std::fs::read_dir(adi.join("annotations"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let targets: Vec<(PathBuf, &str)> = vec![
+        (vgg_files[0].clone(), "count"),
+        (vgg_files[1].clone(), "stats"),
+        (adi_img, "stats"),
+        (csvdir.join("a.csv"), "csv"),
+        (counter.clone(), "checkpoint"),
+        (snap.clone(), "snapshot"),
+    ];
+    let originals: Vec<Vec<u8>> = targets
+        .iter()
+        .map(|(p, kind)| match *kind {
+            "csv" => csv_seed.clone(),
+            "snapshot" => snap_seed.clone(),
+            _ => std::fs::read(p).unwrap(),
+        })
+        .collect();
+    for ((p, _), o) in targets.iter().zip(&originals) {
+        std::fs::write(p, o).unwrap();
+    }
+    let mut rng = Rng::new(stream_seed("cli"));
+    let secs = budget();
+    let t0 = Instant::now();
+    let (mut runs, mut findings) = (0u64, Vec::<String>::new());
+    while t0.elapsed() < secs || runs < 6 {
+        let k = (runs as usize) % targets.len();
+        let (path, kind) = &targets[k];
+        let seed = &originals[k];
+        let (m, made) = match *kind {
+            "checkpoint" => mutate_safetensors(&mut rng, seed, seed, &mutate_config),
+            "snapshot" => mutate_safetensors(&mut rng, seed, seed, &mutate_progress),
+            "csv" => mutate_csv(&mut rng, seed, seed),
+            _ => mutate_bytes(&mut rng, seed, seed),
+        };
+        if m == *seed {
+            continue;
+        }
+        std::fs::write(path, &m).unwrap();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let invalid = match *kind {
+            "csv" => std::str::from_utf8(&m).map_or(true, |t| reference_csv(t, 40, 30).is_none()),
+            "checkpoint" | "snapshot" => matches!(made, Made::Truncated | Made::Invalid(_)),
+            _ => made == Made::Truncated || (is_png(seed) && made == Made::Changed),
+        };
+        let p = path.as_os_str();
+        let c = counter.as_os_str();
+        let results: Vec<Result<(i32, String), String>> = match *kind {
+            "count" => vec![run_dcl(&[
+                OsStr::new("count"),
+                OsStr::new("--quiet"),
+                OsStr::new("--counter"),
+                c,
+                p,
+            ])],
+            "stats" | "csv" => {
+                let dir = path.parent().unwrap();
+                let dir = if *kind == "stats" && dir.ends_with("annotations") {
+                    dir.parent().unwrap()
+                } else {
+                    dir
+                };
+                vec![
+                    run_dcl(&[OsStr::new("data"), OsStr::new("stats"), dir.as_os_str()]),
+                    run_dcl(&[
+                        OsStr::new("eval"),
+                        OsStr::new("--counter"),
+                        c,
+                        OsStr::new("--data"),
+                        dir.as_os_str(),
+                    ]),
+                ]
+            }
+            "checkpoint" => vec![
+                run_dcl(&[
+                    OsStr::new("count"),
+                    OsStr::new("--quiet"),
+                    OsStr::new("--counter"),
+                    p,
+                    vgg_files[0].as_os_str(),
+                ]),
+                run_dcl(&[
+                    OsStr::new("eval"),
+                    OsStr::new("--counter"),
+                    p,
+                    OsStr::new("--data"),
+                    vgg.as_os_str(),
+                ]),
+            ],
+            _ => vec![run_dcl(&[
+                OsStr::new("train"),
+                OsStr::new("--quiet"),
+                OsStr::new("--resume"),
+                run.as_os_str(),
+            ])],
+        };
+        for r in results {
+            runs += 1;
+            let verdict = r.and_then(|(code, err)| check_cli(code, &err, invalid, &name));
+            if let Err(e) = verdict {
+                if findings.len() < 20 {
+                    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fuzz-findings");
+                    let _ = std::fs::create_dir_all(&out);
+                    let saved = out.join(format!("cli-{}-{name}", findings.len()));
+                    let _ = std::fs::write(&saved, &m);
+                    findings.push(format!(
+                        "{kind} {made:?}: {e} (mutant saved to {})",
+                        saved.display()
+                    ));
+                }
+            }
+        }
+        std::fs::write(path, seed).unwrap();
+        // a resumed run moves on: start each snapshot mutant from the same run state
+        if *kind == "snapshot" {
+            std::fs::write(
+                run.join("config.json"),
+                cfg.replace("\"epochs\": 1", "\"epochs\": 2"),
+            )
+            .unwrap();
+        }
+    }
+    eprintln!(
+        "fuzz cli: {runs} runs of dcl in {:.1} s, {} findings",
+        t0.elapsed().as_secs_f64(),
+        findings.len()
+    );
+    assert!(findings.is_empty(), "cli:\n{}", findings.join("\n"));
 }

@@ -241,3 +241,29 @@ fn non_utf8_names_are_refused_clearly() {
     assert_eq!(ds.images().len(), 1);
     assert!(!ds.skipped().is_empty());
 }
+
+/// An annotation that marks more than one pixel in four (here the image itself given as its
+/// dots, or a CSV of every pixel) is refused: it is not a dot annotation.
+#[test]
+fn annotations_marking_most_pixels_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let img = ImageBuffer::from_fn(32, 32, |x, y| {
+        image::Rgb([200u8, (x * 4) as u8, (y * 4) as u8])
+    });
+    img.save(d.path().join("001cell.png")).unwrap();
+    let red = ImageBuffer::from_fn(32, 32, |_, _| image::Rgb([255u8, 0, 0]));
+    red.save(d.path().join("001dots.png")).unwrap();
+    let (file, msg) = open_err(d.path(), &DataOptions::default());
+    assert!(
+        file.ends_with("001dots.png") && msg.contains("not a dot annotation"),
+        "{msg}"
+    );
+    let rows: String = (0..301)
+        .map(|i| format!("{},{}\n", i % 40, i / 40))
+        .collect();
+    let e = parse_points_csv(&rows, 40, 30).unwrap_err();
+    assert!(
+        e.contains("line 301") && e.contains("not a dot annotation"),
+        "{e}"
+    );
+}

@@ -262,10 +262,19 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
         );
     }
     if !failed.is_empty() {
+        let mut names: Vec<String> = failed
+            .iter()
+            .take(3)
+            .map(|p| p.display().to_string())
+            .collect();
+        if failed.len() > 3 {
+            names.push(format!("and {} more", failed.len() - 3));
+        }
         anyhow::bail!(
-            "{} of {} images could not be counted (listed above)",
+            "{} of {} images could not be counted: {} (each error above)",
             failed.len(),
-            files.len()
+            files.len(),
+            names.join(", ")
         );
     }
     Ok(())

@@ -218,6 +218,31 @@ impl TrainOptions {
                 self.mosaic
             )));
         }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(Error::Invalid(format!(
+                "--weight-decay must be a number >= 0, got {}",
+                self.weight_decay
+            )));
+        }
+        if !(self.eta_min.is_finite() && self.eta_min >= 0.0 && self.eta_min <= self.lr)
+            || !self.sgdr_t0.is_finite()
+            || !self.sgdr_t_mult.is_finite()
+        {
+            return Err(Error::Invalid(format!(
+                "SGDR needs finite T_0 and T_mult and 0 <= eta_min <= lr, got T_0 {}, T_mult {}, \
+                 eta_min {}",
+                self.sgdr_t0, self.sgdr_t_mult, self.eta_min
+            )));
+        }
+        if self.window_grid > 64 {
+            return Err(Error::Invalid(format!(
+                "--window-grid must be at most 64, got {}",
+                self.window_grid
+            )));
+        }
+        // the networks' settings, before any data is read
+        self.model_config(ModelKind::Counter).validate()?;
+        self.model_config(ModelKind::Localizer).validate()?;
         if !(self.window_weight.is_finite() && self.window_weight >= 0.0) {
             return Err(Error::Invalid(format!(
                 "--window-weight must be a number >= 0, got {}",
