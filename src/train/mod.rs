@@ -226,12 +226,11 @@ impl TrainOptions {
         }
         let sgdr_ok = self.eta_min.is_finite()
             && self.eta_min >= 0.0
-            && self.eta_min <= self.lr
             && self.sgdr_t0.is_finite()
             && self.sgdr_t_mult.is_finite();
         if !sgdr_ok {
             return Err(Error::Invalid(format!(
-                "SGDR needs finite T_0 and T_mult and 0 <= eta_min <= lr, got T_0 {}, T_mult {}, \
+                "SGDR needs finite T_0 and T_mult and eta_min >= 0, got T_0 {}, T_mult {}, \
                  eta_min {}",
                 self.sgdr_t0, self.sgdr_t_mult, self.eta_min
             )));
