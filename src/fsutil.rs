@@ -99,6 +99,18 @@ pub fn temp_owner(file_name: &str) -> Option<u32> {
     pid.parse().ok()
 }
 
+/// The PID in a temporary file name written before temporary files were created exclusively
+/// (`.NAME.tmpPID`), so folders written by older versions are cleaned too.
+fn legacy_temp_owner(file_name: &str) -> Option<u32> {
+    let (head, pid) = file_name.rsplit_once(".tmp")?;
+    if !file_name.starts_with('.') || head.len() < 2 || pid.is_empty() {
+        return None;
+    }
+    pid.bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| pid.parse().ok())?
+}
+
 /// Whether process `pid` still runs (on other systems than Unix: assumed so).
 fn process_alive(pid: u32) -> bool {
     #[cfg(unix)]
@@ -130,7 +142,10 @@ pub fn clean_stale_temps(dir: &Path) -> usize {
     let mut removed = 0;
     for e in rd.flatten() {
         let name = e.file_name();
-        let Some(pid) = name.to_str().and_then(temp_owner) else {
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| temp_owner(n).or_else(|| legacy_temp_owner(n)))
+        else {
             continue;
         };
         let is_file = e.file_type().is_ok_and(|t| t.is_file() || t.is_symlink());
@@ -395,7 +410,11 @@ mod tests {
         }
         assert_eq!(temp_owner(&format!(".a{TEMP_TAG}12.xyz")), Some(12));
         assert_eq!(temp_owner(".a.tmp12"), None);
-        assert_eq!(clean_stale_temps(d.path()), 1);
+        // the names of older versions: `.NAME.tmpPID`
+        assert_eq!(legacy_temp_owner(".a.csv.tmp12"), Some(12));
+        assert_eq!(legacy_temp_owner(".a.csv.tmpx"), None);
+        std::fs::write(d.path().join(format!(".old.safetensors.tmp{dead}")), b"x").unwrap();
+        assert_eq!(clean_stale_temps(d.path()), 2);
         let left = names(d.path());
         assert_eq!(left.len(), 3, "{left:?}");
         assert!(!left.iter().any(|n| n.starts_with(".a.csv")), "{left:?}");

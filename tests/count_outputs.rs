@@ -200,15 +200,41 @@ fn planted_links_in_the_output_folder_write_nothing_outside() {
     std::fs::create_dir_all(&outside).unwrap();
     let out = d.path().join("out");
     std::fs::create_dir_all(&out).unwrap();
-    let me = std::process::id();
-    for pid in me..me + 400 {
-        for name in ["counts.csv", "a.png", "a.tif", ".dcl-output"] {
-            let _ = symlink(&victim, out.join(format!(".{name}.tmp{pid}")));
-        }
-    }
+    // The links are planted by the very process that then becomes dcl (`exec` keeps its
+    // PID), at every name the old writer would have used.
     let _ = symlink(&victim, out.join(".dcl-write-test"));
-    let o = count(&c, &out, &[&d.path().join("in")]);
+    let plant: String = ["counts.csv", ".dcl-output", "a.png", "a.tif"]
+        .iter()
+        .map(|n| {
+            format!(
+                "ln -s '{}' '{}/.{n}.tmp'$$; ",
+                victim.display(),
+                out.display()
+            )
+        })
+        .collect();
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{plant} exec '{}' count --quiet --counter '{c}' --out '{}' '{}'",
+            env!("CARGO_BIN_EXE_dcl"),
+            out.display(),
+            d.path().join("in").display()
+        ))
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
+    let planted = std::fs::read_dir(&out)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains(".tmp")
+        })
+        .count();
+    assert_eq!(planted, 4, "the links were planted");
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
     let m = std::fs::symlink_metadata(out.join("counts.csv")).unwrap();
     assert!(m.file_type().is_file());

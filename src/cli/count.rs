@@ -214,7 +214,14 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
     };
     let (results, times) = run_stages(&files, PIXELS_IN_FLIGHT, stages, |(path, _), r| {
         if let Err(e) = r {
-            bar.suspend(|| eprintln!("error: {}: {e:#}", path.display()));
+            // one line naming the file (most errors name it already)
+            let msg = format!("{e:#}").replace('\n', " ");
+            let shown = path.display().to_string();
+            if msg.contains(&shown) {
+                bar.suspend(|| eprintln!("error: {msg}"));
+            } else {
+                bar.suspend(|| eprintln!("error: {shown}: {msg}"));
+            }
         }
         bar.inc(1);
     });
