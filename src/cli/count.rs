@@ -234,22 +234,25 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
             Err(_) => failed.push(path.clone()),
         }
     }
-    // The counts go to stdout first, so they are never lost if counts.csv cannot be written.
-    let stdout = std::io::stdout();
-    let mut o = stdout.lock();
-    if a.json {
-        writeln!(o, "{}", serde_json::to_string_pretty(&rows)?)?;
-    } else {
-        writeln!(o, "image,count")?;
-        for r in &rows {
-            writeln!(o, "{},{:.3}", csv_field(&r.image), r.count)?;
+    // The counts go to stdout first, so they are never lost if counts.csv cannot be written
+    // (and counts.csv is written even if stdout is gone, e.g. a closed pipe).
+    let printed = (|| -> anyhow::Result<()> {
+        let stdout = std::io::stdout();
+        let mut o = stdout.lock();
+        if a.json {
+            writeln!(o, "{}", serde_json::to_string_pretty(&rows)?)?;
+        } else {
+            writeln!(o, "image,count")?;
+            for r in &rows {
+                writeln!(o, "{},{:.3}", csv_field(&r.image), r.count)?;
+            }
         }
-    }
-    o.flush()?;
-    drop(o);
+        Ok(o.flush()?)
+    })();
     if let Some(f) = folder.take() {
         f.finish(rows.iter().map(|r| r.record(&hash)).collect())?;
     }
+    printed.map_err(|e| e.context("cannot print the counts on stdout"))?;
     if !a.quiet {
         let wall = times.wall.as_secs_f64();
         let rate = rows.len() as f64 / wall.max(1e-9);

@@ -61,15 +61,39 @@ pub struct CountsFolder {
     replaced: Vec<String>,
 }
 
-fn read_records(path: &Path, what: &str) -> anyhow::Result<Option<(Vec<CountsRecord>, bool)>> {
+/// The records of one of our CSV files; None when it does not exist. `journal`: a file that
+/// a killed run may have left in the middle of a line, whose incomplete tail is left out;
+/// otherwise a last line without its line end is kept.
+fn read_records(
+    path: &Path,
+    what: &str,
+    journal: bool,
+) -> anyhow::Result<Option<Vec<CountsRecord>>> {
     let Some(bytes) = read_own_file(path)? else {
         return Ok(None);
     };
-    let text = String::from_utf8(bytes)
-        .map_err(|_| anyhow::anyhow!("{}: {what} is not UTF-8 text", path.display()))?;
-    let (recs, complete) =
-        parse_csv(&text).map_err(|e| anyhow::anyhow!("{}: not a {what}: {e}", path.display()))?;
-    Ok(Some((recs, complete)))
+    let mut text = match String::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) if journal => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        Err(_) => anyhow::bail!(
+            "{}: not a {what}: not UTF-8 text; move it away",
+            path.display()
+        ),
+    };
+    if !journal && !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    loop {
+        match parse_csv(&text) {
+            Ok((recs, _)) => return Ok(Some(recs)),
+            // a cut inside a quoted field: drop the unfinished last line
+            Err(_) if journal => {
+                let end = text.trim_end_matches('\n').rfind('\n');
+                text.truncate(end.map_or(0, |e| e + 1));
+            }
+            Err(e) => anyhow::bail!("{}: not a {what}: {e}; move it away", path.display()),
+        }
+    }
 }
 
 impl CountsFolder {
@@ -79,9 +103,9 @@ impl CountsFolder {
         prepare_output_dir(out, "count")?;
         let lock = DirLock::acquire(out)?;
         let csv = out.join(COUNTS_CSV);
-        let rows = match read_records(&csv, "dcl counts file")? {
+        let rows = match read_records(&csv, "dcl counts file", false)? {
             None => Vec::new(),
-            Some((mut recs, _)) => {
+            Some(mut recs) => {
                 let header = recs.first().map(|r| r.join(","));
                 if header.as_deref() != Some(COUNTS_HEADER)
                     || recs
@@ -119,7 +143,7 @@ impl CountsFolder {
     /// Merges the journal of an earlier run that ended before writing counts.csv.
     fn recover(&mut self) -> anyhow::Result<()> {
         let path = self.out.join(JOURNAL);
-        let Some((recs, _)) = read_records(&path, "dcl counts journal")? else {
+        let Some(recs) = read_records(&path, "dcl counts journal", true)? else {
             return Ok(());
         };
         let n = COUNTS_HEADER.split(',').count();
@@ -432,5 +456,31 @@ mod tests {
         assert!(!out.join(JOURNAL).exists());
         let text = std::fs::read_to_string(out.join(COUNTS_CSV)).unwrap();
         assert!(text.contains("12.500"), "{text}");
+    }
+
+    /// A journal cut in the middle of a line (a kill during its write, even inside a quoted
+    /// name) still gives back its complete rows.
+    #[test]
+    fn a_journal_cut_mid_line_keeps_its_complete_rows() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("out");
+        crate::fsutil::prepare_output_dir(&out, "count").unwrap();
+        let row = "in/a.png,3.000,4,4,ab\n";
+        for tail in ["", "in/b.png,1.0", "\"in/x\ny.png,2.0", "\"in/c"] {
+            std::fs::write(out.join(JOURNAL), format!("{row}{tail}")).unwrap();
+            let f = CountsFolder::open(&out).unwrap();
+            assert_eq!(f.rows.len(), 1, "{tail:?}");
+            assert_eq!(f.rows[0][0], "in/a.png");
+            assert!(!out.join(JOURNAL).exists());
+        }
+        // counts.csv edited by hand without its last line end: the row is kept
+        std::fs::write(
+            out.join(COUNTS_CSV),
+            format!("{COUNTS_HEADER}\nin/z.png,1.000,4,4,ab"),
+        )
+        .unwrap();
+        let f = CountsFolder::open(&out).unwrap();
+        assert_eq!(f.rows.len(), 1);
+        assert_eq!(f.rows[0][0], "in/z.png");
     }
 }

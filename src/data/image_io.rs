@@ -356,6 +356,10 @@ fn decode_jpeg_strict(
 
 /// Width x height from the file's header, without decoding it; None when unreadable.
 pub fn header_pixels(path: &Path) -> Option<u64> {
+    // never opened when not a regular file (opening a FIFO waits for a writer)
+    if !std::fs::metadata(path).ok()?.is_file() {
+        return None;
+    }
     let (w, h) = image::ImageReader::open(path)
         .ok()?
         .with_guessed_format()
