@@ -21,7 +21,8 @@ const BN_STEPS_SUFFIX: &str = ".num_batches_tracked";
 /// A tensor read from a file: its shape and f32 values.
 pub type Loaded = (Vec<usize>, Vec<f32>);
 
-/// Writes f32 tensors (and i64 scalars) with string metadata, atomically.
+/// Writes f32 tensors (and i64 scalars) with string metadata, atomically. Non-finite values
+/// are refused: nothing is written.
 pub fn write_tensors(
     path: &Path,
     tensors: &[(String, &Tensor)],
@@ -32,7 +33,20 @@ pub fn write_tensors(
         .iter()
         .map(|(n, t)| {
             // to_host: a GPU tensor's copy can fail (and surface an earlier kernel fault).
-            let data = bytemuck::cast_slice::<f32, u8>(&t.to_host()?).to_vec();
+            let host = t.to_host()?;
+            // Never write weights that no loader accepts (see `read_model`).
+            let bad = host.iter().filter(|v| !v.is_finite()).count();
+            if bad > 0 {
+                return Err(Error::Checkpoint {
+                    path: path.into(),
+                    msg: format!(
+                        "tensor {n} holds {bad} non-finite values (NaN or infinite) of {}: not \
+                         written",
+                        host.len()
+                    ),
+                });
+            }
+            let data = bytemuck::cast_slice::<f32, u8>(&host).to_vec();
             Ok((n.clone(), t.dims().to_vec(), data, Dtype::F32))
         })
         .collect::<Result<_>>()?;
@@ -59,24 +73,43 @@ pub fn write_tensors(
     atomic_write(path, &out)
 }
 
-/// Reads every f32 tensor of a file (i64 tensors are returned separately) and its metadata.
-#[allow(clippy::type_complexity)]
-pub fn read_tensors(
-    path: &Path,
-) -> Result<(
+/// The largest checkpoint or snapshot read (a VGG-19-BN counter at `width_mult` 4 with its
+/// optimiser moments is about 3.7 GB): a bigger file, or one that is not a regular file (a
+/// device, a pipe), is refused before it is read.
+pub const MAX_CHECKPOINT_BYTES: u64 = 6 << 30;
+
+/// Every f32 tensor of a file (i64 tensors separately) and its metadata.
+pub type Contents = (
     HashMap<String, String>,
     BTreeMap<String, Loaded>,
     BTreeMap<String, i64>,
-)> {
+);
+
+/// Reads every f32 tensor of a file (i64 tensors are returned separately) and its metadata.
+pub fn read_tensors(path: &Path) -> Result<Contents> {
     let err = |msg: String| Error::Checkpoint {
         path: path.into(),
         msg,
     };
+    let meta = std::fs::metadata(path).map_err(|e| err(format!("cannot read: {e}")))?;
+    if !meta.is_file() {
+        return Err(err("not a regular file".into()));
+    }
+    if meta.len() > MAX_CHECKPOINT_BYTES {
+        return Err(err(format!(
+            "{} bytes: larger than any dcl checkpoint ({MAX_CHECKPOINT_BYTES} at most)",
+            meta.len()
+        )));
+    }
     let bytes = std::fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?;
-    let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| err(format!("not a safetensors file: {e}")))?;
-    let (_, meta) = SafeTensors::read_metadata(&bytes)
-        .map_err(|e| err(format!("bad safetensors header: {e}")))?;
+    parse_tensors(&bytes).map_err(err)
+}
+
+/// `read_tensors` of bytes in memory; the error is the problem alone (callers name the file).
+pub fn parse_tensors(bytes: &[u8]) -> std::result::Result<Contents, String> {
+    let st = SafeTensors::deserialize(bytes).map_err(|e| format!("not a safetensors file: {e}"))?;
+    let (_, meta) =
+        SafeTensors::read_metadata(bytes).map_err(|e| format!("bad safetensors header: {e}"))?;
     let metadata = meta.metadata().clone().unwrap_or_default();
     let mut floats = BTreeMap::new();
     let mut ints = BTreeMap::new();
@@ -90,21 +123,32 @@ pub fn read_tensors(
                     .collect();
                 floats.insert(name.to_string(), (view.shape().to_vec(), vals));
             }
-            Dtype::I64 if view.shape().iter().product::<usize>() == 1 => {
+            Dtype::I64 if view.shape().iter().product::<usize>() == 1 && view.data().len() == 8 => {
                 let d = view.data();
-                ints.insert(
-                    name.to_string(),
-                    i64::from_le_bytes(d[..8].try_into().expect("8 bytes")),
-                );
+                let mut b = [0u8; 8];
+                b.copy_from_slice(d);
+                ints.insert(name.to_string(), i64::from_le_bytes(b));
             }
             other => {
-                return Err(err(format!(
-                    "tensor {name} has dtype {other:?}; only F32 (and I64 num_batches_tracked) are supported"
-                )))
+                return Err(format!(
+                    "tensor {name} has dtype {other:?} and shape {:?}; only F32 (and I64 \
+                     num_batches_tracked scalars) are supported",
+                    view.shape()
+                ))
             }
         }
     }
     Ok((metadata, floats, ints))
+}
+
+/// The first tensor holding a NaN or an infinity, with how many of its values are.
+pub fn first_non_finite<'a>(
+    tensors: impl IntoIterator<Item = (&'a String, &'a Loaded)>,
+) -> Option<(String, usize, usize)> {
+    tensors.into_iter().find_map(|(name, (_, vals))| {
+        let bad = vals.iter().filter(|v| !v.is_finite()).count();
+        (bad > 0).then(|| (name.clone(), bad, vals.len()))
+    })
 }
 
 /// Names of the BatchNorm layers of a store (those with running statistics).
@@ -184,7 +228,7 @@ fn config_from_metadata(path: &Path, meta: &HashMap<String, String>) -> Result<M
     })?;
     ModelConfig::from_json(s).map_err(|e| Error::Checkpoint {
         path: path.into(),
-        msg: e.to_string(),
+        msg: format!("{CONFIG_KEY}: {e}"),
     })
 }
 
@@ -193,7 +237,16 @@ fn read_model(
     path: &Path,
     kind: ModelKind,
 ) -> Result<(ModelConfig, BTreeMap<String, Loaded>, u64)> {
-    let (meta, floats, ints) = read_tensors(path)?;
+    check_model(path, read_tensors(path)?, kind)
+}
+
+/// Checks a checkpoint's contents: its configuration (every field in bounds), that it holds
+/// a network of `kind` of about the configured size, integer tensors, and finite values.
+fn check_model(
+    path: &Path,
+    (meta, floats, ints): Contents,
+    kind: ModelKind,
+) -> Result<(ModelConfig, BTreeMap<String, Loaded>, u64)> {
     let config = config_from_metadata(path, &meta)?;
     if config.model != kind {
         return Err(Error::Checkpoint {
@@ -204,12 +257,34 @@ fn read_model(
             ),
         });
     }
-    let bn_steps = ints.values().copied().max().unwrap_or(0).max(0) as u64;
+    let err = |msg: String| Error::Checkpoint {
+        path: path.into(),
+        msg,
+    };
     if let Some(bad) = ints.keys().find(|k| !k.ends_with(BN_STEPS_SUFFIX)) {
-        return Err(Error::Checkpoint {
-            path: path.into(),
-            msg: format!("unexpected integer tensor {bad}"),
-        });
+        return Err(err(format!("unexpected integer tensor {bad}")));
+    }
+    if let Some((name, v)) = ints.iter().find(|(_, v)| **v < 0) {
+        return Err(err(format!("tensor {name} is {v}, a count must be >= 0")));
+    }
+    let bn_steps = ints.values().copied().max().unwrap_or(0) as u64;
+    // The network is built from the configuration only if the file holds about as many values
+    // as that network (names and shapes are checked once it is built): what is allocated is
+    // bounded by the file's own size (at most twice its values, plus a million).
+    let held: u64 = floats.values().map(|(_, v)| v.len() as u64).sum();
+    let want = config.parameter_count();
+    if want > held.saturating_mul(2).saturating_add(1 << 20) {
+        return Err(err(format!(
+            "its tensors hold {held} values but the {} its dcl.config describes has {want} \
+             (configuration and tensors do not belong together)",
+            kind.name()
+        )));
+    }
+    if let Some((name, bad, n)) = first_non_finite(&floats) {
+        return Err(err(format!(
+            "tensor {name} holds {bad} non-finite values (NaN or infinite) of {n}: the weights \
+             are unusable"
+        )));
     }
     Ok((config, floats, bn_steps))
 }
@@ -219,6 +294,18 @@ pub fn load_model<N: Network>(path: &Path) -> Result<(N, u64)> {
     let (config, floats, steps) = read_model(path, N::KIND)?;
     let mut net = N::new(&config, 0)?;
     load_into(path, net.store_mut(), floats)?;
+    Ok((net, steps))
+}
+
+/// `load_model` of a checkpoint held in memory; `name` names it in errors.
+pub fn load_model_bytes<N: Network>(bytes: &[u8], name: &Path) -> Result<(N, u64)> {
+    let contents = parse_tensors(bytes).map_err(|msg| Error::Checkpoint {
+        path: name.into(),
+        msg,
+    })?;
+    let (config, floats, steps) = check_model(name, contents, N::KIND)?;
+    let mut net = N::new(&config, 0)?;
+    load_into(name, net.store_mut(), floats)?;
     Ok((net, steps))
 }
 
@@ -247,6 +334,7 @@ pub fn load_pair(
         None => None,
         Some(lp) => {
             let (mut l, _) = load_localizer(lp)?;
+            check_pair(lp, &l.config, counter, &c.config)?;
             if let Some(h) = &l.config.counter_hash {
                 if *h != hash {
                     return Err(Error::file(
@@ -264,6 +352,36 @@ pub fn load_pair(
         }
     };
     Ok((c, l, hash))
+}
+
+/// A localizer records the counter it was trained on: its maps' scale (`input_scale`) and its
+/// K (`gmp_points`) must be the counter's, or the localizer would be fed maps of another kind.
+fn check_pair(lp: &Path, l: &ModelConfig, cp: &Path, c: &ModelConfig) -> Result<()> {
+    let mismatch = |field: &str, lv: String, cv: String| {
+        Err(Error::Checkpoint {
+            path: lp.into(),
+            msg: format!(
+                "{CONFIG_KEY}: {field} {lv} differs from that of its counter {} ({cv}): the \
+                 localizer was not trained on this counter",
+                cp.display()
+            ),
+        })
+    };
+    if l.input_scale != c.input_scale {
+        return mismatch(
+            "input_scale",
+            l.input_scale.to_string(),
+            c.input_scale.to_string(),
+        );
+    }
+    if l.gmp_points != c.gmp_points {
+        return mismatch(
+            "gmp_points",
+            l.gmp_points.to_string(),
+            c.gmp_points.to_string(),
+        );
+    }
+    Ok(())
 }
 
 /// A short content hash of a checkpoint (FNV-1a 64 over its configuration and its tensors'
@@ -425,5 +543,115 @@ mod tests {
             e.contains("junk.safetensors") && e.contains("safetensors"),
             "{e}"
         );
+    }
+    /// Crafted configurations (the aborts of the reliability issue) and NaN weights are refused
+    /// naming the file and the field, before the network is built.
+    #[test]
+    fn crafted_configs_and_non_finite_weights_are_refused_before_building() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Counter::new(&small(), 7).unwrap();
+        let all: Vec<(String, &Tensor)> = c
+            .store
+            .iter()
+            .map(|(_, p)| (p.name.clone(), p.value.as_ref()))
+            .collect();
+        let with_config = |name: &str, json: String| {
+            let p = d.path().join(name);
+            let mut m = HashMap::new();
+            m.insert(CONFIG_KEY.to_string(), json);
+            write_tensors(&p, &all, &[], m).unwrap();
+            p
+        };
+        let base = c.config.to_json();
+        for (field, from, to) in [
+            ("input_scale", "\"input_scale\":1.0", "\"input_scale\":1e9"),
+            ("input_scale", "\"input_scale\":1.0", "\"input_scale\":1e-9"),
+            ("unet_width", "\"unet_width\":64", "\"unet_width\":10000000"),
+            ("unet_width", "\"unet_width\":64", "\"unet_width\":1e7"),
+            ("width_mult", "\"width_mult\":0.0625", "\"width_mult\":1e30"),
+            (
+                "point_threshold",
+                "\"point_threshold\":0.01",
+                "\"point_threshold\":-1",
+            ),
+            (
+                "min_distance",
+                "\"min_distance\":2.0",
+                "\"min_distance\":-5",
+            ),
+        ] {
+            assert!(base.contains(from), "{base}");
+            let p = with_config("crafted.safetensors", base.replace(from, to));
+            let e = load_counter(&p).err().unwrap().to_string();
+            assert!(
+                e.contains("crafted.safetensors") && e.contains(field),
+                "{field}: {e}"
+            );
+        }
+        // a valid configuration far larger than the tensors: refused by their count
+        let wide = base.replace("\"width_mult\":0.0625", "\"width_mult\":4.0");
+        let p = with_config("wide.safetensors", wide);
+        let e = load_counter(&p).err().unwrap().to_string();
+        assert!(e.contains("values but the counter"), "{e}");
+
+        // NaN weights: refused at load (and never written by save_model)
+        let p = d.path().join("nan.safetensors");
+        let nan = Tensor::from_vec(vec![f32::NAN], &[1]).unwrap();
+        let poisoned: Vec<_> = all
+            .iter()
+            .map(|(n, t)| {
+                if n == "counter.head.bias" {
+                    (n.clone(), &nan)
+                } else {
+                    (n.clone(), *t)
+                }
+            })
+            .collect();
+        let e = write_tensors(&p, &poisoned, &[], HashMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("non-finite") && !p.exists(), "{e}");
+        let (meta, mut floats, ints) = read_tensors(&with_config("ok.safetensors", base)).unwrap();
+        floats.get_mut("counter.head.bias").unwrap().1[0] = f32::INFINITY;
+        let bytes = raw_safetensors(&meta, &floats, &ints);
+        std::fs::write(&p, bytes).unwrap();
+        let e = load_counter(&p).err().unwrap().to_string();
+        assert!(
+            e.contains("nan.safetensors")
+                && e.contains("counter.head.bias")
+                && e.contains("non-finite"),
+            "{e}"
+        );
+        // not a regular file
+        let e = load_counter(d.path()).err().unwrap().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+    }
+
+    /// Serialises tensors without the finiteness check (to craft bad files).
+    fn raw_safetensors(
+        meta: &HashMap<String, String>,
+        floats: &BTreeMap<String, Loaded>,
+        ints: &BTreeMap<String, i64>,
+    ) -> Vec<u8> {
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>, Dtype)> = floats
+            .iter()
+            .map(|(n, (d, v))| {
+                (
+                    n.clone(),
+                    d.clone(),
+                    bytemuck::cast_slice(v).to_vec(),
+                    Dtype::F32,
+                )
+            })
+            .chain(
+                ints.iter()
+                    .map(|(n, v)| (n.clone(), vec![], v.to_le_bytes().to_vec(), Dtype::I64)),
+            )
+            .collect();
+        let views: Vec<_> = bytes
+            .iter()
+            .map(|(n, d, b, t)| (n.clone(), TensorView::new(*t, d.clone(), b).unwrap()))
+            .collect();
+        safetensors::serialize(views, Some(meta.clone())).unwrap()
     }
 }

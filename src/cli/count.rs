@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::checkpoint::load_pair;
 use crate::cli::count_pipeline::{run_stages, Stages};
 use crate::cli::csv_field;
+use crate::cli::outputs::CountsFolder;
 use crate::data::files::collect_images;
 use crate::data::image_io::{decode, header_pixels};
 use crate::infer::points::Point;
@@ -76,6 +77,41 @@ struct CountRow {
     points: Option<usize>,
 }
 
+impl CountRow {
+    /// Its counts.csv fields.
+    fn record(&self, hash: &str) -> Vec<String> {
+        vec![
+            self.image.clone(),
+            format!("{:.3}", self.count),
+            self.width.to_string(),
+            self.height.to_string(),
+            hash.to_string(),
+        ]
+    }
+}
+
+/// A count or density map that is not finite (weights that overflow) is this image's error,
+/// never a `NaN` row or an empty list of located cells.
+fn check_finite(p: &Prediction, a: &CountArgs) -> anyhow::Result<()> {
+    if !p.count.is_finite() || p.coarse.data.iter().any(|v| !v.is_finite()) {
+        anyhow::bail!(
+            "the counter {} gives a non-finite count ({}): its weights overflow on this image",
+            a.counter.display(),
+            p.count
+        );
+    }
+    if let (Some(d), Some(l)) = (&p.density, &a.localizer) {
+        if d.data.iter().any(|v| !v.is_finite()) {
+            anyhow::bail!(
+                "the localizer {} gives a non-finite density map: its weights overflow on this \
+                 image",
+                l.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Two inputs whose outputs would share a name (a.png and a.tif, or x/a.png and y/a.png given
 /// as files) would overwrite each other's files: refused before any work.
 fn check_unique_names(files: &[(PathBuf, String)]) -> anyhow::Result<()> {
@@ -128,18 +164,31 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
         .min_distance
         .or(cfg.as_ref().map(|c| c.min_distance))
         .unwrap_or(2.0);
-    if let Some(out) = &a.out {
-        crate::cli::outputs::prepare(out, localizer.is_some())?;
-    }
-    if let Some(dir) = &a.density_dir {
-        crate::cli::outputs::prepare_dir(dir)?;
-    }
+    // Outputs: the folder is marked, locked against a second run, its earlier rows read;
+    // this run's names are checked against the images that own them, all before any work.
+    let mut folder = match &a.out {
+        Some(out) => {
+            let mut f = CountsFolder::open(out)?;
+            crate::cli::outputs::prepare(out, localizer.is_some())?;
+            f.reserve(&files)?;
+            Some(f)
+        }
+        None => None,
+    };
+    let _density_lock = match &a.density_dir {
+        Some(dir) => {
+            crate::cli::outputs::prepare_dir(dir, "density")?;
+            Some(crate::fsutil::DirLock::acquire(dir)?)
+        }
+        None => None,
+    };
     let bar = crate::progress::progress_bar(files.len() as u64, "counting", a.quiet);
     let stages = Stages {
         cost: |(path, _): &(PathBuf, String)| header_pixels(path),
         decode: |(path, _): &(PathBuf, String)| Ok(decode(path)?),
         compute: |_: &(PathBuf, String), img: image::DynamicImage| {
             let p = predict(&counter, localizer.as_ref(), &img, &opts)?;
+            check_finite(&p, &a)?;
             let points = p.points(threshold, min_distance);
             Ok((img, p, points))
         },
@@ -150,18 +199,29 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
             if let Some(out) = &a.out {
                 crate::cli::outputs::write_image_outputs(out, name, &img, &p, points.as_deref())?;
             }
-            Ok(CountRow {
+            let row = CountRow {
                 image: path.display().to_string(),
                 count: p.count,
                 width: p.width,
                 height: p.height,
                 points: points.map(|v| v.len()),
-            })
+            };
+            if let Some(f) = &folder {
+                f.journal(&row.record(&hash));
+            }
+            Ok(row)
         },
     };
     let (results, times) = run_stages(&files, PIXELS_IN_FLIGHT, stages, |(path, _), r| {
         if let Err(e) = r {
-            bar.suspend(|| eprintln!("error: {}: {e:#}", path.display()));
+            // one line naming the file (most errors name it already)
+            let msg = format!("{e:#}").replace('\n', " ");
+            let shown = path.display().to_string();
+            if msg.contains(&shown) {
+                bar.suspend(|| eprintln!("error: {msg}"));
+            } else {
+                bar.suspend(|| eprintln!("error: {shown}: {msg}"));
+            }
         }
         bar.inc(1);
     });
@@ -174,30 +234,25 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
             Err(_) => failed.push(path.clone()),
         }
     }
-    if let Some(out) = &a.out {
-        let mut csv = String::from("image,count,width,height,counter_hash\n");
-        for r in &rows {
-            csv += &format!(
-                "{},{:.3},{},{},{}\n",
-                csv_field(&r.image),
-                r.count,
-                r.width,
-                r.height,
-                hash
-            );
+    // The counts go to stdout first, so they are never lost if counts.csv cannot be written
+    // (and counts.csv is written even if stdout is gone, e.g. a closed pipe).
+    let printed = (|| -> anyhow::Result<()> {
+        let stdout = std::io::stdout();
+        let mut o = stdout.lock();
+        if a.json {
+            writeln!(o, "{}", serde_json::to_string_pretty(&rows)?)?;
+        } else {
+            writeln!(o, "image,count")?;
+            for r in &rows {
+                writeln!(o, "{},{:.3}", csv_field(&r.image), r.count)?;
+            }
         }
-        crate::fsutil::atomic_write(&out.join("counts.csv"), csv.as_bytes())?;
+        Ok(o.flush()?)
+    })();
+    if let Some(f) = folder.take() {
+        f.finish(rows.iter().map(|r| r.record(&hash)).collect())?;
     }
-    let stdout = std::io::stdout();
-    let mut o = stdout.lock();
-    if a.json {
-        writeln!(o, "{}", serde_json::to_string_pretty(&rows)?)?;
-    } else {
-        writeln!(o, "image,count")?;
-        for r in &rows {
-            writeln!(o, "{},{:.3}", csv_field(&r.image), r.count)?;
-        }
-    }
+    printed.map_err(|e| e.context("cannot print the counts on stdout"))?;
     if !a.quiet {
         let wall = times.wall.as_secs_f64();
         let rate = rows.len() as f64 / wall.max(1e-9);
@@ -217,10 +272,19 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
         );
     }
     if !failed.is_empty() {
+        let mut names: Vec<String> = failed
+            .iter()
+            .take(3)
+            .map(|p| p.display().to_string())
+            .collect();
+        if failed.len() > 3 {
+            names.push(format!("and {} more", failed.len() - 3));
+        }
         anyhow::bail!(
-            "{} of {} images could not be counted (listed above)",
+            "{} of {} images could not be counted: {} (each error above)",
             failed.len(),
-            files.len()
+            files.len(),
+            names.join(", ")
         );
     }
     Ok(())

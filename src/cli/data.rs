@@ -268,7 +268,7 @@ fn density(path: &Path, out: &Path, opts: &DataOptions) -> anyhow::Result<()> {
         },
     )?;
     warn_skipped(&ds);
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    crate::fsutil::prepare_output_dir(out, "density")?;
     let pb = crate::progress::progress_bar(ds.images().len() as u64, "writing", false);
     let mut index = String::from("patch,image,row,col,count,density_sum\n");
     let mut written = 0;

@@ -57,6 +57,10 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     let device = super::parse_device(&a.device)?;
     let (counter, localizer, _) = load_pair(&a.counter, a.localizer.as_deref(), &device)?;
     a.gpu.apply(&counter.store.device())?;
+    if let Some(out) = &a.out {
+        // created, checked and marked before the work (so never read as input later)
+        crate::fsutil::prepare_output_dir(out, "eval")?;
+    }
     let format: Option<Format> = a.format.as_deref().map(str::parse).transpose()?;
     let opts = DataOptions {
         format,
@@ -96,6 +100,14 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         a.radius,
     )?;
     let (counts, m) = (&e.counts, &e.metrics);
+    if let Some(c) = counts.iter().find(|c| !c.predicted.is_finite()) {
+        anyhow::bail!(
+            "{}: the counter {} gives a non-finite count ({}): its weights overflow on this image",
+            c.image,
+            a.counter.display(),
+            c.predicted
+        );
+    }
 
     let mut csv = String::from("image,predicted,true,error\n");
     for c in counts {

@@ -63,19 +63,30 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     let (mut opts, model, resume) = match &a.resume {
         Some(dir) => {
             let path = dir.join("config.json");
-            let text = std::fs::read_to_string(&path).with_context(|| {
-                format!(
-                    "{}: cannot resume: no readable config.json (not a run folder, or incomplete)",
-                    dir.display()
-                )
-            })?;
+            let text = crate::fsutil::read_own_file(&path)
+                .ok()
+                .flatten()
+                .and_then(|b| String::from_utf8(b).ok())
+                .with_context(|| {
+                    format!(
+                        "{}: cannot resume: no readable config.json (not a run folder, or \
+                         incomplete)",
+                        dir.display()
+                    )
+                })?;
             let rc: RunConfig = serde_json::from_str(&text)
                 .with_context(|| format!("{}: cannot resume: bad config.json", path.display()))?;
             let mut o = rc.options;
             o.out = dir.clone();
+            crate::train::resolve_paths(&mut o, dir);
             (o, rc.model, true)
         }
-        None => (a.options.clone(), a.model, false),
+        None => {
+            let mut o = a.options.clone();
+            crate::train::absolute_paths(&mut o)?;
+            o.run_id = Some(crate::train::new_run_id(&o.out));
+            (o, a.model, false)
+        }
     };
     opts.device = device;
     opts.profile = a.options.profile;
@@ -84,6 +95,18 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     if model == TrainModel::Localizer && opts.counter.is_none() {
         bail!("--model localizer needs --counter CKPT (or use --model all)");
     }
+    // Everything the data and the given counter decide is checked before the run folder is
+    // touched. Opened once: with --model all both networks train on the same decoded data.
+    let data = open_data(&opts)?;
+    crate::train::check_data(&opts, &data)?;
+    if model == TrainModel::Localizer {
+        let counter = opts.counter.as_deref().expect("checked above");
+        crate::checkpoint::load_counter(counter)?;
+    }
+    // The run folder: marked (never read as input), cleaned of temporary files a crash left,
+    // and locked, so a second `dcl train` of this run is refused while this one runs.
+    crate::fsutil::prepare_output_dir(&opts.out, "train")?;
+    let _lock = crate::fsutil::DirLock::acquire(&opts.out)?;
     if !resume {
         let rc = RunConfig {
             version: env!("CARGO_PKG_VERSION").into(),
@@ -96,8 +119,6 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
             serde_json::to_string_pretty(&rc)?.as_bytes(),
         )?;
     }
-    // Opened once: with --model all both networks train on the same decoded data.
-    let data = open_data(&opts)?;
     let mut profile = Profile::default();
     if matches!(model, TrainModel::Counter | TrainModel::All) {
         let s = train_counter(&opts, &data, resume)?;

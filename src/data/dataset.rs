@@ -117,6 +117,9 @@ pub struct Dataset {
     skipped: Vec<(PathBuf, String)>,
 }
 
+/// The most memory the in-memory synthetic set may take.
+pub const MAX_SYNTHETIC_BYTES: u64 = 16 << 30;
+
 /// Images decoded in parallel per chunk: bounds the memory of patches in flight.
 const CHUNK: usize = 16;
 
@@ -245,6 +248,16 @@ impl Dataset {
     pub fn synthetic(n: usize, seed: u64, size: usize, sigma: f32) -> Result<Dataset> {
         check_sigma(sigma)?;
         synthetic::check_size(size)?;
+        // every image and density map is held in memory (16 bytes a pixel)
+        let bytes = (n as u128) * (size as u128).pow(2) * 16;
+        if n == 0 || bytes > MAX_SYNTHETIC_BYTES as u128 {
+            return Err(Error::Invalid(format!(
+                "a synthetic set of {n} images of {size}x{size} pixels needs {:.1} GB in memory; \
+                 1 to {} GB are allowed",
+                bytes as f64 / 1e9,
+                MAX_SYNTHETIC_BYTES >> 30
+            )));
+        }
         let mut ds = Dataset {
             format: None,
             origin: Origin::Synthetic { seed, size },

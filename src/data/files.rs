@@ -1,10 +1,11 @@
 //! Finding the image files a user points at: files as given, folders searched recursively,
 //! optionally filtered by a wildcard pattern on the file name.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::data::image_io::is_image_file;
 use crate::data::layout::stem_of;
 use crate::error::{Error, Result};
+use crate::fsutil::is_output_dir;
 
 /// `*` and `?` wildcard match on a file name.
 pub fn glob_match(pattern: &str, name: &str) -> bool {
@@ -30,17 +31,34 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
 }
 
 /// Image files under `paths` (files as given; folders recursively, sorted), each with the name
-/// its outputs get: the path relative to the folder, separators replaced by "__". Folders in
-/// `skip` (e.g. an earlier run's outputs) and symbolic links to folders are not searched.
+/// its outputs get: the path relative to the folder, separators replaced by "__". Not
+/// searched: folders in `skip` (this run's own outputs), folders of earlier runs' outputs
+/// (`fsutil::is_output_dir`: their `.dcl-output` marker) and symbolic links to folders. A
+/// folder of outputs given as a path is refused, and so is an image whose path is not UTF-8
+/// (its outputs and CSV row could not name it losslessly).
 pub fn collect_images(
     paths: &[PathBuf],
     glob: Option<&str>,
     skip: &[PathBuf],
 ) -> Result<Vec<(PathBuf, String)>> {
     let skip: Vec<PathBuf> = skip.iter().filter_map(|d| d.canonicalize().ok()).collect();
+    let not_utf8 = |p: &Path| {
+        Error::file(
+            p,
+            "file name is not valid UTF-8; rename it (its outputs and counts.csv row could not \
+             name it exactly)",
+        )
+    };
     let mut out = Vec::new();
     for p in paths {
         if p.is_dir() {
+            if is_output_dir(p) {
+                return Err(Error::file(
+                    p,
+                    "holds the outputs of an earlier dcl run (it has a .dcl-output marker): not \
+                     counted as input",
+                ));
+            }
             let mut stack = vec![p.clone()];
             let mut found = Vec::new();
             while let Some(d) = stack.pop() {
@@ -52,7 +70,9 @@ pub fn collect_images(
                         .file_type()
                         .map_err(|e| Error::file(&path, format!("cannot read: {e}")))?;
                     if kind.is_dir() {
-                        if !path.canonicalize().is_ok_and(|c| skip.contains(&c)) {
+                        let skipped = path.canonicalize().is_ok_and(|c| skip.contains(&c))
+                            || is_output_dir(&path);
+                        if !skipped {
                             stack.push(path);
                         }
                     } else if kind.is_symlink() && path.is_dir() {
@@ -60,6 +80,9 @@ pub fn collect_images(
                     } else if is_image_file(&path)
                         && glob.is_none_or(|g| glob_match(g, &e.file_name().to_string_lossy()))
                     {
+                        if path.to_str().is_none() {
+                            return Err(not_utf8(&path));
+                        }
                         found.push(path);
                     }
                 }
@@ -71,6 +94,9 @@ pub fn collect_images(
                 out.push((f, name));
             }
         } else if p.exists() {
+            if p.to_str().is_none() {
+                return Err(not_utf8(p));
+            }
             out.push((p.clone(), stem_of(p)));
         } else {
             return Err(Error::file(p, "no such file or folder"));

@@ -49,7 +49,7 @@ pub(super) fn stem_of(p: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// Sorted plain files of a folder.
+/// Sorted plain files of a folder whose names are UTF-8 (see `non_utf8_files`).
 fn list_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let rd =
         std::fs::read_dir(dir).map_err(|e| Error::file(dir, format!("cannot read folder: {e}")))?;
@@ -57,12 +57,41 @@ fn list_files(dir: &Path) -> Result<Vec<PathBuf>> {
     for e in rd {
         let e = e.map_err(|e| Error::file(dir, format!("cannot read folder: {e}")))?;
         let p = e.path();
-        if p.is_file() {
+        if p.is_file() && e.file_name().to_str().is_some() {
             v.push(p);
         }
     }
     v.sort();
     Ok(v)
+}
+
+/// Image and CSV files of a folder whose names are not UTF-8: they are problems (errors, or
+/// skipped with `skip_bad`), since sample names, outputs and CSV rows could not name them
+/// losslessly (two such names could even collide).
+fn non_utf8_files(dir: &Path) -> Vec<(PathBuf, String)> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut v: Vec<(PathBuf, String)> = rd
+        .flatten()
+        .filter(|e| e.file_name().to_str().is_none())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_file()
+                && (is_image_file(p)
+                    || p.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")))
+        })
+        .map(|p| {
+            (
+                p,
+                "file name is not valid UTF-8; rename it (outputs and CSV rows could not name \
+                 it exactly)"
+                    .to_string(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
 }
 
 /// Images of a folder, keyed by stem (several extensions of one stem: the first, sorted).
@@ -274,6 +303,11 @@ pub fn scan(dir: &Path, format: Option<&Format>, rule: Option<DotRule>) -> Resul
                 }
             }
         }
+    }
+    problems.extend(non_utf8_files(dir));
+    if format == Format::Adi {
+        problems.extend(non_utf8_files(&dir.join("images")));
+        problems.extend(non_utf8_files(&dir.join("annotations")));
     }
     if items.is_empty() && problems.is_empty() {
         return Err(Error::file(

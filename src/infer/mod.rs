@@ -20,6 +20,10 @@ use crate::tensor::Tensor;
 use points::{find_points, Point};
 use tiling::{axis_weights, tile_starts};
 
+/// The most network pixels (after `input_scale`) one image may have: its maps alone take
+/// 4 bytes a pixel (8 with a localizer).
+pub const MAX_NETWORK_PIXELS: u64 = 1 << 30;
+
 #[derive(Clone, Copy, Debug)]
 pub struct InferOptions {
     /// Tile side in network pixels (the training patch size).
@@ -141,6 +145,13 @@ pub fn predict_with(
         ((width as f32 * scale).round() as usize).max(1),
         ((height as f32 * scale).round() as usize).max(1),
     );
+    if !scale.is_finite() || (nw as u64).saturating_mul(nh as u64) > MAX_NETWORK_PIXELS {
+        return Err(Error::Invalid(format!(
+            "a {width}x{height} image scaled by the checkpoint's input_scale {scale} is \
+             {nw}x{nh} network pixels, more than the {} million one image may have",
+            MAX_NETWORK_PIXELS >> 20
+        )));
+    }
     let resized;
     let img = if (nw, nh) != (width, height) {
         resized = img.resize_exact(nw as u32, nh as u32, image::imageops::FilterType::Triangle);

@@ -67,7 +67,7 @@ pub fn train_counter(opts: &TrainOptions, data: &RunData, resume: bool) -> Resul
 }
 
 /// `--window-grid` must cut the training patches' coarse maps into equal square windows.
-fn check_windows(opts: &TrainOptions, data: &RunData) -> Result<()> {
+pub(crate) fn check_windows(opts: &TrainOptions, data: &RunData) -> Result<()> {
     if opts.window_grid <= 1 {
         return Ok(());
     }

@@ -64,13 +64,9 @@ pub fn fit<J: Job>(
     let best_path = dir.join(format!("{name}.best.safetensors"));
     let snap_path = dir.join(format!("{name}.snapshot.safetensors"));
     let log = RunLog::new(dir);
+    let run_id = opts.run_id.as_deref();
 
     let mut adam = Adam::new(opts.adam(), job.net().store())?;
-    let mut progress = Progress::default();
-    if resume && snap_path.exists() {
-        progress = load_snapshot(&snap_path, job.net_mut().store_mut(), &mut adam)?;
-    }
-    log.truncate(name, progress.epochs_done)?;
     let sched = Sgdr::new(opts.lr, opts.sgdr_t0, opts.sgdr_t_mult, opts.eta_min);
     let (ds, idx) = &data.train;
     let loader = Loader::new(
@@ -83,6 +79,14 @@ pub fn fit<J: Job>(
     )
     .with_mosaic(opts.mosaic);
     let per_epoch = loader.batches_per_epoch().max(1);
+    let mut progress = Progress::default();
+    if resume && snap_path.exists() {
+        progress = load_snapshot(&snap_path, job.net_mut().store_mut(), &mut adam, run_id)?;
+        progress
+            .check(per_epoch, opts.epochs, adam.step)
+            .map_err(|e| Error::file(&snap_path, format!("{e}: not resumed")))?;
+    }
+    log.truncate(name, progress.epochs_done)?;
     let mut last = None;
     let mut profile = Profile::default();
 
@@ -110,8 +114,9 @@ pub fn fit<J: Job>(
                 progress.epochs_done = epoch;
                 progress.batches_done = i;
                 progress.epoch_loss_sum = loss_sum;
+                check_finite(job.net().store(), &adam, epoch + 1, progress.steps, dir)?;
                 save_network(&last_path, job.net(), progress.steps as u64)?;
-                save_snapshot(&snap_path, job.net().store(), &adam, &progress)?;
+                save_snapshot(&snap_path, job.net().store(), &adam, &progress, run_id)?;
                 return Err(Error::Interrupted(dir.clone()));
             }
             lr = sched.lr(epoch as f64 + i as f64 / per_epoch as f64);
@@ -138,10 +143,22 @@ pub fn fit<J: Job>(
             bar.inc(1);
         }
         bar.finish_and_clear();
+        // The last update of the epoch made no loss yet: its parameters are checked before
+        // anything is saved, so a diverged network never replaces the last good checkpoint.
+        check_finite(job.net().store(), &adam, epoch + 1, progress.steps, dir)?;
         let scores = job.validate(data, opts.batch_size)?;
+        let has_val = data.val.is_some();
+        if has_val && !scores.key.is_finite() {
+            return Err(Error::Invalid(format!(
+                "the validation score after epoch {} is {}: the network diverged; training \
+                 stopped, the last good checkpoint is kept in {}",
+                epoch + 1,
+                scores.key,
+                dir.display()
+            )));
+        }
         progress.epochs_done = epoch + 1;
         let improved = progress.best.is_none_or(|(b, _)| scores.key < b);
-        let has_val = data.val.is_some();
         if has_val && improved {
             progress.best = Some((scores.key, epoch + 1));
         }
@@ -167,7 +184,7 @@ pub fn fit<J: Job>(
         log.append(&rec)?;
         // The snapshot goes last: a crash before it resumes from the previous epoch, and the
         // files and the metrics record written above are simply rewritten.
-        save_snapshot(&snap_path, job.net().store(), &adam, &progress)?;
+        save_snapshot(&snap_path, job.net().store(), &adam, &progress, run_id)?;
         if !opts.quiet {
             eprintln!("{rec}");
         }
@@ -191,6 +208,38 @@ pub fn fit<J: Job>(
         best_checkpoint: best_path,
         profile,
     })
+}
+
+/// Every parameter, BatchNorm statistic and optimiser moment must be finite before it is
+/// saved; otherwise training stops naming the tensor, epoch and step, and the files of the
+/// last good epoch stay as they are.
+fn check_finite(
+    store: &crate::nn::ParamStore,
+    adam: &Adam,
+    epoch: usize,
+    steps: usize,
+    dir: &std::path::Path,
+) -> Result<()> {
+    let stop = |what: String| {
+        Err(Error::Invalid(format!(
+            "non-finite values (NaN or infinite) in {what} at epoch {epoch}, after optimiser \
+             step {steps}: training stopped, the last good checkpoint is kept in {}",
+            dir.display()
+        )))
+    };
+    for (id, p) in store.iter() {
+        if p.value.to_host()?.iter().any(|v| !v.is_finite()) {
+            return stop(format!("parameter {}", p.name));
+        }
+        if let Some((m, v)) = &adam.moments[id.0] {
+            for (t, which) in [(m, "first"), (v, "second")] {
+                if t.to_host()?.iter().any(|v| !v.is_finite()) {
+                    return stop(format!("the optimiser's {which} moment of {}", p.name));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One optimiser step; returns the loss. With `profiling`, the step's per-op times are added

@@ -57,7 +57,10 @@ pub fn train_localizer(
     counter.store.to_device(&opts.device)?;
     let mut cfg = opts.model_config(ModelKind::Localizer);
     cfg.counter_hash = Some(file_hash(counter_path)?);
+    // what the localizer is fed: maps of this very counter (checked again by `load_pair`)
     cfg.input_scale = counter.config.input_scale;
+    cfg.gmp_points = counter.config.gmp_points;
+    cfg.backbone = counter.config.backbone;
     let mut job = LocalizerJob {
         net: Localizer::new(&cfg, opts.seed ^ 0x10CA)?,
         counter,

@@ -8,7 +8,9 @@ mod run;
 pub use counter::{train_counter, CounterJob};
 pub use fit::{fit, Job, Scores, Summary, INTERRUPT};
 pub use localizer::train_localizer;
-pub use run::{EpochRecord, Progress, RunLog};
+pub use run::{
+    load_snapshot, load_snapshot_bytes, save_snapshot, EpochRecord, Progress, RunLog, RUN_ID_KEY,
+};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -132,6 +134,11 @@ pub struct TrainOptions {
     #[arg(long)]
     #[serde(default)]
     pub group: Option<String>,
+    /// The run's id, set by `dcl train` when a run starts: its config.json and every snapshot
+    /// carry it, so a snapshot of another run is never resumed (None: runs from before ids).
+    #[arg(skip)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
     // Not part of a run's settings: where and how this process runs it (a resumed run takes
     // them from its own command line).
     #[arg(skip)]
@@ -211,6 +218,32 @@ impl TrainOptions {
                 self.mosaic
             )));
         }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(Error::Invalid(format!(
+                "--weight-decay must be a number >= 0, got {}",
+                self.weight_decay
+            )));
+        }
+        let sgdr_ok = self.eta_min.is_finite()
+            && self.eta_min >= 0.0
+            && self.sgdr_t0.is_finite()
+            && self.sgdr_t_mult.is_finite();
+        if !sgdr_ok {
+            return Err(Error::Invalid(format!(
+                "SGDR needs finite T_0 and T_mult and eta_min >= 0, got T_0 {}, T_mult {}, \
+                 eta_min {}",
+                self.sgdr_t0, self.sgdr_t_mult, self.eta_min
+            )));
+        }
+        if self.window_grid > 64 {
+            return Err(Error::Invalid(format!(
+                "--window-grid must be at most 64, got {}",
+                self.window_grid
+            )));
+        }
+        // the networks' settings, before any data is read
+        self.model_config(ModelKind::Counter).validate()?;
+        self.model_config(ModelKind::Localizer).validate()?;
         if !(self.window_weight.is_finite() && self.window_weight >= 0.0) {
             return Err(Error::Invalid(format!(
                 "--window-weight must be a number >= 0, got {}",
@@ -278,6 +311,69 @@ pub fn open_data(opts: &TrainOptions) -> Result<RunData> {
         train: (ds.clone(), split.train),
         val: (!split.val.is_empty()).then_some((ds, split.val)),
     })
+}
+
+/// The checks that need the opened data (e.g. that `--window-grid` divides the patches), so a
+/// run can be refused before its folder is touched.
+pub fn check_data(opts: &TrainOptions, data: &RunData) -> Result<()> {
+    counter::check_windows(opts, data)
+}
+
+/// Makes a run's paths absolute (`--data`, `--val`, `--counter`), so its config.json resumes
+/// from any working directory.
+pub fn absolute_paths(opts: &mut TrainOptions) -> Result<()> {
+    let abs = |p: &std::path::Path| {
+        std::path::absolute(p)
+            .map_err(|e| Error::file(p, format!("cannot make the path absolute: {e}")))
+    };
+    if opts.data != "synthetic" {
+        opts.data = abs(std::path::Path::new(&opts.data))?.display().to_string();
+    }
+    for p in [&mut opts.val, &mut opts.counter].into_iter().flatten() {
+        *p = abs(p)?;
+    }
+    Ok(())
+}
+
+/// Resolves the relative paths of a resumed run's config.json (runs from before paths were
+/// stored absolute): as before, from the working directory when they exist there, otherwise
+/// from the run folder.
+pub fn resolve_paths(opts: &mut TrainOptions, run_dir: &std::path::Path) {
+    let resolve = |p: &std::path::Path| -> PathBuf {
+        if p.is_absolute() || p.exists() || !run_dir.join(p).exists() {
+            p.to_path_buf()
+        } else {
+            run_dir.join(p)
+        }
+    };
+    if opts.data != "synthetic" {
+        opts.data = resolve(std::path::Path::new(&opts.data))
+            .display()
+            .to_string();
+    }
+    for p in [&mut opts.val, &mut opts.counter].into_iter().flatten() {
+        *p = resolve(p);
+    }
+}
+
+/// A new run's id: a hash of the time, the process and the run folder.
+pub fn new_run_id(out: &std::path::Path) -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let bytes = [
+        t.to_le_bytes().to_vec(),
+        std::process::id().to_le_bytes().to_vec(),
+        out.display().to_string().into_bytes(),
+    ]
+    .concat();
+    for b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
 }
 
 /// `--skip-bad`: what was left out, so nothing is dropped silently.

@@ -66,9 +66,10 @@ impl RunLog {
 
     /// Drops records of `model` after `epochs_done` (a resumed run rewrites them), atomically.
     pub fn truncate(&self, model: &str, epochs_done: usize) -> Result<()> {
-        let Ok(text) = std::fs::read_to_string(&self.path) else {
+        let Some(bytes) = crate::fsutil::read_own_file(&self.path)? else {
             return Ok(());
         };
+        let text = String::from_utf8_lossy(&bytes);
         let kept: String = text
             .lines()
             .filter(|l| {
@@ -83,11 +84,8 @@ impl RunLog {
 
     pub fn append(&self, r: &EpochRecord) -> Result<()> {
         let line = serde_json::to_string(r).expect("record serialises");
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .map_err(|e| Error::file(&self.path, format!("cannot open: {e}")))?;
+        // never through a link planted at metrics.jsonl
+        let mut f = crate::fsutil::open_append(&self.path)?;
         writeln!(f, "{line}").map_err(|e| Error::file(&self.path, format!("cannot write: {e}")))
     }
 
@@ -122,12 +120,73 @@ pub struct Progress {
     pub best: Option<(f64, usize)>,
 }
 
-/// Writes model tensors, Adam moments and progress into one file, atomically.
+impl Progress {
+    /// Checks restored counters against the run they are resumed into: `per_epoch` batches an
+    /// epoch, `epochs` in all, and the optimiser's step count. A snapshot of another run or
+    /// with edited counters would otherwise skip epochs or log a loss of 0.
+    pub fn check(&self, per_epoch: usize, epochs: usize, adam_step: u64) -> Result<()> {
+        let bad = |msg: String| Err(Error::Invalid(format!("snapshot counters: {msg}")));
+        if self.epochs_done > epochs {
+            return bad(format!(
+                "{} epochs done, but the run has {epochs}",
+                self.epochs_done
+            ));
+        }
+        if self.batches_done >= per_epoch.max(1)
+            || (self.batches_done > 0 && self.epochs_done == epochs)
+        {
+            return bad(format!(
+                "{} batches done of epoch {}, which has {per_epoch}",
+                self.batches_done,
+                self.epochs_done + 1
+            ));
+        }
+        let most = (self.epochs_done as u64)
+            .saturating_mul(per_epoch as u64)
+            .saturating_add(self.batches_done as u64);
+        if self.steps as u64 > most {
+            return bad(format!(
+                "{} optimiser steps, more than the {most} batches of {} epochs and {} batches",
+                self.steps, self.epochs_done, self.batches_done
+            ));
+        }
+        if adam_step != self.steps as u64 {
+            return bad(format!(
+                "{} steps, but the optimiser took {adam_step}",
+                self.steps
+            ));
+        }
+        if !(self.epoch_loss_sum.is_finite() && self.epoch_loss_sum >= 0.0)
+            || (self.batches_done == 0 && self.epoch_loss_sum != 0.0)
+        {
+            return bad(format!(
+                "loss sum {} for {} batches",
+                self.epoch_loss_sum, self.batches_done
+            ));
+        }
+        if let Some((score, epoch)) = self.best {
+            if !(score.is_finite() && score >= 0.0) || epoch == 0 || epoch > self.epochs_done {
+                return bad(format!(
+                    "best score {score} at epoch {epoch} of {} done",
+                    self.epochs_done
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The metadata key of the run a snapshot belongs to (also in the run's config.json).
+pub const RUN_ID_KEY: &str = "dcl.run_id";
+
+/// Writes model tensors, Adam moments and progress into one file, atomically, with the id of
+/// the run it belongs to.
 pub fn save_snapshot(
     path: &Path,
     store: &ParamStore,
     adam: &Adam,
     progress: &Progress,
+    run_id: Option<&str>,
 ) -> Result<()> {
     let mut names: Vec<(String, &Tensor)> = Vec::new();
     for (id, p) in store.iter() {
@@ -143,24 +202,77 @@ pub fn save_snapshot(
         serde_json::to_string(progress).expect("serialises"),
     );
     meta.insert("dcl.adam_step".into(), adam.step.to_string());
+    if let Some(id) = run_id {
+        meta.insert(RUN_ID_KEY.into(), id.to_string());
+    }
     write_tensors(path, &names, &[], meta)
 }
 
 /// Restores a snapshot written by `save_snapshot` into a freshly built model and optimiser.
-pub fn load_snapshot(path: &Path, store: &mut ParamStore, adam: &mut Adam) -> Result<Progress> {
+/// The snapshot must belong to the run `run_id` (None: a run from before run ids, whose
+/// snapshots have none either), and every tensor must be finite. The counters are returned
+/// unchecked (see `Progress::check`).
+pub fn load_snapshot(
+    path: &Path,
+    store: &mut ParamStore,
+    adam: &mut Adam,
+    run_id: Option<&str>,
+) -> Result<Progress> {
+    restore_snapshot(path, read_tensors(path)?, store, adam, run_id)
+}
+
+/// `load_snapshot` of a snapshot held in memory; `name` names it in errors.
+pub fn load_snapshot_bytes(
+    bytes: &[u8],
+    name: &Path,
+    store: &mut ParamStore,
+    adam: &mut Adam,
+    run_id: Option<&str>,
+) -> Result<Progress> {
+    let contents = crate::checkpoint::parse_tensors(bytes).map_err(|msg| Error::Checkpoint {
+        path: name.into(),
+        msg,
+    })?;
+    restore_snapshot(name, contents, store, adam, run_id)
+}
+
+fn restore_snapshot(
+    path: &Path,
+    (meta, mut floats, _): crate::checkpoint::Contents,
+    store: &mut ParamStore,
+    adam: &mut Adam,
+    run_id: Option<&str>,
+) -> Result<Progress> {
     let err = |msg: String| Error::Checkpoint {
         path: path.into(),
         msg,
     };
-    let (meta, mut floats, _) = read_tensors(path)?;
-    let progress: Progress = meta
-        .get("dcl.progress")
-        .and_then(|s| serde_json::from_str(s).ok())
-        .ok_or_else(|| err("no training progress in the snapshot: incomplete run".into()))?;
+    let theirs = meta.get(RUN_ID_KEY).map(String::as_str);
+    if theirs != run_id {
+        return Err(err(format!(
+            "belongs to another run (run id {}, this run's config.json says {}): not resumed",
+            theirs.unwrap_or("none"),
+            run_id.unwrap_or("none")
+        )));
+    }
+    let progress: Progress = match meta.get("dcl.progress") {
+        None => {
+            return Err(err(
+                "no training progress in the snapshot: incomplete run".into()
+            ))
+        }
+        Some(s) => serde_json::from_str(s)
+            .map_err(|e| err(format!("bad training progress in the snapshot: {e}")))?,
+    };
     adam.step = meta
         .get("dcl.adam_step")
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| err("no optimiser step in the snapshot".into()))?;
+    if let Some((name, bad, n)) = crate::checkpoint::first_non_finite(&floats) {
+        return Err(err(format!(
+            "tensor {name} holds {bad} non-finite values (NaN or infinite) of {n}: not resumed"
+        )));
+    }
     let mut take = |name: String, like: &Tensor| -> Result<Tensor> {
         let (dims, vals): Loaded = floats
             .remove(&name)
