@@ -14,6 +14,13 @@ extern "C" __global__ void scale_f32(const float* __restrict__ x, float s, float
     GRID_STRIDE(i, n) y[i] = s * x[i];
 }
 
+// y = s[0] * x: the factor on the device (a loss gradient), so nothing waits to read it.
+extern "C" __global__ void scale_by_f32(const float* __restrict__ x, const float* __restrict__ s,
+                                        float* __restrict__ y, u64 n) {
+    const float v = s[0];
+    GRID_STRIDE(i, n) y[i] = v * x[i];
+}
+
 extern "C" __global__ void abs_f32(const float* __restrict__ x, float* __restrict__ y, u64 n) {
     GRID_STRIDE(i, n) y[i] = fabsf(x[i]);
 }

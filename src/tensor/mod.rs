@@ -269,6 +269,15 @@ impl Tensor {
         Ok(self)
     }
 
+    /// The values on the host, later: on a GPU the copy is queued and `wait` returns them
+    /// once it has run, without waiting for work queued after it (on the CPU, at once).
+    pub fn to_host_async(&self) -> Result<HostValues> {
+        match &self.storage {
+            Storage::Cpu(v) => Ok(HostValues::Ready(v.clone())),
+            Storage::Cuda(b) => Ok(HostValues::Pending(b.device().read_async(b)?)),
+        }
+    }
+
     /// The single value of a one-element tensor.
     pub fn item(&self) -> Result<f32> {
         if self.numel() != 1 {
@@ -283,6 +292,26 @@ impl Tensor {
     /// Bytes the tensor's storage occupies (for memory accounting).
     pub fn nbytes(&self) -> usize {
         self.numel() * std::mem::size_of::<f32>()
+    }
+}
+
+/// A tensor's values on their way to the host ([`Tensor::to_host_async`]).
+pub enum HostValues {
+    Ready(Vec<f32>),
+    Pending(crate::device::cuda::PendingRead),
+}
+
+impl HostValues {
+    /// Whether the values are already on the host (`wait` returns at once).
+    pub fn is_ready(&self) -> bool {
+        matches!(self, HostValues::Ready(_))
+    }
+
+    pub fn wait(self) -> Result<Vec<f32>> {
+        match self {
+            HostValues::Ready(v) => Ok(v),
+            HostValues::Pending(p) => p.wait(),
+        }
     }
 }
 

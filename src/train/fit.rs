@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::nn::{apply_bn_updates, Forward, Network};
 use crate::optim::{Adam, Sgdr};
 use crate::progress::progress_bar;
+use crate::tensor::HostValues;
 use crate::train::run::{load_snapshot, save_snapshot, EpochRecord, Progress, RunLog};
 use crate::train::{RunData, TrainOptions};
 
@@ -105,12 +106,18 @@ pub fn fit<J: Job>(
         bar.set_position(start as u64);
         let mut loss_sum = std::mem::take(&mut progress.epoch_loss_sum);
         let (mut n_loss, mut lr) = (start, opts.lr);
+        // The loss of the step before, still on its way to the host: a GPU step is not kept
+        // waiting for its own loss, which is read (and checked) once the next one is queued.
+        let mut pending: Option<PendingLoss> = None;
         for (i, batch) in (start..).zip(loader.epoch_from(epoch, start)) {
             if opts.max_steps.is_some_and(|m| progress.steps >= m) {
                 break;
             }
             if INTERRUPT.load(Ordering::SeqCst) {
                 bar.finish_and_clear();
+                if let Some(p) = pending.take() {
+                    loss_sum += p.wait(epoch)? as f64;
+                }
                 progress.epochs_done = epoch;
                 progress.batches_done = i;
                 progress.epoch_loss_sum = loss_sum;
@@ -127,22 +134,24 @@ pub fn fit<J: Job>(
                 lr as f32,
                 opts.profile,
                 &mut profile,
-            )
-            .map_err(|e| match e {
-                Error::NonFiniteLoss { value, .. } => Error::NonFiniteLoss {
-                    value,
-                    epoch: epoch + 1,
-                    step: i + 1,
-                },
-                e => e,
-            })?;
+            )?;
+            if let Some(p) = pending.replace(PendingLoss { loss, step: i }) {
+                loss_sum += p.wait(epoch)? as f64;
+            }
+            // A loss already on the host (the CPU) is checked at once: no step runs on a
+            // diverged network.
+            if pending.as_ref().is_some_and(|p| p.loss.is_ready()) {
+                loss_sum += pending.take().expect("checked above").wait(epoch)? as f64;
+            }
             // one training forward per step: also BatchNorm's num_batches_tracked
             progress.steps += 1;
-            loss_sum += loss as f64;
             n_loss += 1;
             bar.inc(1);
         }
         bar.finish_and_clear();
+        if let Some(p) = pending.take() {
+            loss_sum += p.wait(epoch)? as f64;
+        }
         // The last update of the epoch made no loss yet: its parameters are checked before
         // anything is saved, so a diverged network never replaces the last good checkpoint.
         check_finite(job.net().store(), &adam, epoch + 1, progress.steps, dir)?;
@@ -242,8 +251,31 @@ fn check_finite(
     Ok(())
 }
 
-/// One optimiser step; returns the loss. With `profiling`, the step's per-op times are added
-/// to `profile`.
+/// A step's loss on its way to the host, with the step it belongs to (batch index in the
+/// epoch), so a non-finite value names the step that made it.
+struct PendingLoss {
+    loss: HostValues,
+    step: usize,
+}
+
+impl PendingLoss {
+    /// The loss, or the error of a non-finite one. Nothing is saved between a step and this
+    /// check, so a diverged step never reaches a checkpoint.
+    fn wait(self, epoch: usize) -> Result<f32> {
+        let value = self.loss.wait()?[0];
+        if !value.is_finite() {
+            return Err(Error::NonFiniteLoss {
+                value,
+                epoch: epoch + 1,
+                step: self.step + 1,
+            });
+        }
+        Ok(value)
+    }
+}
+
+/// One optimiser step; returns its loss, on its way to the host. With `profiling`, the
+/// step's per-op times are added to `profile`.
 fn step(
     job: &mut impl Job,
     adam: &mut Adam,
@@ -251,7 +283,7 @@ fn step(
     lr: f32,
     profiling: bool,
     profile: &mut Profile,
-) -> Result<f32> {
+) -> Result<HostValues> {
     let device = job.net().store().device();
     batch.images = batch.images.into_device(&device)?;
     batch.density = batch.density.into_device(&device)?;
@@ -262,14 +294,7 @@ fn step(
         let bound = store.bind(&tape, true);
         let f = Forward::new(&tape, &bound, store, true);
         let loss = job.loss(&f, batch)?;
-        let value = loss.value().item()?;
-        if !value.is_finite() {
-            return Err(Error::NonFiniteLoss {
-                value,
-                epoch: 0,
-                step: 0,
-            });
-        }
+        let value = loss.value().to_host_async()?;
         let mut grads = tape.backward(&loss)?;
         (value, bound.take_grads(&mut grads), f.take_bn_updates())
     };

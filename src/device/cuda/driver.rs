@@ -19,6 +19,8 @@ use crate::error::{Error, Result};
 
 pub(super) struct Driver {
     // Field order is drop order: functions and modules before the handle, stream and context.
+    /// Pinned host buffers for asynchronous reads, reused (address, floats).
+    pinned: Mutex<Vec<(usize, usize)>>,
     functions: Mutex<HashMap<(&'static str, &'static str), CudaFunction>>,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     blas: CudaBlas,
@@ -111,6 +113,7 @@ impl Driver {
             emulated: false,
         };
         let d = Driver {
+            pinned: Mutex::new(Vec::new()),
             functions: Mutex::new(HashMap::new()),
             modules: Mutex::new(HashMap::new()),
             blas,
@@ -215,6 +218,57 @@ impl Driver {
         unsafe { cudarc::cublas::sys::cublasSetMathMode(*self.blas.handle(), mode) }
             .result()
             .cuda("cublasSetMathMode")
+    }
+
+    /// Queues a copy of `len` floats at `src` into pinned host memory and an event after it;
+    /// [`Driver::finish_read`] waits for that event only, not for work queued later.
+    pub(super) fn read_async(&self, src: u64, len: usize) -> Result<PinnedRead> {
+        let taken = {
+            let mut pool = lock(&self.pinned);
+            let i = pool.iter().position(|&(_, cap)| cap >= len);
+            i.map(|i| pool.swap_remove(i))
+        };
+        let (addr, cap) = match taken {
+            Some(slot) => slot,
+            None => {
+                let cap = len.max(64);
+                let _ = self.ctx.bind_to_thread();
+                // Safety: a plain pinned allocation, freed by the pool when the driver goes.
+                let p = unsafe { cudarc::driver::result::malloc_host(cap * 4, 0) }
+                    .cuda("pinned host allocation")?;
+                (p as usize, cap)
+            }
+        };
+        let stream = self.cu_stream();
+        // Safety: the pinned slot holds `cap` >= `len` floats and is ours until finish_read.
+        let host = unsafe { std::slice::from_raw_parts_mut(addr as *mut f32, len) };
+        let copied = unsafe { cudarc::driver::result::memcpy_dtoh_async(host, src, stream) }
+            .cuda("asynchronous device-to-host copy");
+        let read = PinnedRead {
+            addr,
+            cap,
+            len,
+            event: None,
+        };
+        copied?;
+        Ok(PinnedRead {
+            event: Some(self.record_event()?),
+            ..read
+        })
+    }
+
+    /// Waits for `r`'s copy and returns the values; the pinned slot goes back to the pool.
+    pub(super) fn finish_read(&self, mut r: PinnedRead) -> Result<Vec<f32>> {
+        let waited = match r.event.take() {
+            Some(e) => e.synchronize().cuda("waiting for a read"),
+            None => Ok(()),
+        };
+        // Safety: the copy into the slot has completed (or never started).
+        let v = unsafe { std::slice::from_raw_parts(r.addr as *const f32, r.len) }.to_vec();
+        lock(&self.pinned).push((r.addr, r.cap));
+        waited?;
+        self.ctx.check_err().cuda("deferred error")?;
+        Ok(v)
     }
 
     pub(super) fn record_event(&self) -> Result<CudaEvent> {
@@ -335,5 +389,24 @@ impl Driver {
             cb.batch,
         )
         .cuda("cublasSgemmStridedBatched")
+    }
+}
+
+/// A pending read into a pinned slot of the driver's pool.
+pub(super) struct PinnedRead {
+    addr: usize,
+    cap: usize,
+    len: usize,
+    event: Option<CudaEvent>,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.ctx.bind_to_thread();
+        for (addr, _) in lock(&self.pinned).drain(..) {
+            // Safety: allocated by malloc_host and no longer in use (no read is pending once
+            // the device is being dropped: a PendingRead holds the device).
+            let _ = unsafe { cudarc::driver::result::free_host(addr as *mut c_void) };
+        }
     }
 }

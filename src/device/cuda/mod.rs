@@ -126,6 +126,43 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Values being copied to the host without waiting for the work queued after them
+/// ([`CudaDevice::read_async`]): `wait` blocks only until they have arrived.
+pub struct PendingRead {
+    dev: CudaDevice,
+    state: Option<PendingState>,
+}
+
+enum PendingState {
+    Ready(Vec<f32>),
+    Driver(driver::PinnedRead),
+}
+
+impl PendingRead {
+    /// The values (waits for their copy, and reports any error of the work before it).
+    pub fn wait(mut self) -> Result<Vec<f32>> {
+        match self.state.take() {
+            Some(PendingState::Ready(v)) => Ok(v),
+            Some(PendingState::Driver(r)) => match &self.dev.inner.backend {
+                Backend::Driver(d) => d.finish_read(r),
+                Backend::Host(_) => unreachable!("a driver read on the host emulation"),
+            },
+            None => Err(Error::Device("a pending read waited on twice".into())),
+        }
+    }
+}
+
+impl Drop for PendingRead {
+    fn drop(&mut self) {
+        // A read dropped unread still returns its pinned slot to the pool.
+        if let (Some(PendingState::Driver(r)), Backend::Driver(d)) =
+            (self.state.take(), &self.dev.inner.backend)
+        {
+            let _ = d.finish_read(r);
+        }
+    }
+}
+
 /// A timing event: a CUDA event on a GPU, the host clock in emulation.
 pub enum GpuEvent {
     Driver(CudaEvent),
@@ -343,6 +380,21 @@ impl CudaDevice {
         }
         self.synchronize()?;
         Ok(host)
+    }
+
+    /// Starts copying `s` to the host and returns at once: the training loop reads a step's loss
+    /// while the next step is being queued, instead of waiting for the stream to drain.
+    pub fn read_async(&self, s: &impl GpuRead<f32>) -> Result<PendingRead> {
+        let state = match &self.inner.backend {
+            Backend::Driver(d) if !s.is_empty() => {
+                PendingState::Driver(d.read_async(s.addr(), s.len())?)
+            }
+            _ => PendingState::Ready(self.dtoh(s)?),
+        };
+        Ok(PendingRead {
+            dev: self.clone(),
+            state: Some(state),
+        })
     }
 
     /// Waits for all work on the stream and reports any error recorded meanwhile (launch

@@ -5,6 +5,7 @@ use crate::error::{Error, Result};
 const FILE: &str = "elementwise.cu";
 const ADD: Kernel = Kernel::new(FILE, "add_f32");
 const SCALE: Kernel = Kernel::new(FILE, "scale_f32");
+const SCALE_BY: Kernel = Kernel::new(FILE, "scale_by_f32");
 const ABS: Kernel = Kernel::new(FILE, "abs_f32");
 const ABS_BWD: Kernel = Kernel::new(FILE, "abs_bwd_f32");
 const FILL_SCALAR: Kernel = Kernel::new(FILE, "fill_scalar_f32");
@@ -48,6 +49,24 @@ pub fn scale(dev: &CudaDevice, x: &GpuBuffer<f32>, s: f32) -> Result<GpuBuffer<f
     dev.launch(SCALE)
         .buf(x)
         .arg(&s)
+        .out(&mut y)
+        .arg(&n)
+        .run(dev.cfg(n))?;
+    Ok(y)
+}
+
+/// s[0] · x, with the factor read on the device.
+pub fn scale_by(
+    dev: &CudaDevice,
+    x: &GpuBuffer<f32>,
+    s: &GpuBuffer<f32>,
+) -> Result<GpuBuffer<f32>> {
+    check_len("scale (cuda)", "factor", s, 1)?;
+    let n = x.len() as u64;
+    let mut y = dev.alloc::<f32>(x.len())?;
+    dev.launch(SCALE_BY)
+        .buf(x)
+        .buf(s)
         .out(&mut y)
         .arg(&n)
         .run(dev.cfg(n))?;

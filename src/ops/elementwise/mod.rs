@@ -40,6 +40,30 @@ pub fn scale_tensor(a: &Tensor, s: f32) -> Result<Tensor> {
     }
 }
 
+/// s·a with s a one-element tensor, used where it lives (on a GPU it is read there: no
+/// read-back of a loss gradient). The result is on a's device.
+pub fn scale_by_tensor(a: &Tensor, s: &Tensor) -> Result<Tensor> {
+    if s.numel() != 1 {
+        return Err(Error::shape(
+            "scale",
+            format!("the factor must be a scalar, got {}", s.shape()),
+        ));
+    }
+    match a.storage() {
+        Storage::Cpu(x) => Ok(Tensor::from_storage(cpu::scale(x, s.item()?), a.dims())),
+        Storage::Cuda(x) => {
+            let s = s.to_device(&a.device())?;
+            let Storage::Cuda(sb) = s.storage() else {
+                unreachable!("moved to the GPU above")
+            };
+            Ok(Tensor::from_storage(
+                cuda::scale_by(x.device(), x, sb)?,
+                a.dims(),
+            ))
+        }
+    }
+}
+
 /// |a|, and its gradient sign(a)·dy (0 at a = 0, as PyTorch).
 pub fn abs_tensor(a: &Tensor) -> Result<Tensor> {
     match a.storage() {

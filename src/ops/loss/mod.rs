@@ -61,34 +61,55 @@ pub fn per_image_counts(z: &Tensor) -> Result<Vec<f32>> {
     }
 }
 
-/// The loss value (on a GPU: computed there, then read back, which waits for the stream).
-pub fn count_l1_loss_forward(z: &Tensor, counts: &[f32]) -> Result<f32> {
+/// Eq. 1 averaged over the batch as a scalar tensor on z's device: on a GPU it stays there,
+/// so a training step need not wait for the stream to read it.
+pub fn count_l1_loss_value(z: &Tensor, counts: &[f32]) -> Result<Tensor> {
     let n = batch_of(COUNT_OP, z, Some(counts))?;
     match z.storage() {
-        Storage::Cpu(zs) => Ok(cpu::count_l1(zs, counts)),
+        Storage::Cpu(zs) => Ok(Tensor::scalar(cpu::count_l1(zs, counts))),
         Storage::Cuda(zs) => {
             let dev = zs.device();
             let counts = dev.htod(counts)?;
             let (loss, _) = cuda::count_l1_forward(dev, zs, &counts, n)?;
-            Ok(loss.to_host()?[0])
+            Ok(Tensor::from_storage(loss, &[]))
         }
     }
 }
 
+/// The loss value on the host (on a GPU: read back, which waits for the stream).
+pub fn count_l1_loss_forward(z: &Tensor, counts: &[f32]) -> Result<f32> {
+    count_l1_loss_value(z, counts)?.item()
+}
+
 /// dz = (dloss/N) · sign(Σ|z_n| − y_n) · sign(z).
 pub fn count_l1_loss_backward(z: &Tensor, counts: &[f32], dloss: f32) -> Result<Tensor> {
+    count_l1_loss_backward_by(z, counts, &Tensor::scalar(dloss))
+}
+
+/// [`count_l1_loss_backward`] with dloss a one-element tensor, used where it lives: on a GPU
+/// the kernel reads it there (no read-back of the loss gradient).
+pub fn count_l1_loss_backward_by(z: &Tensor, counts: &[f32], dloss: &Tensor) -> Result<Tensor> {
     let n = batch_of(COUNT_OP, z, Some(counts))?;
+    if dloss.numel() != 1 {
+        return Err(Error::shape(
+            COUNT_OP,
+            format!("the loss gradient must be a scalar, got {}", dloss.shape()),
+        ));
+    }
     match z.storage() {
         Storage::Cpu(zs) => Ok(Tensor::from_storage(
-            cpu::count_l1_backward(zs, counts, dloss),
+            cpu::count_l1_backward(zs, counts, dloss.item()?),
             z.dims(),
         )),
         Storage::Cuda(zs) => {
             let dev = zs.device();
+            let dloss = dloss.to_device(&z.device())?;
+            let Storage::Cuda(dl) = dloss.storage() else {
+                unreachable!("moved to the GPU above")
+            };
             let sums = cuda::image_abs_sums(dev, zs, n)?;
             let counts = dev.htod(counts)?;
-            let dloss = dev.htod(&[dloss])?;
-            let dz = cuda::count_l1_backward(dev, zs, &sums, &counts, &dloss, n)?;
+            let dz = cuda::count_l1_backward(dev, zs, &sums, &counts, dl, n)?;
             Ok(Tensor::from_storage(dz, z.dims()))
         }
     }
@@ -101,10 +122,10 @@ struct CountL1Backward {
 
 impl Backward for CountL1Backward {
     fn backward(&self, dy: &Tensor, _needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
-        Ok(vec![Some(count_l1_loss_backward(
+        Ok(vec![Some(count_l1_loss_backward_by(
             &self.z,
             &self.counts,
-            dy.item()?,
+            dy,
         )?)])
     }
     fn name(&self) -> &'static str {
@@ -112,12 +133,12 @@ impl Backward for CountL1Backward {
     }
 }
 
-/// Eq. 1 averaged over the batch, as a scalar `[]` Var.
+/// Eq. 1 averaged over the batch, as a scalar `[]` Var on z's device (so it adds to other
+/// losses computed there, and a GPU step never waits to read it).
 pub fn count_l1_loss(tape: &Tape, z: &Var, counts: &[f32]) -> Result<Var> {
-    let l = tape.timed(COUNT_OP, || count_l1_loss_forward(z.value(), counts))?;
-    // on z's device, so it adds to other losses computed there
+    let l = tape.timed(COUNT_OP, || count_l1_loss_value(z.value(), counts))?;
     Ok(tape.record(
-        Tensor::scalar(l).into_device(&z.value().device())?,
+        l,
         &[z],
         CountL1Backward {
             z: z.value_arc(),
@@ -142,16 +163,22 @@ fn check_mse(pred: &Tensor, target: &Tensor) -> Result<()> {
     same_device(MSE_OP, &[pred, target]).map(|_| ())
 }
 
-pub fn mse_loss_forward(pred: &Tensor, target: &Tensor) -> Result<f32> {
+/// mean((pred − target)²) as a scalar tensor on pred's device (a GPU keeps it there).
+pub fn mse_loss_value(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
     check_mse(pred, target)?;
     match (pred.storage(), target.storage()) {
-        (Storage::Cpu(p), Storage::Cpu(t)) => Ok(cpu::mse(p, t)),
-        (Storage::Cuda(p), Storage::Cuda(t)) => {
-            let dev = p.device();
-            Ok(cuda::mse_forward(dev, p, t)?.to_host()?[0])
-        }
+        (Storage::Cpu(p), Storage::Cpu(t)) => Ok(Tensor::scalar(cpu::mse(p, t))),
+        (Storage::Cuda(p), Storage::Cuda(t)) => Ok(Tensor::from_storage(
+            cuda::mse_forward(p.device(), p, t)?,
+            &[],
+        )),
         _ => Err(device_mismatch(MSE_OP, &[pred, target])),
     }
+}
+
+/// The loss value on the host (on a GPU: read back, which waits for the stream).
+pub fn mse_loss_forward(pred: &Tensor, target: &Tensor) -> Result<f32> {
+    mse_loss_value(pred, target)?.item()
 }
 
 /// d/dpred = (2·dloss/numel) · (pred − target).
@@ -182,9 +209,9 @@ struct MseBackward {
 
 impl Backward for MseBackward {
     fn backward(&self, dy: &Tensor, _needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
-        Ok(vec![Some(crate::ops::elementwise::scale_tensor(
+        Ok(vec![Some(crate::ops::elementwise::scale_by_tensor(
             &self.unit_grad,
-            dy.item()?,
+            dy,
         )?)])
     }
     fn name(&self) -> &'static str {
@@ -192,14 +219,14 @@ impl Backward for MseBackward {
     }
 }
 
-/// mean((pred − target)²) as a scalar `[]` Var; `target` is a constant.
+/// mean((pred − target)²) as a scalar `[]` Var on pred's device; `target` is a constant.
 pub fn mse_loss(tape: &Tape, pred: &Var, target: &Tensor) -> Result<Var> {
-    let l = tape.timed(MSE_OP, || mse_loss_forward(pred.value(), target))?;
+    let l = tape.timed(MSE_OP, || mse_loss_value(pred.value(), target))?;
     if !(tape.is_recording() && pred.requires_grad()) {
-        return Ok(Var::constant(Tensor::scalar(l)));
+        return Ok(Var::constant(l));
     }
     let unit_grad = mse_loss_backward(pred.value(), target, 1.0)?;
-    Ok(tape.record(Tensor::scalar(l), &[pred], MseBackward { unit_grad }))
+    Ok(tape.record(l, &[pred], MseBackward { unit_grad }))
 }
 
 #[cfg(test)]
