@@ -46,6 +46,27 @@ pub(crate) fn count_l1_and_mse_losses() {
             &mse_loss_backward(&z, &t, 1.3).unwrap(),
             ELEMENTWISE,
         );
+        // the taped losses keep their value and read their gradient on the device (a
+        // training step reads nothing back): a loss gradient of 0.9 through both
+        let taped = |z: &Tensor, t: &Tensor| {
+            let tape = dcl::autograd::Tape::new();
+            let zv = tape.leaf(z.clone());
+            let l = dcl::ops::loss::count_l1_loss(&tape, &zv, &counts).unwrap();
+            let m = dcl::ops::loss::mse_loss(&tape, &zv, t).unwrap();
+            let both = dcl::ops::elementwise::add(&tape, &l, &m).unwrap();
+            let seed = dcl::ops::elementwise::scale(&tape, &both, 0.9).unwrap();
+            assert_eq!(
+                seed.value().device(),
+                z.device(),
+                "the loss stays on its device"
+            );
+            let mut grads = tape.backward(&seed).unwrap();
+            (seed.value().item().unwrap(), grads.take(&zv).unwrap())
+        };
+        let (lc, gc) = taped(&z, &t);
+        let (lg, gg) = taped(&zg, &tg);
+        close_vals("taped losses", &[lg], &[lc], REDUCTION);
+        close("taped losses' dz", &gg, &gc, ELEMENTWISE);
     }
 }
 

@@ -16,6 +16,7 @@ pub const KERNELS: KernelFile = KernelFile::new(
     &[
         ADD,
         SCALE,
+        SCALE_BY,
         ABS,
         ABS_BWD,
         FILL_SCALAR,
