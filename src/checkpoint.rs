@@ -12,7 +12,9 @@ use safetensors::SafeTensors;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::fsutil::atomic_write;
-use crate::nn::{Counter, Localizer, ModelConfig, ModelKind, Network, ParamStore};
+use crate::nn::{
+    CountNet, Counter, Coupled, Localizer, ModelConfig, ModelKind, Network, ParamStore,
+};
 use crate::tensor::Tensor;
 
 pub const CONFIG_KEY: &str = "dcl.config";
@@ -319,22 +321,56 @@ pub fn load_localizer(path: &Path) -> Result<(Localizer, u64)> {
     load_model(path)
 }
 
-/// Opens a counter and, optionally, the localizer trained on it, on `device`. The localizer
-/// must have been trained on this very counter (it records the counter's hash); also returns
-/// that hash, which outputs record.
+/// Loads what `--counter` names: a counter, or a coupled baseline (which counts by itself);
+/// any other network is refused naming the file.
+pub fn load_count_net(path: &Path) -> Result<CountNet> {
+    let contents = read_tensors(path)?;
+    let kind = config_from_metadata(path, &contents.0)?.model;
+    let (config, floats, _) =
+        match kind {
+            ModelKind::Counter | ModelKind::Coupled => check_model(path, contents, kind)?,
+            ModelKind::Localizer => return Err(Error::file(
+                path,
+                "holds a localizer, not a counter (or a coupled model): pass it with --localizer",
+            )),
+        };
+    Ok(match kind {
+        ModelKind::Coupled => {
+            let mut net = Coupled::new(&config, 0)?;
+            load_into(path, &mut net.store, floats)?;
+            CountNet::Coupled(net)
+        }
+        _ => {
+            let mut net = Counter::new(&config, 0)?;
+            load_into(path, &mut net.store, floats)?;
+            CountNet::Counter(net)
+        }
+    })
+}
+
+/// Opens a counter (or a coupled model) and, optionally, the localizer trained on the
+/// counter, on `device`. The localizer must have been trained on this very counter (it
+/// records the counter's hash); also returns that hash, which outputs record.
 pub fn load_pair(
     counter: &Path,
     localizer: Option<&Path>,
     device: &Device,
-) -> Result<(Counter, Option<Localizer>, String)> {
-    let (mut c, _) = load_counter(counter)?;
-    c.store.to_device(device)?;
+) -> Result<(CountNet, Option<Localizer>, String)> {
+    let mut c = load_count_net(counter)?;
+    c.store_mut().to_device(device)?;
     let hash = file_hash(counter)?;
     let l = match localizer {
         None => None,
         Some(lp) => {
+            if c.counter().is_none() {
+                return Err(Error::file(
+                    counter,
+                    "is a coupled model, which makes its own density map: it takes no \
+                     --localizer",
+                ));
+            }
             let (mut l, _) = load_localizer(lp)?;
-            check_pair(lp, &l.config, counter, &c.config)?;
+            check_pair(lp, &l.config, counter, c.config())?;
             if let Some(h) = &l.config.counter_hash {
                 if *h != hash {
                     return Err(Error::file(

@@ -18,6 +18,7 @@ use dcl::data::image_io::read_dots_image;
 use dcl::data::DotRule;
 use dcl::infer::{predict, predict_with, InferOptions};
 use dcl::metrics::match_points;
+use dcl::nn::CountNet;
 use dcl::tensor::Tensor;
 use image::{DynamicImage, GenericImage};
 
@@ -113,7 +114,11 @@ fn blended_tiles_count_each_cell_once() {
 
 #[test]
 fn stitched_vgg_images_count_as_the_sum_of_their_parts() {
-    let (counter, _) = load_counter(&fixture("models/counter-vgg-w0125.safetensors")).unwrap();
+    let counter = CountNet::Counter(
+        load_counter(&fixture("models/counter-vgg-w0125.safetensors"))
+            .unwrap()
+            .0,
+    );
     let images = vgg_images();
     let opts = InferOptions::default();
     let separate: f64 = images
@@ -201,7 +206,11 @@ fn stitched_validation_images_count_as_the_sum_of_their_parts() {
         "{}: fewer than 4 VGG images",
         dir.display()
     );
-    let (counter, _) = load_counter(&fixture("models/counter-vgg-w0125.safetensors")).unwrap();
+    let counter = CountNet::Counter(
+        load_counter(&fixture("models/counter-vgg-w0125.safetensors"))
+            .unwrap()
+            .0,
+    );
     let opts = InferOptions::default();
     let annotated = |n: &str| vgg_dots(&dir.join(format!("{n}dots.png"))).len();
     // every image in two groups: consecutive fours, then the list rotated by two
@@ -247,7 +256,11 @@ fn vgg_dots(path: &Path) -> Vec<(f32, f32)> {
 /// many of the annotated ones.
 #[test]
 fn stitched_vgg_images_locate_the_same_cells() {
-    let (counter, _) = load_counter(&fixture("models/counter-vgg-w0125.safetensors")).unwrap();
+    let counter = CountNet::Counter(
+        load_counter(&fixture("models/counter-vgg-w0125.safetensors"))
+            .unwrap()
+            .0,
+    );
     let (localizer, _) =
         load_localizer(&fixture("models/localizer-vgg-w0125.safetensors")).unwrap();
     let (threshold, min_distance) = (

@@ -85,3 +85,56 @@ fn counter_then_localizer_learn_and_checkpoints_reproduce_counts() {
         metrics.contains("\"model\":\"counter\"") && metrics.contains("\"model\":\"localizer\"")
     );
 }
+
+/// The coupled baseline (one UNet, MSE on the density map, count = its sum) learns to count
+/// too, reloads as what `--counter` takes, and counts an image as its density map's sum.
+#[test]
+fn coupled_baseline_learns_to_count_and_counts_as_its_maps_sum() {
+    use dcl::checkpoint::load_count_net;
+    use dcl::infer::{predict, InferOptions};
+    use dcl::nn::{CountNet, Coupled};
+    use dcl::train::train_coupled;
+    let dir = tempfile::tempdir().unwrap();
+    let opts = TrainOptions {
+        lr: 1e-3,
+        max_steps: Some(160),
+        ..options(dir.path())
+    };
+    let ds = Arc::new(Dataset::synthetic(6, 3, 64, 3.0).unwrap());
+    let idx: Vec<usize> = (0..ds.len()).collect();
+    let mae = |net: &Coupled| {
+        let c = predict_counts(net, &ds, &idx, 4).unwrap();
+        count_metrics(&c.iter().map(|c| (c.predicted, c.truth)).collect::<Vec<_>>()).mae
+    };
+    let init = Coupled::new(&opts.model_config(ModelKind::Coupled), opts.seed ^ 0xC0DE).unwrap();
+    let mae0 = mae(&init);
+    let data = open_data(&opts).unwrap();
+    let summary = train_coupled(&opts, &data, false).unwrap();
+    assert!(summary.checkpoint.ends_with("coupled.safetensors"));
+    let CountNet::Coupled(trained) = load_count_net(&summary.checkpoint).unwrap() else {
+        panic!("a coupled checkpoint loads as a coupled model");
+    };
+    let mae1 = mae(&trained);
+    eprintln!("coupled MAE {mae0:.2} -> {mae1:.2}");
+    assert!(mae1 <= 0.5 * mae0, "coupled MAE {mae0} -> {mae1}");
+
+    // one 64x48 image (not a multiple of the tile): the count is the density map's sum
+    let img = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(64, 48, |x, y| {
+        image::Rgb([(x * 4) as u8, (y * 5) as u8, ((x + y) * 2) as u8])
+    }));
+    let net = CountNet::Coupled(trained);
+    let p = predict(&net, None, &img, &InferOptions::default()).unwrap();
+    let d = p
+        .density
+        .as_ref()
+        .expect("a coupled model maps its own density");
+    assert_eq!((d.width, d.height), (64, 48));
+    assert!((p.count - p.coarse.sum()).abs() < 1e-6 * p.count.abs().max(1.0));
+    assert!(
+        (p.count - d.sum()).abs() <= 1e-3 * p.count.abs().max(1.0),
+        "{} vs {}",
+        p.count,
+        d.sum()
+    );
+    assert!(p.points(0.0, 2.0).is_some());
+}

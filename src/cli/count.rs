@@ -13,6 +13,7 @@ use crate::data::files::collect_images;
 use crate::data::image_io::{decode, header_pixels};
 use crate::infer::points::Point;
 use crate::infer::{predict, InferOptions, Prediction};
+use crate::nn::CountNet;
 
 #[derive(Args, Debug)]
 pub struct CountArgs {
@@ -145,7 +146,7 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
     }
     let device = super::parse_device(&a.device)?;
     let (counter, localizer, hash) = load_pair(&a.counter, a.localizer.as_deref(), &device)?;
-    a.gpu.apply(&counter.store.device())?;
+    a.gpu.apply(&counter.store().device())?;
     let outputs: Vec<PathBuf> = a.out.iter().chain(&a.density_dir).cloned().collect();
     let files = collect_images(&a.paths, a.glob.as_deref(), &outputs)?;
     if files.is_empty() {
@@ -154,8 +155,13 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
     if !outputs.is_empty() {
         check_unique_names(&files)?;
     }
-    // Points are read out only with a localizer, from its tuned defaults unless overridden.
-    let cfg = localizer.as_ref().map(|l| l.config.clone());
+    // Points are read out only from a density map (a localizer's, or a coupled model's), at
+    // its tuned defaults unless overridden.
+    let cfg = match (&localizer, &counter) {
+        (Some(l), _) => Some(l.config.clone()),
+        (None, CountNet::Coupled(c)) => Some(c.config.clone()),
+        (None, CountNet::Counter(_)) => None,
+    };
     let threshold = a
         .threshold
         .or(cfg.as_ref().map(|c| c.point_threshold))
@@ -169,7 +175,7 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
     let mut folder = match &a.out {
         Some(out) => {
             let mut f = CountsFolder::open(out)?;
-            crate::cli::outputs::prepare(out, localizer.is_some())?;
+            crate::cli::outputs::prepare(out, cfg.is_some())?;
             f.reserve(&files)?;
             Some(f)
         }

@@ -56,7 +56,7 @@ pub struct EvalArgs {
 pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     let device = super::parse_device(&a.device)?;
     let (counter, localizer, _) = load_pair(&a.counter, a.localizer.as_deref(), &device)?;
-    a.gpu.apply(&counter.store.device())?;
+    a.gpu.apply(&counter.store().device())?;
     if let Some(out) = &a.out {
         // created, checked and marked before the work (so never read as input later)
         crate::fsutil::prepare_output_dir(out, "eval")?;
@@ -64,7 +64,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     let format: Option<Format> = a.format.as_deref().map(str::parse).transpose()?;
     let opts = DataOptions {
         format,
-        sigma: counter.config.sigma,
+        sigma: counter.config().sigma,
         skip_bad: a.skip_bad,
         ..DataOptions::default()
     };

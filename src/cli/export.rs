@@ -13,7 +13,8 @@ use crate::checkpoint::{load_counter, load_localizer, save_model, write_tensors}
 use crate::data::{normalize_imagenet, synthetic};
 use crate::device::Device;
 use crate::nn::{
-    apply_bn_updates, Backbone, Counter, Forward, Localizer, ModelConfig, ModelKind, ParamStore,
+    apply_bn_updates, Backbone, Counter, Coupled, Forward, Localizer, ModelConfig, ModelKind,
+    ParamStore,
 };
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -203,6 +204,12 @@ pub fn init_checkpoint(a: InitCheckpointArgs) -> anyhow::Result<()> {
             let z = Var::constant(Tensor::from_vec(z, &[2, 1, zs, zs])?);
             let mut s = net.store.clone();
             calibrate_batch_norm(&mut s, &mut rng, |f| net.forward(f, &images, &z))?;
+            s
+        }
+        ModelKind::Coupled => {
+            let net = Coupled::new(&config, a.seed)?;
+            let mut s = net.store.clone();
+            calibrate_batch_norm(&mut s, &mut rng, |f| net.forward(f, &images))?;
             s
         }
     };

@@ -5,7 +5,7 @@ use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 
 use crate::autograd::Profile;
-use crate::train::{open_data, train_counter, train_localizer, TrainOptions};
+use crate::train::{open_data, train_counter, train_coupled, train_localizer, TrainOptions};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -14,6 +14,9 @@ pub enum TrainModel {
     Localizer,
     /// The counter, then the localizer on the frozen best counter, into one run folder.
     All,
+    /// The coupled baseline: one UNet learning the density map from the image alone (MSE),
+    /// its count the map's sum: what the paper compares DCL against (its Table 2).
+    Coupled,
 }
 
 /// `dcl train`: which networks, a run to resume, the training options, and the device.
@@ -138,6 +141,15 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         profile.entries.extend(s.profile.entries);
         println!(
             "localizer: {} (best: {})",
+            s.checkpoint.display(),
+            s.best_checkpoint.display()
+        );
+    }
+    if model == TrainModel::Coupled {
+        let s = train_coupled(&opts, &data, resume)?;
+        profile.entries.extend(s.profile.entries);
+        println!(
+            "coupled: {} (best: {})",
             s.checkpoint.display(),
             s.best_checkpoint.display()
         );

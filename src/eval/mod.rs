@@ -7,7 +7,7 @@ use crate::data::Dataset;
 use crate::error::Result;
 use crate::infer::dataset::{localization_scores, predict_counts, ImageCount};
 use crate::metrics::{count_metrics, CountMetrics, MatchCounts};
-use crate::nn::{Counter, Localizer};
+use crate::nn::{CountNet, Localizer};
 
 /// What `dcl eval` reports.
 #[derive(Clone, Debug)]
@@ -22,19 +22,24 @@ pub struct Evaluation {
 /// Evaluates on `indices` of `ds`. Points are read out with the localizer's configured
 /// threshold and minimum distance and matched within `radius` (default 1.25 σ).
 pub fn evaluate(
-    counter: &Counter,
+    model: &CountNet,
     localizer: Option<&Localizer>,
     ds: &Arc<Dataset>,
     indices: &[usize],
     batch_size: usize,
     radius: Option<f32>,
 ) -> Result<Evaluation> {
-    let counts = predict_counts(counter, ds, indices, batch_size)?;
+    let counts = predict_counts(model, ds, indices, batch_size)?;
     let pairs: Vec<(f64, f64)> = counts.iter().map(|c| (c.predicted, c.truth)).collect();
     let metrics = count_metrics(&pairs);
     let localization = match localizer {
         None => None,
         Some(loc) => {
+            let counter = model.counter().ok_or_else(|| {
+                crate::error::Error::Invalid(
+                    "a localizer needs the counter it was trained on, not a coupled model".into(),
+                )
+            })?;
             let radius = radius.unwrap_or(1.25 * loc.config.sigma);
             let read_out = (loc.config.point_threshold, loc.config.min_distance);
             let scores =

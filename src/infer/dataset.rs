@@ -9,7 +9,7 @@ use crate::error::Result;
 use crate::infer::points::find_points;
 use crate::infer::Map;
 use crate::metrics::{match_points, MatchCounts};
-use crate::nn::{Counter, Localizer};
+use crate::nn::{Counter, ImageCounts, Localizer};
 use crate::ops::elementwise::scale_tensor;
 use crate::ops::loss::{mse_loss_forward, per_image_counts};
 
@@ -23,7 +23,7 @@ pub struct ImageCount {
 
 /// Predicted and true counts per source image of `indices` of a data set.
 pub fn predict_counts(
-    counter: &Counter,
+    model: &impl ImageCounts,
     ds: &Arc<Dataset>,
     indices: &[usize],
     batch_size: usize,
@@ -37,8 +37,11 @@ pub fn predict_counts(
     let mut k = 0;
     for batch in loader.epoch(0) {
         let batch = batch?;
-        let z = counter.infer(batch.images)?;
-        for (pred, truth) in per_image_counts(z.value())?.into_iter().zip(&batch.counts) {
+        for (pred, truth) in model
+            .image_counts(batch.images)?
+            .into_iter()
+            .zip(&batch.counts)
+        {
             let e = by_source.entry(sources[k].clone()).or_default();
             e.0 += pred as f64;
             e.1 += *truth as f64;

@@ -15,7 +15,7 @@ use image::DynamicImage;
 use crate::autograd::Var;
 use crate::data::normalize_imagenet;
 use crate::error::{Error, Result};
-use crate::nn::{Counter, Localizer};
+use crate::nn::{CountNet, Counter, Localizer};
 use crate::tensor::Tensor;
 use points::{find_points, Point};
 use tiling::{axis_weights, tile_starts};
@@ -114,18 +114,34 @@ impl Prediction {
     }
 }
 
-/// Counts (and with a localizer, maps) one decoded image.
+/// Counts (and with a localizer, maps) one decoded image. The coupled baseline maps it by
+/// itself: its density map is its output, and its coarse map that density summed over 8×8.
 pub fn predict(
-    counter: &Counter,
+    model: &CountNet,
     localizer: Option<&Localizer>,
     img: &DynamicImage,
     opts: &InferOptions,
 ) -> Result<Prediction> {
-    let coarse_of = |images: Tensor| -> Result<Vec<f32>> {
-        let z = counter.infer(images)?.value().to_host()?;
-        Ok(z.into_iter().map(f32::abs).collect())
-    };
-    predict_with(coarse_of, counter.config.input_scale, localizer, img, opts)
+    match model {
+        CountNet::Counter(counter) => {
+            let coarse_of = |images: Tensor| -> Result<Vec<f32>> {
+                let z = counter.infer(images)?.value().to_host()?;
+                Ok(z.into_iter().map(f32::abs).collect())
+            };
+            predict_with(coarse_of, counter.config.input_scale, localizer, img, opts)
+        }
+        CountNet::Coupled(net) => {
+            if localizer.is_some() {
+                return Err(Error::Invalid(
+                    "the coupled baseline makes its own density map: it takes no localizer".into(),
+                ));
+            }
+            let layout = Layout::new(net.config.input_scale, img, opts)?;
+            let dmap = layout.density(|images, _| net.density(images), None)?;
+            let coarse = sum_pool(&dmap, Counter::STRIDE);
+            Ok(layout.prediction(coarse, Some(dmap)))
+        }
+    }
 }
 
 /// `predict` with the counter given as a function from a batch of normalised tiles
@@ -137,101 +153,208 @@ pub fn predict_with(
     img: &DynamicImage,
     opts: &InferOptions,
 ) -> Result<Prediction> {
-    let (width, height) = (img.width() as usize, img.height() as usize);
-    if width == 0 || height == 0 {
-        return Err(Error::Invalid("empty image".into()));
-    }
-    let (nw, nh) = (
-        ((width as f32 * scale).round() as usize).max(1),
-        ((height as f32 * scale).round() as usize).max(1),
-    );
-    if !scale.is_finite() || (nw as u64).saturating_mul(nh as u64) > MAX_NETWORK_PIXELS {
-        return Err(Error::Invalid(format!(
-            "a {width}x{height} image scaled by the checkpoint's input_scale {scale} is \
-             {nw}x{nh} network pixels, more than the {} million one image may have",
-            MAX_NETWORK_PIXELS >> 20
-        )));
-    }
-    let resized;
-    let img = if (nw, nh) != (width, height) {
-        resized = img.resize_exact(nw as u32, nh as u32, image::imageops::FilterType::Triangle);
-        &resized
-    } else {
-        img
-    };
-    let (pw, ph) = (nw.div_ceil(16) * 16, nh.div_ceil(16) * 16);
-    let tile = opts.checked_tile()?;
-    let (tw, th) = (tile.min(pw), tile.min(ph));
-    let c = Counter::STRIDE;
-    let (zw, zh) = (tw / c, th / c);
-    let xs = tile_starts(pw, tw, opts.overlap, c);
-    let ys = tile_starts(ph, th, opts.overlap, c);
-    let coarse_starts = |v: &[usize]| v.iter().map(|s| s / c).collect::<Vec<_>>();
-    let (cwx, cwy) = (
-        axis_weights(pw / c, &coarse_starts(&xs), zw),
-        axis_weights(ph / c, &coarse_starts(&ys), zh),
-    );
-    let pad = border_mean(img);
-    let tiles: Vec<(usize, usize)> = (0..ys.len())
-        .flat_map(|ty| (0..xs.len()).map(move |tx| (ty, tx)))
-        .collect();
-
-    // The counter's map: every tile's map blended with weights that sum to one at each coarse
-    // pixel, so the sum over the image counts each cell once.
-    let mut coarse = Map::zeros(pw / c, ph / c);
-    for group in tiles.chunks(opts.batch.max(1)) {
-        let mut buf = Vec::with_capacity(group.len() * 3 * tw * th);
-        for &(ty, tx) in group {
-            buf.extend(tile_input(img, xs[tx], ys[ty], tw, th, pad));
-        }
-        let maps = coarse_of(Tensor::from_vec(buf, &[group.len(), 3, th, tw])?)?;
-        for (k, &(ty, tx)) in group.iter().enumerate() {
-            let plane = &maps[k * zh * zw..(k + 1) * zh * zw];
-            let (x0, y0) = (xs[tx] / c, ys[ty] / c);
-            blend(&mut coarse, plane, zw, zh, x0, y0, &cwx[tx], &cwy[ty]);
-        }
-    }
-
+    let layout = Layout::new(scale, img, opts)?;
+    let coarse = layout.coarse(coarse_of)?;
     // The localizer's map, on the same tiles; its 4th input channel is the tile's crop of the
     // blended counter map, so the two networks see one consistent coarse map.
-    let mut density = None;
-    if let Some(loc) = localizer {
-        let (wx, wy) = (axis_weights(pw, &xs, tw), axis_weights(ph, &ys, th));
-        let mut dmap = Map::zeros(pw, ph);
-        let inv = 1.0 / loc.config.density_scale;
-        for group in tiles.chunks(opts.batch.max(1)) {
-            let mut buf = Vec::with_capacity(group.len() * 3 * tw * th);
-            let mut zbuf = Vec::with_capacity(group.len() * zw * zh);
-            for &(ty, tx) in group {
-                buf.extend(tile_input(img, xs[tx], ys[ty], tw, th, pad));
-                for i in 0..zh {
-                    let row = (ys[ty] / c + i) * coarse.width + xs[tx] / c;
-                    zbuf.extend_from_slice(&coarse.data[row..row + zw]);
-                }
-            }
-            let n = group.len();
-            let images = Tensor::from_vec(buf, &[n, 3, th, tw])?;
-            // built on the host from the blended map; it must live where the localizer does
-            let z = Tensor::from_vec(zbuf, &[n, 1, zh, zw])?.into_device(&loc.store.device())?;
-            let z = Var::constant(z);
-            let mut dv = loc.infer(images, &z)?.value().to_host()?;
-            dv.iter_mut().for_each(|v| *v = v.max(0.0) * inv);
+    let density = match localizer {
+        None => None,
+        Some(loc) => {
+            let inv = 1.0 / loc.config.density_scale;
+            let density_of = |images: Tensor, z: Option<Tensor>| -> Result<Vec<f32>> {
+                let z = z
+                    .expect("a coarse map is given")
+                    .into_device(&loc.store.device())?;
+                let mut dv = loc.infer(images, &Var::constant(z))?.value().to_host()?;
+                dv.iter_mut().for_each(|v| *v = v.max(0.0) * inv);
+                Ok(dv)
+            };
+            Some(layout.density(density_of, Some(&coarse))?)
+        }
+    };
+    Ok(layout.prediction(coarse, density))
+}
+
+/// How one image is cut for the networks: resized by the input scale, padded to a multiple
+/// of 16, and covered by overlapping tiles whose blending weights sum to one.
+struct Layout<'a> {
+    img: std::borrow::Cow<'a, DynamicImage>,
+    /// Image size as read, and the network size (scaled, before padding).
+    size: (usize, usize),
+    net: (usize, usize),
+    scale: f32,
+    /// Padded size, tile size, tile starts along x and y.
+    padded: (usize, usize),
+    tile: (usize, usize),
+    xs: Vec<usize>,
+    ys: Vec<usize>,
+    pad: [f32; 3],
+    batch: usize,
+}
+
+impl<'a> Layout<'a> {
+    fn new(scale: f32, img: &'a DynamicImage, opts: &InferOptions) -> Result<Layout<'a>> {
+        let (width, height) = (img.width() as usize, img.height() as usize);
+        if width == 0 || height == 0 {
+            return Err(Error::Invalid("empty image".into()));
+        }
+        let (nw, nh) = (
+            ((width as f32 * scale).round() as usize).max(1),
+            ((height as f32 * scale).round() as usize).max(1),
+        );
+        if !scale.is_finite() || (nw as u64).saturating_mul(nh as u64) > MAX_NETWORK_PIXELS {
+            return Err(Error::Invalid(format!(
+                "a {width}x{height} image scaled by the checkpoint's input_scale {scale} is \
+                 {nw}x{nh} network pixels, more than the {} million one image may have",
+                MAX_NETWORK_PIXELS >> 20
+            )));
+        }
+        let img = if (nw, nh) != (width, height) {
+            std::borrow::Cow::Owned(img.resize_exact(
+                nw as u32,
+                nh as u32,
+                image::imageops::FilterType::Triangle,
+            ))
+        } else {
+            std::borrow::Cow::Borrowed(img)
+        };
+        let (pw, ph) = (nw.div_ceil(16) * 16, nh.div_ceil(16) * 16);
+        let tile = opts.checked_tile()?;
+        let (tw, th) = (tile.min(pw), tile.min(ph));
+        let c = Counter::STRIDE;
+        let pad = border_mean(&img);
+        Ok(Layout {
+            size: (width, height),
+            net: (nw, nh),
+            scale,
+            padded: (pw, ph),
+            tile: (tw, th),
+            xs: tile_starts(pw, tw, opts.overlap, c),
+            ys: tile_starts(ph, th, opts.overlap, c),
+            pad,
+            batch: opts.batch.max(1),
+            img,
+        })
+    }
+
+    /// Every tile as (row, column) of the tile grid, row-major.
+    fn tiles(&self) -> Vec<(usize, usize)> {
+        (0..self.ys.len())
+            .flat_map(|ty| (0..self.xs.len()).map(move |tx| (ty, tx)))
+            .collect()
+    }
+
+    /// The normalised input of a group of tiles, [n,3,th,tw].
+    fn inputs(&self, group: &[(usize, usize)]) -> Result<Tensor> {
+        let (tw, th) = self.tile;
+        let mut buf = Vec::with_capacity(group.len() * 3 * tw * th);
+        for &(ty, tx) in group {
+            buf.extend(tile_input(
+                &self.img,
+                self.xs[tx],
+                self.ys[ty],
+                tw,
+                th,
+                self.pad,
+            ));
+        }
+        Tensor::from_vec(buf, &[group.len(), 3, th, tw])
+    }
+
+    /// The counter's map: every tile's map blended with weights that sum to one at each
+    /// coarse pixel, so the sum over the image counts each cell once.
+    fn coarse(&self, coarse_of: impl Fn(Tensor) -> Result<Vec<f32>>) -> Result<Map> {
+        let c = Counter::STRIDE;
+        let ((pw, ph), (tw, th)) = (self.padded, self.tile);
+        let (zw, zh) = (tw / c, th / c);
+        let coarse_starts = |v: &[usize]| v.iter().map(|s| s / c).collect::<Vec<_>>();
+        let (cwx, cwy) = (
+            axis_weights(pw / c, &coarse_starts(&self.xs), zw),
+            axis_weights(ph / c, &coarse_starts(&self.ys), zh),
+        );
+        let mut coarse = Map::zeros(pw / c, ph / c);
+        for group in self.tiles().chunks(self.batch) {
+            let maps = coarse_of(self.inputs(group)?)?;
             for (k, &(ty, tx)) in group.iter().enumerate() {
-                let plane = &dv[k * th * tw..(k + 1) * th * tw];
-                blend(&mut dmap, plane, tw, th, xs[tx], ys[ty], &wx[tx], &wy[ty]);
+                let plane = &maps[k * zh * zw..(k + 1) * zh * zw];
+                let (x0, y0) = (self.xs[tx] / c, self.ys[ty] / c);
+                blend(&mut coarse, plane, zw, zh, x0, y0, &cwx[tx], &cwy[ty]);
             }
         }
-        density = Some(crop(&dmap, nw, nh));
+        Ok(coarse)
     }
-    let count = coarse.sum();
-    Ok(Prediction {
-        count,
-        width,
-        height,
-        scale,
-        coarse,
-        density,
-    })
+
+    /// A full-resolution density map blended from every tile's, cells per network pixel
+    /// (padded size). `density_of` maps a group's inputs, and with `coarse` the group's crops
+    /// of it ([n,1,th/8,tw/8]), to their maps [n·th·tw].
+    fn density(
+        &self,
+        density_of: impl Fn(Tensor, Option<Tensor>) -> Result<Vec<f32>>,
+        coarse: Option<&Map>,
+    ) -> Result<Map> {
+        let c = Counter::STRIDE;
+        let ((pw, ph), (tw, th)) = (self.padded, self.tile);
+        let (zw, zh) = (tw / c, th / c);
+        let (wx, wy) = (
+            axis_weights(pw, &self.xs, tw),
+            axis_weights(ph, &self.ys, th),
+        );
+        let mut dmap = Map::zeros(pw, ph);
+        for group in self.tiles().chunks(self.batch) {
+            let z = match coarse {
+                None => None,
+                Some(coarse) => {
+                    let mut zbuf = Vec::with_capacity(group.len() * zw * zh);
+                    for &(ty, tx) in group {
+                        for i in 0..zh {
+                            let row = (self.ys[ty] / c + i) * coarse.width + self.xs[tx] / c;
+                            zbuf.extend_from_slice(&coarse.data[row..row + zw]);
+                        }
+                    }
+                    Some(Tensor::from_vec(zbuf, &[group.len(), 1, zh, zw])?)
+                }
+            };
+            let dv = density_of(self.inputs(group)?, z)?;
+            for (k, &(ty, tx)) in group.iter().enumerate() {
+                let plane = &dv[k * th * tw..(k + 1) * th * tw];
+                blend(
+                    &mut dmap,
+                    plane,
+                    tw,
+                    th,
+                    self.xs[tx],
+                    self.ys[ty],
+                    &wx[tx],
+                    &wy[ty],
+                );
+            }
+        }
+        Ok(dmap)
+    }
+
+    /// The prediction of a coarse map and a padded density map (cropped to the scaled image).
+    fn prediction(&self, coarse: Map, density: Option<Map>) -> Prediction {
+        let (nw, nh) = self.net;
+        Prediction {
+            count: coarse.sum(),
+            width: self.size.0,
+            height: self.size.1,
+            scale: self.scale,
+            coarse,
+            density: density.map(|d| crop(&d, nw, nh)),
+        }
+    }
+}
+
+/// `m` summed over s×s blocks (its sides are multiples of s).
+fn sum_pool(m: &Map, s: usize) -> Map {
+    let mut out = Map::zeros(m.width / s, m.height / s);
+    for y in 0..out.height * s {
+        for x in 0..out.width * s {
+            out.data[(y / s) * out.width + x / s] += m.data[y * m.width + x];
+        }
+    }
+    out
 }
 
 /// Adds `w`·plane into `map` at (x0, y0).

@@ -9,14 +9,17 @@ use crate::error::{Error, Result};
 pub enum ModelKind {
     Counter,
     Localizer,
+    /// The coupled baseline: one UNet learning the density map from the image alone.
+    Coupled,
 }
 
 impl ModelKind {
-    /// `counter` or `localizer`, as configurations spell it; names a run's files.
+    /// `counter`, `localizer` or `coupled`, as configurations spell it; names a run's files.
     pub fn name(self) -> &'static str {
         match self {
             ModelKind::Counter => "counter",
             ModelKind::Localizer => "localizer",
+            ModelKind::Coupled => "coupled",
         }
     }
 }
@@ -237,29 +240,24 @@ impl ModelConfig {
                 }
                 n.saturating_add(conv(c_in, 1, 1, true))
             }
-            ModelKind::Localizer => {
+            ModelKind::Localizer | ModelKind::Coupled => {
                 let w = scaled(self.unet_width, self.width_mult);
+                let c_in = if self.model == ModelKind::Localizer {
+                    4
+                } else {
+                    3
+                };
                 let double = |a: usize, m: usize, b: usize| -> u64 {
                     conv(a, m, 3, false)
                         .saturating_add(bn(m))
                         .saturating_add(conv(m, b, 3, false))
                         .saturating_add(bn(b))
                 };
-                [
-                    (4, w, w),
-                    (w, 2 * w, 2 * w),
-                    (2 * w, 4 * w, 4 * w),
-                    (4 * w, 8 * w, 8 * w),
-                    (8 * w, 8 * w, 8 * w),
-                    (16 * w, 8 * w, 4 * w),
-                    (8 * w, 4 * w, 2 * w),
-                    (4 * w, 2 * w, w),
-                    (2 * w, w, w),
-                ]
-                .iter()
-                .fold(conv(w, 1, 1, true), |n, &(a, m, b)| {
-                    n.saturating_add(double(a, m, b))
-                })
+                crate::nn::unet::layer_widths(c_in, w)
+                    .iter()
+                    .fold(conv(w, 1, 1, true), |n, &(a, m, b)| {
+                        n.saturating_add(double(a, m, b))
+                    })
             }
         }
     }
@@ -332,6 +330,14 @@ mod tests {
             assert_eq!(
                 l.parameter_count(),
                 numel(&Localizer::new(&l, 0).unwrap().store)
+            );
+            let u = ModelConfig {
+                model: ModelKind::Coupled,
+                ..l
+            };
+            assert_eq!(
+                u.parameter_count(),
+                numel(&crate::nn::Coupled::new(&u, 0).unwrap().store)
             );
         }
     }

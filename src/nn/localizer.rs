@@ -3,11 +3,11 @@
 use crate::autograd::Var;
 use crate::error::Result;
 use crate::nn::config::ModelConfig;
-use crate::nn::layers::{check_image_batch, scaled, Conv2d, ConvInit, DoubleConv, Forward};
+use crate::nn::layers::{check_image_batch, scaled, Forward};
 use crate::nn::params::ParamStore;
+use crate::nn::unet::Unet;
 use crate::ops::concat::concat_channels;
 use crate::ops::elementwise::{abs, scale};
-use crate::ops::max_pool2d::max_pool2d;
 use crate::ops::upsample_bilinear::upsample_bilinear;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -15,61 +15,20 @@ use crate::tensor::Tensor;
 pub struct Localizer {
     pub config: ModelConfig,
     pub store: ParamStore,
-    inc: DoubleConv,
-    downs: Vec<DoubleConv>,
-    ups: Vec<DoubleConv>,
-    outc: Conv2d,
+    unet: Unet,
 }
 
 impl Localizer {
     pub fn new(config: &ModelConfig, seed: u64) -> Result<Localizer> {
         config.validate()?;
         let mut rng = Rng::new(seed);
-        let mut s = ParamStore::default();
+        let mut store = ParamStore::default();
         let w = scaled(config.unet_width, config.width_mult);
-        let inc = DoubleConv::new(&mut s, "localizer.inc", 4, w, w, &mut rng);
-        let down = [(w, 2 * w), (2 * w, 4 * w), (4 * w, 8 * w), (8 * w, 8 * w)];
-        let downs = down
-            .iter()
-            .enumerate()
-            .map(|(i, &(a, b))| {
-                let name = format!("localizer.down{}.maxpool_conv.1", i + 1);
-                DoubleConv::new(&mut s, &name, a, b, b, &mut rng)
-            })
-            .collect();
-        // (in = skip + upsampled, mid, out)
-        let up = [
-            (16 * w, 8 * w, 4 * w),
-            (8 * w, 4 * w, 2 * w),
-            (4 * w, 2 * w, w),
-            (2 * w, w, w),
-        ];
-        let ups = up
-            .iter()
-            .enumerate()
-            .map(|(i, &(a, m, b))| {
-                let name = format!("localizer.up{}.conv", i + 1);
-                DoubleConv::new(&mut s, &name, a, m, b, &mut rng)
-            })
-            .collect();
-        let outc = Conv2d::new(
-            &mut s,
-            "localizer.outc.conv",
-            w,
-            1,
-            1,
-            0,
-            true,
-            ConvInit::Default,
-            &mut rng,
-        );
+        let unet = Unet::new(&mut store, "localizer", 4, w, &mut rng);
         Ok(Localizer {
             config: config.clone(),
-            store: s,
-            inc,
-            downs,
-            ups,
-            outc,
+            store,
+            unet,
         })
     }
 
@@ -90,19 +49,7 @@ impl Localizer {
     pub fn forward(&self, f: &Forward, images: &Var, z: &Var) -> Result<Var> {
         check_image_batch("localizer", images.dims())?;
         let x = self.input(f, images, z)?;
-        let mut skips = vec![self.inc.forward(f, &x)?];
-        for down in &self.downs {
-            let p = max_pool2d(f.tape, skips.last().expect("non-empty"))?;
-            skips.push(down.forward(f, &p)?);
-        }
-        let mut h = skips.pop().expect("five levels");
-        for up in &self.ups {
-            let skip = skips.pop().expect("one skip per level");
-            let (sh, sw) = (skip.dims()[2], skip.dims()[3]);
-            let u = upsample_bilinear(f.tape, &h, sh, sw, true)?;
-            h = up.forward(f, &concat_channels(f.tape, &[&skip, &u])?)?;
-        }
-        self.outc.forward(f, &h)
+        self.unet.forward(f, &x)
     }
 
     /// `forward` in inference mode (see `Forward::inference`) on images moved first to the

@@ -2,12 +2,15 @@
 //! and milesial's UNet state dicts map one to one).
 pub mod config;
 pub mod counter;
+pub mod coupled;
 pub mod layers;
 pub mod localizer;
 pub mod params;
+pub mod unet;
 
 pub use config::{Backbone, ModelConfig, ModelKind};
 pub use counter::Counter;
+pub use coupled::Coupled;
 pub use layers::{apply_bn_updates, Forward};
 pub use localizer::Localizer;
 pub use params::{Bound, ParamId, ParamKind, ParamStore};
@@ -47,6 +50,71 @@ macro_rules! network {
 }
 network!(Counter);
 network!(Localizer);
+network!(Coupled);
+
+/// A network that counts images: the decoupled counter, or the coupled baseline (whose count
+/// is the sum of its density map). Evaluation and counting take either.
+pub enum CountNet {
+    Counter(Counter),
+    Coupled(Coupled),
+}
+
+impl CountNet {
+    pub fn config(&self) -> &ModelConfig {
+        match self {
+            CountNet::Counter(n) => &n.config,
+            CountNet::Coupled(n) => &n.config,
+        }
+    }
+    pub fn store(&self) -> &ParamStore {
+        match self {
+            CountNet::Counter(n) => &n.store,
+            CountNet::Coupled(n) => &n.store,
+        }
+    }
+    pub fn store_mut(&mut self) -> &mut ParamStore {
+        match self {
+            CountNet::Counter(n) => &mut n.store,
+            CountNet::Coupled(n) => &mut n.store,
+        }
+    }
+    /// The counter, for what only it has (a localizer's input).
+    pub fn counter(&self) -> Option<&Counter> {
+        match self {
+            CountNet::Counter(n) => Some(n),
+            CountNet::Coupled(_) => None,
+        }
+    }
+}
+
+/// What counts images: each image's predicted count, for images [N,3,H,W] (H, W multiples of
+/// 16), in inference mode.
+pub trait ImageCounts {
+    fn image_counts(&self, images: crate::tensor::Tensor) -> Result<Vec<f32>>;
+}
+
+impl ImageCounts for Counter {
+    fn image_counts(&self, images: crate::tensor::Tensor) -> Result<Vec<f32>> {
+        crate::ops::loss::per_image_counts(self.infer(images)?.value())
+    }
+}
+
+impl ImageCounts for Coupled {
+    fn image_counts(&self, images: crate::tensor::Tensor) -> Result<Vec<f32>> {
+        let per = images.dims()[2] * images.dims()[3];
+        let d = self.density(images)?;
+        Ok(d.chunks(per.max(1)).map(|m| m.iter().sum()).collect())
+    }
+}
+
+impl ImageCounts for CountNet {
+    fn image_counts(&self, images: crate::tensor::Tensor) -> Result<Vec<f32>> {
+        match self {
+            CountNet::Counter(n) => n.image_counts(images),
+            CountNet::Coupled(n) => n.image_counts(images),
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests;

@@ -1,11 +1,14 @@
-//! Training loops for the counter (count loss only) and the localizer (MSE on density maps,
-//! counter frozen), with per-epoch checkpoints, metrics.jsonl and exact resume.
+//! Training loops for the counter (count loss only), the localizer (MSE on density maps,
+//! counter frozen) and the coupled baseline (MSE on density maps from the image alone), with
+//! per-epoch checkpoints, metrics.jsonl and exact resume.
 mod counter;
+mod coupled;
 mod fit;
 mod localizer;
 mod run;
 
 pub use counter::{train_counter, CounterJob};
+pub use coupled::{train_coupled, CoupledJob};
 pub use fit::{fit, Job, Scores, Summary, INTERRUPT};
 pub use localizer::train_localizer;
 pub use run::{
