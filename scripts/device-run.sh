@@ -17,7 +17,8 @@
 #   bench-tf32  T_BENCH_TF32=40     dcl bench kernels --device cuda --tf32 --reps 10
 #   parity      T_PARITY=70         full-width counter + localizer: dcl export-io on cuda and on cpu,
 #                                   both against PyTorch on the GPU (TF32 off, PARITY_TOL=1e-4);
-#                                   PyTorch eager training-step timings
+#                                   PyTorch's GMP op (grid_sample composition, fwd+bwd) beside
+#                                   dcl's GMP bench rows; PyTorch eager training-step timings
 #   train       T_TRAIN=40          dcl train --model counter on the VGG cells, 2 epochs, --profile
 #   count       T_COUNT=35          dcl count throughput: VGG val with the counter, with counter +
 #                                   localizer and every output, one 4096x4096 synthetic image
@@ -580,16 +581,38 @@ if wanted parity; then
         rc=$?
         [ "$rc" -eq 0 ] || pbad+=("torch compare (exit $rc)")
     fi
+    # The GMP op alone (DESIGN §1's grid_sample composition, fwd+bwd, L2 flushed per rep) is
+    # timed first by the same `time` process (about a second), with dcl's GMP rows of the FP32
+    # bench beside it as speed-ups; the dry run times it on the CPU at the tiny bench's shape.
+    gmp_bench=()
+    [ -s "$bench32" ] && gmp_bench=(--gmp-bench "$bench32")
     if [ "$dry" = 0 ]; then
-        capped "$(left)" "$log" "$PY" scripts/torch_parity.py time --json "$work/torch-time.json"
+        capped "$(left)" "$log" "$PY" scripts/torch_parity.py time --json "$work/torch-time.json" "${gmp_bench[@]}"
         rc=$?
         [ "$rc" -eq 0 ] || pbad+=("torch timings (exit $rc)")
+    elif [ "$have_torch" = 1 ]; then
+        msg=$(check_flags "$log" "$PY" scripts/torch_parity.py time --json "$work/torch-time.json" \
+            "${gmp_bench[@]}") || pbad+=("$msg")
+        if [ -s "$bench32" ]; then
+            capped "$(left)" "$log" "$PY" scripts/torch_parity.py gmp-time --device cpu --bench "$bench32" \
+                --warmup 1 --iters 2 --json "$work/gmp-time.json" || pbad+=("torch gmp-time (exit $?)")
+        fi
     fi
+    gmp_line=$("$PY" -c 'import json, sys
+for p in sys.argv[1:]:
+    try:
+        d = json.load(open(p))
+    except (OSError, ValueError):
+        continue
+    g = d.get("gmp", d) or {}
+    print(g.get("summary") or ("GMP timing failed: " + str(g["error"]) if "error" in g else ""))
+    break' "$work/torch-time.json" "$work/gmp-time.json" 2>/dev/null)
     "$PY" scripts/device_summary.py merge "$OUT/parity.json" compare="$work/parity-compare.json" \
         torch_time="$work/torch-time.json"
     detail=
     [ -s "$work/parity-compare.json" ] && detail=$("$PY" scripts/device_summary.py parity "$work/parity-compare.json")
     [ -s "$work/torch-time.json" ] && detail+="; $("$PY" scripts/device_summary.py torch-time "$work/torch-time.json")"
+    [ -n "$gmp_line" ] && detail+="; $gmp_line"
     [ ${#pbad[@]} -gt 0 ] && detail+="; FAILED: ${pbad[*]}: $(last_line "$log")"
     if [ "$dry" = 1 ]; then
         if [ ${#pbad[@]} -gt 0 ]; then

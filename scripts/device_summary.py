@@ -3,7 +3,8 @@
 
 Standard library only (runs on the GPU machine and in CI's dry run alike).
 
-  bench FILE                    `dcl bench kernels --json` -> ceilings and the two training steps
+  bench FILE                    `dcl bench kernels --json` -> ceilings, the two training steps and
+                                the GMP layer op's versions (fwd+bwd, share of the bandwidth floor)
   parity FILE                   `torch_parity.py compare --json` -> the errors per dcl device
   torch-time FILE               `torch_parity.py time --json` -> PyTorch eager step times
   steps [--fp32 F] [--tf32 F] [--torch F]   dcl's training steps beside PyTorch's, a table
@@ -38,6 +39,28 @@ def step_rows(bench):
     return out
 
 
+def gmp_rows(bench):
+    """{version: row} of the GMP layer op's fwd+bwd rows (`gmp <version>`) of a dcl bench report."""
+    return {r["op"][4:]: r for r in bench.get("rows", [])
+            if r.get("op", "").startswith("gmp ") and r.get("pass") == "fwd+bwd"}
+
+
+def gmp_summary(bench):
+    """The GMP versions fastest first: ms and % of the floor, the best's speed-ups over the
+    unfused and fused versions; '' without GMP rows."""
+    rows = sorted(gmp_rows(bench).items(), key=lambda kv: kv[1]["median_ms"])
+    if not rows:
+        return ""
+    best, top = rows[0]
+    out = "GMP fwd+bwd: " + ", ".join(
+        f"{v} {r['median_ms']:.3g} ms ({r.get('pct_of_ceiling') or 0:.0f}% of floor)" for v, r in rows)
+    ups = [f"{r['median_ms'] / top['median_ms']:.2f}x {v}" for v, r in rows
+           if v in ("unfused", "fused") and v != best]
+    if ups:
+        out += f"; {best} vs " + ", ".join(ups)
+    return out
+
+
 def bench(path):
     b = load(path)
     if b is None:
@@ -51,6 +74,9 @@ def bench(path):
         if net in steps:
             ms = steps[net]
             parts.append(f"{net} step {ms:.1f} ms ({1e3 * n / ms:.0f} images/s)")
+    g = gmp_summary(b)
+    if g:
+        parts.append(g)
     parts.append(f"{len(b.get('rows', []))} rows at batch {n}, {b.get('size')}x{b.get('size')}, "
                  f"width x{b.get('width_mult')}")
     print("; ".join(parts))

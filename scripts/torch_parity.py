@@ -10,7 +10,12 @@ eval-mode outputs come from `dcl export-io`.
   suite    makes random checkpoints with `dcl init-checkpoint`, exports, compares: vgg19,
            vgg19_bn, no GMP, K=8 and K=3, and the localizer, at the sizes asked for
   time     PyTorch eager forward+backward (and + Adam step) of the full-width counter and
-           localizer at batch 8, 256x256, cuDNN on, TF32 on and off (GPU only)
+           localizer at batch 8, 256x256, cuDNN on, TF32 on and off (GPU only); first the GMP
+           op alone (as gmp-time), with ratios to dcl's versions given --gmp-bench
+  gmp-time DESIGN §1's grid_sample composition of GMP (y = x + mean of K samples), forward,
+           backward and both, at the paper's GMP shape (N8 C512 32x32 K8) or that of a dcl
+           bench JSON's GMP rows, CUDA events around each rep, L2 flushed before each; with
+           --bench, dcl's versions' times beside it as speed-ups
 
 Errors are normwise: max|ours - torch| / max|torch|. Exit status 1 when any exceeds --tol.
 Needs only torch (safetensors files are read here, not through the safetensors package).
@@ -19,6 +24,7 @@ import argparse
 import json
 import math
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -92,6 +98,16 @@ def vgg19_features(batch_norm, width_mult):
     return nn.Sequential(*layers), c_in
 
 
+def gmp_reference(x, o, k):
+    """DESIGN §1's PyTorch reference verbatim, from the offsets o = offset(x) on: y = x + a."""
+    n, c, h, w = x.shape
+    gx = torch.arange(w, device=x.device, dtype=x.dtype) + o[:, 0::2]
+    gy = torch.arange(h, device=x.device, dtype=x.dtype)[:, None] + o[:, 1::2]
+    g = torch.stack((2 * gx / (w - 1) - 1, 2 * gy / (h - 1) - 1), dim=-1)  # N,K,H,W,2
+    s = F.grid_sample(x, g.reshape(n, k * h, w, 2), align_corners=True, padding_mode="zeros")
+    return x + s.reshape(n, c, k, h, w).mean(2)
+
+
 class GMP(nn.Module):
     """Global message passing, DESIGN §1's PyTorch reference verbatim."""
 
@@ -109,10 +125,7 @@ class GMP(nn.Module):
         gx = torch.arange(w, device=x.device, dtype=x.dtype) + o[:, 0::2]
         gy = torch.arange(h, device=x.device, dtype=x.dtype)[:, None] + o[:, 1::2]
         self.last_on_map = ((gx >= 0) & (gx <= w - 1) & (gy >= 0) & (gy <= h - 1)).double().mean()
-        g = torch.stack((2 * gx / (w - 1) - 1, 2 * gy / (h - 1) - 1), dim=-1)  # N,K,H,W,2
-        s = F.grid_sample(x, g.reshape(n, self.k * h, w, 2), align_corners=True,
-                          padding_mode="zeros")
-        return x + s.reshape(n, c, self.k, h, w).mean(2)
+        return gmp_reference(x, o, self.k)
 
 
 class Counter(nn.Module):
@@ -376,6 +389,125 @@ def suite(a):
 
 
 # ---------------------------------------------------------------------------------------------
+# gmp-time
+
+
+def layer_like_offsets(n, k, h, w, gen):
+    """Offsets [n, 2k, h, w] drawn as dcl's bench draws them (src/bench/kernels/gmp.rs
+    layer_like_offsets): a fresh counter's moves (K directions, radii 2, 4, 8 px) plus N(0, 1.5 px)
+    per position."""
+    o = torch.empty(n, 2 * k, h, w)
+    for i in range(k):
+        angle = 2 * math.pi * i / k
+        radius = float(2 << (i % 3))
+        o[:, 2 * i] = radius * math.cos(angle)
+        o[:, 2 * i + 1] = radius * math.sin(angle)
+    return o + 1.5 * torch.randn(n, 2 * k, h, w, generator=gen)
+
+
+GMP_SHAPE = re.compile(r"N(\d+) C(\d+) (\d+)x(\d+) K(\d+)")
+
+
+def read_bench_gmp(path):
+    """dcl's GMP layer-op rows of a `dcl bench kernels --json` file: ({version: {pass: ms}},
+    (n, c, h, w, k)). Rows `gmp <version>` (the op y = x + sampling; `gmp_sample` rows are the
+    sampling alone)."""
+    with open(path) as f:
+        rep = json.load(f)
+    ours, shape = {}, None
+    for r in rep.get("rows", []):
+        op = r.get("op", "")
+        if not op.startswith("gmp "):
+            continue
+        ours.setdefault(op[4:], {})[r["pass"]] = r["median_ms"]
+        m = GMP_SHAPE.search(r.get("shape", ""))
+        if m:
+            shape = tuple(int(v) for v in m.groups())
+    return ours, shape
+
+
+def time_gmp(device, shape, warmup, iters, flush_mib=256):
+    """Median (min) ms of the reference composition's forward, backward (given one untimed
+    forward) and both, each rep after an untimed read of a buffer larger than the L2 cache."""
+    n, c, h, w, k = shape
+    dev = torch.device(device)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, c, h, w, generator=gen).to(dev).requires_grad_()
+    o = layer_like_offsets(n, k, h, w, gen).to(dev).requires_grad_()
+    dy = torch.randn(n, c, h, w, generator=gen).to(dev)
+    cuda = dev.type == "cuda"
+    flush = torch.zeros((flush_mib << 20) // 4 if cuda else 1, device=dev)
+
+    def fwd():
+        with torch.no_grad():
+            gmp_reference(x, o, k)
+
+    def bwd_of(y):
+        return lambda: torch.autograd.backward(y, dy)
+
+    def both():
+        torch.autograd.backward(gmp_reference(x, o, k), dy)
+
+    def measure(make):
+        """make() -> the callable to time (built untimed: the backward's forward)."""
+        ms = []
+        for i in range(warmup + iters):
+            x.grad = o.grad = None
+            f = make()
+            flush.sum()  # evicts the inputs from L2; untimed
+            if cuda:
+                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                a.record()
+                f()
+                b.record()
+                torch.cuda.synchronize()
+                t = a.elapsed_time(b)
+            else:
+                t0 = time.perf_counter()
+                f()
+                t = 1e3 * (time.perf_counter() - t0)
+            if i >= warmup:
+                ms.append(t)
+        ms.sort()
+        return {"median_ms": ms[len(ms) // 2], "min_ms": ms[0]}
+
+    return {
+        "fwd": measure(lambda: fwd),
+        "bwd": measure(lambda: bwd_of(gmp_reference(x, o, k))),
+        "fwd+bwd": measure(lambda: both),
+    }
+
+
+def gmp_timing(device, bench, warmup, iters, shape=None):
+    """The reference's timings and, with a dcl bench JSON, the speed-up of each dcl version over
+    it (torch ms / dcl ms, fwd+bwd of the layer op). Returns a dict; prints a summary line."""
+    set_fp32(True)
+    ours = {}
+    if bench:
+        ours, bench_shape = read_bench_gmp(bench)
+        shape = bench_shape or shape
+    shape = shape or (8, 512, 32, 32, 8)
+    ref = time_gmp(device, shape, warmup, iters)
+    ratios = {}
+    for v, passes in ours.items():
+        ratios[v] = {p: ref[p]["median_ms"] / ms for p, ms in passes.items()
+                     if p in ref and ms > 0}
+    fb = ref["fwd+bwd"]["median_ms"]
+    best = sorted(ratios.items(), key=lambda kv: -kv[1].get("fwd+bwd", 0))
+    summary = (f"GMP N{shape[0]} C{shape[1]} {shape[2]}x{shape[3]} K{shape[4]} fwd+bwd: PyTorch "
+               f"grid_sample composition {fb:.3f} ms (fwd {ref['fwd']['median_ms']:.3f}, bwd "
+               f"{ref['bwd']['median_ms']:.3f}) on {device}")
+    if best:
+        summary += "; dcl speed-up over it: " + ", ".join(
+            f"{v} {r.get('fwd+bwd', float('nan')):.2f}x" for v, r in best)
+    print(summary, flush=True)
+    return {"device": device, "shape": list(shape), "torch": ref, "dcl_ms": ours,
+            "speedup_over_torch": ratios, "summary": summary,
+            "timing": "CUDA events around each rep, L2 flushed before each (256 MiB read)"
+            if device.startswith("cuda") else "perf_counter around each rep"}
+
+
+# ---------------------------------------------------------------------------------------------
 # time
 
 
@@ -430,6 +562,15 @@ def time_steps(a):
 
     out = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
            "cudnn": torch.backends.cudnn.version(), "batch": n, "size": s, "rows": []}
+    # The GMP op alone first (about a second), written at once so a later time-out keeps it.
+    try:
+        out["gmp"] = gmp_timing("cuda", a.gmp_bench, a.warmup, a.iters)
+    except Exception as e:  # the step timings below still run
+        out["gmp"] = {"error": f"{type(e).__name__}: {e}"}
+        print(f"GMP timing failed: {out['gmp']['error']}", flush=True)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(out, f, indent=1)
     print(f"PyTorch {torch.__version__} eager on {out['device']}, batch {n}, {s}x{s}, "
           f"full width, cuDNN benchmark on; median (mean) of {a.iters} after {a.warmup} warm-up")
     for tf32 in (True, False):
@@ -486,12 +627,28 @@ def main():
     t.add_argument("--warmup", type=int, default=5)
     t.add_argument("--iters", type=int, default=20)
     t.add_argument("--json")
+    t.add_argument("--gmp-bench", help="a dcl bench kernels JSON: its GMP shape, and speed-ups")
+
+    g = sub.add_parser("gmp-time", help="the GMP op's reference composition timed (and dcl's)")
+    g.add_argument("--device", default="cuda")
+    g.add_argument("--bench", help="a dcl bench kernels JSON: its GMP shape, and speed-ups")
+    g.add_argument("--shape", type=int, nargs=5, metavar=("N", "C", "H", "W", "K"),
+                   help="without --bench (default 8 512 32 32 8)")
+    g.add_argument("--warmup", type=int, default=5)
+    g.add_argument("--iters", type=int, default=20)
+    g.add_argument("--json")
 
     if sys.argv[1:2] == ["--time"]:  # the issue's spelling of the `time` subcommand
         sys.argv[1] = "time"
     a = p.parse_args()
     if a.cmd == "time":
         time_steps(a)
+        return 0
+    if a.cmd == "gmp-time":
+        out = gmp_timing(a.device, a.bench, a.warmup, a.iters, tuple(a.shape) if a.shape else None)
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump(out, f, indent=1)
         return 0
     if a.cmd == "compare":
         results = [r for io in a.io for r in compare(io, a.counter, a.localizer, a.device, a.tol)]

@@ -46,6 +46,7 @@ fn bench_kernels_cpu_tiny_lists_every_op() {
         "upsample_bilinear align_corners=false",
         "upsample_bilinear align_corners=true",
         "gmp_sample cpu",
+        "gmp cpu",
         "concat_channels",
         "count_l1_loss",
         "mse_loss",

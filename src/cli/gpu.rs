@@ -8,8 +8,9 @@ use crate::ops::gmp::GmpKernel;
 
 #[derive(Args, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GpuArgs {
-    /// GMP implementation on CUDA: naive, unfused, fused or fused16 (the first fused version,
-    /// kept as a baseline); ignored on the CPU.
+    /// GMP implementation on CUDA: naive, unfused, fused, fused16 (the first fused version,
+    /// kept as a baseline), cl or cl4 (channels-last, the residual folded in); ignored on the
+    /// CPU.
     #[arg(long, default_value = "fused")]
     pub gmp_kernel: GmpKernel,
     /// Let cuBLAS use TF32 tensor cores for FP32 GEMMs (convolutions) on CUDA; ignored on the

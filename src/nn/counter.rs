@@ -5,8 +5,7 @@ use crate::error::Result;
 use crate::nn::config::{Backbone, ModelConfig};
 use crate::nn::layers::{check_image_batch, scaled, BatchNorm2d, Conv2d, ConvInit, Forward};
 use crate::nn::params::ParamStore;
-use crate::ops::elementwise::add;
-use crate::ops::gmp::gmp_sample;
+use crate::ops::gmp::gmp_residual;
 use crate::ops::max_pool2d::max_pool2d;
 use crate::ops::relu::relu;
 use crate::ops::upsample_bilinear::upsample_bilinear;
@@ -81,8 +80,7 @@ impl Gmp {
 
     pub fn forward(&self, f: &Forward, x: &Var) -> Result<Var> {
         let o = self.offset.forward(f, x)?;
-        let a = gmp_sample(f.tape, x, &o)?;
-        add(f.tape, x, &a)
+        gmp_residual(f.tape, x, &o)
     }
 }
 

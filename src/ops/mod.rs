@@ -11,7 +11,8 @@
 //!   `batch_norm2d_eval(tape, x, gamma, beta, running_mean, running_var, eps)`, with
 //!   `update_running_stats(.., momentum)` (unbiased running variance, as PyTorch);
 //! - `upsample_bilinear(tape, x, out_h, out_w, align_corners)` (PyTorch `F.interpolate`);
-//! - `gmp_sample(tape, x, offsets)`: the mean over K bilinear samples of DESIGN §1;
+//! - `gmp_sample(tape, x, offsets)`: the mean over K bilinear samples of DESIGN §1, and
+//!   `gmp_residual(tape, x, offsets)`: the GMP layer's `x + gmp_sample(x, offsets)`;
 //! - `concat_channels(tape, &[x, ..])`;
 //! - `add`, `scale`, `abs`, `sum` (elementwise);
 //! - `count_l1_loss(tape, z, counts)` (Eq. 1, batch mean) and `mse_loss(tape, pred, target)`.
@@ -36,6 +37,7 @@ pub static CUDA_KERNELS: &[KernelFile] = &[
     conv2d::cuda::KERNELS,
     elementwise::cuda::KERNELS,
     gmp::cuda::KERNELS,
+    gmp::cl::KERNELS,
     loss::cuda::KERNELS,
     max_pool2d::cuda::KERNELS,
     relu::cuda::KERNELS,

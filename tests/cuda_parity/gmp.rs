@@ -1,5 +1,6 @@
-//! GMP sampling, every version.
+//! GMP sampling and the GMP layer's op (y = x + sampling), every version.
 use super::*;
+use dcl::ops::gmp::{gmp_residual_backward, gmp_residual_forward};
 
 /// Offsets with moves of up to `reach` pixels (many samples outside a small map), and some
 /// exact integers (samples on pixel centres and cell edges).
@@ -13,17 +14,22 @@ fn gmp_offsets(r: &mut Rng, dims: &[usize], reach: f32) -> Tensor {
     Tensor::from_vec(v, dims).unwrap()
 }
 
+/// Every version against the CPU: the sampling op (a, its dx and doffsets) and the layer's op
+/// (y = x + a, dx = da + ∂a/∂x·da, doffsets), the latter both with the forward's saved state
+/// and, for the channels-last versions, without it (the backward makes its own copy of x).
 fn gmp_compare(d: &Device, x: &Tensor, off: &Tensor, da: &Tensor, tag: &str) {
     let a = gmp_sample_forward(x, off).unwrap();
     let g = gmp_sample_backward(x, off, da, true, true).unwrap();
+    let (y, saved) = gmp_residual_forward(x, off).unwrap();
+    let gy = gmp_residual_backward(x, off, &saved, da, true, true).unwrap();
     let (xg, og, dag) = (on(x, d), on(off, d), on(da, d));
     let k = off.dims()[1] / 2;
     for v in GmpKernel::ALL {
         dcl::ops::gmp::set_kernel(v);
-        if matches!(v, GmpKernel::Fused | GmpKernel::Fused16)
-            && k > dcl::ops::gmp::cuda::FUSED_MAX_K
-        {
+        if v.max_k().is_some_and(|m| k > m) {
             let e = gmp_sample_forward(&xg, &og).unwrap_err().to_string();
+            assert!(e.contains("naive"), "{e}");
+            let e = gmp_residual_forward(&xg, &og).err().unwrap().to_string();
             assert!(e.contains("naive"), "{e}");
             continue;
         }
@@ -47,6 +53,37 @@ fn gmp_compare(d: &Device, x: &Tensor, off: &Tensor, da: &Tensor, tag: &str) {
             g.doffsets.as_ref().unwrap(),
             REDUCTION,
         );
+        let (yg, sg) = gmp_residual_forward(&xg, &og).unwrap();
+        assert_eq!(sg.version(), v);
+        assert_eq!(
+            sg.has_channels_last(),
+            matches!(v, GmpKernel::Cl | GmpKernel::Cl4)
+        );
+        close(&format!("gmp residual y {tag}"), &yg, &y, REDUCTION);
+        // The backward runs the forward's version whatever the switch says by then.
+        dcl::ops::gmp::set_kernel(GmpKernel::Naive);
+        let mut states = vec![("saved", sg)];
+        if matches!(v, GmpKernel::Cl | GmpKernel::Cl4) {
+            // A state without the channels-last copy (as a CPU forward leaves it, naming v):
+            // the backward makes the copy itself.
+            dcl::ops::gmp::set_kernel(v);
+            states.push(("unsaved", gmp_residual_forward(x, off).unwrap().1));
+        }
+        for (what, state) in &states {
+            let gyg = gmp_residual_backward(&xg, &og, state, &dag, true, true).unwrap();
+            close(
+                &format!("gmp residual dx ({what}) {tag}"),
+                gyg.dx.as_ref().unwrap(),
+                gy.dx.as_ref().unwrap(),
+                REDUCTION,
+            );
+            close(
+                &format!("gmp residual doffsets ({what}) {tag}"),
+                gyg.doffsets.as_ref().unwrap(),
+                gy.doffsets.as_ref().unwrap(),
+                REDUCTION,
+            );
+        }
     }
     dcl::ops::gmp::set_kernel(GmpKernel::Fused);
 }
@@ -57,13 +94,17 @@ pub(crate) fn gmp_every_version_matches_the_cpu() {
         return;
     };
     let mut r = Rng(8);
-    // (n, c, h, w, k, reach)
+    // (n, c, h, w, k, reach); the cl versions: K in chunks of 4 (K <= 4) or 8, float4 lanes
+    // when C % 4 == 0, tiles of 32 positions across images, blocks of 128 channels
     for (n, c, h, w, k, reach) in [
         (3, 5, 7, 9, 4, 4.0),
         (1, 3, 6, 11, 8, 2.5),
         (3, 37, 5, 4, 2, 6.0),
-        (2, 9, 5, 7, 11, 3.0), // the fused kernels' arrays for 16
-        (1, 2, 9, 6, 17, 3.0), // beyond the fused kernel's K: naive and unfused only
+        (3, 8, 5, 7, 3, 3.0),   // float4 lanes, chunks of 4
+        (2, 9, 5, 7, 11, 3.0),  // the fused kernels' arrays for 16; two chunks of 8
+        (1, 2, 9, 6, 17, 3.0),  // beyond the fused kernel's K: naive, unfused and cl only
+        (1, 132, 3, 5, 4, 2.0), // two channel blocks, the second of 4 (float4 lanes)
+        (3, 131, 2, 3, 6, 2.0), // two channel blocks, scalar lanes
         (2, 64, 16, 16, 8, 8.0),
     ] {
         let x = r.tensor(&[n, c, h, w], 1.0, 0.0);

@@ -259,9 +259,35 @@ fn bench_kernels_runs_on_the_gpu() {
         notes: vec![],
     })
     .unwrap();
+    // Every GMP version, the sampling op and the layer's op, each pass against the floor; the
+    // layer's fwd+bwd row compares the version with every other.
     for v in GmpKernel::ALL {
-        let op = format!("gmp_sample {}", v.name());
-        assert!(rep.rows.iter().any(|r| r.op == op), "{op} missing");
+        for op in [
+            format!("gmp_sample {}", v.name()),
+            format!("gmp {}", v.name()),
+        ] {
+            for pass in ["fwd", "bwd", "fwd+bwd"] {
+                let row = rep.rows.iter().find(|r| r.op == op && r.pass == pass);
+                let row = row.unwrap_or_else(|| panic!("{op} {pass} missing"));
+                assert!(row.bytes.is_some_and(|b| b > 0.0), "{op} {pass}: no floor");
+                assert!(
+                    row.pct_of_ceiling.is_some_and(f64::is_finite),
+                    "{op} {pass}"
+                );
+            }
+        }
+        let both = format!("gmp {}", v.name());
+        let row = rep
+            .rows
+            .iter()
+            .find(|r| r.op == both && r.pass == "fwd+bwd");
+        let note = &row.expect("checked above").note;
+        for u in GmpKernel::ALL.into_iter().filter(|&u| u != v) {
+            assert!(
+                note.contains(&format!("x vs {} (", u.name())),
+                "{both}: {note}"
+            );
+        }
     }
     for row in &rep.rows {
         assert!(

@@ -3,7 +3,7 @@
 //! a GPU, `Instant` on the CPU; warm-up reps first, the median reported), with the achieved
 //! GB/s (bytes that must move) or TFLOP/s next to ceilings measured in the same run: a large
 //! copy and a large SGEMM. Convolutions also report their GEMMs against a plain GEMM of the same
-//! shape and im2col / col2im on their own; GMP runs its three CUDA versions side by side; and
+//! shape and im2col / col2im on their own; GMP runs every CUDA version side by side (gmp.rs); and
 //! one full counter and localizer training step is timed.
 
 mod ceilings;

@@ -1,10 +1,12 @@
 //! Timing on one device (CUDA events on a GPU, `Instant` on the CPU; warm-up reps first, the
-//! median reported) and the rows it produces against the run's ceilings.
+//! median reported; optionally the L2 cache flushed before each rep) and the rows it produces
+//! against the run's ceilings.
 use std::time::Instant;
 
 use serde::Serialize;
 
 use super::{Ceilings, Row};
+use crate::device::cuda::GpuBuffer;
 use crate::device::Device;
 use crate::error::Result;
 use crate::rng::Rng;
@@ -26,8 +28,24 @@ pub(super) struct Bench<'a> {
 }
 
 impl Bench<'_> {
-    pub(super) fn time(&self, mut f: impl FnMut() -> Result<()>) -> Result<Timing> {
+    pub(super) fn time(&self, f: impl FnMut() -> Result<()>) -> Result<Timing> {
+        self.time_after(|| Ok(()), f)
+    }
+
+    /// As [`Bench::time`], with the L2 cache flushed before every rep, outside the timed
+    /// interval (the events are recorded after the flush on the same stream).
+    pub(super) fn time_cold(&self, l2: &L2Flush, f: impl FnMut() -> Result<()>) -> Result<Timing> {
+        self.time_after(|| l2.flush(), f)
+    }
+
+    /// Times `f`, running `before` untimed ahead of each rep (warm-up reps included).
+    fn time_after(
+        &self,
+        mut before: impl FnMut() -> Result<()>,
+        mut f: impl FnMut() -> Result<()>,
+    ) -> Result<Timing> {
         for _ in 0..self.warmup {
+            before()?;
             f()?;
         }
         self.dev.synchronize()?;
@@ -36,6 +54,7 @@ impl Bench<'_> {
             Some(d) => {
                 let mut events = Vec::with_capacity(self.reps);
                 for _ in 0..self.reps {
+                    before()?;
                     let a = d.record_event()?;
                     f()?;
                     let b = d.record_event()?;
@@ -47,6 +66,7 @@ impl Bench<'_> {
             }
             None => {
                 for _ in 0..self.reps {
+                    before()?;
                     let t = Instant::now();
                     f()?;
                     ms.push(t.elapsed().as_secs_f64() * 1e3);
@@ -59,6 +79,50 @@ impl Bench<'_> {
             min_ms: ms[0],
             reps: ms.len(),
         })
+    }
+}
+
+/// What [`Bench::time_cold`] reads before each rep so that it starts with a cold L2 cache, as
+/// an op does in a training step (the layers between two calls evict its data): a buffer larger
+/// than any GPU's L2 (256 MiB; H100/H200 have 50 MB), summed. A read, not a memset, which would
+/// leave the cache full of dirty lines whose write-back the timed kernel would then pay. On the
+/// CPU nothing; on the host emulation 1 MiB (its timings mean nothing, the path is exercised).
+pub(super) struct L2Flush {
+    buf: Option<GpuBuffer<f32>>,
+}
+
+/// Bytes [`L2Flush`] reads on a GPU.
+pub(super) const L2_FLUSH_BYTES: usize = 256 << 20;
+
+impl L2Flush {
+    pub(super) fn new(dev: &Device) -> Result<Self> {
+        let buf = match dev.cuda() {
+            Some(d) => {
+                let bytes = if d.is_emulated() {
+                    1 << 20
+                } else {
+                    L2_FLUSH_BYTES
+                };
+                Some(d.alloc_zeros::<f32>(bytes / F32 as usize)?)
+            }
+            None => None,
+        };
+        Ok(L2Flush { buf })
+    }
+
+    /// What a row timed with this flush says about it.
+    pub(super) fn note(&self) -> String {
+        match &self.buf {
+            Some(b) => format!("L2 flushed before each rep ({} MiB read)", b.len() >> 18),
+            None => "no L2 flush on the CPU".into(),
+        }
+    }
+
+    fn flush(&self) -> Result<()> {
+        if let Some(b) = &self.buf {
+            crate::ops::elementwise::cuda::sum(b.device(), b)?;
+        }
+        Ok(())
     }
 }
 

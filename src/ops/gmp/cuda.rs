@@ -1,16 +1,20 @@
-//! GMP sampling on the GPU (kernels/gmp.cu): the mean over K bilinear samples of DESIGN §1, in
-//! three versions kept side by side (llm.c style) and selectable per call:
+//! GMP sampling on the GPU (kernels/gmp.cu, kernels/gmp_cl.cu): the mean over K bilinear samples
+//! of DESIGN §1, in versions kept side by side (llm.c style) and selectable per call:
 //! `naive` (one thread per output element), `unfused` (a kernel per stage through
-//! `[N, K, C, H, W]` intermediates) and `fused` (one kernel each way, taps computed once per
-//! position and channel group). All three compute the same function; the offsets' conv1x1 and
-//! the residual belong to the layer.
+//! `[N, K, C, H, W]` intermediates), `fused` (one kernel each way, taps computed once per
+//! position and channel group; `fused16` its first version) and `cl` / `cl4` (channels-last
+//! with the channels on the warp, the residual folded in: `super::cl`). All compute the same
+//! function. The GMP layer's op `y = x + a` ([`residual_forward`], [`residual_backward`]) runs
+//! the residual inside the `cl` kernels and as a separate elementwise pass for the others; the
+//! offsets' conv1x1 belongs to the layer.
 use std::str::FromStr;
 
 use cudarc::driver::LaunchConfig;
 
-use super::GmpGeometry;
+use super::{cl, GmpGeometry};
 use crate::device::cuda::{check_len, launch, CudaDevice, GpuBuffer, Kernel, KernelFile};
 use crate::error::{Error, Result};
+use crate::ops::elementwise::cuda as elementwise;
 
 const FILE: &str = "gmp.cu";
 const NAIVE_FWD: Kernel = Kernel::new(FILE, "gmp_naive_fwd_f32");
@@ -51,10 +55,12 @@ pub const KERNELS: KernelFile = KernelFile::new(
 /// Largest K the fused kernels keep in registers (`GMP_FUSED_MAX_K` in kernels/gmp.cu).
 pub const FUSED_MAX_K: usize = 16;
 
-/// Which implementation runs (`--gmp-kernel naive|unfused|fused|fused16`): `fused` sizes its
-/// forward's per-thread arrays for the smallest of 4, 8, 16 that holds K and walks K in
+/// Which implementation runs (`--gmp-kernel naive|unfused|fused|fused16|cl|cl4`): `fused` sizes
+/// its forward's per-thread arrays for the smallest of 4, 8, 16 that holds K and walks K in
 /// chunks of 4 in the backward; `fused16` is its first version, arrays for 16 whatever K,
-/// kept as the baseline it is timed against.
+/// kept as the baseline it is timed against; `cl` and `cl4` gather from a channels-last copy
+/// of x with the channels on the warp and fold the residual in (`super::cl`; `cl4`'s backward
+/// uses float4 atomics, native on sm_90).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[repr(u8)]
 pub enum GmpKernel {
@@ -63,14 +69,18 @@ pub enum GmpKernel {
     #[default]
     Fused,
     Fused16,
+    Cl,
+    Cl4,
 }
 
 impl GmpKernel {
-    pub const ALL: [GmpKernel; 4] = [
+    pub const ALL: [GmpKernel; 6] = [
         GmpKernel::Naive,
         GmpKernel::Unfused,
         GmpKernel::Fused,
         GmpKernel::Fused16,
+        GmpKernel::Cl,
+        GmpKernel::Cl4,
     ];
     pub fn name(&self) -> &'static str {
         match self {
@@ -78,7 +88,14 @@ impl GmpKernel {
             GmpKernel::Unfused => "unfused",
             GmpKernel::Fused => "fused",
             GmpKernel::Fused16 => "fused16",
+            GmpKernel::Cl => "cl",
+            GmpKernel::Cl4 => "cl4",
         }
+    }
+
+    /// Largest K the version runs (the fused kernels keep K cells in registers), if any.
+    pub fn max_k(&self) -> Option<usize> {
+        matches!(self, GmpKernel::Fused | GmpKernel::Fused16).then_some(FUSED_MAX_K)
     }
 }
 
@@ -90,7 +107,7 @@ impl FromStr for GmpKernel {
             .find(|k| k.name() == s)
             .ok_or_else(|| {
                 Error::Invalid(format!(
-                    "unknown GMP kernel '{s}' (expected naive, unfused, fused or fused16)"
+                    "unknown GMP kernel '{s}' (expected naive, unfused, fused, fused16, cl or cl4)"
                 ))
             })
     }
@@ -147,7 +164,7 @@ fn check_fused_k(g: &GmpGeometry) -> Result<()> {
         return Err(Error::shape(
             OP,
             format!(
-                "the fused kernel supports K <= {FUSED_MAX_K}, got {}; use --gmp-kernel naive or unfused",
+                "the fused kernel supports K <= {FUSED_MAX_K}, got {}; use --gmp-kernel naive, unfused, cl or cl4",
                 g.k
             ),
         ));
@@ -211,6 +228,9 @@ pub fn forward(
     g: &GmpGeometry,
 ) -> Result<GpuBuffer<f32>> {
     check_inputs(g, x, offsets)?;
+    if cl::is_cl(version) {
+        return cl::forward(dev, x, offsets, g, false).map(|(a, _xt)| a);
+    }
     let mut a = dev.alloc::<f32>(g.x_len())?;
     match version {
         GmpKernel::Naive => {
@@ -247,6 +267,7 @@ pub fn forward(
                 .out(&mut a)
                 .run(Some(cfg))?;
         }
+        GmpKernel::Cl | GmpKernel::Cl4 => unreachable!("returned above"),
     }
     Ok(a)
 }
@@ -262,6 +283,10 @@ pub fn backward(
 ) -> Result<(GpuBuffer<f32>, GpuBuffer<f32>)> {
     check_inputs(g, x, offsets)?;
     check_len(OP, "da", da, g.x_len())?;
+    if cl::is_cl(version) {
+        let xt = cl::to_channels_last(dev, x, g)?;
+        return cl::backward(dev, version, &xt, offsets, da, g, false);
+    }
     let mut dx = dev.alloc_zeros::<f32>(g.x_len())?;
     let mut doff = dev.alloc_zeros::<f32>(g.off_len())?;
     match version {
@@ -317,8 +342,56 @@ pub fn backward(
                 .out(&mut doff)
                 .run(Some(cfg))?;
         }
+        GmpKernel::Cl | GmpKernel::Cl4 => unreachable!("returned above"),
     }
     Ok((dx, doff))
+}
+
+/// The GMP layer's forward, y = x + a: (y, the channels-last copy of x when the version made
+/// one, which [`residual_backward`] reuses). `cl` and `cl4` fold the residual into their
+/// kernel; the other versions add x in a separate elementwise pass.
+pub fn residual_forward(
+    dev: &CudaDevice,
+    version: GmpKernel,
+    x: &GpuBuffer<f32>,
+    offsets: &GpuBuffer<f32>,
+    g: &GmpGeometry,
+) -> Result<(GpuBuffer<f32>, Option<GpuBuffer<f32>>)> {
+    check_inputs(g, x, offsets)?;
+    if cl::is_cl(version) {
+        let (y, xt) = cl::forward(dev, x, offsets, g, true)?;
+        return Ok((y, Some(xt)));
+    }
+    let a = forward(dev, version, x, offsets, g)?;
+    Ok((elementwise::add(dev, x, &a)?, None))
+}
+
+/// The GMP layer's backward: (dx = dy + ∂a/∂x·dy, doffsets). `xt` is the channels-last copy
+/// [`residual_forward`] returned (the `cl` versions make it again without one).
+pub fn residual_backward(
+    dev: &CudaDevice,
+    version: GmpKernel,
+    x: &GpuBuffer<f32>,
+    xt: Option<&GpuBuffer<f32>>,
+    offsets: &GpuBuffer<f32>,
+    dy: &GpuBuffer<f32>,
+    g: &GmpGeometry,
+) -> Result<(GpuBuffer<f32>, GpuBuffer<f32>)> {
+    check_inputs(g, x, offsets)?;
+    check_len(OP, "dy", dy, g.x_len())?;
+    if cl::is_cl(version) {
+        let made;
+        let xt = match xt {
+            Some(xt) => xt,
+            None => {
+                made = cl::to_channels_last(dev, x, g)?;
+                &made
+            }
+        };
+        return cl::backward(dev, version, xt, offsets, dy, g, true);
+    }
+    let (dxs, doff) = backward(dev, version, x, offsets, dy, g)?;
+    Ok((elementwise::add(dev, dy, &dxs)?, doff))
 }
 
 #[cfg(test)]

@@ -1,10 +1,13 @@
 //! The sampling half of Global Message Passing (DESIGN §1): for every position p = (i, j) and
 //! each of K sampling points, read x at (j + u_k, i + v_k) by bilinear interpolation with zero
 //! padding (PyTorch `grid_sample(align_corners=True, padding_mode="zeros")` after mapping pixel
-//! coordinates to [-1, 1]), and average the K samples. The offset conv1x1 and the residual
-//! `x + a` are composed by the layer from `conv2d` and `add`.
+//! coordinates to [-1, 1]), and average the K samples. The GMP layer's op adds the residual,
+//! `y = x + a` ([`gmp_residual`], `residual.rs`), which GPU versions may fold into their
+//! kernels; the offset conv1x1 is the layer's `conv2d`.
+pub mod cl;
 mod cpu;
 pub mod cuda;
+mod residual;
 #[cfg(test)]
 mod tests;
 
@@ -12,6 +15,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 pub use cuda::GmpKernel;
+pub use residual::{gmp_residual, gmp_residual_backward, gmp_residual_forward, GmpSaved};
 
 use crate::autograd::{Backward, Tape, Var};
 use crate::device::cuda::{dim_u32, numel, KernelParam};

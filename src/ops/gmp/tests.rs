@@ -339,3 +339,82 @@ fn geometry_sizes_and_refusals() {
         assert!(e.contains(OP) && e.contains(what), "{dims:?}: {e}");
     }
 }
+
+/// The GMP layer's op, y = x + gmp_sample(x, offsets), by finite differences: dx carries the
+/// residual's identity as well as the scatter.
+#[test]
+fn gradcheck_gmp_residual() {
+    let (n, c, h, w, k) = (2, 3, 4, 5, 3);
+    let x = random_input(&[n, c, h, w], 31);
+    let o = kink_free_offsets(&[n, 2 * k, h, w], 32);
+    let opts = GradcheckOptions {
+        max_probes: 120,
+        ..Default::default()
+    };
+    check_gradients_with("gmp_residual", &opts, vec![x, o], |t, v| {
+        gmp_residual(t, &v[0], &v[1])
+    })
+    .unwrap();
+}
+
+/// On the CPU the fused op is the composition it replaced in the layer, bit for bit: forward
+/// (`add(x, gmp_sample(x, o))`) and, on a tape where x also feeds another op (as it feeds the
+/// offsets' conv in the layer), the accumulated gradients of x and of the offsets.
+#[test]
+fn residual_op_is_the_composition_bit_for_bit() {
+    use crate::ops::elementwise::{abs, add, scale, sum};
+    let (n, c, h, w, k) = (2, 5, 6, 7, 4);
+    let x = random_input(&[n, c, h, w], 41);
+    let o = kink_free_offsets(&[n, 2 * k, h, w], 42);
+    let dy = random_input(&[n, c, h, w], 43);
+    let (y, saved) = gmp_residual_forward(&x, &o).unwrap();
+    let a = gmp_sample_forward(&x, &o).unwrap();
+    let want = crate::ops::elementwise::add_tensors(&x, &a).unwrap();
+    assert_eq!(y.to_vec(), want.to_vec());
+    assert!(!saved.has_channels_last());
+    let g = gmp_residual_backward(&x, &o, &saved, &dy, true, true).unwrap();
+    let s = gmp_sample_backward(&x, &o, &dy, true, true).unwrap();
+    let mut dx = dy.clone();
+    dx.add_assign(s.dx.as_ref().unwrap()).unwrap();
+    assert_eq!(g.dx.unwrap().to_vec(), dx.to_vec());
+    assert_eq!(g.doffsets.unwrap().to_vec(), s.doffsets.unwrap().to_vec());
+    let only = gmp_residual_backward(&x, &o, &saved, &dy, false, true).unwrap();
+    assert!(only.dx.is_none() && only.doffsets.is_some());
+
+    // loss = Σ |0.5·x + y(x, o)|: x's gradient is accumulated from two ops
+    let grads = |fused: bool| {
+        let t = Tape::new();
+        let (xv, ov) = (t.leaf(x.clone()), t.leaf(o.clone()));
+        let side = scale(&t, &xv, 0.5).unwrap();
+        let y = if fused {
+            gmp_residual(&t, &xv, &ov).unwrap()
+        } else {
+            let a = gmp_sample(&t, &xv, &ov).unwrap();
+            add(&t, &xv, &a).unwrap()
+        };
+        let l = sum(&t, &abs(&t, &add(&t, &side, &y).unwrap()).unwrap()).unwrap();
+        let g = t.backward(&l).unwrap();
+        (
+            l.value().to_vec(),
+            g.get(&xv).unwrap().to_vec(),
+            g.get(&ov).unwrap().to_vec(),
+        )
+    };
+    assert_eq!(grads(true), grads(false));
+}
+
+/// Shape and device errors name the layer's op.
+#[test]
+fn residual_errors_name_the_op() {
+    let x = random_input(&[2, 3, 4, 5], 1);
+    let o = random_input(&[2, 3, 4, 5], 2);
+    let e = gmp_residual_forward(&x, &o).err().unwrap().to_string();
+    assert!(e.contains("gmp_sample") && e.contains("2K"), "{e}");
+    let o = random_input(&[2, 4, 4, 5], 2);
+    let (_, saved) = gmp_residual_forward(&x, &o).unwrap();
+    let dy = random_input(&[2, 3, 4, 4], 3);
+    let e = gmp_residual_backward(&x, &o, &saved, &dy, true, true)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("gmp") && e.contains("dy"), "{e}");
+}
