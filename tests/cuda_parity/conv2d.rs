@@ -316,7 +316,7 @@ pub(crate) fn conv2d_every_version_and_route_matches_the_cpu() {
             worst = worst.max(check_run(&dev, &d, c, &format!("bf16 {name}"), &run, BF16));
         }
     }
-    eprintln!("conv2d bf16: worst normwise error {worst:.2e} (bound {BF16:.0e})");
+    eprintln!("conv2d bf16: worst normwise error {worst:.2e} (bound {BF16:.1e})");
     dcl::ops::conv2d::set_version(ConvVersion::V1);
     let e = conv2d_forward(&on(&c.x, &d), &on(&c.w, &d), None, c.args)
         .unwrap_err()
