@@ -13,7 +13,7 @@
 #                                   one again with CUDA_LAUNCH_BLOCKING=1
 #   sanitizer   T_SANITIZER=60      compute-sanitizer memcheck, then racecheck, over the op tests
 #                                   (all but steps::), one process per tool
-#   bench-fp32  T_BENCH_FP32=55     dcl bench kernels --device cuda
+#   bench-fp32  T_BENCH_FP32=55     dcl bench kernels --device cuda --fp32 (every conv version)
 #   bench-tf32  T_BENCH_TF32=40     dcl bench kernels --device cuda --tf32 --reps 10
 #   parity      T_PARITY=70         full-width counter + localizer: dcl export-io on cuda and on cpu,
 #                                   both against PyTorch on the GPU (TF32 off, PARITY_TOL=1e-4);
@@ -498,7 +498,8 @@ fi
 
 # ---- bench: dcl bench kernels, FP32 then TF32 --------------------------------------------
 bench_part() { # NAME CAP JSON TF32(0|1)
-    local name=$1 cap=$2 json=$3 tf32=()
+    # Convolutions default to TF32 on Ampere and later: the FP32 run asks for strict FP32.
+    local name=$1 cap=$2 json=$3 tf32=(--fp32)
     [ "$4" = 1 ] && tf32=(--tf32)
     part_begin "$name" "$cap"
     local log=$logs/$name.log

@@ -3,8 +3,9 @@
 
 Standard library only (runs on the GPU machine and in CI's dry run alike).
 
-  bench FILE                    `dcl bench kernels --json` -> ceilings, the two training steps and
-                                the GMP layer op's versions (fwd+bwd, share of the bandwidth floor)
+  bench FILE                    `dcl bench kernels --json` -> ceilings, the two training steps,
+                                the conv versions against plain GEMMs and the GMP layer op's
+                                versions (fwd+bwd, share of the bandwidth floor)
   parity FILE                   `torch_parity.py compare --json` -> the errors per dcl device
   torch-time FILE               `torch_parity.py time --json` -> PyTorch eager step times
   steps [--fp32 F] [--tf32 F] [--torch F]   dcl's training steps beside PyTorch's, a table
@@ -16,6 +17,7 @@ Every command prints what it could read and exits 0 unless its arguments are wro
 row never fails because a file is missing or partial.
 """
 import json
+import math
 import os
 import re
 import sys
@@ -74,12 +76,39 @@ def bench(path):
         if net in steps:
             ms = steps[net]
             parts.append(f"{net} step {ms:.1f} ms ({1e3 * n / ms:.0f} images/s)")
+    parts.extend(conv_versions(b))
     g = gmp_summary(b)
     if g:
         parts.append(g)
     parts.append(f"{len(b.get('rows', []))} rows at batch {n}, {b.get('size')}x{b.get('size')}, "
                  f"width x{b.get('width_mult')}")
     print("; ".join(parts))
+
+
+def conv_versions(bench):
+    """Each CUDA conv version's fwd+bwd rate against plain GEMMs of the same shapes (the rows
+    `<layer> plain GEMM` fwd/dW/dX and `<layer> v1|v2` fwd/bwd of conv_cuda.rs): the geometric
+    mean over the layers, the worst layer, and how often v2 beat v1. Empty on the CPU."""
+    ms = {(r.get("op", ""), r.get("pass")): r.get("median_ms", 0) for r in bench.get("rows", [])}
+    layers = sorted({op[: -len(" plain GEMM")] for op, _ in ms if op.endswith(" plain GEMM")})
+    rates = {}
+    for layer in layers:
+        plain = sum(ms.get((f"{layer} plain GEMM", p), 0) for p in ("fwd", "dW", "dX"))
+        for v in ("v1", "v2"):
+            t = ms.get((f"{layer} {v}", "fwd"), 0) + ms.get((f"{layer} {v}", "bwd"), 0)
+            if plain > 0 and t > 0:
+                rates.setdefault(v, {})[layer] = plain / t
+    out = []
+    for v, r in sorted(rates.items()):
+        geo = math.exp(sum(math.log(x) for x in r.values()) / len(r))
+        worst = min(r, key=r.get)
+        out.append(f"conv {v} fwd+bwd at {geo:.2f}x plain GEMM (geomean of {len(r)}, worst "
+                   f"{r[worst]:.2f} {worst})")
+    if "v1" in rates and "v2" in rates:
+        both = [k for k in rates["v2"] if k in rates["v1"]]
+        wins = sum(rates["v2"][k] > rates["v1"][k] for k in both)
+        out.append(f"v2 faster than v1 on {wins}/{len(both)} layers")
+    return out
 
 
 def parity(path):

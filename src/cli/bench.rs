@@ -65,10 +65,9 @@ fn kernels(a: KernelsArgs) -> anyhow::Result<()> {
     let warmup = a.warmup.unwrap_or(if gpu { 3 } else { 1 });
     if device.is_cuda() {
         notes.push(format!(
-            "GEMMs in {} (--tf32 to switch); the counter's GMP layer in the training steps uses \
-             the {} kernel",
-            if a.gpu.tf32 { "TF32" } else { "FP32" },
-            crate::ops::gmp::kernel().name()
+            "{}; the conv rows time every convolution version in this arithmetic, the \
+             training steps use the chosen ones",
+            a.gpu.describe(&device)
         ));
     }
     let opts = KernelBenchOptions {

@@ -227,6 +227,9 @@ pub fn init_checkpoint(a: InitCheckpointArgs) -> anyhow::Result<()> {
 
 pub fn export_io(a: ExportIoArgs) -> anyhow::Result<()> {
     let device: Device = super::parse_device(&a.device)?;
+    // Compared with PyTorch at 1e-4 with TF32 off (scripts/torch_parity.py): strict FP32
+    // convolutions, not the TF32 default of Ampere and later.
+    crate::ops::conv2d::set_math(crate::ops::conv2d::ConvMath::Fp32);
     let (mut counter, _) = load_counter(&a.counter)?;
     counter.store.to_device(&device)?;
     let size = a.size;

@@ -35,6 +35,7 @@ pub static CUDA_KERNELS: &[KernelFile] = &[
     batch_norm2d::cuda::KERNELS,
     concat::cuda::KERNELS,
     conv2d::cuda::KERNELS,
+    conv2d::cuda_v2::KERNELS,
     elementwise::cuda::KERNELS,
     gmp::cuda::KERNELS,
     gmp::cl::KERNELS,

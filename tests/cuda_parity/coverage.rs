@@ -12,7 +12,7 @@ fn every_entry_point_runs_in_the_op_tests() {
     crate::device::sgemm_3x5_times_5x7_and_tf32_switch();
     crate::elementwise::elementwise_relu_and_sum();
     crate::max_pool2d::max_pool_forward_backward();
-    crate::conv2d::conv2d_forward_backward_all_paths();
+    crate::conv2d::conv2d_every_version_and_route_matches_the_cpu();
     crate::batch_norm2d::batch_norm_train_eval_running_and_backward();
     crate::upsample_bilinear::upsample_bilinear_both_modes_forward_backward();
     crate::gmp::gmp_every_version_matches_the_cpu();

@@ -1,13 +1,12 @@
-//! Convolution rows of `dcl bench kernels`: the networks' 3x3 layers, whole and in parts.
+//! Convolution rows of `dcl bench kernels`: the networks' 3x3 layers, whole and in parts; on
+//! a GPU every CUDA version side by side (`conv_cuda.rs`).
+use super::conv_cuda;
 use super::timing::{nchw, randn, random_values, Bench, Rows, Timing, F32};
-use super::{not_cuda, KernelBenchOptions};
+use super::KernelBenchOptions;
 use crate::device::cpu::sgemm as cpu_sgemm;
-use crate::device::cuda::gemm::{sgemm, RowMajorGemm};
-use crate::device::cuda::GpuBuffer;
-use crate::device::CudaDevice;
 use crate::error::Result;
 use crate::nn::layers::scaled;
-use crate::ops::conv2d::cuda::{self, tiles, Unfold};
+use crate::ops::conv2d::cuda::tiles;
 use crate::ops::conv2d::{conv2d_backward, conv2d_forward, cpu, Conv2dArgs, Conv2dGeometry};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -33,13 +32,23 @@ pub(super) fn rows(b: &Bench, r: &mut Rows, o: &KernelBenchOptions, rng: &mut Rn
         let dy = randn(&g.out_dims(), 1.0, rng, dev)?;
         let name = format!("conv3x3 {}->{}", l.c_in, l.c_out);
         let shape = format!("{} ({})", nchw(x.dims()), l.nets);
+        if let Some(d) = dev.cuda() {
+            let layer = conv_cuda::Layer {
+                name: &name,
+                shape: &shape,
+                g: &g,
+                x: &x,
+                w: &w,
+                b: bias.as_ref(),
+                dy: &dy,
+            };
+            conv_cuda::rows(b, r, d, &layer)?;
+            continue;
+        }
         let flops = g.forward_flops() as f64;
         let tf = b.time(|| conv2d_forward(&x, &w, bias.as_ref(), args).map(drop))?;
         let tb = b.time(|| conv2d_backward(&x, &w, &dy, args, true, true, l.bias).map(drop))?;
-        let parts = match dev.cuda() {
-            Some(d) => conv_parts(b, n, CudaSteps::new(d, &g, &x, &w, &dy)?)?,
-            None => conv_parts(b, n, CpuSteps::new(&g, &x, &w, &dy)?)?,
-        };
+        let parts = conv_parts(b, n, CpuSteps::new(&g, &x, &w, &dy)?)?;
         r.flop(&name, "fwd", &shape, tf, flops, String::new());
         r.flop(&name, "bwd", &shape, tb, 2.0 * flops, "dx, dW, db".into());
         r.flop(
@@ -231,115 +240,6 @@ fn conv_parts<S: ConvSteps>(b: &Bench, n: usize, mut s: S) -> Result<ConvParts> 
         plain_dx,
         how: s.how(),
     })
-}
-
-/// The CUDA launcher's steps (`ops/conv2d/cuda.rs`): tiles of images bounded by its column
-/// workspace, fwd and dX one strided-batched GEMM per tile with the weight broadcast, dW one
-/// GEMM per image.
-struct CudaSteps<'a> {
-    d: &'a CudaDevice,
-    g: &'a Conv2dGeometry,
-    tile: usize,
-    x: &'a GpuBuffer<f32>,
-    w: &'a GpuBuffer<f32>,
-    dy: &'a GpuBuffer<f32>,
-    col: GpuBuffer<f32>,
-    y: GpuBuffer<f32>,
-    dw: GpuBuffer<f32>,
-    dx: GpuBuffer<f32>,
-    /// The plain GEMMs' B and C; empty (a zero-length buffer owns no memory) until
-    /// `start_plain`.
-    big_b: GpuBuffer<f32>,
-    big_c: GpuBuffer<f32>,
-}
-
-impl<'a> CudaSteps<'a> {
-    fn new(
-        d: &'a CudaDevice,
-        g: &'a Conv2dGeometry,
-        x: &'a Tensor,
-        w: &'a Tensor,
-        dy: &'a Tensor,
-    ) -> Result<Self> {
-        let tile = cuda::images_per_tile(g.col_image(), g.n(), cuda::COL_WORKSPACE_FLOATS);
-        Ok(CudaSteps {
-            d,
-            g,
-            tile,
-            x: x.gpu_buffer().ok_or_else(|| not_cuda("x"))?,
-            w: w.gpu_buffer().ok_or_else(|| not_cuda("w"))?,
-            dy: dy.gpu_buffer().ok_or_else(|| not_cuda("dy"))?,
-            col: d.alloc(tile * g.col_image())?,
-            y: d.alloc(g.y_len())?,
-            dw: d.alloc_zeros(g.w_len())?,
-            dx: d.alloc(g.x_len())?,
-            big_b: d.alloc(0)?,
-            big_c: d.alloc(0)?,
-        })
-    }
-}
-
-impl ConvSteps for CudaSteps<'_> {
-    fn tile(&self) -> usize {
-        self.tile
-    }
-    fn im2col(&mut self, n0: usize, nb: usize) -> Result<()> {
-        let xv = self.x.view(cuda::images(n0, nb, self.g.x_image()))?;
-        Unfold::Im2col.run(self.d, &self.g.tile(nb), &xv, &mut self.col)
-    }
-    fn fwd_gemm(&mut self, n0: usize, nb: usize) -> Result<()> {
-        let mut yv = self.y.view_mut(cuda::images(n0, nb, self.g.y_image()))?;
-        let gemm = cuda::forward_gemm(&self.g.tile(nb));
-        sgemm(self.d, &gemm, self.w, &self.col, &mut yv)
-    }
-    fn dw_gemm(&mut self, n0: usize, i: usize) -> Result<()> {
-        let dyv = self.dy.view(cuda::images(n0 + i, 1, self.g.y_image()))?;
-        let cv = self.col.view(cuda::images(i, 1, self.g.col_image()))?;
-        sgemm(
-            self.d,
-            &cuda::weight_grad_gemm(self.g),
-            &dyv,
-            &cv,
-            &mut self.dw,
-        )
-    }
-    fn dx_gemm(&mut self, n0: usize, nb: usize) -> Result<()> {
-        let dyv = self.dy.view(cuda::images(n0, nb, self.g.y_image()))?;
-        let gemm = cuda::input_grad_gemm(&self.g.tile(nb));
-        sgemm(self.d, &gemm, self.w, &dyv, &mut self.col)
-    }
-    fn col2im(&mut self, n0: usize, nb: usize) -> Result<()> {
-        let mut dxv = self.dx.view_mut(cuda::images(n0, nb, self.g.x_image()))?;
-        Unfold::Col2im.run(self.d, &self.g.tile(nb), &self.col, &mut dxv)
-    }
-    fn start_plain(&mut self) -> Result<()> {
-        self.col = self.d.alloc(0)?;
-        let np = self.g.n() * self.g.col_cols();
-        self.big_b = self.d.htod(&random_values(self.g.col_rows() * np, 4))?;
-        self.big_c = self.d.htod(&random_values(self.g.o() * np, 5))?;
-        Ok(())
-    }
-    fn plain_fwd(&mut self) -> Result<()> {
-        let (o, rows, np) = plain_sizes(self.g);
-        let gemm = RowMajorGemm::packed(o, np, rows, false, false);
-        sgemm(self.d, &gemm, self.w, &self.big_b, &mut self.big_c)
-    }
-    fn plain_dw(&mut self) -> Result<()> {
-        let (o, rows, np) = plain_sizes(self.g);
-        let gemm = RowMajorGemm::packed(o, rows, np, false, true);
-        sgemm(self.d, &gemm, &self.big_c, &self.big_b, &mut self.dw)
-    }
-    fn plain_dx(&mut self) -> Result<()> {
-        let (o, rows, np) = plain_sizes(self.g);
-        let gemm = RowMajorGemm::packed(rows, np, o, true, false);
-        sgemm(self.d, &gemm, self.w, &self.big_c, &mut self.big_b)
-    }
-    fn how(&self) -> String {
-        format!(
-            "tiles of {} image(s): fwd and dX one strided-batched GEMM per tile, dW one GEMM per image",
-            self.tile
-        )
-    }
 }
 
 /// The CPU reference's steps (`ops/conv2d/cpu.rs`: per image im2col, GEMM, col2im through the

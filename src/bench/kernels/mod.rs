@@ -8,6 +8,7 @@
 
 mod ceilings;
 mod conv;
+mod conv_cuda;
 mod gmp;
 mod layers;
 mod step;

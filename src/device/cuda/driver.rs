@@ -390,6 +390,68 @@ impl Driver {
         )
         .cuda("cublasSgemmStridedBatched")
     }
+
+    /// `cublasGemmStridedBatchedEx` with the compute type of `math` on the device's stream.
+    /// `Fp32` is `CUBLAS_COMPUTE_32F`, or `_PEDANTIC` while the handle's math mode allows TF32
+    /// (`handle_tf32`), so that it stays strict FP32 either way.
+    ///
+    /// # Safety
+    /// The addresses must hold what the dimensions, leading dimensions and strides address, in
+    /// the element type `math` names.
+    pub(super) unsafe fn gemm_ex(
+        &self,
+        cb: &CublasGemm,
+        math: super::gemm::GemmMath,
+        handle_tf32: bool,
+        first: u64,
+        second: u64,
+        out: u64,
+    ) -> Result<()> {
+        use super::gemm::GemmMath;
+        use cudarc::cublas::sys::{cublasComputeType_t as Ct, cublasGemmAlgo_t, cudaDataType_t};
+        self.ctx.bind_to_thread().cuda("binding the context")?;
+        let op = |t: bool| {
+            if t {
+                cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_T
+            } else {
+                cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_N
+            }
+        };
+        let (ab, compute) = match math {
+            GemmMath::Fp32 if handle_tf32 => {
+                (cudaDataType_t::CUDA_R_32F, Ct::CUBLAS_COMPUTE_32F_PEDANTIC)
+            }
+            GemmMath::Fp32 => (cudaDataType_t::CUDA_R_32F, Ct::CUBLAS_COMPUTE_32F),
+            GemmMath::Tf32 => (cudaDataType_t::CUDA_R_32F, Ct::CUBLAS_COMPUTE_32F_FAST_TF32),
+            GemmMath::Bf16 => (cudaDataType_t::CUDA_R_16BF, Ct::CUBLAS_COMPUTE_32F),
+        };
+        cudarc::cublas::result::gemm_strided_batched_ex(
+            *self.blas.handle(),
+            op(cb.transa),
+            op(cb.transb),
+            cb.m,
+            cb.n,
+            cb.k,
+            &cb.alpha as *const f32 as *const c_void,
+            first as *const c_void,
+            ab,
+            cb.lda,
+            cb.stride_a,
+            second as *const c_void,
+            ab,
+            cb.ldb,
+            cb.stride_b,
+            &cb.beta as *const f32 as *const c_void,
+            out as *mut c_void,
+            cudaDataType_t::CUDA_R_32F,
+            cb.ldc,
+            cb.stride_c,
+            cb.batch,
+            compute,
+            cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )
+        .cuda(&format!("cublasGemmStridedBatchedEx ({})", math.name()))
+    }
 }
 
 /// A pending read into a pinned slot of the driver's pool.

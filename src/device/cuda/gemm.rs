@@ -153,6 +153,102 @@ pub fn to_cublas(g: &RowMajorGemm) -> Result<CublasGemm> {
     })
 }
 
+/// The arithmetic of a GEMM issued with an explicit compute type (`cublasGemmStridedBatchedEx`),
+/// whatever the handle's math mode: the convolutions choose theirs per call (`ops::conv2d`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GemmMath {
+    /// FP32 operands, FP32 products and sums (`CUBLAS_COMPUTE_32F`; SIMT on every GPU).
+    Fp32,
+    /// FP32 operands read as TF32 by tensor cores (10-bit mantissa), FP32 accumulation
+    /// (`CUBLAS_COMPUTE_32F_FAST_TF32`; compute capability 8.0 and later).
+    Tf32,
+    /// bf16 operands (8-bit mantissa, converted by the caller), FP32 accumulation and output
+    /// (`CUDA_R_16BF` A and B, `CUBLAS_COMPUTE_32F`; compute capability 8.0 and later).
+    Bf16,
+}
+
+impl GemmMath {
+    pub fn name(&self) -> &'static str {
+        match self {
+            GemmMath::Fp32 => "fp32",
+            GemmMath::Tf32 => "tf32",
+            GemmMath::Bf16 => "bf16",
+        }
+    }
+}
+
+/// Checks the operand buffers against what `g` addresses.
+fn check_operands(g: &RowMajorGemm, a: usize, b: usize, c: usize) -> Result<()> {
+    for (name, have, need) in [
+        ("A", a, g.required_len_a()),
+        ("B", b, g.required_len_b()),
+        ("C", c, g.required_len_c()),
+    ] {
+        if have < need {
+            return Err(Error::shape(
+                "sgemm (cuda)",
+                format!("operand {name} holds {have} elements, needs {need} for {g:?}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `g` with FP32 operands and output in `math` (`Fp32` or `Tf32`), through
+/// `cublasGemmStridedBatchedEx`, whatever the handle's math mode ([`CudaDevice::set_tf32`],
+/// which governs [`sgemm`]): `Fp32` stays strict FP32 even when the handle allows TF32.
+pub fn gemm_f32(
+    dev: &CudaDevice,
+    g: &RowMajorGemm,
+    math: GemmMath,
+    a: &impl GpuRead<f32>,
+    b: &impl GpuRead<f32>,
+    c: &mut impl GpuWrite<f32>,
+) -> Result<()> {
+    if math == GemmMath::Bf16 {
+        return Err(Error::Device(
+            "gemm_f32: bf16 math needs bf16 operands (gemm_bf16)".into(),
+        ));
+    }
+    gemm_ex(dev, g, math, (a.addr(), a.len()), (b.addr(), b.len()), c)
+}
+
+/// `g` with bf16 operands (`u16` bit patterns, as `ops::conv2d`'s kernels write them) and an
+/// FP32 output, FP32 accumulation.
+pub fn gemm_bf16(
+    dev: &CudaDevice,
+    g: &RowMajorGemm,
+    a: &impl GpuRead<u16>,
+    b: &impl GpuRead<u16>,
+    c: &mut impl GpuWrite<f32>,
+) -> Result<()> {
+    gemm_ex(
+        dev,
+        g,
+        GemmMath::Bf16,
+        (a.addr(), a.len()),
+        (b.addr(), b.len()),
+        c,
+    )
+}
+
+fn gemm_ex(
+    dev: &CudaDevice,
+    g: &RowMajorGemm,
+    math: GemmMath,
+    a: (u64, usize),
+    b: (u64, usize),
+    c: &mut impl GpuWrite<f32>,
+) -> Result<()> {
+    let cb = to_cublas(g)?;
+    check_operands(g, a.1, b.1, c.len())?;
+    if g.m == 0 || g.n == 0 {
+        return Ok(());
+    }
+    // Safety: as in `sgemm`; the element type of A and B is the one `math` names.
+    unsafe { dev.gemm_ex_col_major(&cb, math, b.0, a.0, c.addr()) }
+}
+
 /// Runs `g` on the device's cuBLAS handle (its one stream). Operand sizes are checked first.
 pub fn sgemm(
     dev: &CudaDevice,
@@ -162,18 +258,7 @@ pub fn sgemm(
     c: &mut impl GpuWrite<f32>,
 ) -> Result<()> {
     let cb = to_cublas(g)?;
-    for (name, have, need) in [
-        ("A", a.len(), g.required_len_a()),
-        ("B", b.len(), g.required_len_b()),
-        ("C", c.len(), g.required_len_c()),
-    ] {
-        if have < need {
-            return Err(Error::shape(
-                "sgemm (cuda)",
-                format!("operand {name} holds {have} floats, needs {need} for {g:?}"),
-            ));
-        }
-    }
+    check_operands(g, a.len(), b.len(), c.len())?;
     if g.m == 0 || g.n == 0 {
         return Ok(());
     }

@@ -542,3 +542,68 @@ pub(crate) unsafe fn sgemm_col_major(
         );
     }
 }
+
+/// Elements of A and B that a column-major strided-batched GEMM addresses (all its batches).
+fn addressed_lens(g: &super::gemm::CublasGemm) -> (usize, usize) {
+    let (m, n, k) = (g.m as usize, g.n as usize, g.k as usize);
+    let one = |rows: usize, cols: usize, ld: usize, trans: bool| {
+        // op(X) is rows×cols; stored cols×rows when transposed, column-major with `ld`
+        let (r, c) = if trans { (cols, rows) } else { (rows, cols) };
+        if r == 0 || c == 0 {
+            0
+        } else {
+            (c - 1) * ld + r
+        }
+    };
+    let a = one(m, k, g.lda as usize, g.transa);
+    let b = one(k, n, g.ldb as usize, g.transb);
+    let batches = (g.batch.max(1) - 1) as usize;
+    (
+        if a == 0 {
+            0
+        } else {
+            batches * g.stride_a as usize + a
+        },
+        if b == 0 {
+            0
+        } else {
+            batches * g.stride_b as usize + b
+        },
+    )
+}
+
+/// bf16 bits widened to f32 (exact).
+pub fn bf16_to_f32(v: u16) -> f32 {
+    f32::from_bits((v as u32) << 16)
+}
+
+/// [`sgemm_col_major`] with an explicit compute type: FP32, TF32 (operands rounded as tensor
+/// cores read them) or bf16 operands (bit patterns, widened exactly) with FP32 accumulation.
+///
+/// # Safety
+/// The addresses must hold what the dimensions, leading dimensions and strides address, in the
+/// element type `math` names (u16 for bf16).
+pub(crate) unsafe fn gemm_ex_col_major(
+    g: &super::gemm::CublasGemm,
+    math: super::gemm::GemmMath,
+    a: u64,
+    b: u64,
+    c: u64,
+) {
+    use super::gemm::GemmMath;
+    match math {
+        GemmMath::Fp32 => sgemm_col_major(g, a, b, c, false),
+        GemmMath::Tf32 => sgemm_col_major(g, a, b, c, true),
+        GemmMath::Bf16 => {
+            let (a_len, b_len) = addressed_lens(g);
+            let widen = |p: u64, n: usize| -> Vec<f32> {
+                std::slice::from_raw_parts(p as *const u16, n)
+                    .iter()
+                    .map(|&v| bf16_to_f32(v))
+                    .collect()
+            };
+            let (aw, bw) = (widen(a, a_len), widen(b, b_len));
+            sgemm_col_major(g, aw.as_ptr() as u64, bw.as_ptr() as u64, c, false)
+        }
+    }
+}

@@ -57,6 +57,7 @@ mod sealed {
     impl Sealed for f32 {}
     impl Sealed for u32 {}
     impl Sealed for i32 {}
+    impl Sealed for u16 {}
 }
 
 /// Element types of device buffers: plain numbers for which every bit pattern is a value, so a
@@ -65,6 +66,8 @@ pub trait DeviceScalar: DeviceRepr + ValidAsZeroBits + Copy + Default + sealed::
 impl DeviceScalar for f32 {}
 impl DeviceScalar for u32 {}
 impl DeviceScalar for i32 {}
+/// bf16 values as their bit patterns (the GEMM operands of `gemm::GemmMath::Bf16`).
+impl DeviceScalar for u16 {}
 
 /// The process-wide handles opened by [`CudaDevice::shared`] (and the emulated device).
 static DEVICES: OnceLock<Mutex<HashMap<usize, CudaDevice>>> = OnceLock::new();
@@ -589,6 +592,31 @@ impl CudaDevice {
             Backend::Driver(d) => d.sgemm(cb, first, second, out),
             Backend::Host(_) => {
                 host::sgemm_col_major(cb, first, second, out, self.tf32());
+                Ok(())
+            }
+        }
+    }
+
+    /// Column-major GEMM with an explicit compute type (`cublasGemmStridedBatchedEx`): A and B
+    /// f32 (`Fp32`, `Tf32`) or bf16 bit patterns (`Bf16`), C f32. In emulation the operands
+    /// are rounded as tensor cores read them (TF32) or widened exactly (bf16), then the CPU
+    /// GEMM runs with the same strides.
+    ///
+    /// # Safety
+    /// The addresses must hold what the dimensions, leading dimensions and strides address, in
+    /// the element type `math` names.
+    pub(super) unsafe fn gemm_ex_col_major(
+        &self,
+        cb: &gemm::CublasGemm,
+        math: gemm::GemmMath,
+        first: u64,
+        second: u64,
+        out: u64,
+    ) -> Result<()> {
+        match &self.inner.backend {
+            Backend::Driver(d) => d.gemm_ex(cb, math, self.tf32(), first, second, out),
+            Backend::Host(_) => {
+                host::gemm_ex_col_major(cb, math, first, second, out);
                 Ok(())
             }
         }

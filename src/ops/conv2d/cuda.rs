@@ -1,14 +1,18 @@
-//! 2-D convolution on the GPU: im2col / col2im kernels (kernels/conv2d.cu) around cuBLAS SGEMM.
-//! Forward, per tile of images (the column buffer is bounded by [`COL_WORKSPACE_FLOATS`]):
+//! 2-D convolution on the GPU: the dispatch between the versions kept side by side
+//! ([`ConvVersion`], `--conv-kernel`) and v1 itself, the baseline: im2col / col2im kernels
+//! (kernels/conv2d.cu) around cuBLAS. v2 is in `cuda_v2.rs`.
+//! v1 forward, per tile of images (the column buffer is bounded by [`COL_WORKSPACE_FLOATS`]):
 //! `Y_n[O, OH·OW] = W[O, C·kh·kw] · col_n`, one strided-batched GEMM per tile with the weight
-//! broadcast (stride 0). Backward: `dW += dY_n · col_nᵀ` per image (beta = 1), `dcol = Wᵀ·dY_n`
-//! batched, then col2im. A 1x1, stride-1, unpadded convolution uses x itself as the columns.
-//! The GEMM descriptions are pure functions of the geometry, so the tests run them on the host
-//! against a direct convolution.
+//! broadcast (stride 0), then a bias pass. Backward: `dW += dY_n · col_nᵀ` per image
+//! (beta = 1), `dcol = Wᵀ·dY_n` batched, then col2im. A 1x1, stride-1, unpadded convolution
+//! uses x itself as the columns. The GEMM descriptions are pure functions of the geometry, so
+//! the tests run them on the host against a direct convolution. Every GEMM of both versions
+//! runs in the arithmetic the op's switch resolves to ([`ConvMath`], `GemmMath`).
 use std::ops::Range;
 
-use super::{Conv2dGeometry, Conv2dGrads, Conv2dNeeds};
-use crate::device::cuda::gemm::{sgemm, RowMajorGemm};
+use super::cuda_v2::{self, BiasRoute, DwRoute};
+use super::{math, version, Conv2dGeometry, Conv2dGrads, Conv2dNeeds, ConvMath, ConvVersion};
+use crate::device::cuda::gemm::{gemm_f32, GemmMath, RowMajorGemm};
 use crate::device::cuda::{
     check_len, launch, CudaDevice, GpuBuffer, GpuRead, GpuWrite, Kernel, KernelFile,
 };
@@ -18,7 +22,7 @@ const FILE: &str = "conv2d.cu";
 const IM2COL: Kernel = Kernel::new(FILE, "im2col_f32");
 const COL2IM: Kernel = Kernel::new(FILE, "col2im_f32");
 const BIAS_ADD: Kernel = Kernel::new(FILE, "conv_bias_add_f32");
-const BIAS_GRAD: Kernel = Kernel::new(FILE, "conv_bias_grad_f32");
+pub(super) const BIAS_GRAD: Kernel = Kernel::new(FILE, "conv_bias_grad_f32");
 pub const KERNELS: KernelFile = KernelFile::new(FILE, &[IM2COL, COL2IM, BIAS_ADD, BIAS_GRAD]);
 
 /// Upper bound of the column workspace, in floats (256 MiB): conv1_2 of VGG at 256x256 needs
@@ -118,7 +122,7 @@ impl Unfold {
     }
 }
 
-fn check_inputs(
+pub(super) fn check_inputs(
     g: &Conv2dGeometry,
     x: &GpuBuffer<f32>,
     w: &GpuBuffer<f32>,
@@ -132,8 +136,44 @@ fn check_inputs(
     Ok(())
 }
 
-/// y `[n, o, oh, ow]` = conv(x, w) + b, with the column workspace bounded by
-/// [`COL_WORKSPACE_FLOATS`].
+/// What one convolution runs on a GPU: the version, the GEMMs' arithmetic (resolved for the
+/// device), the workspace bound, and (v2) routes forced instead of chosen by the plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvRun {
+    pub version: ConvVersion,
+    pub math: GemmMath,
+    /// Bound of the column workspace in floats (v2 counts every per-tile buffer in it).
+    pub workspace_floats: usize,
+    /// v2: the forward's bias route instead of the plan's choice.
+    pub bias: Option<BiasRoute>,
+    /// v2: the backward's dW route instead of the plan's choice.
+    pub dw: Option<DwRoute>,
+}
+
+impl ConvRun {
+    /// The op's switches now ([`version`], [`math`]) on `dev`, the default workspace.
+    pub fn current(dev: &CudaDevice) -> Result<Self> {
+        Self::of(dev, version(), math())
+    }
+
+    /// `version` with `m` resolved for `dev`, the default workspace, the plan's routes.
+    pub fn of(dev: &CudaDevice, version: ConvVersion, m: ConvMath) -> Result<Self> {
+        Ok(ConvRun {
+            version,
+            math: m.resolve(dev.info())?,
+            workspace_floats: COL_WORKSPACE_FLOATS,
+            bias: None,
+            dw: None,
+        })
+    }
+
+    pub fn workspace(mut self, floats: usize) -> Self {
+        self.workspace_floats = floats;
+        self
+    }
+}
+
+/// y `[n, o, oh, ow]` = conv(x, w) + b with the op's switches ([`ConvRun::current`]).
 pub fn forward(
     dev: &CudaDevice,
     x: &GpuBuffer<f32>,
@@ -141,7 +181,7 @@ pub fn forward(
     b: Option<&GpuBuffer<f32>>,
     g: &Conv2dGeometry,
 ) -> Result<GpuBuffer<f32>> {
-    forward_ws(dev, x, w, b, g, COL_WORKSPACE_FLOATS)
+    forward_run(dev, x, w, b, g, &ConvRun::current(dev)?)
 }
 
 /// [`forward`] with the column workspace bounded by `workspace_floats` (tests use a
@@ -154,12 +194,49 @@ pub fn forward_ws(
     g: &Conv2dGeometry,
     workspace_floats: usize,
 ) -> Result<GpuBuffer<f32>> {
+    let run = ConvRun::current(dev)?.workspace(workspace_floats);
+    forward_run(dev, x, w, b, g, &run)
+}
+
+/// [`forward`] as `run` says.
+pub fn forward_run(
+    dev: &CudaDevice,
+    x: &GpuBuffer<f32>,
+    w: &GpuBuffer<f32>,
+    b: Option<&GpuBuffer<f32>>,
+    g: &Conv2dGeometry,
+    run: &ConvRun,
+) -> Result<GpuBuffer<f32>> {
+    match run.version {
+        ConvVersion::V1 => v1_forward(dev, x, w, b, g, v1_math(run.math)?, run.workspace_floats),
+        ConvVersion::V2 => cuda_v2::forward(dev, x, w, b, g, run),
+    }
+}
+
+fn v1_math(m: GemmMath) -> Result<GemmMath> {
+    if m == GemmMath::Bf16 {
+        return Err(Error::Invalid(
+            "conv2d: bf16 GEMMs are a v2 option (--conv-kernel v2)".into(),
+        ));
+    }
+    Ok(m)
+}
+
+fn v1_forward(
+    dev: &CudaDevice,
+    x: &GpuBuffer<f32>,
+    w: &GpuBuffer<f32>,
+    b: Option<&GpuBuffer<f32>>,
+    g: &Conv2dGeometry,
+    math: GemmMath,
+    workspace_floats: usize,
+) -> Result<GpuBuffer<f32>> {
     check_inputs(g, x, w, b)?;
     let (ximg, yimg, cimg) = (g.x_image(), g.y_image(), g.col_image());
     let mut y = dev.alloc::<f32>(g.y_len())?;
     if g.n() > 0 {
         if g.is_pointwise() {
-            sgemm(dev, &forward_gemm(g), w, x, &mut y)?;
+            gemm_f32(dev, &forward_gemm(g), math, w, x, &mut y)?;
         } else {
             let tile = images_per_tile(cimg, g.n(), workspace_floats);
             let mut col = dev.alloc::<f32>(tile * cimg)?;
@@ -167,21 +244,31 @@ pub fn forward_ws(
                 let gt = g.tile(nb);
                 Unfold::Im2col.run(dev, &gt, &x.view(images(n0, nb, ximg))?, &mut col)?;
                 let mut yv = y.view_mut(images(n0, nb, yimg))?;
-                sgemm(dev, &forward_gemm(&gt), w, &col, &mut yv)?;
+                gemm_f32(dev, &forward_gemm(&gt), math, w, &col, &mut yv)?;
             }
         }
     }
     if let Some(bias) = b {
-        let (total, plane) = (g.y_len() as u64, g.col_cols() as u64);
-        dev.launch(BIAS_ADD)
-            .out(&mut y)
-            .buf(bias)
-            .arg(&total)
-            .arg(&g.o)
-            .arg(&plane)
-            .run(dev.cfg(total))?;
+        bias_add(dev, g, &mut y, bias)?;
     }
     Ok(y)
+}
+
+/// y `[n, o, oh, ow]` += b, v1's pass (two 64-bit divisions per element).
+pub fn bias_add(
+    dev: &CudaDevice,
+    g: &Conv2dGeometry,
+    y: &mut GpuBuffer<f32>,
+    bias: &GpuBuffer<f32>,
+) -> Result<()> {
+    let (total, plane) = (g.y_len() as u64, g.col_cols() as u64);
+    dev.launch(BIAS_ADD)
+        .out(y)
+        .buf(bias)
+        .arg(&total)
+        .arg(&g.o)
+        .arg(&plane)
+        .run(dev.cfg(total))
 }
 
 /// db `[o]` = Σ over n, positions of dy (one block per channel, deterministic).
@@ -202,7 +289,7 @@ pub fn bias_grad(
     Ok(db)
 }
 
-/// Backward of [`forward`] given dy `[n, o, oh, ow]`.
+/// Backward of [`forward`] given dy `[n, o, oh, ow]`, with the op's switches.
 pub fn backward(
     dev: &CudaDevice,
     x: &GpuBuffer<f32>,
@@ -211,11 +298,11 @@ pub fn backward(
     g: &Conv2dGeometry,
     needs: Conv2dNeeds,
 ) -> Result<Conv2dGrads<GpuBuffer<f32>>> {
-    backward_ws(dev, x, w, dy, g, needs, COL_WORKSPACE_FLOATS)
+    backward_run(dev, x, w, dy, g, needs, &ConvRun::current(dev)?)
 }
 
-/// [`backward`] with the column workspace (and the same again for dcol) bounded by
-/// `workspace_floats`.
+/// [`backward`] with the column workspace bounded by `workspace_floats` (v1: the column and
+/// dcol buffers each; v2: all its per-tile buffers together).
 pub fn backward_ws(
     dev: &CudaDevice,
     x: &GpuBuffer<f32>,
@@ -223,6 +310,40 @@ pub fn backward_ws(
     dy: &GpuBuffer<f32>,
     g: &Conv2dGeometry,
     needs: Conv2dNeeds,
+    workspace_floats: usize,
+) -> Result<Conv2dGrads<GpuBuffer<f32>>> {
+    let run = ConvRun::current(dev)?.workspace(workspace_floats);
+    backward_run(dev, x, w, dy, g, needs, &run)
+}
+
+/// [`backward`] as `run` says.
+pub fn backward_run(
+    dev: &CudaDevice,
+    x: &GpuBuffer<f32>,
+    w: &GpuBuffer<f32>,
+    dy: &GpuBuffer<f32>,
+    g: &Conv2dGeometry,
+    needs: Conv2dNeeds,
+    run: &ConvRun,
+) -> Result<Conv2dGrads<GpuBuffer<f32>>> {
+    match run.version {
+        ConvVersion::V1 => {
+            let m = v1_math(run.math)?;
+            v1_backward(dev, x, w, dy, g, needs, m, run.workspace_floats)
+        }
+        ConvVersion::V2 => cuda_v2::backward(dev, x, w, dy, g, needs, run),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn v1_backward(
+    dev: &CudaDevice,
+    x: &GpuBuffer<f32>,
+    w: &GpuBuffer<f32>,
+    dy: &GpuBuffer<f32>,
+    g: &Conv2dGeometry,
+    needs: Conv2dNeeds,
+    math: GemmMath,
     workspace_floats: usize,
 ) -> Result<Conv2dGrads<GpuBuffer<f32>>> {
     check_inputs(g, x, w, None)?;
@@ -240,11 +361,11 @@ pub fn backward_ws(
             if let Some(dw) = dw.as_mut() {
                 for i in 0..g.n() {
                     let dyv = dy.view(images(i, 1, yimg))?;
-                    sgemm(dev, &gw, &dyv, &x.view(images(i, 1, ximg))?, dw)?;
+                    gemm_f32(dev, &gw, math, &dyv, &x.view(images(i, 1, ximg))?, dw)?;
                 }
             }
             if let Some(dx) = dx.as_mut() {
-                sgemm(dev, &input_grad_gemm(g), w, dy, dx)?;
+                gemm_f32(dev, &input_grad_gemm(g), math, w, dy, dx)?;
             }
         } else {
             let tile = images_per_tile(cimg, g.n(), workspace_floats);
@@ -262,12 +383,12 @@ pub fn backward_ws(
                     Unfold::Im2col.run(dev, &gt, &x.view(images(n0, nb, ximg))?, col)?;
                     for i in 0..nb {
                         let dyv = dy.view(images(n0 + i, 1, yimg))?;
-                        sgemm(dev, &gw, &dyv, &col.view(images(i, 1, cimg))?, dw)?;
+                        gemm_f32(dev, &gw, math, &dyv, &col.view(images(i, 1, cimg))?, dw)?;
                     }
                 }
                 if let (Some(dx), Some(dcol)) = (dx.as_mut(), dcol.as_mut()) {
                     let dyv = dy.view(images(n0, nb, yimg))?;
-                    sgemm(dev, &input_grad_gemm(&gt), w, &dyv, dcol)?;
+                    gemm_f32(dev, &input_grad_gemm(&gt), math, w, &dyv, dcol)?;
                     Unfold::Col2im.run(dev, &gt, dcol, &mut dx.view_mut(images(n0, nb, ximg))?)?;
                 }
             }

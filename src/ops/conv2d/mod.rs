@@ -1,20 +1,154 @@
 //! 2-D convolution, NCHW: x [N, C, H, W] ⊛ w [O, C, kh, kw] (+ b [O]) → [N, O, OH, OW] with
 //! OH = (H + 2p − kh)/s + 1 (floor), zero padding, as PyTorch's `F.conv2d` (groups = 1,
 //! dilation = 1). CPU: im2col + GEMM per image (`cpu.rs`); CUDA: im2col / col2im kernels
-//! around cuBLAS (`cuda.rs`). Both take one [`Conv2dGeometry`], checked once here.
+//! around cuBLAS in two versions kept side by side ([`ConvVersion`]: `cuda.rs` has v1 and the
+//! dispatch, `cuda_v2.rs` v2). Both backends take one [`Conv2dGeometry`], checked once here.
+//!
+//! The op's own GPU switches, process-wide: which version runs ([`set_version`], default v2)
+//! and the GEMMs' arithmetic ([`set_math`], default [`ConvMath::Auto`]: TF32 on compute
+//! capability 8.0 and later, as PyTorch's cuDNN convolutions, strict FP32 before).
 pub mod cpu;
 pub mod cuda;
+pub mod cuda_v2;
 #[cfg(test)]
 mod tests;
 
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 use crate::autograd::{Backward, Tape, Var};
-use crate::device::cuda::{dim_u32, numel, KernelParam};
+use crate::device::cuda::gemm::GemmMath;
+use crate::device::cuda::{dim_u32, numel, CudaDeviceInfo, KernelParam};
 use crate::error::{Error, Result};
 use crate::tensor::{device_mismatch, expect_rank, same_device, Storage, Tensor};
 
 const OP: &str = "conv2d";
+
+/// The CUDA implementation of conv2d (`--conv-kernel`; the CPU has one reference).
+/// - `v1`: the first version, kept as the baseline: im2col / col2im with 64-bit runtime
+///   divisions per element, columns per image `[C·kh·kw, OH·OW]`, one GEMM per image for dW
+///   (beta = 1), a separate bias pass, separate column and dcol workspaces;
+/// - `v2`: division-free im2col / col2im (2-D grids, precomputed u32 magic-number division,
+///   float4 stores), one column buffer per tile of images laid out `[C·kh·kw (+ ones row),
+///   images·OH·OW]`, the bias folded into the forward GEMM as a row of ones (or a
+///   division-free bias pass where the folded weight would cost more), dW of a tile in one
+///   GEMM over `images·OH·OW` (dy repacked) or one strided-batched GEMM plus a deterministic
+///   reduction, whichever moves fewer bytes, db from the same pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[repr(u8)]
+pub enum ConvVersion {
+    V1,
+    #[default]
+    V2,
+}
+
+impl ConvVersion {
+    pub const ALL: [ConvVersion; 2] = [ConvVersion::V1, ConvVersion::V2];
+    pub fn name(&self) -> &'static str {
+        match self {
+            ConvVersion::V1 => "v1",
+            ConvVersion::V2 => "v2",
+        }
+    }
+}
+
+impl FromStr for ConvVersion {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        ConvVersion::ALL
+            .into_iter()
+            .find(|v| v.name() == s)
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "unknown convolution kernel '{s}' (expected v1 or v2)"
+                ))
+            })
+    }
+}
+
+/// The arithmetic of the convolution GEMMs on a GPU (`--fp32`, `--tf32`, `--bf16`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[repr(u8)]
+pub enum ConvMath {
+    /// TF32 on compute capability ≥ 8.0 (PyTorch's `cudnn.allow_tf32 = True` default), FP32
+    /// before and in the host emulation.
+    #[default]
+    Auto,
+    /// Strict FP32.
+    Fp32,
+    /// TF32 tensor cores (FP32 accumulation).
+    Tf32,
+    /// bf16 operands, FP32 accumulation (v2 only; compute capability ≥ 8.0). Pointwise (1x1)
+    /// convolutions, memory-bound at these sizes, stay in TF32.
+    Bf16,
+}
+
+impl ConvMath {
+    pub const ALL: [ConvMath; 4] = [
+        ConvMath::Auto,
+        ConvMath::Fp32,
+        ConvMath::Tf32,
+        ConvMath::Bf16,
+    ];
+    pub fn name(&self) -> &'static str {
+        match self {
+            ConvMath::Auto => "auto",
+            ConvMath::Fp32 => "fp32",
+            ConvMath::Tf32 => "tf32",
+            ConvMath::Bf16 => "bf16",
+        }
+    }
+
+    /// What the GEMMs do on `dev`. `Auto` is TF32 from compute capability 8.0 on (the
+    /// emulation reports 0.0, so it is FP32 there); bf16 needs 8.0 on a GPU.
+    pub fn resolve(&self, dev: &CudaDeviceInfo) -> Result<GemmMath> {
+        let ampere = dev.compute_capability.0 >= 8;
+        Ok(match self {
+            ConvMath::Auto if ampere => GemmMath::Tf32,
+            ConvMath::Auto | ConvMath::Fp32 => GemmMath::Fp32,
+            ConvMath::Tf32 => GemmMath::Tf32,
+            ConvMath::Bf16 if ampere || dev.emulated => GemmMath::Bf16,
+            ConvMath::Bf16 => {
+                return Err(Error::Device(format!(
+                    "conv2d: bf16 GEMMs need compute capability 8.0 or later, {} has {}.{}",
+                    dev.name, dev.compute_capability.0, dev.compute_capability.1
+                )))
+            }
+        })
+    }
+}
+
+static VERSION: AtomicU8 = AtomicU8::new(ConvVersion::V2 as u8);
+static MATH: AtomicU8 = AtomicU8::new(ConvMath::Auto as u8);
+
+/// Selects the CUDA implementation of every later conv2d call.
+pub fn set_version(v: ConvVersion) {
+    VERSION.store(v as u8, Ordering::Relaxed);
+}
+
+/// The CUDA implementation conv2d runs now.
+pub fn version() -> ConvVersion {
+    let code = VERSION.load(Ordering::Relaxed);
+    ConvVersion::ALL
+        .into_iter()
+        .find(|v| *v as u8 == code)
+        .unwrap_or_default()
+}
+
+/// Selects the arithmetic of every later conv2d GEMM on a GPU.
+pub fn set_math(m: ConvMath) {
+    MATH.store(m as u8, Ordering::Relaxed);
+}
+
+/// The arithmetic conv2d's GEMMs use now (before [`ConvMath::resolve`]).
+pub fn math() -> ConvMath {
+    let code = MATH.load(Ordering::Relaxed);
+    ConvMath::ALL
+        .into_iter()
+        .find(|m| *m as u8 == code)
+        .unwrap_or_default()
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Conv2dArgs {
