@@ -3,6 +3,7 @@
 //! dilation = 1). CPU: im2col + GEMM per image (`cpu.rs`); CUDA: im2col / col2im kernels
 //! around cuBLAS (`cuda.rs`). Both take one [`Conv2dGeometry`], checked once here.
 pub mod cpu;
+pub mod cpu_fast;
 pub mod cuda;
 #[cfg(test)]
 mod tests;
