@@ -4,6 +4,7 @@
 //! coordinates to [-1, 1]), and average the K samples. The offset conv1x1 and the residual
 //! `x + a` are composed by the layer from `conv2d` and `add`.
 mod cpu;
+mod cpu_fast;
 pub mod cuda;
 #[cfg(test)]
 mod tests;
