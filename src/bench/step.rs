@@ -80,6 +80,9 @@ pub struct StepReport {
     pub min_ms: f64,
     /// Images per second at the best rep.
     pub images_per_s: f64,
+    /// CPU time (all threads) of every timed rep, in milliseconds (empty where unavailable):
+    /// on a shared machine the steadier measure of our own work.
+    pub reps_cpu_ms: Vec<f64>,
     /// With `profile`: (op, total ms over the timed reps, calls), largest first; the frozen
     /// counter's inference pass of a localizer step is one entry.
     pub profile: Vec<(String, f64, usize)>,
@@ -262,12 +265,17 @@ pub fn run_step_bench(o: &StepBenchOptions) -> Result<StepReport> {
         rep(&mut counter, &mut loc, None)?;
     }
     let mut reps_ms = Vec::with_capacity(o.reps);
+    let mut reps_cpu_ms = Vec::with_capacity(o.reps);
+    use crate::device::cpu::clock::process_cpu_secs;
     for _ in 0..o.reps {
         dev.synchronize()?;
-        let t = Instant::now();
+        let (t, c) = (Instant::now(), process_cpu_secs());
         rep(&mut counter, &mut loc, o.profile.then_some(&mut profile))?;
         dev.synchronize()?;
         reps_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        if let (Some(a), Some(b)) = (c, process_cpu_secs()) {
+            reps_cpu_ms.push((b - a) * 1e3);
+        }
     }
     let mut sorted = reps_ms.clone();
     sorted.sort_by(f64::total_cmp);
@@ -288,6 +296,7 @@ pub fn run_step_bench(o: &StepBenchOptions) -> Result<StepReport> {
         min_ms: sorted[0],
         images_per_s: n as f64 / (sorted[0] * 1e-3),
         reps_ms,
+        reps_cpu_ms,
         profile: profile
             .totals()
             .into_iter()

@@ -138,6 +138,16 @@ fn step(a: StepArgs) -> anyhow::Result<()> {
             .map(|v| v.round() as i64)
             .collect::<Vec<_>>()
     );
+    if !r.reps_cpu_ms.is_empty() {
+        let best = r.reps_cpu_ms.iter().copied().fold(f64::INFINITY, f64::min);
+        println!(
+            "  CPU time per rep (all threads): best {best:.1} ms, reps {:?}",
+            r.reps_cpu_ms
+                .iter()
+                .map(|v| v.round() as i64)
+                .collect::<Vec<_>>()
+        );
+    }
     if !r.profile.is_empty() {
         let total: f64 = r.profile.iter().map(|p| p.1).sum();
         println!(

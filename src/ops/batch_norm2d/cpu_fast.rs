@@ -122,12 +122,32 @@ pub fn normalize(
     y
 }
 
-/// dy masked by the saved ReLU output (dy where y > 0, else 0), or dy.
+/// dy masked by the saved ReLU output: dy where y > 0, else 0 (branch-free).
 #[inline(always)]
-fn masked(d: f32, y: Option<&[f32]>, j: usize) -> f32 {
-    match y {
-        Some(y) if y[j] <= 0.0 || y[j].is_nan() => 0.0,
-        _ => d,
+fn mask(d: f32, y: f32) -> f32 {
+    if y > 0.0 {
+        d
+    } else {
+        0.0
+    }
+}
+
+/// Per-plane sums (Σ d, Σ d·x̂) with d = dy, or dy masked by the ReLU output.
+#[inline(always)]
+fn plane_sums(xp: &[f32], dp: &[f32], yp: Option<&[f32]>, mu: f32, is: f32) -> (f64, f64) {
+    let hw = xp.len();
+    match yp {
+        None => lane_sums2(hw, |j| {
+            let d = dp[j] as f64;
+            (d, d * ((xp[j] - mu) * is) as f64)
+        }),
+        Some(yp) => {
+            let yp = &yp[..hw];
+            lane_sums2(hw, |j| {
+                let d = mask(dp[j], yp[j]) as f64;
+                (d, d * ((xp[j] - mu) * is) as f64)
+            })
+        }
     }
 }
 
@@ -157,13 +177,7 @@ pub fn backward(
                     let off = (i * c + ch) * hw;
                     let (xp, dp) = (&x[off..off + hw], &dy[off..off + hw]);
                     let yp = relu_y.map(|y| &y[off..off + hw]);
-                    let (a, b) = with_isa(isa, || {
-                        lane_sums2(hw, |j| {
-                            let d = masked(dp[j], yp, j) as f64;
-                            let xhat = ((xp[j] - mu) * is) as f64;
-                            (d, d * xhat)
-                        })
-                    });
+                    let (a, b) = with_isa(isa, || plane_sums(xp, dp, yp, mu, is));
                     sdy += a;
                     sdyx += b;
                 }
@@ -184,18 +198,33 @@ pub fn backward(
                 let yp = relu_y.map(|y| &y[off..off + hw]);
                 let (mu, is) = (mean[ch], invstd[ch]);
                 let k = gamma[ch] * is;
-                with_isa(isa, || {
-                    if train {
-                        let s = sums.as_ref().expect("sums")[ch];
-                        let mdy = (s.0 / m as f64) as f32;
-                        let mdyx = (s.1 / m as f64) as f32;
-                        for (j, o) in dxp.iter_mut().enumerate() {
-                            let xhat = (xp[j] - mu) * is;
-                            o.write(k * (masked(dp[j], yp, j) - mdy - xhat * mdyx));
+                let (mdy, mdyx) = if train {
+                    let s = sums.as_ref().expect("sums")[ch];
+                    ((s.0 / m as f64) as f32, (s.1 / m as f64) as f32)
+                } else {
+                    (0.0, 0.0)
+                };
+                with_isa(isa, || match (train, yp) {
+                    (true, None) => {
+                        for ((o, &xv), &d) in dxp.iter_mut().zip(xp).zip(dp) {
+                            let xhat = (xv - mu) * is;
+                            o.write(k * (d - mdy - xhat * mdyx));
                         }
-                    } else {
-                        for (j, o) in dxp.iter_mut().enumerate() {
-                            o.write(masked(dp[j], yp, j) * k);
+                    }
+                    (true, Some(yp)) => {
+                        for (((o, &xv), &d), &yv) in dxp.iter_mut().zip(xp).zip(dp).zip(yp) {
+                            let xhat = (xv - mu) * is;
+                            o.write(k * (mask(d, yv) - mdy - xhat * mdyx));
+                        }
+                    }
+                    (false, None) => {
+                        for (o, &d) in dxp.iter_mut().zip(dp) {
+                            o.write(d * k);
+                        }
+                    }
+                    (false, Some(yp)) => {
+                        for ((o, &d), &yv) in dxp.iter_mut().zip(dp).zip(yp) {
+                            o.write(mask(d, yv) * k);
                         }
                     }
                 })

@@ -407,6 +407,29 @@ pub fn batch_norm2d_backward(
     backward_masked(x, gamma, saved, dy, None, mode, needs)
 }
 
+/// The backward of batch norm followed by ReLU, from that ReLU's output `relu_y`.
+pub fn batch_norm2d_relu_backward(
+    x: &Tensor,
+    gamma: &Tensor,
+    saved: &BatchNormSaved,
+    relu_y: &Tensor,
+    dy: &Tensor,
+    mode: BatchNormMode,
+    needs: BatchNormNeeds,
+) -> Result<BatchNormGrads> {
+    backward_masked(x, gamma, saved, dy, Some(relu_y), mode, needs)
+}
+
+/// The forward of batch norm followed by ReLU in training mode.
+pub fn batch_norm2d_relu_train_forward(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f32,
+) -> Result<(Tensor, BatchNormSaved, BatchStats)> {
+    train_forward(x, gamma, beta, eps, true)
+}
+
 /// The backward of batch norm, or of batch norm + ReLU when `relu_y` (the ReLU's output) is
 /// given: dy is masked by relu_y > 0 first (inside the CPU fast path's passes; elsewhere by the
 /// ReLU op's own backward).

@@ -28,8 +28,9 @@
 use rayon::prelude::*;
 
 use super::{Conv2dGeometry, Conv2dGrads, Conv2dNeeds};
-use crate::device::cpu::kernels::{DotKernel, GemmKernel, Init, Segments, Span};
+use crate::device::cpu::kernels::{prefetch, DotKernel, GemmKernel, Init, Segments, Span};
 use crate::device::cpu::par::transpose;
+use crate::device::cpu::scratch::{self, Scratch};
 use crate::device::cpu::simd::{self, Isa};
 
 /// Reduction rows per block of the forward and dX GEMMs (the A panel of a block, mr × KC,
@@ -76,9 +77,9 @@ fn written_by(len: usize, fill: impl FnOnce(SyncPtr)) -> Vec<f32> {
 }
 
 /// Images of `ch` planes, each zero-padded by `p` to `hp × wp`, followed by `slack` zeros, so
-/// the shifted rows of the flat view may run past the last plane.
+/// the shifted rows of the flat view may run past the last plane (a pooled scratch buffer).
 struct Padded {
-    data: Vec<f32>,
+    data: Scratch,
     wp: usize,
     /// Floats of one padded plane, hp·wp.
     plane: usize,
@@ -99,34 +100,23 @@ impl Padded {
         let (hp, wp) = (h + 2 * p, w + 2 * p);
         let plane = hp * wp;
         let image = ch * plane + slack;
-        let mut data = Vec::<f32>::with_capacity(images * image);
-        let spare = &mut data.spare_capacity_mut()[..images * image];
-        spare
-            .par_chunks_mut(image)
+        let mut data = scratch::take(images * image);
+        data.par_chunks_mut(image)
             .zip(src.par_chunks(ch * h * w))
             .for_each(|(dst, img)| {
-                let zero = |d: &mut [std::mem::MaybeUninit<f32>]| {
-                    d.iter_mut().for_each(|v| {
-                        v.write(0.0);
-                    })
-                };
                 let (planes, tail) = dst.split_at_mut(ch * plane);
-                zero(tail);
+                tail.fill(0.0);
                 for (dp, sp) in planes.chunks_mut(plane).zip(img.chunks(h * w)) {
-                    zero(&mut dp[..p * wp + p]);
+                    dp[..p * wp + p].fill(0.0);
                     for (i, row) in sp.chunks(w).enumerate() {
                         let at = (i + p) * wp + p;
-                        for (d, &s) in dp[at..at + w].iter_mut().zip(row) {
-                            d.write(s);
-                        }
+                        dp[at..at + w].copy_from_slice(row);
                         // right padding of this row and left padding of the next
                         let end = if i + 1 < h { at + w + 2 * p } else { plane };
-                        zero(&mut dp[at + w..end]);
+                        dp[at + w..end].fill(0.0);
                     }
                 }
             });
-        // Safety: every float of every image was written above.
-        unsafe { data.set_len(images * image) };
         Padded {
             data,
             wp,
@@ -263,6 +253,13 @@ impl FlatGemm<'_> {
                     for q in (q0..q1).step_by(nr) {
                         let sp = spans(q, lanes, wp, ow, q_len);
                         let bptr = img[q..].as_ptr();
+                        // The next tile's rows (first and last float of each), while this
+                        // tile's calls run: they come from memory in a large layer.
+                        let next = bptr.wrapping_add(nr);
+                        for &o in &self.offs[kb..kb + kc] {
+                            prefetch(next.wrapping_add(o));
+                            prefetch(next.wrapping_add(o + nr - 1));
+                        }
                         for op in p0..p1 {
                             let a = self.ap[(op * k + kb) * mr..][..kc * mr].as_ptr();
                             let o0 = op * mr;
@@ -343,42 +340,35 @@ pub fn backward(
 /// `[OH·wp][o_pad]`, row `oh·wp + ow` holding dy[n, ·, oh, ow], zero at the dropped positions
 /// (ow ≥ OW) and the padded channels (≥ O); the buffer starts 64-byte aligned (returned with
 /// the offset of its first float) and each row is `o_pad` floats.
-fn transpose_dy(dy: &[f32], g: &Conv2dGeometry, wp: usize, o_pad: usize) -> (Vec<f32>, usize) {
+fn transpose_dy(dy: &[f32], g: &Conv2dGeometry, wp: usize, o_pad: usize) -> (Scratch, usize) {
     let (o, oh, ow) = (g.o(), g.oh(), g.ow());
     let q_len = oh * wp;
     let per = q_len * o_pad;
-    let len = g.n() * per + 16;
-    let mut buf = Vec::<f32>::with_capacity(len);
+    let mut buf = scratch::take(g.n() * per + 16);
     let a0 = (16 - (buf.as_ptr() as usize / 4) % 16) % 16;
-    let spare = &mut buf.spare_capacity_mut()[..len];
-    let (head, rest) = spare.split_at_mut(a0);
-    let (body, tail) = rest.split_at_mut(g.n() * per);
-    for v in head.iter_mut().chain(tail.iter_mut()) {
-        v.write(0.0);
-    }
-    body.par_chunks_mut(wp * o_pad)
+    // the slack before and after the rows holds stale values of an earlier use: zero it
+    buf[..a0].fill(0.0);
+    buf[a0 + g.n() * per..].fill(0.0);
+    buf[a0..a0 + g.n() * per]
+        .par_chunks_mut(wp * o_pad)
         .enumerate()
         .for_each(|(row, dst)| {
             let (n, r) = (row / oh, row % oh);
             let src = &dy[n * o * oh * ow..][..o * oh * ow];
             for (col, d) in dst.chunks_mut(o_pad).enumerate() {
                 if col >= ow {
-                    d.iter_mut().for_each(|v| {
-                        v.write(0.0);
-                    });
+                    d.fill(0.0);
                     continue;
                 }
                 for (c, v) in d.iter_mut().enumerate() {
-                    v.write(if c < o {
+                    *v = if c < o {
                         src[(c * oh + r) * ow + col]
                     } else {
                         0.0
-                    });
+                    };
                 }
             }
         });
-    // Safety: every float was written above.
-    unsafe { buf.set_len(len) };
     (buf, a0)
 }
 
@@ -436,6 +426,12 @@ fn weight_grad(x: &[f32], dy: &[f32], g: &Conv2dGeometry, isa: Isa) -> Vec<f32> 
                             // rows past the end repeat the last one; their sums are dropped
                             let r = (rt * mr + i).min(kdim - 1);
                             *ptr = img[offs[r] + q0..][..len].as_ptr();
+                            // the next tile's rows, one line in 16 floats
+                            let rn = ((rt + 1) * mr + i).min(kdim - 1);
+                            let next = img[offs[rn] + q0..].as_ptr();
+                            for l in (0..len).step_by(16) {
+                                prefetch(next.wrapping_add(l));
+                            }
                         }
                         for ot in 0..o_tiles {
                             let b = dyn_[q0 * o_pad + ot * nr..].as_ptr();
