@@ -5,7 +5,9 @@
 //! [`isa()`] is the detected set, optionally lowered by the environment variable
 //! `DCL_CPU_ISA=avx512|avx2|scalar` (read once per process), so a run or a benchmark can take
 //! the AVX2 path on an AVX-512 machine. Tests call the kernels with an explicit [`Isa`] and
-//! check [`Isa::available`] first.
+//! check [`Isa::available`] first, or run whole ops and models under [`with_forced_isa`],
+//! which sets the set for the calling thread only (tests run side by side in one process).
+use std::cell::Cell;
 use std::sync::OnceLock;
 
 /// An instruction set a CPU kernel is written for.
@@ -77,10 +79,37 @@ impl Isa {
     }
 }
 
-/// The set the CPU fast paths use in this process: [`Isa::detect`], lowered to
-/// `DCL_CPU_ISA` when that names an available lower set (a higher or unknown one is ignored,
-/// with one line on stderr).
+thread_local! {
+    /// The set [`with_forced_isa`] put in force on this thread, if any.
+    static FORCED: Cell<Option<Isa>> = const { Cell::new(None) };
+}
+
+/// The set the CPU fast paths use: on a thread inside [`with_forced_isa`] the set it forces;
+/// otherwise the process's, [`Isa::detect`] lowered to `DCL_CPU_ISA` when that names an
+/// available lower set (a higher or unknown one is ignored, with one line on stderr). Every op
+/// reads it once on entry, on its caller's thread, before handing work to the rayon pool.
 pub fn isa() -> Isa {
+    FORCED.with(|f| f.get()).unwrap_or_else(process_isa)
+}
+
+/// Runs `f` with [`isa()`] returning `isa` on the calling thread (clamped to the best set
+/// this CPU has; `Isa::Scalar` selects the reference loops), whatever `DCL_CPU_ISA` says: how
+/// tests run each instruction set's fast paths, and the reference, on one machine. Ops called
+/// by `f` on this thread see it, including the work they hand to rayon; ops that `f` itself
+/// starts on other threads do not. Returns what `f` returns; nests, and restores the previous
+/// setting on return or unwind.
+pub fn with_forced_isa<R>(isa: Isa, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<Isa>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            FORCED.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(FORCED.with(|c| c.replace(Some(isa.min(Isa::detect())))));
+    f()
+}
+
+fn process_isa() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
     *ISA.get_or_init(|| {
         let best = Isa::detect();
@@ -241,6 +270,22 @@ mod tests {
         assert_eq!(Isa::parse("AVX2"), Some(Isa::Avx2));
         assert_eq!(Isa::parse("avx512"), Some(Isa::Avx512));
         assert_eq!(Isa::parse("sse"), None);
+    }
+
+    #[test]
+    fn forcing_is_per_thread_nested_and_clamped() {
+        let outer = isa();
+        with_forced_isa(Isa::Scalar, || {
+            assert_eq!(isa(), Isa::Scalar);
+            with_forced_isa(Isa::Avx512, || assert_eq!(isa(), Isa::detect()));
+            assert_eq!(isa(), Isa::Scalar);
+            let other = std::thread::spawn(isa).join().unwrap();
+            assert_eq!(other, outer, "another thread keeps the process's set");
+        });
+        assert_eq!(isa(), outer);
+        let r = std::panic::catch_unwind(|| with_forced_isa(Isa::Scalar, || panic!("boom")));
+        assert!(r.is_err());
+        assert_eq!(isa(), outer, "restored on unwind");
     }
 
     #[test]

@@ -60,10 +60,12 @@ mod tests {
             bias_correction1: 0.19,
             bias_correction2: 0.0199,
         };
-        let (mut p, mut m, mut v) = (p0.clone(), m0.clone(), v0.clone());
-        update(&mut p, &g, &mut m, &mut v, &h);
-        let (mut pr, mut mr, mut vr) = (p0, m0, v0);
+        let (mut pr, mut mr, mut vr) = (p0.clone(), m0.clone(), v0.clone());
         update_reference(&mut pr, &g, &mut mr, &mut vr, &h);
-        assert_eq!((p, m, v), (pr, mr, vr));
+        for isa in Isa::ALL.into_iter().filter(|i| i.available()) {
+            let (mut p, mut m, mut v) = (p0.clone(), m0.clone(), v0.clone());
+            simd::with_forced_isa(isa, || update(&mut p, &g, &mut m, &mut v, &h));
+            assert_eq!((&p, &m, &v), (&pr, &mr, &vr), "{isa:?}");
+        }
     }
 }
