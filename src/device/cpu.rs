@@ -1,4 +1,11 @@
-//! CPU backend helpers shared by the ops' reference implementations.
+//! CPU backend helpers shared by the ops' reference implementations: the `gemm` crate's SGEMM,
+//! run-time instruction-set selection ([`simd`]) and the SIMD micro-kernels of the fast paths
+//! ([`kernels`]).
+pub mod clock;
+pub mod kernels;
+pub mod par;
+pub mod scratch;
+pub mod simd;
 
 /// Row-major single-precision GEMM on the CPU through the `gemm` crate (multithreaded, SIMD):
 /// `C[m×n] = alpha·A[m×k]·B[k×n] + beta·C`, where each operand has explicit row and column

@@ -163,9 +163,15 @@ impl Counter {
     pub fn forward(&self, f: &Forward, images: &Var) -> Result<Var> {
         check_image_batch("counter", images.dims())?;
         let mut h = images.clone();
-        for layer in &self.features {
+        let mut layers = self.features.iter().peekable();
+        while let Some(layer) = layers.next() {
             h = match layer {
                 Feature::Conv(c) => c.forward(f, &h)?,
+                // BatchNorm then ReLU (every BatchNorm here) as one op
+                Feature::Bn(b) if matches!(layers.peek(), Some(Feature::Relu)) => {
+                    layers.next();
+                    b.forward_relu(f, &h)?
+                }
                 Feature::Bn(b) => b.forward(f, &h)?,
                 Feature::Relu => relu(f.tape, &h)?,
                 Feature::Pool => max_pool2d(f.tape, &h)?,

@@ -9,13 +9,23 @@
 //!
 //! This file checks shapes (into a [`BatchNorm2dGeometry`]), dispatches on the device and records
 //! on the tape; cpu.rs (the reference) and cuda.rs (the launchers of kernels/batch_norm2d.cu)
-//! offer the same functions: batch_stats, invstd, normalize, running_blend and backward.
+//! offer the same functions: batch_stats, invstd, normalize, running_blend and backward. On a
+//! CPU with AVX2 or AVX-512, cpu_fast.rs (parallel, vectorised, checked against cpu.rs) runs
+//! instead of the reference.
+//!
+//! `batch_norm2d_train_relu` / `batch_norm2d_eval_relu` are batch norm followed by ReLU as one
+//! taped op (what every BatchNorm of both networks feeds): it saves the ReLU's output instead
+//! of a second tensor, and the CPU fast path applies the ReLU inside the normalising pass and
+//! its mask inside the backward's passes. Elsewhere (CUDA, the reference) it composes the two
+//! ops' own kernels.
 mod cpu;
+mod cpu_fast;
 pub mod cuda;
 
 use std::sync::Arc;
 
 use crate::autograd::{Backward, Tape, Var};
+use crate::device::cpu::simd::{self, Isa};
 use crate::device::cuda::KernelParam;
 use crate::error::{Error, Result};
 use crate::tensor::{device_mismatch, same_device, Storage, Tensor};
@@ -244,7 +254,18 @@ fn check_dy(x: &Tensor, dy: &Tensor) -> Result<()> {
 }
 
 /// y = (x − mean)·invstd·gamma + beta with the given per-channel statistics.
-fn normalize(x: &Tensor, gamma: &Tensor, beta: &Tensor, s: &BatchNormSaved) -> Result<Tensor> {
+/// The CPU fast path's instruction set, or `None` for the reference loops.
+fn fast() -> Option<Isa> {
+    Some(simd::isa()).filter(|&i| i != Isa::Scalar)
+}
+
+fn normalize(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    s: &BatchNormSaved,
+    relu: bool,
+) -> Result<Tensor> {
     let geo = geometry(
         x,
         &[
@@ -262,6 +283,10 @@ fn normalize(x: &Tensor, gamma: &Tensor, beta: &Tensor, s: &BatchNormSaved) -> R
         s.invstd.storage(),
     ) {
         (Storage::Cpu(xs), Storage::Cpu(g), Storage::Cpu(b), Storage::Cpu(m), Storage::Cpu(is)) => {
+            if let Some(isa) = fast() {
+                let y = cpu_fast::normalize(xs, m, is, g, b, &geo, relu, isa);
+                return Ok(Tensor::from_storage(y, x.dims()));
+            }
             Storage::Cpu(cpu::normalize(xs, m, is, g, b, &geo))
         }
         (
@@ -273,7 +298,12 @@ fn normalize(x: &Tensor, gamma: &Tensor, beta: &Tensor, s: &BatchNormSaved) -> R
         ) => Storage::Cuda(cuda::normalize(xs.device(), xs, m, is, g, b, &geo)?),
         _ => return Err(device_mismatch(OP, &[x, gamma, beta, &s.mean, &s.invstd])),
     };
-    Ok(Tensor::from_storage(y, x.dims()))
+    let y = Tensor::from_storage(y, x.dims());
+    if relu {
+        crate::ops::relu::relu_forward(&y)
+    } else {
+        Ok(y)
+    }
 }
 
 /// Training forward: returns y, the statistics used (for the backward) and the batch
@@ -283,6 +313,16 @@ pub fn batch_norm2d_train_forward(
     gamma: &Tensor,
     beta: &Tensor,
     eps: f32,
+) -> Result<(Tensor, BatchNormSaved, BatchStats)> {
+    train_forward(x, gamma, beta, eps, false)
+}
+
+fn train_forward(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f32,
+    relu: bool,
 ) -> Result<(Tensor, BatchNormSaved, BatchStats)> {
     let geo = geometry(x, &[("gamma", gamma), ("beta", beta)])?;
     check_eps(eps)?;
@@ -297,12 +337,16 @@ pub fn batch_norm2d_train_forward(
         ));
     }
     let (saved, stats) = match x.storage() {
-        Storage::Cpu(xs) => cpu::batch_stats(xs, &geo, eps).into_saved(geo.channels())?,
+        Storage::Cpu(xs) => match fast() {
+            Some(isa) => cpu_fast::batch_stats(xs, &geo, eps, isa),
+            None => cpu::batch_stats(xs, &geo, eps),
+        }
+        .into_saved(geo.channels())?,
         Storage::Cuda(xs) => {
             cuda::batch_stats(xs.device(), xs, &geo, eps)?.into_saved(geo.channels())?
         }
     };
-    let y = normalize(x, gamma, beta, &saved)?;
+    let y = normalize(x, gamma, beta, &saved, relu)?;
     Ok((y, saved, stats))
 }
 
@@ -346,6 +390,7 @@ pub fn batch_norm2d_eval_forward(
         gamma,
         beta,
         &BatchNormSaved::from_running(running_mean, running_var, eps)?,
+        false,
     )
 }
 
@@ -359,7 +404,53 @@ pub fn batch_norm2d_backward(
     mode: BatchNormMode,
     needs: BatchNormNeeds,
 ) -> Result<BatchNormGrads> {
+    backward_masked(x, gamma, saved, dy, None, mode, needs)
+}
+
+/// The backward of batch norm followed by ReLU, from that ReLU's output `relu_y`.
+pub fn batch_norm2d_relu_backward(
+    x: &Tensor,
+    gamma: &Tensor,
+    saved: &BatchNormSaved,
+    relu_y: &Tensor,
+    dy: &Tensor,
+    mode: BatchNormMode,
+    needs: BatchNormNeeds,
+) -> Result<BatchNormGrads> {
+    backward_masked(x, gamma, saved, dy, Some(relu_y), mode, needs)
+}
+
+/// The forward of batch norm followed by ReLU in training mode.
+pub fn batch_norm2d_relu_train_forward(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f32,
+) -> Result<(Tensor, BatchNormSaved, BatchStats)> {
+    train_forward(x, gamma, beta, eps, true)
+}
+
+/// The backward of batch norm, or of batch norm + ReLU when `relu_y` (the ReLU's output) is
+/// given: dy is masked by relu_y > 0 first (inside the CPU fast path's passes; elsewhere by the
+/// ReLU op's own backward).
+fn backward_masked(
+    x: &Tensor,
+    gamma: &Tensor,
+    saved: &BatchNormSaved,
+    dy: &Tensor,
+    relu_y: Option<&Tensor>,
+    mode: BatchNormMode,
+    needs: BatchNormNeeds,
+) -> Result<BatchNormGrads> {
     let s = saved;
+    let masked;
+    let (dy, relu_y) = match relu_y {
+        Some(y) if !(fast().is_some() && matches!(y.storage(), Storage::Cpu(_))) => {
+            masked = crate::ops::relu::relu_backward(y, dy)?;
+            (&masked, None)
+        }
+        other => (dy, other),
+    };
     let geo = geometry(
         x,
         &[("gamma", gamma), ("mean", &s.mean), ("invstd", &s.invstd)],
@@ -378,7 +469,21 @@ pub fn batch_norm2d_backward(
             Storage::Cpu(m),
             Storage::Cpu(is),
             Storage::Cpu(dys),
-        ) => cpu::backward(xs, dys, g, m, is, &geo, mode, needs).into_tensors(x.dims()),
+        ) => match fast() {
+            Some(isa) => {
+                let ry = match relu_y.map(Tensor::storage) {
+                    None => None,
+                    Some(Storage::Cpu(v)) => Some(&v[..]),
+                    Some(_) => return Err(device_mismatch(OP, &[x, dy])),
+                };
+                if ry.is_some_and(|v| v.len() != xs.len()) {
+                    return Err(Error::shape(OP, "the saved ReLU output must match x"));
+                }
+                cpu_fast::backward(xs, dys, ry, g, m, is, &geo, mode, needs, isa)
+            }
+            None => cpu::backward(xs, dys, g, m, is, &geo, mode, needs),
+        }
+        .into_tensors(x.dims()),
         (
             Storage::Cuda(xs),
             Storage::Cuda(g),
@@ -445,6 +550,8 @@ struct BatchNormBackward {
     gamma: Arc<Tensor>,
     saved: BatchNormSaved,
     mode: BatchNormMode,
+    /// The output of a fused ReLU (batch_norm2d_*_relu), whose mask the gradient takes first.
+    relu_y: Option<Arc<Tensor>>,
 }
 
 impl Backward for BatchNormBackward {
@@ -454,11 +561,28 @@ impl Backward for BatchNormBackward {
             dgamma: needs[1],
             dbeta: needs[2],
         };
-        let g = batch_norm2d_backward(&self.x, &self.gamma, &self.saved, dy, self.mode, needs)?;
+        let relu_y = self.relu_y.as_deref();
+        let g = backward_masked(
+            &self.x,
+            &self.gamma,
+            &self.saved,
+            dy,
+            relu_y,
+            self.mode,
+            needs,
+        )?;
         Ok(vec![g.dx, g.dgamma, g.dbeta])
     }
     fn name(&self) -> &'static str {
-        self.mode.op_name()
+        op_name(self.mode, self.relu_y.is_some())
+    }
+}
+
+fn op_name(mode: BatchNormMode, relu: bool) -> &'static str {
+    match (mode, relu) {
+        (m, false) => m.op_name(),
+        (BatchNormMode::Train, true) => "batch_norm2d_relu_train",
+        (BatchNormMode::Eval, true) => "batch_norm2d_relu_eval",
     }
 }
 
@@ -469,12 +593,15 @@ fn record(
     y: Tensor,
     saved: BatchNormSaved,
     mode: BatchNormMode,
+    relu: bool,
 ) -> Var {
+    let y = Arc::new(y);
     let bw = BatchNormBackward {
         x: x.value_arc(),
         gamma: gamma.value_arc(),
         saved,
         mode,
+        relu_y: relu.then(|| y.clone()),
     };
     tape.record(y, &[x, gamma, beta], bw)
 }
@@ -487,11 +614,33 @@ pub fn batch_norm2d_train(
     beta: &Var,
     eps: f32,
 ) -> Result<(Var, BatchStats)> {
+    train_op(tape, x, gamma, beta, eps, false)
+}
+
+/// [`batch_norm2d_train`] followed by ReLU, as one op (see the module notes).
+pub fn batch_norm2d_train_relu(
+    tape: &Tape,
+    x: &Var,
+    gamma: &Var,
+    beta: &Var,
+    eps: f32,
+) -> Result<(Var, BatchStats)> {
+    train_op(tape, x, gamma, beta, eps, true)
+}
+
+fn train_op(
+    tape: &Tape,
+    x: &Var,
+    gamma: &Var,
+    beta: &Var,
+    eps: f32,
+    relu: bool,
+) -> Result<(Var, BatchStats)> {
     let mode = BatchNormMode::Train;
-    let (y, saved, stats) = tape.timed(mode.op_name(), || {
-        batch_norm2d_train_forward(x.value(), gamma.value(), beta.value(), eps)
+    let (y, saved, stats) = tape.timed(op_name(mode, relu), || {
+        train_forward(x.value(), gamma.value(), beta.value(), eps, relu)
     })?;
-    Ok((record(tape, [x, gamma, beta], y, saved, mode), stats))
+    Ok((record(tape, [x, gamma, beta], y, saved, mode, relu), stats))
 }
 
 /// Eval-mode batch norm with the running statistics (differentiable in x, gamma and beta).
@@ -504,12 +653,43 @@ pub fn batch_norm2d_eval(
     running_var: &Tensor,
     eps: f32,
 ) -> Result<Var> {
+    eval_op(
+        tape,
+        [x, gamma, beta],
+        running_mean,
+        running_var,
+        eps,
+        false,
+    )
+}
+
+/// [`batch_norm2d_eval`] followed by ReLU, as one op (see the module notes).
+pub fn batch_norm2d_eval_relu(
+    tape: &Tape,
+    x: &Var,
+    gamma: &Var,
+    beta: &Var,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    eps: f32,
+) -> Result<Var> {
+    eval_op(tape, [x, gamma, beta], running_mean, running_var, eps, true)
+}
+
+fn eval_op(
+    tape: &Tape,
+    [x, gamma, beta]: [&Var; 3],
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    eps: f32,
+    relu: bool,
+) -> Result<Var> {
     let mode = BatchNormMode::Eval;
     let saved = BatchNormSaved::from_running(running_mean, running_var, eps)?;
-    let y = tape.timed(mode.op_name(), || {
-        normalize(x.value(), gamma.value(), beta.value(), &saved)
+    let y = tape.timed(op_name(mode, relu), || {
+        normalize(x.value(), gamma.value(), beta.value(), &saved, relu)
     })?;
-    Ok(record(tape, [x, gamma, beta], y, saved, mode))
+    Ok(record(tape, [x, gamma, beta], y, saved, mode, relu))
 }
 
 #[cfg(test)]

@@ -255,3 +255,133 @@ fn only_the_training_dx_needs_the_sums() {
         assert!(!needs(false, false, false).sums(mode));
     }
 }
+
+/// The CPU fast path (each instruction set this CPU has, AVX2 forced on an AVX-512 machine)
+/// against the reference loops, at odd sizes and with a large common offset: statistics,
+/// normalising with and without the fused ReLU, and the backward in both modes, masked by the
+/// ReLU or not.
+#[test]
+fn fast_path_matches_reference_loops() {
+    let close = |a: &[f32], b: &[f32], tol: f32, what: &str| {
+        assert_eq!(a.len(), b.len(), "{what}");
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (x - y).abs() <= tol * (1.0 + y.abs()),
+                "{what}[{i}]: {x} vs {y}"
+            );
+        }
+    };
+    for isa in [Isa::Avx2, Isa::Avx512] {
+        if !isa.available() {
+            continue;
+        }
+        for (dims, offset) in [
+            ([3, 5, 7, 3], 0.0),
+            ([2, 3, 17, 19], 1000.0),
+            ([1, 2, 1, 2], 0.5),
+        ] {
+            let x = shifted(&dims, offset, 1.5, 41);
+            let (xs, geo) = (x.to_vec(), BatchNorm2dGeometry::new(&dims).unwrap());
+            let c = dims[1];
+            let gamma: Vec<f32> = (0..c).map(|i| 0.5 + i as f32 * 0.3).collect();
+            let beta: Vec<f32> = (0..c).map(|i| i as f32 * 0.1 - 0.1).collect();
+            let what = format!("{isa:?} {dims:?}");
+            let r = cpu::batch_stats(&xs, &geo, 1e-5);
+            let f = cpu_fast::batch_stats(&xs, &geo, 1e-5, isa);
+            close(&f.mean, &r.mean, 1e-6, &format!("{what} mean"));
+            close(&f.invstd, &r.invstd, 1e-5, &format!("{what} invstd"));
+            close(
+                &f.var_unbiased,
+                &r.var_unbiased,
+                1e-5,
+                &format!("{what} var"),
+            );
+            let (m, is) = (&r.mean, &r.invstd);
+            let y = cpu::normalize(&xs, m, is, &gamma, &beta, &geo);
+            assert_eq!(
+                cpu_fast::normalize(&xs, m, is, &gamma, &beta, &geo, false, isa),
+                y
+            );
+            let y_relu: Vec<f32> = y.iter().map(|&v| v.max(0.0)).collect();
+            let yr = cpu_fast::normalize(&xs, m, is, &gamma, &beta, &geo, true, isa);
+            assert_eq!(yr, y_relu, "{what}: fused ReLU");
+            let dy = random_input(&dims, 43).to_vec();
+            let dy_masked: Vec<f32> = dy
+                .iter()
+                .zip(&y_relu)
+                .map(|(&d, &v)| if v > 0.0 { d } else { 0.0 })
+                .collect();
+            for mode in [BatchNormMode::Train, BatchNormMode::Eval] {
+                for (relu_y, dyr) in [(None, &dy), (Some(&y_relu[..]), &dy_masked)] {
+                    let want =
+                        cpu::backward(&xs, dyr, &gamma, m, is, &geo, mode, BatchNormNeeds::ALL);
+                    let got = cpu_fast::backward(
+                        &xs,
+                        &dy,
+                        relu_y,
+                        &gamma,
+                        m,
+                        is,
+                        &geo,
+                        mode,
+                        BatchNormNeeds::ALL,
+                        isa,
+                    );
+                    let w = format!("{what} {mode:?} relu {}", relu_y.is_some());
+                    close(
+                        got.dx.as_ref().unwrap(),
+                        want.dx.as_ref().unwrap(),
+                        1e-4,
+                        &w,
+                    );
+                    close(
+                        got.dgamma.as_ref().unwrap(),
+                        want.dgamma.as_ref().unwrap(),
+                        1e-5,
+                        &w,
+                    );
+                    close(
+                        got.dbeta.as_ref().unwrap(),
+                        want.dbeta.as_ref().unwrap(),
+                        1e-5,
+                        &w,
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The fused op's values and gradients are batch norm's followed by ReLU's, on the tape.
+#[test]
+fn fused_relu_is_batch_norm_then_relu() {
+    let x = shifted(&[2, 3, 5, 4], 0.3, 1.0, 51);
+    let (g, b) = (t(&[1.0, 0.5, 2.0]), t(&[0.1, -0.2, 0.0]));
+    let run = |fused: bool| {
+        let tape = Tape::new();
+        let (xv, gv, bv) = (
+            tape.leaf(x.clone()),
+            tape.leaf(g.clone()),
+            tape.leaf(b.clone()),
+        );
+        let y = if fused {
+            batch_norm2d_train_relu(&tape, &xv, &gv, &bv, 1e-5)
+                .unwrap()
+                .0
+        } else {
+            let (y, _) = batch_norm2d_train(&tape, &xv, &gv, &bv, 1e-5).unwrap();
+            crate::ops::relu::relu(&tape, &y).unwrap()
+        };
+        let loss = crate::ops::elementwise::sum(&tape, &y).unwrap();
+        let grads = tape.backward(&loss).unwrap();
+        let get = |v: &Var| grads.get(v).unwrap().to_vec();
+        (y.value().to_vec(), get(&xv), get(&gv), get(&bv))
+    };
+    let (a, b2) = (run(true), run(false));
+    assert_eq!(a.0, b2.0);
+    for (u, v) in [(&a.1, &b2.1), (&a.2, &b2.2), (&a.3, &b2.3)] {
+        for (p, q) in u.iter().zip(v.iter()) {
+            assert!((p - q).abs() <= 1e-5 * (1.0 + q.abs()), "{p} vs {q}");
+        }
+    }
+}

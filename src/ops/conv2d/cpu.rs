@@ -1,6 +1,11 @@
 //! CPU conv2d: im2col + GEMM one image at a time, so the column workspace is bounded by one
 //! image ([C·kh·kw, OH·OW]) whatever the batch size. Column layout (shared with the CUDA
 //! kernels): row `(c·kh + ki)·kw + kj`, column `oh·OW + ow`.
+//!
+//! [`forward`] and [`backward`] take the SIMD fast path of `cpu_fast.rs` where it applies
+//! (stride-1 "same" k×k convolutions on a CPU with AVX2 or AVX-512) and im2col + the `gemm`
+//! crate otherwise; [`forward_im2col`] and [`backward_im2col`] are that second path on its own,
+//! the reference the fast path is tested against.
 use rayon::prelude::*;
 
 use super::{Conv2dGeometry, Conv2dGrads, Conv2dNeeds};
@@ -85,8 +90,44 @@ pub fn col2im(col: &[f32], g: &Conv2dGeometry, dx: &mut [f32]) {
         });
 }
 
-/// y[N, O, OH·OW]: per image, y_n = W[O, K] · col_n[K, P] (+ b broadcast over P).
+/// y [N, O, OH, OW], through the fast path where it applies.
 pub fn forward(x: &[f32], w: &[f32], b: Option<&[f32]>, g: &Conv2dGeometry) -> Vec<f32> {
+    match super::cpu_fast::isa_for(g) {
+        Some(isa) => super::cpu_fast::forward(x, w, b, g, isa),
+        None => forward_im2col(x, w, b, g),
+    }
+}
+
+/// The gradients, through the fast path where it applies.
+pub fn backward(
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    g: &Conv2dGeometry,
+    needs: Conv2dNeeds,
+) -> Conv2dGrads<Vec<f32>> {
+    match super::cpu_fast::isa_for(g) {
+        Some(isa) => super::cpu_fast::backward(x, w, dy, g, needs, isa),
+        None => backward_im2col(x, w, dy, g, needs),
+    }
+}
+
+/// db[o] = Σ_{n,p} dY[n, o, p], summed in f64.
+pub fn bias_grad(dy: &[f32], g: &Conv2dGeometry) -> Vec<f32> {
+    let (o, p) = (g.o(), g.col_cols());
+    let op = g.y_image();
+    (0..o)
+        .into_par_iter()
+        .map(|oi| {
+            dy.chunks(op)
+                .map(|img| img[oi * p..][..p].iter().map(|&v| v as f64).sum::<f64>())
+                .sum::<f64>() as f32
+        })
+        .collect()
+}
+
+/// y[N, O, OH·OW]: per image, y_n = W[O, K] · col_n[K, P] (+ b broadcast over P).
+pub fn forward_im2col(x: &[f32], w: &[f32], b: Option<&[f32]>, g: &Conv2dGeometry) -> Vec<f32> {
     let (o, k, p) = (g.o(), g.col_rows(), g.col_cols());
     let mut y = vec![0.0f32; g.y_len()];
     let mut col = if g.is_pointwise() {
@@ -115,7 +156,7 @@ pub fn forward(x: &[f32], w: &[f32], b: Option<&[f32]>, g: &Conv2dGeometry) -> V
 
 /// dW = Σ_n dY_n · col_nᵀ, dX_n = col2im(Wᵀ · dY_n), db = Σ_{n,p} dY. Transposes are strided
 /// GEMM operands, never copies.
-pub fn backward(
+pub fn backward_im2col(
     x: &[f32],
     w: &[f32],
     dy: &[f32],
@@ -158,14 +199,6 @@ pub fn backward(
             }
         }
     }
-    let db = needs.db.then(|| {
-        let mut acc = vec![0.0f64; o];
-        for dyn_ in dy.chunks(op) {
-            for (a, row) in acc.iter_mut().zip(dyn_.chunks(p)) {
-                *a += row.iter().map(|&v| v as f64).sum::<f64>();
-            }
-        }
-        acc.into_iter().map(|v| v as f32).collect()
-    });
+    let db = needs.db.then(|| bias_grad(dy, g));
     Conv2dGrads { dx, dw, db }
 }

@@ -8,6 +8,7 @@
 //! and the GEMMs' arithmetic ([`set_math`], default [`ConvMath::Auto`]: TF32 on compute
 //! capability 8.0 and later, as PyTorch's cuDNN convolutions, strict FP32 before).
 pub mod cpu;
+pub mod cpu_fast;
 pub mod cuda;
 pub mod cuda_v2;
 #[cfg(test)]

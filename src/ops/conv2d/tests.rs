@@ -452,3 +452,141 @@ fn sizes_beyond_u32_are_refused_and_tiles_keep_the_rest() {
     assert_eq!(Conv2dGeometry { n: g.n, ..t }, g);
     assert_eq!(tiles(5, 2).collect::<Vec<_>>(), [(0, 2), (2, 2), (4, 1)]);
 }
+
+/// The direct loops' dx, dw, db of `g` for dy, in f64.
+fn direct_grads(g: &Conv2dGeometry, x: &[f32], w: &[f32], dy: &[f32]) -> [Vec<f32>; 3] {
+    let mut dx = vec![0.0f64; x.len()];
+    let mut dw = vec![0.0f64; w.len()];
+    let mut db = vec![0.0f64; g.o()];
+    for (yi, &d) in dy.iter().enumerate() {
+        db[(yi / g.col_cols()) % g.o()] += d as f64;
+    }
+    for_each_tap(g, |yi, xi, wi| {
+        let d = dy[yi] as f64;
+        dx[xi] += d * w[wi] as f64;
+        dw[wi] += d * x[xi] as f64;
+    });
+    let f = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect::<Vec<_>>();
+    [f(dx), f(dw), f(db)]
+}
+
+/// The SIMD fast path (both instruction sets where the CPU has them, the AVX2 one forced on
+/// an AVX-512 machine) against the direct loops and against im2col + GEMM, at odd sizes: maps
+/// narrower than a vector, positions spanning several tasks and dW chunks, channel counts
+/// that are not multiples of the register tiles, reductions longer than one packed block,
+/// a 5x5 kernel, and both ways of computing dW (dot products for few output channels, the
+/// transposed dY for more).
+#[test]
+fn fast_path_matches_reference_loops() {
+    use crate::device::cpu::simd::Isa;
+    let configs: &[([usize; 4], usize, usize)] = &[
+        ([2, 3, 7, 9], 5, 3),
+        ([1, 13, 5, 4], 9, 3),
+        ([3, 4, 17, 6], 17, 3),
+        ([1, 2, 41, 37], 3, 3),
+        ([2, 30, 3, 3], 11, 3),
+        ([1, 37, 6, 5], 2, 3),
+        ([2, 3, 9, 11], 3, 5),
+        ([1, 1, 1, 1], 1, 3),
+        // output channels at least a tile wide: dW through the transposed dY
+        ([2, 5, 9, 7], 33, 3),
+        ([1, 3, 6, 19], 40, 3),
+        ([2, 2, 5, 6], 32, 5),
+    ];
+    let mut ran = 0;
+    for isa in [Isa::Avx2, Isa::Avx512] {
+        if !isa.available() {
+            eprintln!("{isa:?} not on this CPU: its fast path is not tested here");
+            continue;
+        }
+        for (i, &(xd, o, k)) in configs.iter().enumerate() {
+            let wd = [o, xd[1], k, k];
+            let a = args(1, k / 2);
+            let seed = 700 + 10 * i as u64;
+            let (x, w) = (random_input(&xd, seed), random_input(&wd, seed + 1));
+            let b = random_input(&[o], seed + 2);
+            let g = Conv2dGeometry::new(&x, &w, a).unwrap();
+            assert!(cpu_fast::supported(&g));
+            let dy = random_input(&g.out_dims(), seed + 3);
+            let (xs, ws, bs, dys) = (x.to_vec(), w.to_vec(), b.to_vec(), dy.to_vec());
+            let what = format!("{isa:?} x {xd:?} w {wd:?}");
+            for bias in [Some(&bs[..]), None] {
+                let y = cpu_fast::forward(&xs, &ws, bias, &g, isa);
+                assert_close(
+                    &y,
+                    &direct_conv(&g, &xs, &ws, bias),
+                    1e-5,
+                    &format!("{what} y"),
+                );
+                let y2 = cpu::forward_im2col(&xs, &ws, bias, &g);
+                assert_close(&y, &y2, 1e-5, &format!("{what} y vs im2col"));
+            }
+            let all = Conv2dNeeds {
+                dx: true,
+                dw: true,
+                db: true,
+            };
+            let gr = cpu_fast::backward(&xs, &ws, &dys, &g, all, isa);
+            let [dx, dw, db] = direct_grads(&g, &xs, &ws, &dys);
+            assert_close(gr.dx.as_ref().unwrap(), &dx, 1e-4, &format!("{what} dx"));
+            assert_close(gr.dw.as_ref().unwrap(), &dw, 1e-4, &format!("{what} dw"));
+            assert_close(gr.db.as_ref().unwrap(), &db, 1e-4, &format!("{what} db"));
+            let r = cpu::backward_im2col(&xs, &ws, &dys, &g, all);
+            assert_close(gr.dx.as_ref().unwrap(), &r.dx.unwrap(), 1e-4, &what);
+            assert_close(gr.dw.as_ref().unwrap(), &r.dw.unwrap(), 1e-4, &what);
+            // Only what is asked for, and the same bits when asked alone.
+            let only_dw = Conv2dNeeds {
+                dx: false,
+                dw: true,
+                db: false,
+            };
+            let g2 = cpu_fast::backward(&xs, &ws, &dys, &g, only_dw, isa);
+            assert!(g2.dx.is_none() && g2.db.is_none());
+            assert_eq!(g2.dw, gr.dw, "{what}: dW alone");
+            ran += 1;
+        }
+    }
+    if ran == 0 {
+        eprintln!("no SIMD fast path on this CPU: nothing to compare");
+    }
+}
+
+/// The fast path gives the same bits at every thread count (tasks own whole outputs and sum
+/// in a fixed order).
+#[test]
+fn fast_path_is_independent_of_threads() {
+    let Some(isa) = crate::device::cpu::simd::Isa::ALL
+        .into_iter()
+        .rev()
+        .find(|i| crate::device::cpu::kernels::GemmKernel::for_isa(*i, 8).is_some())
+    else {
+        return;
+    };
+    let (x, w) = (
+        random_input(&[2, 19, 23, 21], 1),
+        random_input(&[13, 19, 3, 3], 2),
+    );
+    let g = Conv2dGeometry::new(&x, &w, args(1, 1)).unwrap();
+    let dy = random_input(&g.out_dims(), 3);
+    let (xs, ws, dys) = (x.to_vec(), w.to_vec(), dy.to_vec());
+    let all = Conv2dNeeds {
+        dx: true,
+        dw: true,
+        db: true,
+    };
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let y = cpu_fast::forward(&xs, &ws, None, &g, isa);
+            let gr = cpu_fast::backward(&xs, &ws, &dys, &g, all, isa);
+            (y, gr.dx.unwrap(), gr.dw.unwrap())
+        })
+    };
+    let one = run(1);
+    for t in [2, 3, 5] {
+        assert!(run(t) == one, "{t} threads differ from 1");
+    }
+}

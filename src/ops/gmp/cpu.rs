@@ -2,9 +2,37 @@
 //! the channel, so it is computed once per image into a table (`taps`) and reused by every
 //! channel: forward and dx work per (n, c) plane (rayon over planes, no two threads write one
 //! plane); doffsets reduces over channels per (n, position block).
+//!
+//! [`forward`], [`backward_x`] and [`backward_offsets`] take the channels-last fast path of
+//! cpu_fast.rs on a CPU with AVX2 or AVX-512; `*_reference` are the loops it is tested against.
 use rayon::prelude::*;
 
-use super::GmpGeometry;
+use super::{cpu_fast, GmpGeometry};
+use crate::device::cpu::simd::{self, Isa};
+
+/// The sampled mean, through the fast path where there is one.
+pub fn forward(x: &[f32], off: &[f32], g: &GmpGeometry) -> Vec<f32> {
+    match simd::isa() {
+        Isa::Scalar => forward_reference(x, off, g),
+        isa => cpu_fast::forward(x, off, g, isa),
+    }
+}
+
+/// dx, through the fast path where there is one.
+pub fn backward_x(dy: &[f32], off: &[f32], g: &GmpGeometry) -> Vec<f32> {
+    match simd::isa() {
+        Isa::Scalar => backward_x_reference(dy, off, g),
+        isa => cpu_fast::backward_x(dy, off, g, isa),
+    }
+}
+
+/// doffsets, through the fast path where there is one.
+pub fn backward_offsets(x: &[f32], off: &[f32], dy: &[f32], g: &GmpGeometry) -> Vec<f32> {
+    match simd::isa() {
+        Isa::Scalar => backward_offsets_reference(x, off, dy, g),
+        isa => cpu_fast::backward_offsets(x, off, dy, g, isa),
+    }
+}
 
 /// One bilinear sample: plane offsets of its four corner taps (top-left, top-right,
 /// bottom-left, bottom-right) and its fractional position inside the floor cell. Corners
@@ -139,7 +167,7 @@ fn per_channel_block(
 }
 
 /// out[n,c,p] = (1/K) Σ_k Σ_corners weight · x[n,c,corner].
-pub fn forward(x: &[f32], off: &[f32], g: &GmpGeometry) -> Vec<f32> {
+pub fn forward_reference(x: &[f32], off: &[f32], g: &GmpGeometry) -> Vec<f32> {
     let (hw, k) = (g.plane(), g.k as usize);
     let inv_k = 1.0 / k as f32;
     per_channel_block(x, off, g, |tab, o, xb, planes| {
@@ -162,7 +190,7 @@ pub fn forward(x: &[f32], off: &[f32], g: &GmpGeometry) -> Vec<f32> {
 
 /// dx[n,c,corner] += (1/K) · weight · dy[n,c,p], scattered within each (n, c) plane (a block
 /// of planes belongs to one task, so no two threads write the same plane).
-pub fn backward_x(dy: &[f32], off: &[f32], g: &GmpGeometry) -> Vec<f32> {
+pub fn backward_x_reference(dy: &[f32], off: &[f32], g: &GmpGeometry) -> Vec<f32> {
     let (hw, k) = (g.plane(), g.k as usize);
     let inv_k = 1.0 / k as f32;
     per_channel_block(dy, off, g, |tab, d, gb, planes| {
@@ -186,7 +214,7 @@ pub fn backward_x(dy: &[f32], off: &[f32], g: &GmpGeometry) -> Vec<f32> {
 /// doffsets[n, 2k, p] = (1/K) Σ_c dy[n,c,p] · Σ_corners x[n,c,corner] · ∂weight/∂x, and likewise
 /// channel 2k+1 with ∂weight/∂y; the channel sum is accumulated in f64. Work is split over
 /// (image, block of positions), each block reducing over all channels.
-pub fn backward_offsets(x: &[f32], off: &[f32], dy: &[f32], g: &GmpGeometry) -> Vec<f32> {
+pub fn backward_offsets_reference(x: &[f32], off: &[f32], dy: &[f32], g: &GmpGeometry) -> Vec<f32> {
     let (n, c, hw, k) = (g.n as usize, g.c as usize, g.plane(), g.k as usize);
     let tables = tables(off, g, |t| t);
     // Blocks of positions small enough that the f64 accumulators stay in cache.

@@ -6,6 +6,7 @@
 //! kernels; the offset conv1x1 is the layer's `conv2d`.
 pub mod cl;
 mod cpu;
+mod cpu_fast;
 pub mod cuda;
 mod residual;
 #[cfg(test)]

@@ -418,3 +418,45 @@ fn residual_errors_name_the_op() {
         .to_string();
     assert!(e.contains("gmp") && e.contains("dy"), "{e}");
 }
+
+/// The channels-last fast path (each instruction set this CPU has) against the reference
+/// loops: odd channel counts and map sizes, samples on and off the map; forward and dx bit for
+/// bit, doffsets within rounding (its channel sum runs in lanes).
+#[test]
+fn fast_path_matches_reference_loops() {
+    use crate::device::cpu::simd::Isa;
+    for isa in [Isa::Avx2, Isa::Avx512]
+        .into_iter()
+        .filter(|i| i.available())
+    {
+        for (n, c, h, w, k) in [(2, 3, 5, 7, 3), (1, 70, 4, 9, 8), (2, 17, 6, 6, 2)] {
+            let g = GmpGeometry::new(n, c, h, w, k).unwrap();
+            let x = crate::ops::gradcheck::random_input(&[n, c, h, w], 61).to_vec();
+            let dy = crate::ops::gradcheck::random_input(&[n, c, h, w], 62).to_vec();
+            let off: Vec<f32> = crate::ops::gradcheck::random_input(&[n, 2 * k, h, w], 63)
+                .to_vec()
+                .iter()
+                .map(|v| v * 4.0)
+                .collect();
+            let what = format!("{isa:?} {:?}", (n, c, h, w, k));
+            assert_eq!(
+                super::cpu_fast::forward(&x, &off, &g, isa),
+                super::cpu::forward_reference(&x, &off, &g),
+                "{what} forward"
+            );
+            assert_eq!(
+                super::cpu_fast::backward_x(&dy, &off, &g, isa),
+                super::cpu::backward_x_reference(&dy, &off, &g),
+                "{what} dx"
+            );
+            let a = super::cpu_fast::backward_offsets(&x, &off, &dy, &g, isa);
+            let b = super::cpu::backward_offsets_reference(&x, &off, &dy, &g);
+            for (i, (u, v)) in a.iter().zip(&b).enumerate() {
+                assert!(
+                    (u - v).abs() <= 1e-5 * (1.0 + v.abs()),
+                    "{what} doff[{i}]: {u} vs {v}"
+                );
+            }
+        }
+    }
+}

@@ -1,12 +1,31 @@
-//! CPU 2x2 stride-2 max pooling, one rayon task per (n, c) plane.
+//! CPU 2x2 stride-2 max pooling, one rayon task per (n, c) plane: the reference loops, and the
+//! entry points that take the vectorised fast path (cpu_fast.rs) on a CPU with AVX2 or
+//! AVX-512.
 use rayon::prelude::*;
 
-use super::MaxPool2dGeometry;
+use super::{cpu_fast, MaxPool2dGeometry};
+use crate::device::cpu::simd::{self, Isa};
+
+/// (y, argmax), through the fast path where there is one.
+pub fn forward(x: &[f32], g: &MaxPool2dGeometry) -> (Vec<f32>, Vec<u32>) {
+    match simd::isa() {
+        Isa::Scalar => forward_reference(x, g),
+        isa => cpu_fast::forward(x, g, isa),
+    }
+}
+
+/// dx, through the fast path where there is one.
+pub fn backward(dy: &[f32], idx: &[u32], g: &MaxPool2dGeometry) -> Vec<f32> {
+    match simd::isa() {
+        Isa::Scalar => backward_reference(dy, idx, g),
+        isa => cpu_fast::backward(dy, idx, g, isa),
+    }
+}
 
 /// Returns (y, argmax) for the planes of `g`; argmax is the flat index within the input
 /// plane. Scan order is row-major and a later value wins only if strictly greater (ties: the
 /// first maximum) or NaN (NaN propagates, as PyTorch's CPU kernel).
-pub fn forward(x: &[f32], g: &MaxPool2dGeometry) -> (Vec<f32>, Vec<u32>) {
+pub fn forward_reference(x: &[f32], g: &MaxPool2dGeometry) -> (Vec<f32>, Vec<u32>) {
     let (h, w, oh, ow) = (g.h as usize, g.w as usize, g.oh as usize, g.ow as usize);
     let mut y = vec![0.0f32; g.out_len()];
     let mut idx = vec![0u32; g.out_len()];
@@ -34,7 +53,7 @@ pub fn forward(x: &[f32], g: &MaxPool2dGeometry) -> (Vec<f32>, Vec<u32>) {
 }
 
 /// Scatters dy onto the argmax positions of zeroed input planes.
-pub fn backward(dy: &[f32], idx: &[u32], g: &MaxPool2dGeometry) -> Vec<f32> {
+pub fn backward_reference(dy: &[f32], idx: &[u32], g: &MaxPool2dGeometry) -> Vec<f32> {
     let (in_plane, out_plane) = (g.in_plane(), g.out_plane());
     let mut dx = vec![0.0f32; g.in_len()];
     dx.par_chunks_mut(in_plane)

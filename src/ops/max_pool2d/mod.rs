@@ -1,8 +1,10 @@
 //! Max pooling, 2x2 window, stride 2, floor (an odd trailing row/column is dropped), as
 //! PyTorch's `F.max_pool2d(x, 2)`. The forward records, per output element, the flat index of
 //! its argmax within the (n, c) input plane; the backward scatters dy there, so the tape keeps
-//! only the indices and the input dims, not the input.
+//! only the indices and the input dims, not the input. On a CPU with AVX2 or AVX-512 the
+//! vectorised `cpu_fast.rs` runs, checked against the reference loops of cpu.rs.
 mod cpu;
+mod cpu_fast;
 pub mod cuda;
 
 use crate::autograd::{Backward, Tape, Var};
@@ -213,6 +215,40 @@ mod tests {
         let mut v: Vec<f32> = (0..n).map(|i| (i as f32 - n as f32 / 2.0) * 0.05).collect();
         Rng::new(seed).shuffle(&mut v);
         Tensor::from_vec(v, dims).unwrap()
+    }
+
+    /// The fast path (each instruction set this CPU has) against the reference loops: odd
+    /// sizes, ties, NaNs (the reference's rule: a later value wins if strictly greater or NaN).
+    #[test]
+    fn fast_path_matches_reference_loops() {
+        use crate::device::cpu::simd::Isa;
+        for isa in [Isa::Avx2, Isa::Avx512]
+            .into_iter()
+            .filter(|i| i.available())
+        {
+            for dims in [[2, 3, 7, 9], [1, 2, 16, 33], [1, 1, 2, 2]] {
+                let g = MaxPool2dGeometry::new("x", &dims).unwrap();
+                let mut x: Vec<f32> = tie_free(&dims, 5).to_vec();
+                for (i, v) in x.iter_mut().enumerate() {
+                    match i % 11 {
+                        3 => *v = f32::NAN,
+                        5 => *v = 0.25, // ties
+                        _ => {}
+                    }
+                }
+                let (y, idx) = cpu::forward_reference(&x, &g);
+                let (yf, idxf) = cpu_fast::forward(&x, &g, isa);
+                assert_eq!(idxf, idx, "{isa:?} {dims:?}");
+                let same = y
+                    .iter()
+                    .zip(&yf)
+                    .all(|(a, b)| a == b || (a.is_nan() && b.is_nan()));
+                assert!(same, "{isa:?} {dims:?}");
+                let dy: Vec<f32> = (0..g.out_len()).map(|i| i as f32 - 3.5).collect();
+                let want = cpu::backward_reference(&dy, &idx, &g);
+                assert_eq!(cpu_fast::backward(&dy, &idx, &g, isa), want);
+            }
+        }
     }
 
     #[test]

@@ -2,9 +2,29 @@
 //! output row and column are computed once (`axis_taps`), then each (n, c) plane is processed
 //! independently, so rayon splits work over planes and the backward's overlapping
 //! accumulations never race.
+//!
+//! [`forward`] and [`backward`] take the separable, vectorised fast path of cpu_fast.rs on a
+//! CPU with AVX2 or AVX-512; `*_reference` are the loops it is tested against.
 use rayon::prelude::*;
 
-use super::{source_scale, UpsampleBilinearGeometry};
+use super::{cpu_fast, source_scale, UpsampleBilinearGeometry};
+use crate::device::cpu::simd::{self, Isa};
+
+/// The output planes, through the fast path where there is one.
+pub fn forward(x: &[f32], g: &UpsampleBilinearGeometry) -> Vec<f32> {
+    match simd::isa() {
+        Isa::Scalar => forward_reference(x, g),
+        isa => cpu_fast::forward(x, g, isa),
+    }
+}
+
+/// The input gradient, through the fast path where there is one.
+pub fn backward(dy: &[f32], g: &UpsampleBilinearGeometry) -> Vec<f32> {
+    match simd::isa() {
+        Isa::Scalar => backward_reference(dy, g),
+        isa => cpu_fast::backward(dy, g, isa),
+    }
+}
 
 /// The two source taps and weights of one output coordinate along one axis.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -46,7 +66,7 @@ fn sizes(g: &UpsampleBilinearGeometry) -> (usize, usize, usize, usize) {
 }
 
 /// `x` holds the input planes of `g`; returns its output planes.
-pub fn forward(x: &[f32], g: &UpsampleBilinearGeometry) -> Vec<f32> {
+pub fn forward_reference(x: &[f32], g: &UpsampleBilinearGeometry) -> Vec<f32> {
     let (in_h, in_w, out_h, out_w) = sizes(g);
     let ty = axis_taps(in_h, out_h, g.align_corners());
     let tx = axis_taps(in_w, out_w, g.align_corners());
@@ -67,7 +87,7 @@ pub fn forward(x: &[f32], g: &UpsampleBilinearGeometry) -> Vec<f32> {
 }
 
 /// Adjoint of `forward`: every output gradient is scattered back to its four taps.
-pub fn backward(dy: &[f32], g: &UpsampleBilinearGeometry) -> Vec<f32> {
+pub fn backward_reference(dy: &[f32], g: &UpsampleBilinearGeometry) -> Vec<f32> {
     let (in_h, in_w, out_h, out_w) = sizes(g);
     let ty = axis_taps(in_h, out_h, g.align_corners());
     let tx = axis_taps(in_w, out_w, g.align_corners());

@@ -3,6 +3,7 @@
 //! upsamples x2 with align_corners=false, the UNet decoder x2 with align_corners=true, and the
 //! localizer's coarse-map input is resized by an arbitrary factor.
 mod cpu;
+mod cpu_fast;
 pub mod cuda;
 
 use crate::autograd::{Backward, Tape, Var};
@@ -188,6 +189,44 @@ mod tests {
         assert_eq!(got.len(), want.len(), "{what}: length");
         for (i, (g, w)) in got.iter().zip(want).enumerate() {
             assert!((g - w).abs() < 1e-5, "{what}[{i}]: got {g}, want {w}");
+        }
+    }
+
+    /// The fast path (each instruction set this CPU has) against the reference loops: up and
+    /// down by odd factors, both corner modes; the forward bit for bit.
+    #[test]
+    fn fast_path_matches_reference_loops() {
+        use crate::device::cpu::simd::Isa;
+        for isa in [Isa::Avx2, Isa::Avx512]
+            .into_iter()
+            .filter(|i| i.available())
+        {
+            for (ih, iw, oh, ow) in [
+                (3, 5, 7, 11),
+                (8, 8, 16, 16),
+                (9, 4, 4, 9),
+                (2, 32, 256, 17),
+            ] {
+                for ac in [false, true] {
+                    let x = random_input(&[2, 3, ih, iw], 3).to_vec();
+                    let g = UpsampleBilinearGeometry::new([2, 3, ih, iw], (oh, ow), ac).unwrap();
+                    let what = format!("{isa:?} {ih}x{iw} -> {oh}x{ow} ac {ac}");
+                    let want = cpu::forward_reference(&x, &g);
+                    assert_eq!(cpu_fast::forward(&x, &g, isa), want, "{what}");
+                    let dy = random_input(&[2, 3, oh, ow], 4).to_vec();
+                    let (a, b) = (
+                        cpu_fast::backward(&dy, &g, isa),
+                        cpu::backward_reference(&dy, &g),
+                    );
+                    for (i, (u, v)) in a.iter().zip(&b).enumerate() {
+                        // sums of up to 128 terms in another order
+                        assert!(
+                            (u - v).abs() <= 1e-5 * (1.0 + v.abs()),
+                            "{what}[{i}]: {u} vs {v}"
+                        );
+                    }
+                }
+            }
         }
     }
 
