@@ -101,7 +101,9 @@ fn count_refuses_mismatched_checkpoints_and_unwritable_outputs() {
     // a localizer given as the counter
     let err = one_line_error(&dcl(&["count", "--counter", &localizer, &img]));
     assert!(
-        err.contains("Localizer") && err.contains("localizer.best.safetensors"),
+        err.contains("holds a localizer")
+            && err.contains("--localizer")
+            && err.contains("localizer.best.safetensors"),
         "{err}"
     );
     // an output folder that cannot be created (a file stands in the way)
