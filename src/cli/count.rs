@@ -9,7 +9,7 @@ use crate::checkpoint::load_pair;
 use crate::cli::count_pipeline::{run_stages, Stages};
 use crate::cli::csv_field;
 use crate::cli::outputs::CountsFolder;
-use crate::data::files::collect_images;
+use crate::data::files::collect_inputs;
 use crate::data::image_io::{decode, header_pixels};
 use crate::infer::points::Point;
 use crate::infer::{predict, InferOptions, Prediction};
@@ -34,6 +34,10 @@ pub struct CountArgs {
     /// Only files whose name matches this pattern (`*` and `?`), e.g. '*cell.png'.
     #[arg(long)]
     pub glob: Option<String>,
+    /// In folders whose layout is an annotated one (vgg, adi, mbm, dots, points-csv), count
+    /// the annotation images too (by default they are left out, saying how many).
+    #[arg(long)]
+    pub all_images: bool,
     /// Print the counts as JSON instead of CSV.
     #[arg(long)]
     pub json: bool,
@@ -147,7 +151,11 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
     let (counter, localizer, hash) = load_pair(&a.counter, a.localizer.as_deref(), &device)?;
     a.gpu.apply(&counter.store.device())?;
     let outputs: Vec<PathBuf> = a.out.iter().chain(&a.density_dir).cloned().collect();
-    let files = collect_images(&a.paths, a.glob.as_deref(), &outputs)?;
+    let inputs = collect_inputs(&a.paths, a.glob.as_deref(), &outputs, !a.all_images)?;
+    if let Some(note) = inputs.skipped_note() {
+        eprintln!("{note}");
+    }
+    let files = inputs.files;
     if files.is_empty() {
         anyhow::bail!("no image files (png, jpeg, tiff) found in the given paths");
     }

@@ -110,6 +110,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         out: Some(count_dir.clone()),
         density_dir: None,
         glob: Some("*cell.png".into()),
+        all_images: false,
         json: false,
         threshold: None,
         min_distance: None,
