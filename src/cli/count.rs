@@ -25,7 +25,7 @@ pub struct CountArgs {
     /// Localizer checkpoint: adds point locations and a full-resolution density map.
     #[arg(long)]
     pub localizer: Option<PathBuf>,
-    /// Output folder: counts.csv, points/, overlays/ and density/ per image.
+    /// Output folder: counts.csv, report.html, points/, overlays/ and density/ per image.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Write each image's density map as 32-bit float TIFF into this folder.
@@ -38,6 +38,8 @@ pub struct CountArgs {
     /// the annotation images too (by default they are left out, saying how many).
     #[arg(long)]
     pub all_images: bool,
+    #[command(flatten)]
+    pub points: crate::cli::outputs::PointOptions,
     /// Print the counts as JSON instead of CSV.
     #[arg(long)]
     pub json: bool,
@@ -205,7 +207,14 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
                 crate::cli::outputs::write_density(dir, name, &p)?;
             }
             if let Some(out) = &a.out {
-                crate::cli::outputs::write_image_outputs(out, name, &img, &p, points.as_deref())?;
+                crate::cli::outputs::write_image_outputs(
+                    out,
+                    name,
+                    &img,
+                    &p,
+                    points.as_deref(),
+                    &a.points,
+                )?;
             }
             let row = CountRow {
                 image: path.display().to_string(),

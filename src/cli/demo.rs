@@ -111,6 +111,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         density_dir: None,
         glob: Some("*cell.png".into()),
         all_images: false,
+        points: Default::default(),
         json: false,
         threshold: None,
         min_distance: None,

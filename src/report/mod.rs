@@ -1,5 +1,6 @@
 //! What people see of results: plots, count overlays, and the per-op time breakdown of
 //! `--profile`.
+pub mod exchange;
 pub mod font;
 pub mod overlay;
 pub mod plot;
