@@ -268,6 +268,11 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
     })();
     if let Some(f) = folder.take() {
         f.finish(rows.iter().map(|r| r.record(&hash)).collect())?;
+        let out = a.out.as_deref().expect("a folder has its path");
+        if let Err(e) = crate::cli::report::count_report(out, &a, &hash, threshold, min_distance)
+        {
+            eprintln!("warning: {}: cannot write the report: {e:#}", out.display());
+        }
     }
     printed.map_err(|e| e.context("cannot print the counts on stdout"))?;
     if !a.quiet {

@@ -21,7 +21,7 @@ use crate::report::exchange::{self, ObjectType};
 
 /// Creates the sub-folders of `dcl count --out` (refusing links), before any work is done.
 pub fn prepare(out: &Path, with_points: bool) -> anyhow::Result<()> {
-    let mut dirs = vec![out.join("overlays"), out.join("density")];
+    let mut dirs = vec![out.join("overlays"), out.join("thumbs"), out.join("density")];
     if with_points {
         dirs.push(out.join("points"));
     }
@@ -445,6 +445,7 @@ pub fn write_image_outputs(
         &out.join("overlays").join(format!("{name}.png")),
         png.get_ref(),
     )?;
+    crate::cli::report::write_thumbnail(out, name, &ov)?;
     write_map(
         &out.join("density").join(format!("{name}.tif")),
         &image_density(p),

@@ -2,6 +2,7 @@
 //! `--profile`.
 pub mod exchange;
 pub mod font;
+pub mod html;
 pub mod overlay;
 pub mod plot;
 

@@ -32,6 +32,11 @@ pub fn draw_points(img: &mut RgbImage, points: &[Point], r: f32, color: Rgb<u8>)
 
 /// The overlay of an image: points ringed, "count N" in the top-left corner.
 pub fn overlay(img: &image::DynamicImage, points: Option<&[Point]>, count: f64) -> RgbImage {
+    overlay_text(img, points, &format!("count {count:.1}"))
+}
+
+/// The overlay of an image with `text` in the top-left corner.
+pub fn overlay_text(img: &image::DynamicImage, points: Option<&[Point]>, text: &str) -> RgbImage {
     let mut rgb = img.to_rgb8();
     let side = rgb.width().min(rgb.height());
     if let Some(p) = points {
@@ -43,8 +48,7 @@ pub fn overlay(img: &image::DynamicImage, points: Option<&[Point]>, count: f64) 
         );
     }
     let scale = (side / 200).clamp(1, 6);
-    let text = format!("count {count:.1}");
-    draw_text(&mut rgb, 2, 2, &text, scale, Rgb([255, 255, 255]));
+    draw_text(&mut rgb, 2, 2, text, scale, Rgb([255, 255, 255]));
     rgb
 }
 
