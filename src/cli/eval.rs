@@ -170,7 +170,10 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         let mut report_summary = vec![
             ("images".to_string(), m.n.to_string()),
             ("MAE".to_string(), format!("{:.3}", m.mae)),
-            ("RMSE (the paper's \"MSE\")".to_string(), format!("{:.3}", m.rmse)),
+            (
+                "RMSE (the paper's \"MSE\")".to_string(),
+                format!("{:.3}", m.rmse),
+            ),
             ("MSE".to_string(), format!("{:.3}", m.mse)),
         ];
         let mut settings = vec![
@@ -191,8 +194,14 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             ));
         }
         if let (Some(l), Some((radius, total))) = (&a.localizer, e.localization) {
-            settings.push(("localizer".into(), crate::cli::report::checkpoint_setting(l)));
-            settings.push(("matching radius (network px)".into(), format!("{radius:.2}")));
+            settings.push((
+                "localizer".into(),
+                crate::cli::report::checkpoint_setting(l),
+            ));
+            settings.push((
+                "matching radius (network px)".into(),
+                format!("{radius:.2}"),
+            ));
             report_summary.push(("precision".into(), format!("{:.3}", total.precision())));
             report_summary.push(("recall".into(), format!("{:.3}", total.recall())));
             report_summary.push(("F1".into(), format!("{:.3}", total.f1())));
@@ -223,9 +232,15 @@ fn write_overlays(
     }
     let mut rows = Vec::new();
     for c in counts {
-        let info = ds.images().iter().find(|i| i.path.display().to_string() == c.image);
+        let info = ds
+            .images()
+            .iter()
+            .find(|i| i.path.display().to_string() == c.image);
         let path = std::path::Path::new(&c.image);
-        let rel = path.strip_prefix(&a.data).unwrap_or(path).with_extension("");
+        let rel = path
+            .strip_prefix(&a.data)
+            .unwrap_or(path)
+            .with_extension("");
         let name = rel.to_string_lossy().replace(['/', '\\'], "__");
         let mut row = crate::cli::report::EvalRow {
             image: c.image.clone(),

@@ -21,7 +21,11 @@ use crate::report::exchange::{self, ObjectType};
 
 /// Creates the sub-folders of `dcl count --out` (refusing links), before any work is done.
 pub fn prepare(out: &Path, with_points: bool) -> anyhow::Result<()> {
-    let mut dirs = vec![out.join("overlays"), out.join("thumbs"), out.join("density")];
+    let mut dirs = vec![
+        out.join("overlays"),
+        out.join("thumbs"),
+        out.join("density"),
+    ];
     if with_points {
         dirs.push(out.join("points"));
     }
@@ -349,7 +353,8 @@ pub fn image_density(p: &Prediction) -> Map {
     match &p.density {
         Some(d) => {
             let (sx, sy) = (d.width as f64 / w as f64, d.height as f64 / h as f64);
-            let at = |x: usize, y: usize| d.data[y.min(d.height - 1) * d.width + x.min(d.width - 1)];
+            let at =
+                |x: usize, y: usize| d.data[y.min(d.height - 1) * d.width + x.min(d.width - 1)];
             for y in 0..h {
                 let fy = ((y as f64 + 0.5) * sy - 0.5).max(0.0);
                 let (y0, ty) = (fy.floor() as usize, (fy - fy.floor()) as f32);
@@ -483,8 +488,13 @@ mod tests {
         let d = image_density(&p);
         assert_eq!((d.width, d.height), (50, 30));
         assert!((d.sum() - 3.0).abs() < 1e-4, "{}", d.sum());
-        let peak = (0..d.data.len()).max_by(|&a, &b| d.data[a].total_cmp(&d.data[b])).unwrap();
-        assert!((peak % 50).abs_diff(25) <= 1 && (peak / 50).abs_diff(15) <= 1, "{peak}");
+        let peak = (0..d.data.len())
+            .max_by(|&a, &b| d.data[a].total_cmp(&d.data[b]))
+            .unwrap();
+        assert!(
+            (peak % 50).abs_diff(25) <= 1 && (peak / 50).abs_diff(15) <= 1,
+            "{peak}"
+        );
     }
 
     /// When counts.csv cannot be written at the end (here a folder stands in its way; a full

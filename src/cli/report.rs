@@ -22,7 +22,10 @@ pub fn write_thumbnail(out: &Path, name: &str, overlay: &image::RgbImage) -> any
     let thumb = image::imageops::thumbnail(overlay, tw, th);
     let mut png = std::io::Cursor::new(Vec::new());
     thumb.write_to(&mut png, image::ImageFormat::Png)?;
-    atomic_write(&out.join("thumbs").join(format!("{name}.png")), png.get_ref())?;
+    atomic_write(
+        &out.join("thumbs").join(format!("{name}.png")),
+        png.get_ref(),
+    )?;
     Ok(())
 }
 
@@ -179,7 +182,10 @@ pub fn count_report(
         settings.push(("point threshold (cells/px)".into(), threshold.to_string()));
         settings.push(("min distance (network px)".into(), min_distance.to_string()));
     }
-    settings.push(("tile / overlap (network px)".into(), format!("{} / {}", a.tile, a.overlap)));
+    settings.push((
+        "tile / overlap (network px)".into(),
+        format!("{} / {}", a.tile, a.overlap),
+    ));
     settings.push(("device".into(), a.device.clone()));
     let page = Page {
         title: format!("dcl count: {}", out.display()),

@@ -167,8 +167,10 @@ pub fn imagej_roi(points: &[Point], name: &str) -> Vec<u8> {
     let name: Vec<u16> = name.encode_utf16().collect();
     let header2 = 64 + n * 4 + n * 8;
     let mut d = vec![0u8; header2 + 64 + name.len() * 2];
-    let put16 = |d: &mut Vec<u8>, at: usize, v: u16| d[at..at + 2].copy_from_slice(&v.to_be_bytes());
-    let put32 = |d: &mut Vec<u8>, at: usize, v: u32| d[at..at + 4].copy_from_slice(&v.to_be_bytes());
+    let put16 =
+        |d: &mut Vec<u8>, at: usize, v: u16| d[at..at + 2].copy_from_slice(&v.to_be_bytes());
+    let put32 =
+        |d: &mut Vec<u8>, at: usize, v: u32| d[at..at + 4].copy_from_slice(&v.to_be_bytes());
     d[0..4].copy_from_slice(b"Iout");
     put16(&mut d, 4, 228); // version
     d[6] = 10; // point
@@ -202,7 +204,11 @@ fn crc32(bytes: &[u8]) -> u32 {
     for &b in bytes {
         c ^= b as u32;
         for _ in 0..8 {
-            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
         }
     }
     !c
@@ -310,7 +316,10 @@ mod tests {
                 .unwrap();
         let f = &v["features"][0];
         assert_eq!(f["geometry"]["type"], "Point");
-        assert_eq!(f["geometry"]["coordinates"], serde_json::json!([10.5, 20.5]));
+        assert_eq!(
+            f["geometry"]["coordinates"],
+            serde_json::json!([10.5, 20.5])
+        );
         assert_eq!(f["properties"]["objectType"], "detection");
         assert_eq!(
             f["properties"]["classification"],

@@ -33,7 +33,10 @@ impl Column {
 pub enum Cell {
     Text(String),
     /// A number, sorted by `value` and shown as `shown`.
-    Num { value: f64, shown: String },
+    Num {
+        value: f64,
+        shown: String,
+    },
     /// A thumbnail (`src`, relative to the page) linking to `href`; sorted by `alt`.
     Thumb {
         src: String,
@@ -227,7 +230,7 @@ pub fn render(p: &Page) -> String {
     }
     h.push_str("</tbody></table>\n");
     if !p.note.is_empty() {
-        let _ = write!(h, "<p class=\"note\">{}</p>\n", esc(&p.note));
+        let _ = writeln!(h, "<p class=\"note\">{}</p>", esc(&p.note));
     }
     if !p.settings.is_empty() {
         h.push_str("<h2>Settings</h2><dl id=\"settings\">");
