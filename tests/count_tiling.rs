@@ -172,7 +172,8 @@ fn stitched_vgg_images_count_as_the_sum_of_their_parts() {
     assert!(row.contains(",512,512,"), "{row}");
     assert!(out.join("overlays/stitched.png").exists());
     let (w, h, d) = dcl::data::image_io::read_tiff_f32(&out.join("density/stitched.tif")).unwrap();
-    assert_eq!((w, h), (64, 64));
+    // at the image's size, summing to its count
+    assert_eq!((w, h), (512, 512));
     let sum: f64 = d.iter().map(|&v| v as f64).sum();
     assert!((sum - stitched.count).abs() < 1e-3 * stitched.count.max(1.0));
     let stdout = String::from_utf8_lossy(&res.stdout);

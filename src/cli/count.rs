@@ -9,7 +9,7 @@ use crate::checkpoint::load_pair;
 use crate::cli::count_pipeline::{run_stages, Stages};
 use crate::cli::csv_field;
 use crate::cli::outputs::CountsFolder;
-use crate::data::files::collect_images;
+use crate::data::files::collect_inputs;
 use crate::data::image_io::{decode, header_pixels};
 use crate::infer::points::Point;
 use crate::infer::{predict, InferOptions, Prediction};
@@ -26,7 +26,7 @@ pub struct CountArgs {
     /// Localizer checkpoint: adds point locations and a full-resolution density map.
     #[arg(long)]
     pub localizer: Option<PathBuf>,
-    /// Output folder: counts.csv, points/, overlays/ and density/ per image.
+    /// Output folder: counts.csv, report.html, points/, overlays/ and density/ per image.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Write each image's density map as 32-bit float TIFF into this folder.
@@ -35,6 +35,12 @@ pub struct CountArgs {
     /// Only files whose name matches this pattern (`*` and `?`), e.g. '*cell.png'.
     #[arg(long)]
     pub glob: Option<String>,
+    /// In folders whose layout is an annotated one (vgg, adi, mbm, dots, points-csv), count
+    /// the annotation images too (by default they are left out, saying how many).
+    #[arg(long)]
+    pub all_images: bool,
+    #[command(flatten)]
+    pub points: crate::cli::outputs::PointOptions,
     /// Print the counts as JSON instead of CSV.
     #[arg(long)]
     pub json: bool,
@@ -148,7 +154,11 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
     let (counter, localizer, hash) = load_pair(&a.counter, a.localizer.as_deref(), &device)?;
     a.gpu.apply(&counter.store().device())?;
     let outputs: Vec<PathBuf> = a.out.iter().chain(&a.density_dir).cloned().collect();
-    let files = collect_images(&a.paths, a.glob.as_deref(), &outputs)?;
+    let inputs = collect_inputs(&a.paths, a.glob.as_deref(), &outputs, !a.all_images)?;
+    if let Some(note) = inputs.skipped_note() {
+        eprintln!("{note}");
+    }
+    let files = inputs.files;
     if files.is_empty() {
         anyhow::bail!("no image files (png, jpeg, tiff) found in the given paths");
     }
@@ -203,7 +213,14 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
                 crate::cli::outputs::write_density(dir, name, &p)?;
             }
             if let Some(out) = &a.out {
-                crate::cli::outputs::write_image_outputs(out, name, &img, &p, points.as_deref())?;
+                crate::cli::outputs::write_image_outputs(
+                    out,
+                    name,
+                    &img,
+                    &p,
+                    points.as_deref(),
+                    &a.points,
+                )?;
             }
             let row = CountRow {
                 image: path.display().to_string(),
@@ -257,6 +274,10 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
     })();
     if let Some(f) = folder.take() {
         f.finish(rows.iter().map(|r| r.record(&hash)).collect())?;
+        let out = a.out.as_deref().expect("a folder has its path");
+        if let Err(e) = crate::cli::report::count_report(out, &a, &hash, threshold, min_distance) {
+            eprintln!("warning: {}: cannot write the report: {e:#}", out.display());
+        }
     }
     printed.map_err(|e| e.context("cannot print the counts on stdout"))?;
     if !a.quiet {

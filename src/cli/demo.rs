@@ -110,6 +110,8 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         out: Some(count_dir.clone()),
         density_dir: None,
         glob: Some("*cell.png".into()),
+        all_images: false,
+        points: Default::default(),
         json: false,
         threshold: None,
         min_distance: None,

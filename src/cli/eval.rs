@@ -41,7 +41,7 @@ pub struct EvalArgs {
     /// Matching radius in network pixels (default 1.25 σ).
     #[arg(long)]
     pub radius: Option<f32>,
-    /// Write per_image.csv, summary.json and plots here.
+    /// Write per_image.csv, summary.json, plots, overlays and report.html here.
     #[arg(long)]
     pub out: Option<PathBuf>,
     #[arg(long, default_value_t = 8)]
@@ -166,6 +166,121 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             ),
             &out.join("errors.png"),
         )?;
+        let rows = write_overlays(out, &a, &ds, counts, &counter, localizer.as_ref());
+        let mut report_summary = vec![
+            ("images".to_string(), m.n.to_string()),
+            ("MAE".to_string(), format!("{:.3}", m.mae)),
+            (
+                "RMSE (the paper's \"MSE\")".to_string(),
+                format!("{:.3}", m.rmse),
+            ),
+            ("MSE".to_string(), format!("{:.3}", m.mse)),
+        ];
+        let mut settings = vec![
+            (
+                "counter".to_string(),
+                crate::cli::report::checkpoint_setting(&a.counter),
+            ),
+            ("data".to_string(), a.data.display().to_string()),
+            (
+                "layout".to_string(),
+                ds.format().map_or("synthetic".into(), |f| f.to_string()),
+            ),
+        ];
+        if let Some(s) = &a.split {
+            settings.push((
+                "split".into(),
+                format!("{s} seed {} part {}", a.split_seed, a.part),
+            ));
+        }
+        if let (Some(l), Some((radius, total))) = (&a.localizer, e.localization) {
+            settings.push((
+                "localizer".into(),
+                crate::cli::report::checkpoint_setting(l),
+            ));
+            settings.push((
+                "matching radius (network px)".into(),
+                format!("{radius:.2}"),
+            ));
+            report_summary.push(("precision".into(), format!("{:.3}", total.precision())));
+            report_summary.push(("recall".into(), format!("{:.3}", total.recall())));
+            report_summary.push(("F1".into(), format!("{:.3}", total.f1())));
+        }
+        settings.push(("device".into(), a.device.clone()));
+        crate::cli::report::eval_report(out, &rows, report_summary, settings)?;
     }
     Ok(())
+}
+
+/// Writes each evaluated image's overlay (with a localizer, its located cells ringed, read out
+/// from the whole image as `dcl count` does; the predicted and true counts in the corner) and
+/// thumbnail into `out`, and returns the report's rows. An image that cannot be drawn is
+/// reported and keeps its row without an overlay.
+fn write_overlays(
+    out: &std::path::Path,
+    a: &EvalArgs,
+    ds: &Dataset,
+    counts: &[crate::infer::dataset::ImageCount],
+    counter: &crate::nn::Counter,
+    localizer: Option<&crate::nn::Localizer>,
+) -> Vec<crate::cli::report::EvalRow> {
+    let ready = ["overlays", "thumbs"]
+        .iter()
+        .try_for_each(|d| crate::fsutil::prepare_subdir(&out.join(d)));
+    if let Err(e) = &ready {
+        eprintln!("warning: {}: no overlays: {e}", out.display());
+    }
+    let mut rows = Vec::new();
+    for c in counts {
+        let info = ds
+            .images()
+            .iter()
+            .find(|i| i.path.display().to_string() == c.image);
+        let path = std::path::Path::new(&c.image);
+        let rel = path
+            .strip_prefix(&a.data)
+            .unwrap_or(path)
+            .with_extension("");
+        let name = rel.to_string_lossy().replace(['/', '\\'], "__");
+        let mut row = crate::cli::report::EvalRow {
+            image: c.image.clone(),
+            name: name.clone(),
+            predicted: c.predicted,
+            truth: c.truth,
+            width: info.map_or(0, |i| i.width),
+            height: info.map_or(0, |i| i.height),
+            located: None,
+        };
+        if ready.is_ok() {
+            let drawn = (|| -> anyhow::Result<Option<usize>> {
+                let img = crate::data::image_io::decode(path)?;
+                let points = match localizer {
+                    Some(l) => crate::infer::predict(
+                        counter,
+                        Some(l),
+                        &img,
+                        &crate::infer::InferOptions::default(),
+                    )?
+                    .points(l.config.point_threshold, l.config.min_distance),
+                    None => None,
+                };
+                let text = format!("pred {:.1} / true {}", c.predicted, c.truth);
+                let ov = crate::report::overlay::overlay_text(&img, points.as_deref(), &text);
+                let mut png = std::io::Cursor::new(Vec::new());
+                ov.write_to(&mut png, image::ImageFormat::Png)?;
+                crate::fsutil::atomic_write(
+                    &out.join("overlays").join(format!("{name}.png")),
+                    png.get_ref(),
+                )?;
+                crate::cli::report::write_thumbnail(out, &name, &ov)?;
+                Ok(points.map(|p| p.len()))
+            })();
+            match drawn {
+                Ok(k) => row.located = k,
+                Err(e) => eprintln!("warning: {}: no overlay: {e:#}", c.image),
+            }
+        }
+        rows.push(row);
+    }
+    rows
 }

@@ -9,6 +9,7 @@ pub mod export;
 pub mod gpu;
 pub mod outputs;
 pub mod plot;
+pub mod report;
 pub mod train;
 
 use clap::{Parser, Subcommand};

@@ -3,7 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::data::image_io::is_image_file;
-use crate::data::layout::stem_of;
+use crate::data::layout::{annotation_files, stem_of};
+use crate::data::Format;
 use crate::error::{Error, Result};
 use crate::fsutil::is_output_dir;
 
@@ -41,6 +42,74 @@ pub fn collect_images(
     glob: Option<&str>,
     skip: &[PathBuf],
 ) -> Result<Vec<(PathBuf, String)>> {
+    Ok(collect_inputs(paths, glob, skip, false)?.files)
+}
+
+/// A folder searched by `collect_inputs` whose layout is an annotated one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AnnotatedFolder {
+    pub dir: PathBuf,
+    pub format: Format,
+    /// Its annotation files left out (those the name pattern, if any, would have taken).
+    pub skipped: usize,
+}
+
+/// What `dcl count` counts: the images, and the annotated folders whose annotations were
+/// left out.
+#[derive(Clone, Debug, Default)]
+pub struct Inputs {
+    pub files: Vec<(PathBuf, String)>,
+    pub annotated: Vec<AnnotatedFolder>,
+}
+
+impl Inputs {
+    /// Annotation files left out, over every folder.
+    pub fn skipped(&self) -> usize {
+        self.annotated.iter().map(|a| a.skipped).sum()
+    }
+
+    /// The one line that says what was left out (None when nothing was): how many
+    /// annotation files, of which layouts and folders, and how to count them anyway.
+    pub fn skipped_note(&self) -> Option<String> {
+        let n = self.skipped();
+        if n == 0 {
+            return None;
+        }
+        let mut folders: Vec<String> = self
+            .annotated
+            .iter()
+            .filter(|a| a.skipped > 0)
+            .take(3)
+            .map(|a| format!("{} ({})", a.dir.display(), a.format))
+            .collect();
+        let more = self.annotated.iter().filter(|a| a.skipped > 0).count();
+        if more > 3 {
+            folders.push(format!("and {} more folders", more - 3));
+        }
+        Some(format!(
+            "note: skipped {n} annotation file{} of annotated folders: {}; counting {} \
+             image{} (--all-images counts every image file)",
+            if n == 1 { "" } else { "s" },
+            folders.join(", "),
+            self.files.len(),
+            if self.files.len() == 1 { "" } else { "s" }
+        ))
+    }
+}
+
+/// `collect_images`, and with `leave_out_annotations` the annotation files of every searched
+/// folder whose layout is a known annotated one (`layout::annotation_files`: a vgg folder's
+/// `NNNdots.png`, an adi folder's `annotations/`, ...) are left out, so the images alone are
+/// counted. Files given by name are always kept; a folder of plain images is searched as
+/// before.
+pub fn collect_inputs(
+    paths: &[PathBuf],
+    glob: Option<&str>,
+    skip: &[PathBuf],
+    leave_out_annotations: bool,
+) -> Result<Inputs> {
+    let mut annotated = Vec::new();
+    let mut annotation_set = std::collections::HashSet::new();
     let skip: Vec<PathBuf> = skip.iter().filter_map(|d| d.canonicalize().ok()).collect();
     let not_utf8 = |p: &Path| {
         Error::file(
@@ -62,6 +131,25 @@ pub fn collect_images(
             let mut stack = vec![p.clone()];
             let mut found = Vec::new();
             while let Some(d) = stack.pop() {
+                if leave_out_annotations {
+                    if let Some((format, anns)) = annotation_files(&d) {
+                        let skipped = anns
+                            .iter()
+                            .filter(|a| {
+                                glob.is_none_or(|g| {
+                                    a.file_name()
+                                        .is_some_and(|n| glob_match(g, &n.to_string_lossy()))
+                                })
+                            })
+                            .count();
+                        annotation_set.extend(anns);
+                        annotated.push(AnnotatedFolder {
+                            dir: d.clone(),
+                            format,
+                            skipped,
+                        });
+                    }
+                }
                 let cannot_list = |e| Error::file(&d, format!("cannot list folder: {e}"));
                 for e in std::fs::read_dir(&d).map_err(cannot_list)? {
                     let e = e.map_err(cannot_list)?;
@@ -80,6 +168,9 @@ pub fn collect_images(
                     } else if is_image_file(&path)
                         && glob.is_none_or(|g| glob_match(g, &e.file_name().to_string_lossy()))
                     {
+                        if annotation_set.contains(&path) {
+                            continue;
+                        }
                         if path.to_str().is_none() {
                             return Err(not_utf8(&path));
                         }
@@ -102,7 +193,11 @@ pub fn collect_images(
             return Err(Error::file(p, "no such file or folder"));
         }
     }
-    Ok(out)
+    annotated.sort_by(|a: &AnnotatedFolder, b| a.dir.cmp(&b.dir));
+    Ok(Inputs {
+        files: out,
+        annotated,
+    })
 }
 
 #[cfg(test)]

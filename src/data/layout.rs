@@ -323,6 +323,21 @@ pub fn scan(dir: &Path, format: Option<&Format>, rule: Option<DotRule>) -> Resul
     })
 }
 
+/// The annotation files of a folder whose layout is a known annotated one (vgg, adi, mbm,
+/// dots, points-csv), as the data readers pair them: each image's dots image or CSV (for adi,
+/// the files of `annotations/`). None for a folder of plain images (no layout detected), so
+/// `dcl count` can leave annotations out without changing what a plain folder counts.
+pub fn annotation_files(dir: &Path) -> Option<(Format, Vec<PathBuf>)> {
+    let format = detect(dir).ok()?;
+    let scan = scan(dir, Some(&format), None).ok()?;
+    let files: Vec<PathBuf> = scan
+        .items
+        .iter()
+        .map(|i| i.annotation.path().to_path_buf())
+        .collect();
+    (!files.is_empty()).then_some((format, files))
+}
+
 /// A decoded image with its dots (pixel-square coordinates).
 #[derive(Clone, Debug)]
 pub struct Loaded {

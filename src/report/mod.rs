@@ -1,8 +1,10 @@
 //! What people see of results: plots, count overlays, and the per-op time breakdown of
 //! `--profile`.
-pub mod font;
+pub mod exchange;
+pub mod html;
 pub mod overlay;
 pub mod plot;
+pub mod text;
 
 use crate::autograd::Profile;
 

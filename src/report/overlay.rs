@@ -1,14 +1,34 @@
 //! Overlays for people: the image with each located cell ringed and the count written in the
-//! corner (the built-in bitmap font of `report::font`, so no font files are needed).
+//! corner (`report::text`: the figures' embedded font, so no font files are needed).
 use image::{Rgb, RgbImage};
 
-use super::font::draw_text_boxed;
 use crate::infer::points::Point;
 
-/// Writes `text` at (x, y) with each font pixel drawn as a `scale`x`scale` block, on a dark box
-/// so it reads on any image (the font lives in `report::font`).
-pub fn draw_text(img: &mut RgbImage, x: u32, y: u32, text: &str, scale: u32, color: Rgb<u8>) {
-    draw_text_boxed(img, x, y, text, scale, color);
+/// Writes `text` at (x, y), `size` pixels high, on a translucent dark box so it reads on any
+/// image; clipped to the image.
+pub fn draw_text(img: &mut RgbImage, x: u32, y: u32, text: &str, size: u32, color: Rgb<u8>) {
+    let r = super::text::rasterise(text, size as f64);
+    let (w, h) = img.dimensions();
+    let pad = (size / 5).max(2);
+    let (bw, bh) = (r.width as u32 + 2 * pad, r.height as u32 + 2 * pad);
+    for py in y..y.saturating_add(bh).min(h) {
+        for px in x..x.saturating_add(bw).min(w) {
+            let p = img.get_pixel_mut(px, py);
+            p.0 = p.0.map(|v| (v as f32 * 0.4) as u8);
+        }
+    }
+    for (gx, gy, c) in r.pixels {
+        let (px, py) = (
+            x as i64 + pad as i64 + gx as i64,
+            y as i64 + pad as i64 + gy as i64,
+        );
+        if px >= 0 && py >= 0 && (px as u32) < w && (py as u32) < h {
+            let p = img.get_pixel_mut(px as u32, py as u32);
+            for k in 0..3 {
+                p.0[k] = (p.0[k] as f32 * (1.0 - c) + color.0[k] as f32 * c).round() as u8;
+            }
+        }
+    }
 }
 
 /// Rings each point (radius `r` pixels) in `color`.
@@ -32,6 +52,11 @@ pub fn draw_points(img: &mut RgbImage, points: &[Point], r: f32, color: Rgb<u8>)
 
 /// The overlay of an image: points ringed, "count N" in the top-left corner.
 pub fn overlay(img: &image::DynamicImage, points: Option<&[Point]>, count: f64) -> RgbImage {
+    overlay_text(img, points, &format!("count {count:.1}"))
+}
+
+/// The overlay of an image with `text` in the top-left corner.
+pub fn overlay_text(img: &image::DynamicImage, points: Option<&[Point]>, text: &str) -> RgbImage {
     let mut rgb = img.to_rgb8();
     let side = rgb.width().min(rgb.height());
     if let Some(p) = points {
@@ -42,9 +67,8 @@ pub fn overlay(img: &image::DynamicImage, points: Option<&[Point]>, count: f64) 
             Rgb([255, 230, 0]),
         );
     }
-    let scale = (side / 200).clamp(1, 6);
-    let text = format!("count {count:.1}");
-    draw_text(&mut rgb, 2, 2, &text, scale, Rgb([255, 255, 255]));
+    let size = (side / 20).clamp(12, 56);
+    draw_text(&mut rgb, 2, 2, text, size, Rgb([255, 255, 255]));
     rgb
 }
 
@@ -65,10 +89,10 @@ mod tests {
         // the ring around (40, 30) is drawn in yellow, its centre is untouched
         assert_eq!(o.get_pixel(40 + 3, 30).0, [255, 230, 0]);
         assert_eq!(o.get_pixel(40, 30).0, [0, 0, 0]);
-        // the text box holds white pixels
-        let white = (0..20)
-            .flat_map(|x| (0..10).map(move |y| (x, y)))
-            .filter(|&(x, y)| o.get_pixel(x, y).0 == [255, 255, 255])
+        // the text box holds bright text pixels
+        let white = (0..40)
+            .flat_map(|x| (0..16).map(move |y| (x, y)))
+            .filter(|&(x, y)| o.get_pixel(x, y).0.iter().all(|&v| v > 200))
             .count();
         assert!(white > 10, "{white}");
     }

@@ -1,0 +1,287 @@
+//! `report.html` of `dcl count --out` and `dcl eval --out` (the page itself: `report::html`).
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::cli::count::CountArgs;
+use crate::cli::outputs::Owner;
+use crate::cli::parse_csv;
+use crate::fsutil::{atomic_write, read_own_file, OUTPUT_MARKER};
+use crate::report::html::{render, utc_now, Cell, Column, Page};
+
+/// The largest side of the thumbnails in `thumbs/`.
+pub const THUMB_SIDE: u32 = 160;
+
+/// Writes `thumbs/NAME.png`, the overlay scaled down for the report's table.
+pub fn write_thumbnail(out: &Path, name: &str, overlay: &image::RgbImage) -> anyhow::Result<()> {
+    let (w, h) = overlay.dimensions();
+    let k = (THUMB_SIDE as f64 / w.max(h) as f64).min(1.0);
+    let (tw, th) = (
+        ((w as f64 * k).round() as u32).max(1),
+        ((h as f64 * k).round() as u32).max(1),
+    );
+    let thumb = image::imageops::thumbnail(overlay, tw, th);
+    let mut png = std::io::Cursor::new(Vec::new());
+    thumb.write_to(&mut png, image::ImageFormat::Png)?;
+    atomic_write(
+        &out.join("thumbs").join(format!("{name}.png")),
+        png.get_ref(),
+    )?;
+    Ok(())
+}
+
+/// A file's path relative to the page when it exists.
+fn existing(out: &Path, rel: String) -> Option<String> {
+    out.join(&rel).is_file().then_some(rel)
+}
+
+/// The overlay cell of image `name`: its thumbnail (or, from a folder written before
+/// thumbnails, the overlay itself) linking to the full-size overlay.
+fn overlay_cell(out: &Path, name: &str) -> Cell {
+    let full = format!("overlays/{name}.png");
+    match existing(out, full.clone()) {
+        None => Cell::Empty,
+        Some(full) => Cell::Thumb {
+            src: existing(out, format!("thumbs/{name}.png")).unwrap_or_else(|| full.clone()),
+            href: full,
+            alt: name.to_string(),
+        },
+    }
+}
+
+/// Rows (data lines) of a points CSV, None when it does not exist.
+fn located(out: &Path, name: &str) -> Option<usize> {
+    let text = std::fs::read_to_string(out.join("points").join(format!("{name}.csv"))).ok()?;
+    Some(text.lines().count().saturating_sub(1))
+}
+
+/// A checkpoint as the settings show it: its path and hash.
+pub fn checkpoint_setting(path: &Path) -> String {
+    let hash = crate::checkpoint::file_hash(path).unwrap_or_else(|e| format!("({e})"));
+    format!("{} (hash {hash})", path.display())
+}
+
+fn command_line() -> String {
+    std::env::args()
+        .map(|a| {
+            if a.contains([' ', '"', '\'']) {
+                format!("'{a}'")
+            } else {
+                a
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A histogram of `values` saved as `out/file` for the page; None when there are none.
+fn histogram_plot(out: &Path, file: &str, title: &str, x: &str, values: &[f64]) -> Option<String> {
+    if values.is_empty() {
+        return None;
+    }
+    let img = crate::report::plot::histogram(title, x, values, 20);
+    crate::report::plot::save_png(&img, &out.join(file)).ok()?;
+    Some(file.to_string())
+}
+
+/// Writes `out/report.html` for a count folder: every row of its counts.csv (this run's and
+/// earlier runs'), with its overlay, and this run's settings.
+pub fn count_report(
+    out: &Path,
+    a: &CountArgs,
+    counter_hash: &str,
+    threshold: f32,
+    min_distance: f32,
+) -> anyhow::Result<()> {
+    let csv = read_own_file(&out.join("counts.csv"))?.unwrap_or_default();
+    let (records, _) = parse_csv(&String::from_utf8_lossy(&csv)).map_err(anyhow::Error::msg)?;
+    let marker: serde_json::Value = read_own_file(&out.join(OUTPUT_MARKER))?
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let index: BTreeMap<String, Owner> =
+        serde_json::from_value(marker["names"].clone()).unwrap_or_default();
+    let name_of: BTreeMap<&str, &str> = index
+        .iter()
+        .map(|(name, o)| (o.row.as_str(), name.as_str()))
+        .collect();
+    let rows: Vec<&Vec<String>> = records.iter().skip(1).filter(|r| r.len() == 5).collect();
+    let with_points = rows.iter().any(|r| {
+        name_of
+            .get(r[0].as_str())
+            .is_some_and(|n| located(out, n).is_some())
+    });
+    let mut columns = vec![
+        Column::text("image"),
+        Column::num("count"),
+        Column::num("width"),
+        Column::num("height"),
+    ];
+    if with_points {
+        columns.push(Column::num("cells located"));
+    }
+    columns.push(Column::text("counter hash"));
+    columns.push(Column::text("overlay"));
+    let (mut counts, mut total_located) = (Vec::new(), 0usize);
+    let mut table = Vec::new();
+    for r in &rows {
+        let num = |s: &str| s.parse::<f64>().unwrap_or(f64::NAN);
+        let count = num(&r[1]);
+        counts.push(count);
+        let name = name_of.get(r[0].as_str()).copied();
+        let mut row = vec![
+            Cell::Text(r[0].clone()),
+            Cell::num(count, 1),
+            Cell::num(num(&r[2]), 0),
+            Cell::num(num(&r[3]), 0),
+        ];
+        if with_points {
+            match name.and_then(|n| located(out, n)) {
+                Some(k) => {
+                    total_located += k;
+                    row.push(Cell::num(k as f64, 0));
+                }
+                None => row.push(Cell::Empty),
+            }
+        }
+        row.push(Cell::Text(r[4].clone()));
+        row.push(name.map_or(Cell::Empty, |n| overlay_cell(out, n)));
+        table.push(row);
+    }
+    let total: f64 = counts.iter().filter(|c| c.is_finite()).sum();
+    let mut summary = vec![
+        ("images".to_string(), rows.len().to_string()),
+        ("cells counted".to_string(), format!("{total:.1}")),
+        (
+            "mean per image".to_string(),
+            format!("{:.1}", total / rows.len().max(1) as f64),
+        ),
+    ];
+    if with_points {
+        summary.push(("cells located".into(), total_located.to_string()));
+    }
+    let plots: Vec<(String, String)> = histogram_plot(
+        out,
+        "counts_histogram.png",
+        "counts per image",
+        "count (cells)",
+        &counts,
+    )
+    .map(|f| ("counts per image".to_string(), f))
+    .into_iter()
+    .collect();
+    let mut settings = vec![
+        ("generated".to_string(), utc_now()),
+        ("dcl".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+        ("command".to_string(), command_line()),
+        (
+            "counter".to_string(),
+            format!("{} (hash {counter_hash})", a.counter.display()),
+        ),
+    ];
+    if let Some(l) = &a.localizer {
+        settings.push(("localizer".into(), checkpoint_setting(l)));
+        settings.push(("point threshold (cells/px)".into(), threshold.to_string()));
+        settings.push(("min distance (network px)".into(), min_distance.to_string()));
+    }
+    settings.push((
+        "tile / overlap (network px)".into(),
+        format!("{} / {}", a.tile, a.overlap),
+    ));
+    settings.push(("device".into(), a.device.clone()));
+    let page = Page {
+        title: format!("dcl count: {}", out.display()),
+        summary,
+        plots,
+        columns,
+        rows: table,
+        settings,
+        note: "Rows of every run into this folder (counts.csv). Click a column to sort, a \
+               thumbnail for the full-size overlay (located cells ringed); points/ holds each \
+               image's cells for napari (.napari.csv), QuPath (.geojson) and ImageJ (.roi), \
+               density/ its density map (float TIFF)."
+            .into(),
+    };
+    atomic_write(&out.join("report.html"), render(&page).as_bytes())?;
+    Ok(())
+}
+
+/// One evaluated image, for the eval report.
+pub struct EvalRow {
+    pub image: String,
+    /// Its outputs' name (overlays/NAME.png).
+    pub name: String,
+    pub predicted: f64,
+    pub truth: f64,
+    pub width: usize,
+    pub height: usize,
+    /// Cells located (with a localizer).
+    pub located: Option<usize>,
+}
+
+/// Writes `out/report.html` for an evaluation: metrics, the scatter and error plots (already
+/// in `out`), a row per image and the settings.
+pub fn eval_report(
+    out: &Path,
+    rows: &[EvalRow],
+    summary: Vec<(String, String)>,
+    mut settings: Vec<(String, String)>,
+) -> anyhow::Result<()> {
+    let with_points = rows.iter().any(|r| r.located.is_some());
+    let mut columns = vec![
+        Column::text("image"),
+        Column::num("true count"),
+        Column::num("predicted"),
+        Column::num("error"),
+        Column::num("abs error"),
+        Column::num("width"),
+        Column::num("height"),
+    ];
+    if with_points {
+        columns.push(Column::num("cells located"));
+    }
+    columns.push(Column::text("overlay"));
+    let table = rows
+        .iter()
+        .map(|r| {
+            let e = r.predicted - r.truth;
+            let mut row = vec![
+                Cell::Text(r.image.clone()),
+                Cell::num(r.truth, 0),
+                Cell::num(r.predicted, 1),
+                Cell::num(e, 1),
+                Cell::num(e.abs(), 1),
+                Cell::num(r.width as f64, 0),
+                Cell::num(r.height as f64, 0),
+            ];
+            if with_points {
+                row.push(r.located.map_or(Cell::Empty, |k| Cell::num(k as f64, 0)));
+            }
+            row.push(overlay_cell(out, &r.name));
+            row
+        })
+        .collect();
+    let plots = [
+        ("predicted vs true counts", "scatter.png"),
+        ("count errors (predicted - true)", "errors.png"),
+    ]
+    .into_iter()
+    .filter(|(_, f)| out.join(f).is_file())
+    .map(|(c, f)| (c.to_string(), f.to_string()))
+    .collect();
+    settings.insert(0, ("generated".into(), utc_now()));
+    settings.insert(1, ("dcl".into(), env!("CARGO_PKG_VERSION").into()));
+    settings.insert(2, ("command".into(), command_line()));
+    let page = Page {
+        title: format!("dcl eval: {}", out.display()),
+        summary,
+        plots,
+        columns,
+        rows: table,
+        settings,
+        note: "Click a column to sort, a thumbnail for the full-size overlay (located cells \
+               ringed; predicted and true counts in the corner). per_image.csv and \
+               summary.json hold the same numbers."
+            .into(),
+    };
+    atomic_write(&out.join("report.html"), render(&page).as_bytes())?;
+    Ok(())
+}
