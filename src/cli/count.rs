@@ -58,6 +58,8 @@ pub struct CountArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub scale: super::count_scale::ScaleArgs,
 }
 
 /// Pixels of decoded images in flight between decoding and writing (about 100 MB as 8-bit
@@ -151,6 +153,14 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
     if files.is_empty() {
         anyhow::bail!("no image files (png, jpeg, tiff) found in the given paths");
     }
+    let settings = serde_json::json!({
+        "counter": hash,
+        "localizer": a.localizer.as_deref().map(crate::checkpoint::file_hash).transpose()?,
+        "tile": opts.checked_tile()?, "overlap": a.overlap,
+        "threshold": a.threshold, "min_distance": a.min_distance,
+    });
+    let shard = super::shard::plan(files, a.scale.shard, a.out.as_deref(), settings)?;
+    let files = shard.files;
     if !outputs.is_empty() {
         check_unique_names(&files)?;
     }
@@ -171,6 +181,9 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
             let mut f = CountsFolder::open(out)?;
             crate::cli::outputs::prepare(out, localizer.is_some())?;
             f.reserve(&files)?;
+            if let Some(rec) = &shard.record {
+                super::shard::write_record(out, rec)?;
+            }
             Some(f)
         }
         None => None,
