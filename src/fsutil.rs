@@ -73,6 +73,49 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     write().map_err(|e| Error::file(path, format!("cannot write: {e}")))
 }
 
+/// A file written in pieces (a streamed density map, a long points list) that appears at its
+/// path complete or not at all, as `atomic_write`: a temporary file created exclusively in the
+/// target's folder, renamed over the target by `commit`, removed if dropped uncommitted.
+pub struct AtomicFile {
+    tmp: tempfile::NamedTempFile,
+    path: PathBuf,
+}
+
+impl AtomicFile {
+    pub fn create(path: &Path) -> Result<AtomicFile> {
+        let dir = parent_of(path);
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::file(dir, format!("cannot create folder: {e}")))?;
+        let name = path
+            .file_name()
+            .ok_or_else(|| Error::file(path, "not a file path"))?
+            .to_string_lossy()
+            .into_owned();
+        let tmp =
+            create_temp(dir, &name).map_err(|e| Error::file(path, format!("cannot write: {e}")))?;
+        Ok(AtomicFile {
+            tmp,
+            path: path.to_path_buf(),
+        })
+    }
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    pub fn file(&mut self) -> &mut File {
+        self.tmp.as_file_mut()
+    }
+    /// Syncs the file and renames it over the target.
+    pub fn commit(mut self) -> Result<()> {
+        let path = self.path.clone();
+        let fail = |e: std::io::Error| Error::file(&path, format!("cannot write: {e}"));
+        self.tmp.as_file_mut().sync_all().map_err(fail)?;
+        self.tmp
+            .persist(&path)
+            .map(|_| ())
+            .map_err(|e| fail(e.error))
+    }
+}
+
 /// Writes `bytes` into a new file `DIR/PREFIX<random>SUFFIX`, created exclusively (so also
 /// safe in a shared folder such as /tmp), and keeps it; returns its path.
 pub fn write_new_file(dir: &Path, prefix: &str, suffix: &str, bytes: &[u8]) -> Result<PathBuf> {

@@ -7,11 +7,13 @@ use serde::Serialize;
 
 use crate::checkpoint::load_pair;
 use crate::cli::count_pipeline::{run_stages, Stages};
+use crate::cli::count_scale::{count_streamed, route, Route, StreamCtx};
 use crate::cli::csv_field;
 use crate::cli::outputs::CountsFolder;
 use crate::data::files::collect_inputs;
 use crate::data::image_io::{decode, header_pixels};
 use crate::infer::points::Point;
+use crate::infer::stream::Readout;
 use crate::infer::{predict, InferOptions, Prediction};
 use crate::nn::CountNet;
 
@@ -65,6 +67,8 @@ pub struct CountArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub scale: super::count_scale::ScaleArgs,
 }
 
 /// Pixels of decoded images in flight between decoding and writing (about 100 MB as 8-bit
@@ -162,6 +166,14 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
     if files.is_empty() {
         anyhow::bail!("no image files (png, jpeg, tiff) found in the given paths");
     }
+    let settings = serde_json::json!({
+        "counter": hash,
+        "localizer": a.localizer.as_deref().map(crate::checkpoint::file_hash).transpose()?,
+        "tile": opts.checked_tile()?, "overlap": a.overlap,
+        "threshold": a.threshold, "min_distance": a.min_distance,
+    });
+    let shard = super::shard::plan(files, a.scale.shard, a.out.as_deref(), settings)?;
+    let files = shard.files;
     if !outputs.is_empty() {
         check_unique_names(&files)?;
     }
@@ -187,6 +199,9 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
             let mut f = CountsFolder::open(out)?;
             crate::cli::outputs::prepare(out, cfg.is_some())?;
             f.reserve(&files)?;
+            if let Some(rec) = &shard.record {
+                super::shard::write_record(out, rec)?;
+            }
             Some(f)
         }
         None => None,
@@ -198,7 +213,33 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let bar = crate::progress::progress_bar(files.len() as u64, "counting", a.quiet);
+    // Up front, from each file's header: images larger than --max-pixels (or too large to
+    // decode whole and not readable region by region) are refused now, before any work;
+    // whole-slide images are counted region by region after the others.
+    let routes: Vec<Route> = files.iter().map(|(p, _)| route(p, &a.scale)).collect();
+    for r in &routes {
+        if let Route::Refused(msg) = r {
+            eprintln!("error: {msg}");
+        }
+    }
+    let whole: Vec<(PathBuf, String)> = files
+        .iter()
+        .zip(&routes)
+        .filter(|(_, r)| matches!(r, Route::Memory))
+        .map(|(f, _)| f.clone())
+        .collect();
+    let report = |bar: &indicatif::ProgressBar, path: &std::path::Path, e: &anyhow::Error| {
+        // one line naming the file (most errors name it already)
+        let msg = format!("{e:#}").replace('\n', " ");
+        let shown = path.display().to_string();
+        if msg.contains(&shown) {
+            bar.suspend(|| eprintln!("error: {msg}"));
+        } else {
+            bar.suspend(|| eprintln!("error: {shown}: {msg}"));
+        }
+    };
+    let t0 = std::time::Instant::now();
+    let bar = crate::progress::progress_bar(whole.len() as u64, "counting", a.quiet);
     let stages = Stages {
         cost: |(path, _): &(PathBuf, String)| header_pixels(path),
         decode: |(path, _): &(PathBuf, String)| Ok(decode(path)?),
@@ -235,20 +276,57 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
             Ok(row)
         },
     };
-    let (results, times) = run_stages(&files, PIXELS_IN_FLIGHT, stages, |(path, _), r| {
+    let (results, times) = run_stages(&whole, PIXELS_IN_FLIGHT, stages, |(path, _), r| {
         if let Err(e) = r {
-            // one line naming the file (most errors name it already)
-            let msg = format!("{e:#}").replace('\n', " ");
-            let shown = path.display().to_string();
-            if msg.contains(&shown) {
-                bar.suspend(|| eprintln!("error: {msg}"));
-            } else {
-                bar.suspend(|| eprintln!("error: {shown}: {msg}"));
-            }
+            report(&bar, path, e);
         }
         bar.inc(1);
     });
     bar.finish_and_clear();
+    // The whole-slide images, one at a time, each with its progress in tiles.
+    let ctx = StreamCtx {
+        counter: &counter,
+        localizer: localizer.as_ref(),
+        points: &a.points,
+        readout: Readout {
+            threshold,
+            min_distance,
+        },
+        opts,
+        out: a.out.as_deref(),
+        density_dir: a.density_dir.as_deref(),
+        quiet: a.quiet,
+    };
+    let mut streamed_time = std::time::Duration::ZERO;
+    let mut whole_results = results.into_iter();
+    let mut results = Vec::with_capacity(files.len());
+    for ((path, name), r) in files.iter().zip(&routes) {
+        results.push(match r {
+            Route::Memory => whole_results.next().expect("one result per image"),
+            Route::Refused(msg) => Err(anyhow::anyhow!("{msg}")),
+            Route::Stream(probe) => {
+                let t = std::time::Instant::now();
+                let r = count_streamed(path, name, probe, &ctx).map(|s| {
+                    let row = CountRow {
+                        image: path.display().to_string(),
+                        count: s.count,
+                        width: s.width,
+                        height: s.height,
+                        points: s.points,
+                    };
+                    if let Some(f) = &folder {
+                        f.journal(&row.record(&hash));
+                    }
+                    row
+                });
+                streamed_time += t.elapsed();
+                if let Err(e) = &r {
+                    report(&indicatif::ProgressBar::hidden(), path, e);
+                }
+                r
+            }
+        });
+    }
     let mut rows = Vec::new();
     let mut failed = Vec::new();
     for ((path, _), r) in files.iter().zip(results) {
@@ -281,7 +359,8 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
     }
     printed.map_err(|e| e.context("cannot print the counts on stdout"))?;
     if !a.quiet {
-        let wall = times.wall.as_secs_f64();
+        let wall = t0.elapsed().as_secs_f64();
+        let busy = (times.compute + streamed_time).as_secs_f64();
         let rate = rows.len() as f64 / wall.max(1e-9);
         let rate = if rate >= 1.0 || rows.is_empty() {
             format!("{rate:.2} images/s")
@@ -292,8 +371,8 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
             "{} images in {wall:.2}s ({rate}); networks busy {:.2}s ({:.0}% of the time), \
              decoding {:.2}s and writing {:.2}s on their own threads",
             rows.len(),
-            times.compute.as_secs_f64(),
-            100.0 * times.compute.as_secs_f64() / wall.max(1e-9),
+            busy,
+            100.0 * busy / wall.max(1e-9),
             times.decode.as_secs_f64(),
             times.write.as_secs_f64()
         );

@@ -120,6 +120,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         device: a.device.clone(),
         gpu: Default::default(),
         quiet: false,
+        scale: Default::default(),
     })?;
     eprintln!("\ndone in {:.0}s:", t0.elapsed().as_secs_f64());
     eprintln!("  data        {}", a.out.join("data").display());

@@ -221,7 +221,7 @@ fn write_overlays(
     a: &EvalArgs,
     ds: &Dataset,
     counts: &[crate::infer::dataset::ImageCount],
-    counter: &crate::nn::Counter,
+    counter: &crate::nn::CountNet,
     localizer: Option<&crate::nn::Localizer>,
 ) -> Vec<crate::cli::report::EvalRow> {
     let ready = ["overlays", "thumbs"]
@@ -254,14 +254,20 @@ fn write_overlays(
         if ready.is_ok() {
             let drawn = (|| -> anyhow::Result<Option<usize>> {
                 let img = crate::data::image_io::decode(path)?;
-                let points = match localizer {
-                    Some(l) => crate::infer::predict(
+                // located cells from a density map: the localizer's, or a coupled model's own
+                let readout = match (localizer, counter) {
+                    (Some(l), _) => Some(&l.config),
+                    (None, crate::nn::CountNet::Coupled(c)) => Some(&c.config),
+                    (None, crate::nn::CountNet::Counter(_)) => None,
+                };
+                let points = match readout {
+                    Some(cfg) => crate::infer::predict(
                         counter,
-                        Some(l),
+                        localizer,
                         &img,
                         &crate::infer::InferOptions::default(),
                     )?
-                    .points(l.config.point_threshold, l.config.min_distance),
+                    .points(cfg.point_threshold, cfg.min_distance),
                     None => None,
                 };
                 let text = format!("pred {:.1} / true {}", c.predicted, c.truth);

@@ -2,14 +2,17 @@
 pub mod bench;
 pub mod count;
 pub mod count_pipeline;
+pub mod count_scale;
 pub mod data;
 pub mod demo;
 pub mod eval;
 pub mod export;
 pub mod gpu;
+pub mod merge;
 pub mod outputs;
 pub mod plot;
 pub mod report;
+pub mod shard;
 pub mod train;
 
 use clap::{Parser, Subcommand};
@@ -32,6 +35,8 @@ pub enum Command {
     Train(train::TrainArgs),
     /// Count cells in image files or folders.
     Count(count::CountArgs),
+    /// Join the output folders of `dcl count --shard K/N` into one counts.csv.
+    Merge(merge::MergeArgs),
     /// Evaluate checkpoints on an annotated folder.
     Eval(eval::EvalArgs),
     /// Generate synthetic data, train both networks, evaluate and count: the quick tour.
@@ -56,6 +61,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Train(a) => train::run(a),
         Command::Count(a) => count::run(a),
+        Command::Merge(a) => merge::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Data(c) => data::run(c),
         Command::Demo(a) => demo::run(a),

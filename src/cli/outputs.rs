@@ -415,6 +415,35 @@ pub struct PointOptions {
     pub geojson_multipoint: bool,
 }
 
+/// An image's located cells in DIR: NAME.csv (x,y,score), NAME.napari.csv, NAME.geojson
+/// (QuPath) and NAME.roi or NAME.zip (ImageJ). Images held whole and whole slides alike.
+pub fn write_point_files(
+    dir: &Path,
+    name: &str,
+    pts: &[Point],
+    count: f64,
+    opts: &PointOptions,
+) -> anyhow::Result<()> {
+    atomic_write(&dir.join(format!("{name}.csv")), points_csv(pts).as_bytes())?;
+    atomic_write(
+        &dir.join(format!("{name}.napari.csv")),
+        exchange::napari_csv(pts).as_bytes(),
+    )?;
+    let geojson = exchange::qupath_geojson(
+        pts,
+        opts.geojson_object_type,
+        opts.geojson_multipoint,
+        count,
+    );
+    atomic_write(&dir.join(format!("{name}.geojson")), geojson.as_bytes())?;
+    let (ext, roi) = exchange::imagej_points(pts, name);
+    // the other kind of an earlier run (fewer or more cells) would be stale
+    let other = if ext == "roi" { "zip" } else { "roi" };
+    let _ = std::fs::remove_file(dir.join(format!("{name}.{other}")));
+    atomic_write(&dir.join(format!("{name}.{ext}")), &roi)?;
+    Ok(())
+}
+
 pub fn write_image_outputs(
     out: &Path,
     name: &str,
@@ -424,24 +453,7 @@ pub fn write_image_outputs(
     opts: &PointOptions,
 ) -> anyhow::Result<()> {
     if let Some(pts) = points {
-        let dir = out.join("points");
-        atomic_write(&dir.join(format!("{name}.csv")), points_csv(pts).as_bytes())?;
-        atomic_write(
-            &dir.join(format!("{name}.napari.csv")),
-            exchange::napari_csv(pts).as_bytes(),
-        )?;
-        let geojson = exchange::qupath_geojson(
-            pts,
-            opts.geojson_object_type,
-            opts.geojson_multipoint,
-            p.count,
-        );
-        atomic_write(&dir.join(format!("{name}.geojson")), geojson.as_bytes())?;
-        let (ext, roi) = exchange::imagej_points(pts, name);
-        // the other kind of an earlier run (fewer or more cells) would be stale
-        let other = if ext == "roi" { "zip" } else { "roi" };
-        let _ = std::fs::remove_file(dir.join(format!("{name}.{other}")));
-        atomic_write(&dir.join(format!("{name}.{ext}")), &roi)?;
+        write_point_files(&out.join("points"), name, pts, p.count, opts)?;
     }
     let ov = crate::report::overlay::overlay(img, points, p.count);
     let mut png = std::io::Cursor::new(Vec::new());

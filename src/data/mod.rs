@@ -13,6 +13,7 @@ pub mod image_io;
 pub mod layout;
 pub mod loader;
 pub mod preprocess;
+pub mod stream;
 pub mod synthetic;
 
 pub use augment::Augment;

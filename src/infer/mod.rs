@@ -8,6 +8,8 @@
 //! and evaluation).
 pub mod dataset;
 pub mod points;
+pub mod resample;
+pub mod stream;
 pub mod tiling;
 
 use image::DynamicImage;
@@ -359,7 +361,7 @@ fn sum_pool(m: &Map, s: usize) -> Map {
 
 /// Adds `w`·plane into `map` at (x0, y0).
 #[allow(clippy::too_many_arguments)]
-fn blend(
+pub(crate) fn blend(
     map: &mut Map,
     plane: &[f32],
     pw: usize,
@@ -396,23 +398,37 @@ fn border_mean(img: &DynamicImage) -> [f32; 3] {
         let p = img.crop_imm(x, y, 1, 1).to_rgb32f();
         p.get_pixel(0, 0).0
     };
-    let (w, h) = (img.width(), img.height());
+    mean_of(
+        border_samples(img.width(), img.height())
+            .into_iter()
+            .map(|(x, y)| rgb(x, y)),
+    )
+}
+
+/// The border pixels `border_mean` averages, in the order it adds them.
+pub(crate) fn border_samples(w: u32, h: u32) -> Vec<(u32, u32)> {
     let step = ((w + h) / 256).max(1);
+    let mut out = Vec::new();
+    for x in (0..w).step_by(step as usize) {
+        out.push((x, 0));
+        out.push((x, h - 1));
+    }
+    for y in (0..h).step_by(step as usize) {
+        out.push((0, y));
+        out.push((w - 1, y));
+    }
+    out
+}
+
+/// The mean of colours, accumulated in f64 in the order given.
+pub(crate) fn mean_of(colours: impl Iterator<Item = [f32; 3]>) -> [f32; 3] {
     let mut acc = [0f64; 3];
     let mut n = 0f64;
-    let mut add = |p: [f32; 3]| {
+    for p in colours {
         for c in 0..3 {
             acc[c] += p[c] as f64;
         }
         n += 1.0;
-    };
-    for x in (0..w).step_by(step as usize) {
-        add(rgb(x, 0));
-        add(rgb(x, h - 1));
-    }
-    for y in (0..h).step_by(step as usize) {
-        add(rgb(0, y));
-        add(rgb(w - 1, y));
     }
     [
         (acc[0] / n) as f32,
@@ -430,16 +446,30 @@ fn tile_input(
     th: usize,
     pad: [f32; 3],
 ) -> Vec<f32> {
+    let region = |x: u32, y: u32, w: u32, h: u32| img.crop_imm(x, y, w, h).to_rgb32f();
     let (w, h) = (img.width() as usize, img.height() as usize);
+    tile_input_from(&region, (w, h), x0, y0, tw, th, pad)
+}
+
+/// `tile_input` of a `size` image whose pixels `region(x, y, w, h)` gives (a whole image, or
+/// the band of rows a streamed image holds).
+pub(crate) fn tile_input_from(
+    region: &dyn Fn(u32, u32, u32, u32) -> image::Rgb32FImage,
+    size: (usize, usize),
+    x0: usize,
+    y0: usize,
+    tw: usize,
+    th: usize,
+    pad: [f32; 3],
+) -> Vec<f32> {
+    let (w, h) = size;
     let (cw, ch) = (tw.min(w.saturating_sub(x0)), th.min(h.saturating_sub(y0)));
     let mut chw = vec![0f32; 3 * tw * th];
     for (c, p) in pad.iter().enumerate() {
         chw[c * tw * th..(c + 1) * tw * th].fill(*p);
     }
     if cw > 0 && ch > 0 {
-        let part = img
-            .crop_imm(x0 as u32, y0 as u32, cw as u32, ch as u32)
-            .to_rgb32f();
+        let part = region(x0 as u32, y0 as u32, cw as u32, ch as u32);
         for (x, y, px) in part.enumerate_pixels() {
             for c in 0..3 {
                 chw[c * tw * th + y as usize * tw + x as usize] = px.0[c];
