@@ -1,5 +1,21 @@
 //! Reading images and annotations (dots images, CSV point lists) and writing PNG / float TIFF.
 //!
+//! Inputs and how they are normalised to [0, 1] before the networks see them (RGB; grey is
+//! replicated to three channels, alpha is dropped, no colour management):
+//!
+//! | input | normalisation |
+//! |---|---|
+//! | 8-bit PNG, JPEG, TIFF (grey, grey+alpha, RGB, RGBA, palette) | value / 255 |
+//! | 16-bit PNG, TIFF (grey, grey+alpha, RGB, RGBA) | value / 65535 (the full 16-bit range: a 12-bit camera's images are dark, as in other tools that do not stretch) |
+//! | float TIFF (16/32/64-bit) whose values all lie in [0, 1] | as they are |
+//! | other float TIFF | (value - min) / (max - min) over the image's finite colour samples |
+//! | signed integer TIFF (8 to 64-bit), 32/64-bit unsigned TIFF | (value - min) / (max - min) over the image (these types have no full scale that images use) |
+//!
+//! NaN and infinite samples become 0, a constant image in the rescaled kinds becomes 0, and
+//! alpha never enters min and max. TIFFs may be chunky or planar, with 1 to 4 samples a pixel
+//! (1 grey, 2 grey+alpha, 3 RGB, 4 RGBA); the first page of a multi-page file is read.
+//! Rescaled and float images are held at 16 bits per sample (1/65535 steps).
+//!
 //! Coordinates: pixel (row r, column c) is the unit square [c, c+1) x [r, r+1), so the dot of an
 //! annotated pixel lies at its centre (c + 0.5, r + 0.5). Resizing by a factor s then maps a
 //! point to (x s, y s), flips to (W - x, y), and a dot lies in pixel (floor y, floor x).
@@ -117,6 +133,9 @@ pub fn decode_bytes(
                 check_png_chunks(bytes)?;
             } else {
                 check_tiff_tags(bytes)?;
+                if let Some(img) = decode_tiff_samples(bytes, limits)? {
+                    return Ok(img);
+                }
             }
             let mut reader = image::ImageReader::with_format(Cursor::new(bytes), format);
             let mut l = image::Limits::default();
@@ -142,6 +161,153 @@ pub fn decode_bytes(
         return Err("image has no pixels".into());
     }
     Ok(decoded)
+}
+
+/// TIFFs the `image` crate does not read, or does not scale as documented, decoded with the
+/// `tiff` crate: float (16/32/64-bit), signed integer (8 to 64-bit) and 32/64-bit unsigned
+/// samples, and grey+alpha at any depth, chunky or planar, 1 to 4 samples a pixel. None for the
+/// TIFFs `image` decodes itself (8- and 16-bit unsigned grey, RGB and RGBA; palette, CMYK,
+/// YCbCr, bilevel). How samples are normalised: see the module's documentation.
+fn decode_tiff_samples(
+    bytes: &[u8],
+    limits: &DecodeLimits,
+) -> std::result::Result<Option<DynamicImage>, String> {
+    use tiff::decoder::{Decoder, DecodingResult, Limits};
+    use tiff::tags::Tag;
+    use tiff::ColorType;
+    let bad = |e: tiff::TiffError| format!("cannot decode image (corrupt or truncated TIFF): {e}");
+    let mut tl = Limits::default();
+    tl.decoding_buffer_size = usize::try_from(limits.max_bytes).unwrap_or(usize::MAX);
+    let mut dec = Decoder::new(Cursor::new(bytes))
+        .map_err(bad)?
+        .with_limits(tl);
+    let color = dec.colortype().map_err(bad)?;
+    // one value per sample (often written once for all): the first one
+    let sample_format = match dec.find_tag(Tag::SampleFormat).map_err(bad)? {
+        None => 1,
+        Some(v) => v.into_u16_vec().map_err(bad)?.first().copied().unwrap_or(1),
+    };
+    let bits = color.bit_depth();
+    let (spp, grey_alpha) = match color {
+        ColorType::Gray(_) => (1, false),
+        ColorType::GrayA(_) => (2, true),
+        ColorType::RGB(_) => (3, false),
+        ColorType::RGBA(_) => (4, false),
+        ColorType::Multiband { num_samples, .. } if (1..=4).contains(&num_samples) => {
+            (num_samples as usize, num_samples == 2)
+        }
+        ColorType::Multiband { num_samples, .. } => {
+            return Err(format!(
+                "unsupported image: TIFF with {num_samples} samples a pixel (grey, grey+alpha, \
+                 RGB or RGBA are read)"
+            ))
+        }
+        _ => return Ok(None),
+    };
+    let plain = sample_format == 1
+        && matches!(bits, 8 | 16)
+        && matches!(
+            color,
+            ColorType::Gray(_) | ColorType::RGB(_) | ColorType::RGBA(_)
+        );
+    if plain || bits < 8 {
+        return Ok(None);
+    }
+    let (w, h) = dec.dimensions().map_err(bad)?;
+    if w == 0 || h == 0 {
+        return Err("image has no pixels".into());
+    }
+    let need = w as u64 * h as u64 * spp as u64 * (bits as u64).div_ceil(8);
+    if w > limits.max_side || h > limits.max_side || need > limits.max_bytes {
+        return Err(format!(
+            "image too large ({w}x{h}, {spp} samples of {bits} bits; at most {} pixels a side \
+             and {} bytes decoded)",
+            limits.max_side, limits.max_bytes
+        ));
+    }
+    let planar = dec
+        .find_tag_unsigned::<u16>(Tag::PlanarConfiguration)
+        .map_err(bad)?
+        == Some(2);
+    let mut data = DecodingResult::U8(Vec::new());
+    dec.read_image_to_buffer(&mut data).map_err(bad)?;
+    let n = w as usize * h as usize;
+    // samples as f64, chunky (pixel after pixel)
+    let values: Vec<f64> = match &data {
+        DecodingResult::U8(v) => v.iter().map(|&x| x as f64).collect(),
+        DecodingResult::U16(v) => v.iter().map(|&x| x as f64).collect(),
+        DecodingResult::U32(v) => v.iter().map(|&x| x as f64).collect(),
+        DecodingResult::U64(v) => v.iter().map(|&x| x as f64).collect(),
+        DecodingResult::I8(v) => v.iter().map(|&x| x as f64).collect(),
+        DecodingResult::I16(v) => v.iter().map(|&x| x as f64).collect(),
+        DecodingResult::I32(v) => v.iter().map(|&x| x as f64).collect(),
+        DecodingResult::I64(v) => v.iter().map(|&x| x as f64).collect(),
+        DecodingResult::F16(v) => v.iter().map(|&x| x.to_f64()).collect(),
+        DecodingResult::F32(v) => v.iter().map(|&x| x as f64).collect(),
+        DecodingResult::F64(v) => v.clone(),
+    };
+    if values.len() < n * spp {
+        return Err(format!(
+            "cannot decode image (truncated TIFF): {} of {} samples",
+            values.len(),
+            n * spp
+        ));
+    }
+    let sample = |i: usize, c: usize| {
+        if planar {
+            values[c * n + i]
+        } else {
+            values[i * spp + c]
+        }
+    };
+    // 8- and 16-bit unsigned grey+alpha: kept as they are (alpha is dropped later)
+    if grey_alpha && sample_format == 1 && matches!(bits, 8 | 16) {
+        let px: Vec<u16> = (0..n)
+            .flat_map(|i| [sample(i, 0), sample(i, 1)])
+            .map(|v| v as u16)
+            .collect();
+        return Ok(Some(if bits == 8 {
+            let px = px.into_iter().map(|v| v as u8).collect();
+            DynamicImage::ImageLumaA8(image::ImageBuffer::from_raw(w, h, px).ok_or("bad buffer")?)
+        } else {
+            DynamicImage::ImageLumaA16(image::ImageBuffer::from_raw(w, h, px).ok_or("bad buffer")?)
+        }));
+    }
+    // colour samples (alpha left out), normalised to [0, 1], held at 16 bits
+    let colours = if spp >= 3 { 3 } else { 1 };
+    let float = sample_format == 3;
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for i in 0..n {
+        for c in 0..colours {
+            let v = sample(i, c);
+            if v.is_finite() {
+                lo = lo.min(v);
+                hi = hi.max(v);
+            }
+        }
+    }
+    let as_is = float && lo >= 0.0 && hi <= 1.0;
+    let scale = |v: f64| -> u16 {
+        let t = if !v.is_finite() {
+            0.0
+        } else if as_is {
+            v
+        } else if hi > lo {
+            (v - lo) / (hi - lo)
+        } else {
+            0.0
+        };
+        (t.clamp(0.0, 1.0) * 65535.0).round() as u16
+    };
+    let px: Vec<u16> = (0..n)
+        .flat_map(|i| (0..colours).map(move |c| (i, c)))
+        .map(|(i, c)| scale(sample(i, c)))
+        .collect();
+    Ok(Some(if colours == 3 {
+        DynamicImage::ImageRgb16(image::ImageBuffer::from_raw(w, h, px).ok_or("bad buffer")?)
+    } else {
+        DynamicImage::ImageLuma16(image::ImageBuffer::from_raw(w, h, px).ok_or("bad buffer")?)
+    }))
 }
 
 /// CRC-32 (ISO-HDLC, as PNG uses) of `bytes`.
@@ -369,8 +535,9 @@ pub fn header_pixels(path: &Path) -> Option<u64> {
     Some(w as u64 * h as u64)
 }
 
-/// Reads an image as RGB in [0, 1], CHW: grey is replicated to RGB, alpha dropped, 16-bit
-/// scaled by 1/65535, float images clamped to [0, 1].
+/// Reads an image as RGB in [0, 1], CHW, normalised as the module's table says (grey
+/// replicated to RGB, alpha dropped, 16-bit scaled by 1/65535, float and other TIFF sample
+/// types as documented there).
 pub fn read_image_rgb(path: &Path) -> Result<RgbImage> {
     Ok(to_rgb_chw(&decode_with(path, &DATASET_LIMITS)?))
 }
