@@ -138,3 +138,30 @@ fn open_arg_gives_the_in_memory_set() {
     assert!(synthetic::check_size(8).is_err());
     assert!(synthetic::generate(std::path::Path::new("/nonexistent/x"), 0, 1, 64).is_err());
 }
+
+/// Whole-slide-sized mosaics (`dcl data synth --size N`, N > 4096) are tiled TIFFs of
+/// independently rendered blocks with their cells in a points CSV; here with 256-pixel blocks
+/// and a size that cuts the last ones.
+#[test]
+fn mosaics_are_tiled_tiffs_of_rendered_blocks_with_their_cells() {
+    let d = tempfile::tempdir().unwrap();
+    let (size, block) = (600usize, 256usize);
+    let cells = dcl::data::synthetic_large::generate_blocks(d.path(), 1, 3, size, block).unwrap();
+    let tif = d.path().join("001cell.tif");
+    let img = dcl::data::image_io::decode(&tif).unwrap().to_rgb8();
+    assert_eq!(img.dimensions(), (600, 600));
+    // block (1, 2) is image index (0 * 3 + 2) * 3 + 1 of the seed, cut to 600 - 512 rows
+    let b = dcl::data::synthetic::render(3, 7, block);
+    for y in 0..(size - 2 * block) {
+        for x in 0..block {
+            let p = img.get_pixel((block + x) as u32, (2 * block + y) as u32).0;
+            assert_eq!(p[..], b.rgb[3 * (y * block + x)..][..3], "({x},{y})");
+        }
+    }
+    let csv = std::fs::read_to_string(d.path().join("001cell.csv")).unwrap();
+    let pts = dcl::data::image_io::parse_points_csv(&csv, size, size).unwrap();
+    assert_eq!(pts.len(), cells);
+    assert!(cells > 500, "{cells}");
+    // the streamed reader reads it too
+    assert!(dcl::data::stream::probe(&tif).unwrap().streamable.is_ok());
+}

@@ -34,7 +34,9 @@ pub enum DataCommand {
         #[command(flatten)]
         read: ReadArgs,
     },
-    /// Writes the synthetic fluorescence set in the VGG layout (NNNcell.png + NNNdots.png).
+    /// Writes the synthetic fluorescence set in the VGG layout (NNNcell.png + NNNdots.png);
+    /// sizes above 4096 (up to 200000, whole-slide benchmarks) as tiled TIFF mosaics of
+    /// 2048x2048 fields with a points CSV (NNNcell.tif + NNNcell.csv).
     Synth {
         #[arg(long)]
         out: PathBuf,

@@ -166,6 +166,12 @@ pub fn plan(
             record: None,
         });
     };
+    if out.is_none() {
+        eprintln!(
+            "note: --shard {spec} without --out: this shard's counts go to stdout only, and \
+             `dcl merge` needs the shards' --out folders"
+        );
+    }
     let hash = listing_hash(&files);
     let total = files.len();
     let indices = shard_indices(total, spec);

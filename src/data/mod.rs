@@ -15,6 +15,7 @@ pub mod loader;
 pub mod preprocess;
 pub mod stream;
 pub mod synthetic;
+pub mod synthetic_large;
 
 pub use augment::Augment;
 pub use dataset::{Dataset, ImageInfo, SampleRef, Split, SplitSpec};

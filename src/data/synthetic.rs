@@ -301,12 +301,17 @@ pub fn dots_rgb8(im: &SynthImage) -> Vec<u8> {
     d
 }
 
-/// Writes `n` images of `seed` to `out_dir` in the VGG layout (`NNNcell.png`, `NNNdots.png`).
+/// Writes `n` images of `seed` to `out_dir` in the VGG layout (`NNNcell.png`, `NNNdots.png`);
+/// above 4096 pixels a side, mosaics as tiled TIFF with a points CSV (`synthetic_large`).
 pub fn generate(out_dir: &Path, n: usize, seed: u64, size: usize) -> Result<()> {
-    check_size(size)?;
     if n == 0 {
         return Err(Error::Invalid("synthetic set: n must be at least 1".into()));
     }
+    if size > 4096 {
+        // whole-slide sizes: tiled TIFF mosaics with a points CSV
+        return super::synthetic_large::generate(out_dir, n, seed, size).map(|_| ());
+    }
+    check_size(size)?;
     std::fs::create_dir_all(out_dir)
         .map_err(|e| Error::file(out_dir, format!("cannot create folder: {e}")))?;
     let pb = if std::io::stderr().is_terminal() {

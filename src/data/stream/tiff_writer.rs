@@ -1,5 +1,6 @@
-//! A single-channel 32-bit float TIFF written row by row as 256x256 tiles (Deflate), never held
-//! whole: a whole-slide density map (10 GB as floats at 50000x50000) takes one row of tiles.
+//! A TIFF written row by row as 256x256 tiles (Deflate), never held whole: single-channel 32-bit
+//! float (density maps: 10 GB as floats at 50000x50000, of which one row of tiles is held) or
+//! 8-bit RGB (`dcl data synth` whole-slide images).
 //! BigTIFF when the raw map would pass 3.5 GB (classic TIFF's offsets are 32-bit). The file
 //! appears complete or not at all (`fsutil::AtomicFile`). QuPath, ImageJ/Fiji (Bio-Formats),
 //! tifffile and `image_io::read_tiff_f32` read it.
@@ -16,14 +17,36 @@ pub const TILE: usize = 256;
 /// Raw maps above this are written as BigTIFF.
 const CLASSIC_MAX_RAW: u64 = 3_500_000_000;
 
-pub struct TiledF32Writer {
+/// The samples of a tiled TIFF.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Samples {
+    /// One 32-bit IEEE float a pixel.
+    GreyF32,
+    /// Three 8-bit samples a pixel.
+    Rgb8,
+}
+
+impl Samples {
+    fn bytes(self) -> usize {
+        match self {
+            Samples::GreyF32 => 4,
+            Samples::Rgb8 => 3,
+        }
+    }
+}
+
+/// A float map, tiled (see the module).
+pub type TiledF32Writer = TiledWriter;
+
+pub struct TiledWriter {
+    samples: Samples,
     out: BufWriter<std::fs::File>,
     file: Option<AtomicFile>,
     width: usize,
     height: usize,
     big: bool,
-    /// One row of tiles being filled: TILE rows of the width padded to whole tiles.
-    rows: Vec<f32>,
+    /// One row of tiles being filled: TILE rows of the width padded to whole tiles, as bytes.
+    rows: Vec<u8>,
     filled: usize,
     rows_written: usize,
     offsets: Vec<u64>,
@@ -31,19 +54,31 @@ pub struct TiledF32Writer {
     pos: u64,
 }
 
-impl TiledF32Writer {
-    pub fn create(path: &Path, width: usize, height: usize) -> Result<TiledF32Writer> {
-        let big = (width as u64 * height as u64 * 4) > CLASSIC_MAX_RAW;
-        Self::create_as(path, width, height, big)
+impl TiledWriter {
+    /// A float map.
+    pub fn create(path: &Path, width: usize, height: usize) -> Result<TiledWriter> {
+        Self::create_with(path, width, height, Samples::GreyF32)
     }
 
-    /// `create`, as BigTIFF or not.
+    /// A map of `samples`, BigTIFF when it is large.
+    pub fn create_with(
+        path: &Path,
+        width: usize,
+        height: usize,
+        samples: Samples,
+    ) -> Result<TiledWriter> {
+        let big = (width as u64 * height as u64 * samples.bytes() as u64) > CLASSIC_MAX_RAW;
+        Self::create_as(path, width, height, samples, big)
+    }
+
+    /// `create_with`, as BigTIFF or not.
     pub fn create_as(
         path: &Path,
         width: usize,
         height: usize,
+        samples: Samples,
         big: bool,
-    ) -> Result<TiledF32Writer> {
+    ) -> Result<TiledWriter> {
         if width == 0 || height == 0 || width > u32::MAX as usize || height > u32::MAX as usize {
             return Err(Error::file(
                 path,
@@ -55,13 +90,14 @@ impl TiledF32Writer {
             .file()
             .try_clone()
             .map_err(|e| Error::file(path, format!("cannot write: {e}")))?;
-        let mut w = TiledF32Writer {
+        let mut w = TiledWriter {
+            samples,
             out: BufWriter::with_capacity(1 << 20, f),
             file: Some(file),
             width,
             height,
             big,
-            rows: vec![0.0; TILE * width.div_ceil(TILE) * TILE],
+            rows: vec![0; TILE * width.div_ceil(TILE) * TILE * samples.bytes()],
             filled: 0,
             rows_written: 0,
             offsets: Vec::new(),
@@ -100,19 +136,29 @@ impl TiledF32Writer {
         Ok(())
     }
 
-    /// Appends the next row (`width` values).
+    /// Appends the next row of a float map (`width` values).
     pub fn push_row(&mut self, row: &[f32]) -> Result<()> {
-        if row.len() != self.width || self.rows_written + self.filled >= self.height {
+        if self.samples != Samples::GreyF32 {
+            return Err(self.fail("float row for a map of other samples"));
+        }
+        let bytes: Vec<u8> = row.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.push_row_bytes(&bytes)
+    }
+
+    /// Appends the next row as bytes (`width` pixels of the samples, little-endian).
+    pub fn push_row_bytes(&mut self, row: &[u8]) -> Result<()> {
+        let bpp = self.samples.bytes();
+        if row.len() != self.width * bpp || self.rows_written + self.filled >= self.height {
             return Err(self.fail(format!(
-                "row {} of {} values for a {}x{} map",
+                "row {} of {} bytes for a {}x{} map of {bpp} bytes a pixel",
                 self.rows_written + self.filled,
                 row.len(),
                 self.width,
                 self.height
             )));
         }
-        let pw = self.width.div_ceil(TILE) * TILE;
-        self.rows[self.filled * pw..self.filled * pw + self.width].copy_from_slice(row);
+        let rb = self.width.div_ceil(TILE) * TILE * bpp;
+        self.rows[self.filled * rb..self.filled * rb + row.len()].copy_from_slice(row);
         self.filled += 1;
         if self.filled == TILE || self.rows_written + self.filled == self.height {
             self.flush_tiles()?;
@@ -122,22 +168,23 @@ impl TiledF32Writer {
 
     /// Compresses and writes the row of tiles (in parallel), zero-padded.
     fn flush_tiles(&mut self) -> Result<()> {
-        let pw = self.width.div_ceil(TILE) * TILE;
+        let bpp = self.samples.bytes();
+        let rb = self.width.div_ceil(TILE) * TILE * bpp;
         for r in self.filled..TILE {
-            self.rows[r * pw..(r + 1) * pw].fill(0.0);
+            self.rows[r * rb..(r + 1) * rb].fill(0);
         }
         let rows = &self.rows;
-        let tiles: Vec<std::io::Result<Vec<u8>>> = (0..pw / TILE)
+        let tb = TILE * bpp;
+        let tiles: Vec<std::io::Result<Vec<u8>>> = (0..rb / tb)
             .into_par_iter()
             .map(|t| {
-                let mut raw = Vec::with_capacity(TILE * TILE * 4);
+                let mut z = flate2::write::ZlibEncoder::new(
+                    Vec::with_capacity(TILE * tb / 4),
+                    flate2::Compression::fast(),
+                );
                 for r in 0..TILE {
-                    let s = &rows[r * pw + t * TILE..r * pw + (t + 1) * TILE];
-                    raw.extend(s.iter().flat_map(|v| v.to_le_bytes()));
+                    z.write_all(&rows[r * rb + t * tb..r * rb + (t + 1) * tb])?;
                 }
-                let mut z =
-                    flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
-                z.write_all(&raw)?;
                 z.finish()
             })
             .collect();
@@ -183,7 +230,6 @@ impl TiledF32Writer {
             cnt_at = self.pos;
             self.write(&cnt_bytes)?;
         }
-        let ifd_at = self.pos;
         const SHORT: u16 = 3;
         let long_ty: u16 = if big { 16 } else { 4 }; // LONG8 or LONG
                                                      // (tag, type, count, value): values of SHORT and LONG fit in the entry
@@ -196,19 +242,33 @@ impl TiledF32Writer {
                 at
             }
         };
+        let (spp, bits, photometric, format) = match self.samples {
+            Samples::GreyF32 => (1u64, 32u64, 1u64, 3u64), // BlackIsZero, IEEE float
+            Samples::Rgb8 => (3, 8, 2, 1),                 // RGB, unsigned integer
+        };
+        // BitsPerSample holds one SHORT per sample: three do not fit a classic entry
+        let bits_value = if spp * 2 <= word {
+            (0..spp).fold(0u64, |v, k| v | bits << (16 * k))
+        } else {
+            let at = self.pos;
+            let b: Vec<u8> = (0..spp).flat_map(|_| (bits as u16).to_le_bytes()).collect();
+            self.write(&b)?;
+            at
+        };
+        let ifd_at = self.pos;
         let entries: Vec<(u16, u16, u64, u64)> = vec![
             (256, 4, 1, self.width as u64),
             (257, 4, 1, self.height as u64),
-            (258, SHORT, 1, 32),
+            (258, SHORT, spp, bits_value),
             (259, SHORT, 1, 8), // Adobe Deflate (zlib)
-            (262, SHORT, 1, 1), // BlackIsZero
-            (277, SHORT, 1, 1),
+            (262, SHORT, 1, photometric),
+            (277, SHORT, 1, spp),
             (284, SHORT, 1, 1),
             (322, SHORT, 1, TILE as u64),
             (323, SHORT, 1, TILE as u64),
             (324, long_ty, n, value_of(&off_bytes, off_at)),
             (325, long_ty, n, value_of(&cnt_bytes, cnt_at)),
-            (339, SHORT, 1, 3), // IEEE floating point
+            (339, SHORT, 1, format),
         ];
         let mut ifd = Vec::new();
         if big {
@@ -224,8 +284,8 @@ impl TiledF32Writer {
                 ifd.extend(value.to_le_bytes());
             } else {
                 ifd.extend((count as u32).to_le_bytes());
-                // SHORT values are left-justified in the 4-byte field
-                let v = if ty == SHORT {
+                // one SHORT value is left-justified in the 4-byte field
+                let v = if ty == SHORT && count == 1 {
                     (value as u16 as u32).to_le_bytes()
                 } else {
                     (value as u32).to_le_bytes()
@@ -274,7 +334,7 @@ mod tests {
         ] {
             let p = d.path().join(format!("m{w}x{h}{big}.tif"));
             let m = map(w, h);
-            let mut wr = TiledF32Writer::create_as(&p, w, h, big).unwrap();
+            let mut wr = TiledF32Writer::create_as(&p, w, h, Samples::GreyF32, big).unwrap();
             for r in m.chunks(w) {
                 wr.push_row(r).unwrap();
             }
@@ -282,6 +342,31 @@ mod tests {
             let (rw, rh, back) = crate::data::image_io::read_tiff_f32(&p).unwrap();
             assert_eq!((rw, rh), (w, h));
             assert_eq!(back, m, "{w}x{h}");
+        }
+    }
+
+    /// RGB: read back by the in-memory decoder and by the streamed reader.
+    #[test]
+    fn tiled_rgb_reads_back_exactly() {
+        let d = tempfile::tempdir().unwrap();
+        for (w, h, big) in [(300usize, 70usize, false), (513, 600, true)] {
+            let p = d.path().join(format!("rgb{big}.tif"));
+            let rgb: Vec<u8> = (0..w * h * 3).map(|i| (i * 31 % 251) as u8).collect();
+            let mut wr = TiledWriter::create_as(&p, w, h, Samples::Rgb8, big).unwrap();
+            for r in rgb.chunks(w * 3) {
+                wr.push_row_bytes(r).unwrap();
+            }
+            wr.finish().unwrap();
+            let want = image::DynamicImage::ImageRgb8(
+                image::RgbImage::from_raw(w as u32, h as u32, rgb).unwrap(),
+            );
+            if !big {
+                assert!(crate::data::image_io::decode(&p).unwrap() == want);
+            }
+            let mut src = crate::data::stream::open(&p).unwrap();
+            let mut bytes = Vec::new();
+            while src.read_rows(100, &mut bytes).unwrap() > 0 {}
+            assert_eq!(bytes, want.as_bytes());
         }
     }
 
