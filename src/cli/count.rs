@@ -166,12 +166,16 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
     if files.is_empty() {
         anyhow::bail!("no image files (png, jpeg, tiff) found in the given paths");
     }
-    let settings = serde_json::json!({
-        "counter": hash,
-        "localizer": a.localizer.as_deref().map(crate::checkpoint::file_hash).transpose()?,
-        "tile": opts.checked_tile()?, "overlap": a.overlap,
-        "threshold": a.threshold, "min_distance": a.min_distance,
-    });
+    // what a shard records of how it counted (merge refuses shards counted otherwise)
+    let settings = match a.scale.shard {
+        Some(_) => serde_json::json!({
+            "counter": hash,
+            "localizer": a.localizer.as_deref().map(crate::checkpoint::file_hash).transpose()?,
+            "tile": opts.checked_tile()?, "overlap": a.overlap,
+            "threshold": a.threshold, "min_distance": a.min_distance,
+        }),
+        None => serde_json::Value::Null,
+    };
     let shard = super::shard::plan(files, a.scale.shard, a.out.as_deref(), settings)?;
     let files = shard.files;
     if !outputs.is_empty() {

@@ -311,6 +311,7 @@ pub fn count_streamed(
     };
     let progress = |n: u64| bar.inc(n);
     let open = || stream::open(path).map_err(|e| Error::file(path, e));
+    let t0 = std::time::Instant::now();
     let s = predict_stream(
         counter,
         ctx.localizer.map(|l| (l, ctx.readout)),
@@ -327,6 +328,7 @@ pub fn count_streamed(
         e => anyhow::anyhow!("{}: {e}", path.display()),
     })?;
     bar.finish_and_clear();
+    let secs = t0.elapsed().as_secs_f64();
     for w in writers {
         w.finish()?;
     }
@@ -374,6 +376,29 @@ pub fn count_streamed(
                 ov.as_raw(),
             )?;
         }
+    }
+    if s.dropped > 0 {
+        eprintln!(
+            "warning: {}: {} points kept of a count of {:.0}: the map has more than {} local \
+             maxima and the {} weakest were set aside, so a few more might have been kept",
+            path.display(),
+            s.points.as_ref().map_or(0, Vec::len),
+            s.count,
+            crate::infer::stream::MAX_CANDIDATES,
+            s.dropped
+        );
+    }
+    if !ctx.quiet {
+        eprintln!(
+            "{}: {}x{} read region by region, {} tiles in {secs:.1}s ({:.2} tiles/s), outputs \
+             written in {:.1}s",
+            path.display(),
+            s.width,
+            s.height,
+            s.tiles,
+            s.tiles as f64 / secs.max(1e-9),
+            t0.elapsed().as_secs_f64() - secs
+        );
     }
     Ok(StreamedRow {
         count: s.count,

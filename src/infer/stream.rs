@@ -32,6 +32,27 @@ pub const MAX_COARSE_VALUES: u64 = 1 << 28;
 /// Rows read from the source at a time.
 const READ_ROWS: u32 = 64;
 
+/// Candidate points (local maxima) kept while a map streams by: when twice as many have
+/// gathered, the weakest beyond this many are dropped (in scan order otherwise), so a noisy
+/// map cannot fill memory (at most 400 MB). The strongest-first read-out never reaches them
+/// unless it keeps fewer points than the count allows; `Streamed::dropped` says so.
+pub const MAX_CANDIDATES: usize = 1 << 24;
+
+/// Keeps the `keep` strongest of `peaks` (ties at the cut kept), in their order; returns the
+/// number dropped.
+fn prune(peaks: &mut Vec<Point>, keep: usize) -> u64 {
+    if peaks.len() <= keep {
+        return 0;
+    }
+    let mut scores: Vec<f32> = peaks.iter().map(|p| p.score).collect();
+    let k = scores.len() - keep;
+    let (_, cut, _) = scores.select_nth_unstable_by(k, |a, b| a.total_cmp(b));
+    let cut = *cut;
+    let before = peaks.len();
+    peaks.retain(|p| p.score.total_cmp(&cut).is_ge());
+    (before - peaks.len()) as u64
+}
+
 /// What a streamed image gives.
 #[derive(Clone, Debug)]
 pub struct Streamed {
@@ -47,6 +68,10 @@ pub struct Streamed {
     pub density_size: Option<(usize, usize)>,
     /// Tiles run (counter and localizer).
     pub tiles: u64,
+    /// Candidate points dropped as the weakest beyond `MAX_CANDIDATES`, when the read-out then
+    /// kept fewer points than the count allows (so the dropped ones might have been kept);
+    /// 0 otherwise.
+    pub dropped: u64,
 }
 
 /// Where a streamed image's results go while it is counted.
@@ -86,7 +111,6 @@ pub fn network_size(w: usize, h: usize, scale: f32) -> Result<(usize, usize)> {
 
 /// Counts (and with a localizer, maps and locates) an image read from `open()` (called twice:
 /// a pass for the border colour, then the tiles). `coarse_of` as in `predict_with`.
-#[allow(clippy::too_many_arguments)]
 pub fn predict_stream_with(
     coarse_of: impl Fn(Tensor) -> Result<Vec<f32>>,
     scale: f32,
@@ -183,6 +207,7 @@ pub fn predict_stream_with(
     let mut dband: Vec<f32> = Vec::new(); // rows [d_y0, ...) of width pw
     let mut d_y0 = 0usize;
     let mut peaks: Vec<Point> = Vec::new();
+    let mut dropped = 0u64;
     let mut rows_kept: Vec<Vec<f32>> = Vec::new(); // the last two emitted rows, for maxima
     let mut emitted = 0usize;
     let (mut ci, mut li) = (0usize, 0usize);
@@ -192,6 +217,7 @@ pub fn predict_stream_with(
                     emitted: &mut usize,
                     rows_kept: &mut Vec<Vec<f32>>,
                     peaks: &mut Vec<Point>,
+                    dropped: &mut u64,
                     threshold: f32|
      -> Result<()> {
         // rows [emitted, upto) are final
@@ -233,6 +259,9 @@ pub fn predict_stream_with(
             row_peaks(prev, &rows_kept[n - 1], None, nh - 1, threshold, peaks);
             rows_kept.clear();
             *emitted += 1; // done
+        }
+        if peaks.len() > 2 * MAX_CANDIDATES {
+            *dropped += prune(peaks, MAX_CANDIDATES);
         }
         // drop what is emitted
         let keep_from = (*emitted).min(nh).max(*d_y0);
@@ -310,6 +339,7 @@ pub fn predict_stream_with(
                 &mut emitted,
                 &mut rows_kept,
                 &mut peaks,
+                &mut dropped,
                 readout.threshold,
             )?;
         } else if ci < groups.len() {
@@ -364,8 +394,11 @@ pub fn predict_stream_with(
         )));
     }
     let points = localizer.map(|(_, r)| {
-        select_points(std::mem::take(&mut peaks), count, r.min_distance)
-            .into_iter()
+        let kept = select_points(std::mem::take(&mut peaks), count, r.min_distance);
+        if kept.len() >= count.round().max(0.0) as usize {
+            dropped = 0; // the read-out stopped at the count: the dropped ones were never reached
+        }
+        kept.into_iter()
             .map(|q| Point {
                 x: q.x / scale,
                 y: q.y / scale,
@@ -382,6 +415,7 @@ pub fn predict_stream_with(
         points,
         density_size: localizer.map(|_| (nw, nh)),
         tiles: tiles_run,
+        dropped,
     })
 }
 
@@ -405,4 +439,24 @@ pub fn predict_stream(
         opts,
         sinks,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pruning_keeps_the_strongest_in_order() {
+        let p = |x: f32, score: f32| Point { x, y: 0.0, score };
+        let mut v = vec![
+            p(0.0, 0.5),
+            p(1.0, 0.1),
+            p(2.0, 0.9),
+            p(3.0, 0.5),
+            p(4.0, 0.2),
+        ];
+        assert_eq!(prune(&mut v, 2), 2); // the two at 0.5 tie at the cut: both kept
+        assert_eq!(v, vec![p(0.0, 0.5), p(2.0, 0.9), p(3.0, 0.5)]);
+        assert_eq!(prune(&mut v, 5), 0);
+    }
 }
