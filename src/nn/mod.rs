@@ -100,10 +100,13 @@ impl ImageCounts for Counter {
 }
 
 impl ImageCounts for Coupled {
+    /// Σ max(d, 0) / density_scale per image, summed where the map lives (a GPU returns N
+    /// numbers, not the maps).
     fn image_counts(&self, images: crate::tensor::Tensor) -> Result<Vec<f32>> {
-        let per = images.dims()[2] * images.dims()[3];
-        let d = self.density(images)?;
-        Ok(d.chunks(per.max(1)).map(|m| m.iter().sum()).collect())
+        let d = crate::ops::relu::relu_forward(self.infer(images)?.value())?;
+        let inv = 1.0 / self.config.density_scale;
+        let sums = crate::ops::loss::per_image_counts(&d)?;
+        Ok(sums.into_iter().map(|c| c * inv).collect())
     }
 }
 

@@ -3,12 +3,10 @@
 use crate::autograd::Var;
 use crate::data::Batch;
 use crate::error::Result;
-use crate::infer::dataset::predict_counts;
-use crate::metrics::count_metrics;
 use crate::nn::{Coupled, Forward, ModelKind};
 use crate::ops::elementwise::scale_tensor;
 use crate::ops::loss::mse_loss;
-use crate::train::fit::{fit, Job, Scores, Summary};
+use crate::train::fit::{count_scores, fit, Job, Scores, Summary};
 use crate::train::{RunData, TrainOptions};
 
 pub struct CoupledJob {
@@ -29,18 +27,7 @@ impl Job for CoupledJob {
         mse_loss(f.tape, &pred, &target)
     }
     fn validate(&self, data: &RunData, batch_size: usize) -> Result<Scores> {
-        let Some((ds, idx)) = &data.val else {
-            return Ok(Scores::default());
-        };
-        let counts = predict_counts(&self.net, ds, idx, batch_size)?;
-        let pairs: Vec<(f64, f64)> = counts.iter().map(|c| (c.predicted, c.truth)).collect();
-        let m = count_metrics(&pairs);
-        Ok(Scores {
-            key: m.mae,
-            mae: Some(m.mae),
-            rmse: Some(m.rmse),
-            mse: None,
-        })
+        count_scores(&self.net, data, batch_size)
     }
 }
 

@@ -39,6 +39,27 @@ pub trait Job {
     fn validate(&self, data: &RunData, batch_size: usize) -> Result<Scores>;
 }
 
+/// Validation of a network that counts (the counter, the coupled baseline): count MAE per
+/// source image, the key, with RMSE beside it.
+pub(crate) fn count_scores(
+    net: &impl crate::nn::ImageCounts,
+    data: &RunData,
+    batch_size: usize,
+) -> Result<Scores> {
+    let Some((ds, idx)) = &data.val else {
+        return Ok(Scores::default());
+    };
+    let counts = crate::infer::dataset::predict_counts(net, ds, idx, batch_size)?;
+    let pairs: Vec<(f64, f64)> = counts.iter().map(|c| (c.predicted, c.truth)).collect();
+    let m = crate::metrics::count_metrics(&pairs);
+    Ok(Scores {
+        key: m.mae,
+        mae: Some(m.mae),
+        rmse: Some(m.rmse),
+        mse: None,
+    })
+}
+
 /// What a finished run reports.
 #[derive(Clone, Debug)]
 pub struct Summary {
@@ -135,13 +156,16 @@ pub fn fit<J: Job>(
                 opts.profile,
                 &mut profile,
             )?;
-            if let Some(p) = pending.replace(PendingLoss { loss, step: i }) {
+            if let Some(p) = pending.take() {
                 loss_sum += p.wait(epoch)? as f64;
             }
+            let this = PendingLoss { loss, step: i };
             // A loss already on the host (the CPU) is checked at once: no step runs on a
             // diverged network.
-            if pending.as_ref().is_some_and(|p| p.loss.is_ready()) {
-                loss_sum += pending.take().expect("checked above").wait(epoch)? as f64;
+            if this.loss.is_ready() {
+                loss_sum += this.wait(epoch)? as f64;
+            } else {
+                pending = Some(this);
             }
             // one training forward per step: also BatchNorm's num_batches_tracked
             progress.steps += 1;

@@ -352,6 +352,23 @@ fn fast_path_matches_reference_loops() {
     }
 }
 
+/// The fused BatchNorm+ReLU op by finite differences (betas of both signs, so the ReLU both
+/// passes and cuts).
+#[test]
+fn gradcheck_batch_norm2d_relu() {
+    let mut rng = Rng::new(5);
+    let x = shifted(&[2, 3, 4, 5], 2.0, 1.5, 23);
+    let gamma = Tensor::uniform(&[3], 0.5, 1.5, &mut rng);
+    let beta = t(&[0.6, -0.4, 0.2]);
+    check_gradients_with(
+        "batch_norm2d_relu train",
+        &bn_opts(),
+        vec![x, gamma, beta],
+        |t, v| batch_norm2d_train_relu(t, &v[0], &v[1], &v[2], 1e-5).map(|(y, _)| y),
+    )
+    .unwrap();
+}
+
 /// The fused op's values and gradients are batch norm's followed by ReLU's, on the tape.
 #[test]
 fn fused_relu_is_batch_norm_then_relu() {
