@@ -207,6 +207,37 @@ fn split_is_seeded_10_9_1_and_keeps_groups_together() {
 }
 
 #[test]
+fn folds_partition_the_samples_evenly_and_keep_groups_together() {
+    let ds = Dataset::synthetic(41, 1, 32, 1.0).unwrap();
+    let folds = ds.folds(5, 7, None).unwrap();
+    assert_eq!(folds, ds.folds(5, 7, None).unwrap(), "seeded");
+    assert_ne!(folds, ds.folds(5, 8, None).unwrap());
+    let sizes: Vec<usize> = folds.iter().map(Vec::len).collect();
+    assert!(sizes.iter().all(|&n| n == 8 || n == 9), "{sizes:?}");
+    let mut all: Vec<usize> = folds.concat();
+    all.sort();
+    assert_eq!(
+        all,
+        (0..41).collect::<Vec<_>>(),
+        "every sample in exactly one fold"
+    );
+    // groups by tens digit (9, 10, 10, 10, 2 images): whole groups per fold
+    let folds = ds.folds(3, 7, Some(r"^(\d\d)")).unwrap();
+    let key = |i: usize| ds.image_of(i).stem[..2].to_string();
+    for (a, fa) in folds.iter().enumerate() {
+        for (b, fb) in folds.iter().enumerate() {
+            if a != b {
+                assert!(fa.iter().all(|i| fb.iter().all(|j| key(*i) != key(*j))));
+            }
+        }
+    }
+    // more folds than groups is refused, with the numbers
+    let e = ds.folds(6, 7, Some(r"^(\d\d)")).unwrap_err().to_string();
+    assert!(e.contains("6-fold") && e.contains("5 group"), "{e}");
+    assert!(ds.folds(1, 0, None).is_err());
+}
+
+#[test]
 fn mbm_default_group_is_the_slide() {
     let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mbm");
     let ds = Dataset::open(&fx, &DataOptions::default()).unwrap();

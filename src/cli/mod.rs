@@ -6,6 +6,7 @@ pub mod count_scale;
 pub mod data;
 pub mod demo;
 pub mod eval;
+pub mod experiment;
 pub mod export;
 pub mod gpu;
 pub mod merge;
@@ -41,6 +42,9 @@ pub enum Command {
     Eval(eval::EvalArgs),
     /// Generate synthetic data, train both networks, evaluate and count: the quick tour.
     Demo(demo::DemoArgs),
+    /// Train and score a grid of configurations x data sets x seeds by k-fold
+    /// cross-validation (resumable): the paper's claims, measured here.
+    Experiment(experiment::ExperimentArgs),
     /// Plot a run's training curves as PNG.
     Plot(plot::PlotArgs),
     /// Inspect, render and generate data sets.
@@ -66,6 +70,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Data(c) => data::run(c),
         Command::Demo(a) => demo::run(a),
         Command::Plot(a) => plot::run(a),
+        Command::Experiment(a) => experiment::run(a),
         Command::Bench(c) => bench::run(c),
         Command::InitCheckpoint(a) => export::init_checkpoint(a),
         Command::ExportIo(a) => export::export_io(a),

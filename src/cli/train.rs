@@ -48,7 +48,7 @@ struct RunConfig {
 
 /// Ctrl-C asks the training loop to save and stop after the current step; a second Ctrl-C
 /// exits at once.
-fn install_interrupt_handler() {
+pub(crate) fn install_interrupt_handler() {
     use crate::train::INTERRUPT;
     use std::sync::atomic::Ordering;
     let _ = ctrlc::set_handler(|| {

@@ -466,6 +466,50 @@ impl Dataset {
             .collect())
     }
 
+    /// Cuts the samples into `k` folds for cross-validation by a seeded permutation of groups
+    /// (as `split`: the patches of an image, or the images of a group such as an MBM slide,
+    /// stay in one fold), each group going to the fold where the middle of its samples falls,
+    /// so the folds hold as equal a number of samples as whole groups allow. Fails when there
+    /// are fewer groups than folds.
+    pub fn folds(&self, k: usize, seed: u64, group: Option<&str>) -> Result<Vec<Vec<usize>>> {
+        let keys = self.group_keys(group)?;
+        let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (im, key) in self.images.iter().zip(&keys) {
+            groups
+                .entry(key.as_str())
+                .or_default()
+                .extend(im.samples.clone());
+        }
+        if k < 2 || groups.len() < k {
+            return Err(Error::Invalid(format!(
+                "{k}-fold cross-validation needs at least 2 folds and {k} groups of images; \
+                 this data set has {} group(s)",
+                groups.len()
+            )));
+        }
+        let mut order: Vec<Vec<usize>> = groups.into_values().collect();
+        Rng::new(seed).shuffle(&mut order);
+        let n = self.len() as f64;
+        let mut folds = vec![Vec::new(); k];
+        let mut seen = 0usize;
+        for g in order {
+            let mid = seen as f64 + g.len() as f64 / 2.0;
+            seen += g.len();
+            let f = ((mid / n * k as f64) as usize).min(k - 1);
+            folds[f].extend(g);
+        }
+        for f in &mut folds {
+            f.sort_unstable();
+        }
+        if folds.iter().any(Vec::is_empty) {
+            return Err(Error::Invalid(format!(
+                "{k}-fold cross-validation: the groups of this data set are too uneven to fill \
+                 {k} folds"
+            )));
+        }
+        Ok(folds)
+    }
+
     /// Splits the samples train:test:val by a seeded permutation of groups: each group goes to
     /// the part where the middle of its samples falls on the cumulative sample count, so the
     /// parts' sizes follow the ratios as closely as whole groups allow.

@@ -14,7 +14,7 @@ use crate::ops::elementwise::scale_tensor;
 use crate::ops::loss::{mse_loss_forward, per_image_counts};
 
 /// One source image's predicted and true count.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct ImageCount {
     pub image: String,
     pub predicted: f64,
