@@ -68,6 +68,7 @@ pub fn run(a: ExperimentArgs) -> anyhow::Result<()> {
     recipe.out = PathBuf::new();
     recipe.data = String::new();
     recipe.seed = 0;
+    recipe.device = device;
     let spec = ExperimentSpec {
         version: env!("CARGO_PKG_VERSION").into(),
         command: std::iter::once("dcl".to_string())
@@ -82,8 +83,6 @@ pub fn run(a: ExperimentArgs) -> anyhow::Result<()> {
         localizer_epochs: a.localizer_epochs,
         recipe,
     };
-    let mut spec = spec;
-    spec.recipe.device = device;
     let total = spec.cells().len();
     println!(
         "experiment in {}: {} cells ({} sets x {} configurations x {} seeds x {} folds)",

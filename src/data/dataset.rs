@@ -466,12 +466,9 @@ impl Dataset {
             .collect())
     }
 
-    /// Cuts the samples into `k` folds for cross-validation by a seeded permutation of groups
-    /// (as `split`: the patches of an image, or the images of a group such as an MBM slide,
-    /// stay in one fold), each group going to the fold where the middle of its samples falls,
-    /// so the folds hold as equal a number of samples as whole groups allow. Fails when there
-    /// are fewer groups than folds.
-    pub fn folds(&self, k: usize, seed: u64, group: Option<&str>) -> Result<Vec<Vec<usize>>> {
+    /// The samples of each group (see `group_keys`), the groups in a seeded random order:
+    /// what splits and folds cut.
+    fn shuffled_groups(&self, group: Option<&str>, seed: u64) -> Result<Vec<Vec<usize>>> {
         let keys = self.group_keys(group)?;
         let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
         for (im, key) in self.images.iter().zip(&keys) {
@@ -480,15 +477,25 @@ impl Dataset {
                 .or_default()
                 .extend(im.samples.clone());
         }
-        if k < 2 || groups.len() < k {
+        let mut order: Vec<Vec<usize>> = groups.into_values().collect();
+        Rng::new(seed).shuffle(&mut order);
+        Ok(order)
+    }
+
+    /// Cuts the samples into `k` folds for cross-validation by a seeded permutation of groups
+    /// (as `split`: the patches of an image, or the images of a group such as an MBM slide,
+    /// stay in one fold), each group going to the fold where the middle of its samples falls,
+    /// so the folds hold as equal a number of samples as whole groups allow. Fails when there
+    /// are fewer groups than folds.
+    pub fn folds(&self, k: usize, seed: u64, group: Option<&str>) -> Result<Vec<Vec<usize>>> {
+        let order = self.shuffled_groups(group, seed)?;
+        if k < 2 || order.len() < k {
             return Err(Error::Invalid(format!(
                 "{k}-fold cross-validation needs at least 2 folds and {k} groups of images; \
                  this data set has {} group(s)",
-                groups.len()
+                order.len()
             )));
         }
-        let mut order: Vec<Vec<usize>> = groups.into_values().collect();
-        Rng::new(seed).shuffle(&mut order);
         let n = self.len() as f64;
         let mut folds = vec![Vec::new(); k];
         let mut seen = 0usize;
@@ -522,16 +529,7 @@ impl Dataset {
                 spec.ratios
             )));
         }
-        let keys = self.group_keys(spec.group.as_deref())?;
-        let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-        for (im, k) in self.images.iter().zip(&keys) {
-            groups
-                .entry(k.as_str())
-                .or_default()
-                .extend(im.samples.clone());
-        }
-        let mut order: Vec<Vec<usize>> = groups.into_values().collect();
-        Rng::new(spec.seed).shuffle(&mut order);
+        let order = self.shuffled_groups(spec.group.as_deref(), spec.seed)?;
         let n = self.len() as f64;
         let (cut1, cut2) = (n * a / total_ratio, n * (a + b) / total_ratio);
         let mut split = Split::default();

@@ -166,24 +166,18 @@ pub fn train_and_score(
         val: None,
     };
     let batch = opts.batch_size;
-    let score = |counts: Vec<ImageCount>, matches: Option<[usize; 3]>| {
-        let pairs: Vec<(f64, f64)> = counts.iter().map(|c| (c.predicted, c.truth)).collect();
-        let m = crate::metrics::count_metrics(&pairs);
-        Scores {
-            mae: m.mae,
-            rmse: m.rmse,
-            images: counts,
-            matches,
-        }
-    };
     let eval_on = |model: &crate::nn::CountNet,
                    loc: Option<&crate::nn::Localizer>,
                    ds: &Arc<Dataset>,
                    idx: &[usize]|
      -> Result<Scores> {
         let e = evaluate(model, loc, ds, idx, batch, None)?;
-        let m = e.localization.map(|(_, m)| [m.tp, m.fp, m.fn_]);
-        Ok(score(e.counts, m))
+        Ok(Scores {
+            mae: e.metrics.mae,
+            rmse: e.metrics.rmse,
+            images: e.counts,
+            matches: e.localization.map(|(_, m)| [m.tp, m.fp, m.fn_]),
+        })
     };
     let (model, localizer) = match key.config {
         Config::Decoupled | Config::NoGmp => {

@@ -264,14 +264,15 @@ pub fn run(spec: &ExperimentSpec, dir: &Path, quiet: bool) -> Result<Outcome> {
     std::fs::create_dir_all(&cells_dir)
         .map_err(|e| Error::file(&cells_dir, format!("cannot create: {e}")))?;
     let wanted = spec.cells();
-    let done_before = wanted
-        .iter()
-        .filter(|k| cell::read(&cells_dir, k).ok().flatten().is_some())
-        .count();
+    let mut done = Vec::with_capacity(wanted.len());
+    for key in &wanted {
+        done.push(cell::read(&cells_dir, key)?.is_some());
+    }
+    let done_before = done.iter().filter(|d| **d).count();
     let mut sets: Vec<OpenSet> = Vec::new();
     let mut trained = 0;
     for (i, key) in wanted.iter().enumerate() {
-        if cell::read(&cells_dir, key)?.is_some() {
+        if done[i] {
             continue;
         }
         if !sets.iter().any(|s| s.spec.name == key.set) {

@@ -151,18 +151,20 @@ fn claim(rows: &[Row], better: Config, worse: Config, paper: &str) -> String {
             .collect();
         let wins = paired.iter().filter(|(x, y)| x < y).count();
         let change = 100.0 * (bm.mean - wm.mean) / wm.mean;
-        let verdict = if paired.is_empty() {
-            "no seed finished for both"
-        } else if wins == paired.len() {
-            if paired.len() >= 3 {
-                "holds here"
-            } else {
-                "holds on the seeds so far (too few seeds to be sure)"
-            }
-        } else if wins == 0 {
-            "does not hold here"
+        // the same caveat either way: fewer than three seeds settle nothing
+        let few = if paired.len() < 3 {
+            " on the seeds so far (too few seeds to be sure)"
         } else {
-            "unclear: the seeds disagree"
+            " here"
+        };
+        let verdict = if paired.is_empty() {
+            "no seed finished for both".to_string()
+        } else if wins == paired.len() {
+            format!("holds{few}")
+        } else if wins == 0 {
+            format!("does not hold{few}")
+        } else {
+            "unclear: the seeds disagree".to_string()
         };
         let _ = writeln!(
             out,
