@@ -348,3 +348,53 @@ fn mosaic_crops_keep_dots_on_their_density_and_count_the_window() {
     assert!(plain.names.iter().all(|n| !n.ends_with("+mosaic")));
     assert_ne!(plain.images.to_vec(), b.images.to_vec());
 }
+
+#[test]
+fn stain_jitter_changes_colours_only_and_is_seeded() {
+    let ds = small_synthetic(6);
+    let idx: Vec<usize> = (0..6).collect();
+    let plain = Loader::new(ds.clone(), idx.clone(), 3, true, true, 4)
+        .with_mosaic(0.5)
+        .with_workers(0);
+    let none = Loader::new(ds.clone(), idx.clone(), 3, true, true, 4)
+        .with_mosaic(0.5)
+        .with_stain_jitter(0.0)
+        .with_workers(0);
+    let jit = |seed| {
+        Loader::new(ds.clone(), idx.clone(), 3, true, true, seed)
+            .with_mosaic(0.5)
+            .with_stain_jitter(0.1)
+            .with_workers(0)
+    };
+    for b in 0..2 {
+        let (p, n) = (plain.batch(1, b).unwrap(), none.batch(1, b).unwrap());
+        assert_eq!(p.images.to_vec(), n.images.to_vec(), "σ 0 is no jitter");
+        let j = jit(4).batch(1, b).unwrap();
+        // same samples, flips and mosaics: same counts, density and dots; other colours
+        assert_eq!(p.names, j.names);
+        assert_eq!(p.counts, j.counts);
+        assert_eq!(p.points, j.points);
+        assert_eq!(p.density.to_vec(), j.density.to_vec());
+        let (pi, ji) = (p.images.to_vec(), j.images.to_vec());
+        let moved = pi
+            .iter()
+            .zip(&ji)
+            .filter(|(a, b)| (*a - *b).abs() > 1e-3)
+            .count();
+        assert!(
+            moved > pi.len() / 10,
+            "only {moved} of {} values jittered",
+            pi.len()
+        );
+        assert_eq!(ji, jit(4).batch(1, b).unwrap().images.to_vec(), "seeded");
+    }
+    // unaugmented loaders (validation, evaluation) never jitter
+    let eval = Loader::new(ds.clone(), idx.clone(), 3, false, false, 4).with_workers(0);
+    let eval_j = Loader::new(ds, idx, 3, false, false, 4)
+        .with_stain_jitter(0.1)
+        .with_workers(0);
+    assert_eq!(
+        eval.batch(0, 0).unwrap().images.to_vec(),
+        eval_j.batch(0, 0).unwrap().images.to_vec()
+    );
+}

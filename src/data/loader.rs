@@ -8,10 +8,12 @@
 //!
 //! Memory: at most `workers * prefetch` finished batches wait in the queues, plus one being
 //! built per worker (a batch of 8 at 256x256 is 8 MiB: images and density in f32).
+use std::borrow::Cow;
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use crate::data::stain::StainJitter;
 use crate::data::{Augment, Dataset};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
@@ -69,6 +71,8 @@ pub struct Loader {
     prefetch: usize,
     /// Probability that a training sample is a mosaic crop (see `mosaic`).
     mosaic: f32,
+    /// σ of the stain jitter of each augmented patch (0: none; see `with_stain_jitter`).
+    stain_jitter: f32,
 }
 
 /// A mosaic window: normalised image planes, density and dots.
@@ -78,6 +82,8 @@ type MosaicCrop = (Vec<f32>, Vec<f32>, Vec<(f32, f32)>);
 const ORDER_STREAM: u64 = 0;
 /// Marks the generator streams of mosaic choices, apart from the per-sample augmentations.
 const MOSAIC_STREAM: u64 = 1 << 40;
+/// Marks the generator streams of stain jitter (so runs without it draw what they drew).
+const STAIN_STREAM: u64 = 1 << 39;
 
 impl Loader {
     /// A loader over `indices` of `ds`. Background workers default to the cores available
@@ -103,7 +109,31 @@ impl Loader {
             workers: cores.saturating_sub(1).clamp(1, 4),
             prefetch: 2,
             mosaic: 0.0,
+            stain_jitter: 0.0,
         }
+    }
+
+    /// Each augmented patch (every tile of a mosaic too) gets its own stain jitter of
+    /// strength `sigma` (`data::stain`): for H&E histology, not for fluorescence.
+    pub fn with_stain_jitter(mut self, sigma: f32) -> Loader {
+        self.stain_jitter = sigma.max(0.0);
+        self
+    }
+
+    /// Patch `s`'s RGB planes, stain-jittered by the generator stream `stream` when the loader
+    /// jitters.
+    fn colours<'a>(
+        &self,
+        image: &'a [f32],
+        plane: usize,
+        erng: &Rng,
+        stream: u64,
+    ) -> Cow<'a, [f32]> {
+        if !(self.augment && self.stain_jitter > 0.0) {
+            return Cow::Borrowed(image);
+        }
+        let mut rng = erng.fork(stream | STAIN_STREAM);
+        Cow::Owned(StainJitter::random(&mut rng, self.stain_jitter).apply(image, plane))
     }
 
     /// With probability `p` a sample becomes a mosaic crop: its augmented patch and three
@@ -207,15 +237,12 @@ impl Loader {
                 points.push(pts);
                 continue;
             }
+            let image = self.colours(&s.image, plane, &erng, p as u64 + 1);
             for c in 0..3 {
                 let (m, inv) = (IMAGENET_MEAN[c], 1.0 / IMAGENET_STD[c]);
-                aug.extend_plane_with(
-                    &s.image[c * plane..(c + 1) * plane],
-                    w,
-                    h,
-                    &mut images,
-                    |v| (v - m) * inv,
-                );
+                aug.extend_plane_with(&image[c * plane..(c + 1) * plane], w, h, &mut images, |v| {
+                    (v - m) * inv
+                });
             }
             aug.extend_plane_with(&s.density, w, h, &mut density, |v| v);
             counts.push(s.count());
@@ -279,11 +306,13 @@ impl Loader {
                 continue;
             }
             let (tw, th) = (t.width, t.height);
+            let stream = (((p as u64 + 1) << 2) | k as u64) | 1 << 38;
+            let image = self.colours(&t.image, tw * th, erng, stream);
             let mut plane = vec![0f32; w * h];
             for c in 0..4 {
                 let (src, out, m, inv): (&[f32], &mut [f32], f32, f32) = if c < 3 {
                     (
-                        &t.image[c * tw * th..(c + 1) * tw * th],
+                        &image[c * tw * th..(c + 1) * tw * th],
                         &mut img[c * w * h..(c + 1) * w * h],
                         IMAGENET_MEAN[c],
                         1.0 / IMAGENET_STD[c],
@@ -369,6 +398,7 @@ impl Loader {
             batch_size: self.batch_size,
             shuffle: self.shuffle,
             augment: self.augment,
+            stain_jitter: self.stain_jitter,
             seed: self.seed,
             workers: 0,
             prefetch: self.prefetch,

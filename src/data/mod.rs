@@ -4,7 +4,7 @@
 //! Flow: `layout` pairs images with annotations in a folder; `image_io` decodes them;
 //! `preprocess` cuts and resizes them into network-resolution patches (`Sample`s) with dots and
 //! density maps (`density`); `Dataset` caches those patches; `Loader` turns them into
-//! augmented (`augment`), ImageNet-normalised batches on background threads.
+//! augmented (`augment`, `stain`), ImageNet-normalised batches on background threads.
 pub mod augment;
 pub mod dataset;
 pub mod density;
@@ -13,6 +13,7 @@ pub mod image_io;
 pub mod layout;
 pub mod loader;
 pub mod preprocess;
+pub mod stain;
 pub mod stream;
 pub mod synthetic;
 pub mod synthetic_large;

@@ -95,6 +95,13 @@ pub struct TrainOptions {
     #[arg(long, default_value_t = 0.5)]
     #[serde(default)]
     pub mosaic: f32,
+    /// σ of an H&E stain jitter of each training patch (haematoxylin, eosin and DAB densities
+    /// each scaled by U(1-σ, 1+σ) and shifted by U(-σ, σ)), for histology; 0: none. 0.05 is
+    /// the usual strength.
+    // See `data::stain`.
+    #[arg(long, default_value_t = 0.0)]
+    #[serde(default)]
+    pub stain_jitter: f32,
     /// Counter: also train the count of each window of a GRID x GRID grid over the patch (counts
     /// only, not in the paper), so the coarse map's mass sits where the cells are and tiled
     /// counts of large images add up; 0 or 1: the paper's image count loss alone.
@@ -219,6 +226,12 @@ impl TrainOptions {
             return Err(Error::Invalid(format!(
                 "--mosaic is a probability in [0, 1], got {}",
                 self.mosaic
+            )));
+        }
+        if !(0.0..=0.5).contains(&self.stain_jitter) {
+            return Err(Error::Invalid(format!(
+                "--stain-jitter is a σ in [0, 0.5], got {}",
+                self.stain_jitter
             )));
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
