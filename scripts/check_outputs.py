@@ -173,11 +173,11 @@ def check_density(path, count):
 
 
 def count_into(dcl, out, extra):
-    models = os.path.join(ROOT, "tests", "fixtures", "models")
+    models = os.path.join(ROOT, "models", "vgg-cells")
     cmd = [
         dcl, "count", "--quiet",
-        "--counter", os.path.join(models, "counter-vgg-w0125.safetensors"),
-        "--localizer", os.path.join(models, "localizer-vgg-w0125.safetensors"),
+        "--counter", os.path.join(models, "counter.safetensors"),
+        "--localizer", os.path.join(models, "localizer.safetensors"),
         "--out", out, *extra, os.path.join(ROOT, "tests", "fixtures", "vgg"),
     ]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)

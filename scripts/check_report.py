@@ -22,9 +22,9 @@ from html.parser import HTMLParser
 from urllib.parse import unquote
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODELS = os.path.join(ROOT, "tests", "fixtures", "models")
-COUNTER = os.path.join(MODELS, "counter-vgg-w0125.safetensors")
-LOCALIZER = os.path.join(MODELS, "localizer-vgg-w0125.safetensors")
+MODELS = os.path.join(ROOT, "models", "vgg-cells")
+COUNTER = os.path.join(MODELS, "counter.safetensors")
+LOCALIZER = os.path.join(MODELS, "localizer.safetensors")
 VGG = os.path.join(ROOT, "tests", "fixtures", "vgg")
 
 

@@ -672,8 +672,8 @@ if wanted count; then
     log=$logs/count.log
     if [ "$dry" = 1 ]; then
         cdev=cpu vdir=tests/fixtures/vgg
-        cc=tests/fixtures/models/counter-vgg-w0125.safetensors
-        cl=tests/fixtures/models/localizer-vgg-w0125.safetensors
+        cc=models/vgg-cells/counter.safetensors
+        cl=models/vgg-cells/localizer.safetensors
         flags_bad=
         msg=$(check_flags "$log" "$dcl" count "$vdir" --glob '*cell.png' --counter "$cc" --device cuda) ||
             flags_bad+="$msg; "

@@ -234,14 +234,6 @@ fn config_from_metadata(path: &Path, meta: &HashMap<String, String>) -> Result<M
     })
 }
 
-/// Reads a checkpoint's configuration and tensors, checking it holds the expected network.
-fn read_model(
-    path: &Path,
-    kind: ModelKind,
-) -> Result<(ModelConfig, BTreeMap<String, Loaded>, u64)> {
-    check_model(path, read_tensors(path)?, kind)
-}
-
 /// Checks a checkpoint's contents: its configuration (every field in bounds), that it holds
 /// a network of `kind` of about the configured size, integer tensors, and finite values.
 fn check_model(
@@ -291,24 +283,53 @@ fn check_model(
     Ok((config, floats, bn_steps))
 }
 
+/// Where a checkpoint is read from: a file, or bytes built into dcl (a shipped model, see
+/// `crate::shipped`); `name` is what errors and outputs call it.
+#[derive(Clone, Copy, Debug)]
+pub enum Source<'a> {
+    File(&'a Path),
+    Bytes { name: &'a Path, bytes: &'a [u8] },
+}
+
+impl<'a> Source<'a> {
+    pub fn name(&self) -> &'a Path {
+        match *self {
+            Source::File(p) => p,
+            Source::Bytes { name, .. } => name,
+        }
+    }
+
+    fn contents(&self) -> Result<Contents> {
+        match *self {
+            Source::File(p) => read_tensors(p),
+            Source::Bytes { name, bytes } => {
+                parse_tensors(bytes).map_err(|msg| Error::Checkpoint {
+                    path: name.into(),
+                    msg,
+                })
+            }
+        }
+    }
+}
+
+/// Loads a checkpoint of network `N` from `src`; returns the network and its BatchNorm step
+/// count.
+pub fn load_model_from<N: Network>(src: Source) -> Result<(N, u64)> {
+    let name = src.name();
+    let (config, floats, steps) = check_model(name, src.contents()?, N::KIND)?;
+    let mut net = N::new(&config, 0)?;
+    load_into(name, net.store_mut(), floats)?;
+    Ok((net, steps))
+}
+
 /// Loads a checkpoint of network `N`; returns the network and its BatchNorm step count.
 pub fn load_model<N: Network>(path: &Path) -> Result<(N, u64)> {
-    let (config, floats, steps) = read_model(path, N::KIND)?;
-    let mut net = N::new(&config, 0)?;
-    load_into(path, net.store_mut(), floats)?;
-    Ok((net, steps))
+    load_model_from(Source::File(path))
 }
 
 /// `load_model` of a checkpoint held in memory; `name` names it in errors.
 pub fn load_model_bytes<N: Network>(bytes: &[u8], name: &Path) -> Result<(N, u64)> {
-    let contents = parse_tensors(bytes).map_err(|msg| Error::Checkpoint {
-        path: name.into(),
-        msg,
-    })?;
-    let (config, floats, steps) = check_model(name, contents, N::KIND)?;
-    let mut net = N::new(&config, 0)?;
-    load_into(name, net.store_mut(), floats)?;
-    Ok((net, steps))
+    load_model_from(Source::Bytes { name, bytes })
 }
 
 /// Loads a counter checkpoint; returns the network and its BatchNorm step count.
@@ -324,7 +345,13 @@ pub fn load_localizer(path: &Path) -> Result<(Localizer, u64)> {
 /// Loads what `--counter` names: a counter, or a coupled baseline (which counts by itself);
 /// any other network is refused naming the file.
 pub fn load_count_net(path: &Path) -> Result<CountNet> {
-    let contents = read_tensors(path)?;
+    load_count_net_from(Source::File(path))
+}
+
+/// `load_count_net` from a file or from bytes.
+pub fn load_count_net_from(src: Source) -> Result<CountNet> {
+    let path = src.name();
+    let contents = src.contents()?;
     let kind = config_from_metadata(path, &contents.0)?.model;
     let (config, floats, _) =
         match kind {
@@ -356,12 +383,23 @@ pub fn load_pair(
     localizer: Option<&Path>,
     device: &Device,
 ) -> Result<(CountNet, Option<Localizer>, String)> {
-    let mut c = load_count_net(counter)?;
+    load_pair_from(Source::File(counter), localizer.map(Source::File), device)
+}
+
+/// `load_pair` from files or bytes.
+pub fn load_pair_from(
+    counter_src: Source,
+    localizer: Option<Source>,
+    device: &Device,
+) -> Result<(CountNet, Option<Localizer>, String)> {
+    let counter = counter_src.name();
+    let mut c = load_count_net_from(counter_src)?;
     c.store_mut().to_device(device)?;
-    let hash = file_hash(counter)?;
+    let hash = source_hash(counter_src)?;
     let l = match localizer {
         None => None,
-        Some(lp) => {
+        Some(lsrc) => {
+            let lp = lsrc.name();
             if c.counter().is_none() {
                 return Err(Error::file(
                     counter,
@@ -369,7 +407,7 @@ pub fn load_pair(
                      --localizer",
                 ));
             }
-            let (mut l, _) = load_localizer(lp)?;
+            let (mut l, _) = load_model_from::<Localizer>(lsrc)?;
             check_pair(lp, &l.config, counter, c.config())?;
             if let Some(h) = &l.config.counter_hash {
                 if *h != hash {
@@ -425,38 +463,54 @@ fn check_pair(lp: &Path, l: &ModelConfig, cp: &Path, c: &ModelConfig) -> Result<
 /// counter they came from. It ignores the file's layout (safetensors metadata order varies
 /// between writes), so the same model always hashes the same. Other files hash by bytes.
 pub fn file_hash(path: &Path) -> Result<String> {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |bytes: &[u8]| {
-        for &b in bytes {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    };
     match read_tensors(path) {
-        Ok((meta, floats, ints)) => {
-            eat(meta
-                .get(CONFIG_KEY)
-                .map(String::as_bytes)
-                .unwrap_or_default());
-            for (name, (dims, vals)) in &floats {
-                eat(name.as_bytes());
-                for d in dims {
-                    eat(&(*d as u64).to_le_bytes());
-                }
-                eat(bytemuck::cast_slice(vals));
-            }
-            for (name, v) in &ints {
-                eat(name.as_bytes());
-                eat(&v.to_le_bytes());
-            }
-        }
+        Ok(contents) => Ok(contents_hash(&contents)),
         Err(_) => {
             let bytes =
                 std::fs::read(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
-            eat(&bytes);
+            Ok(fnv_hex(&[&bytes]))
         }
     }
-    Ok(format!("{h:016x}"))
+}
+
+/// `file_hash` of a checkpoint file or of one held in memory (whose bytes must parse).
+pub fn source_hash(src: Source) -> Result<String> {
+    match src {
+        Source::File(p) => file_hash(p),
+        Source::Bytes { .. } => Ok(contents_hash(&src.contents()?)),
+    }
+}
+
+fn contents_hash((meta, floats, ints): &Contents) -> String {
+    let mut parts: Vec<&[u8]> = vec![meta
+        .get(CONFIG_KEY)
+        .map(String::as_bytes)
+        .unwrap_or_default()];
+    let dims: Vec<Vec<u8>> = floats
+        .values()
+        .map(|(d, _)| d.iter().flat_map(|d| (*d as u64).to_le_bytes()).collect())
+        .collect();
+    let int_bytes: Vec<[u8; 8]> = ints.values().map(|v| v.to_le_bytes()).collect();
+    for ((name, (_, vals)), d) in floats.iter().zip(&dims) {
+        parts.push(name.as_bytes());
+        parts.push(d);
+        parts.push(bytemuck::cast_slice(vals));
+    }
+    for (name, v) in ints.keys().zip(&int_bytes) {
+        parts.push(name.as_bytes());
+        parts.push(v);
+    }
+    fnv_hex(&parts)
+}
+
+/// FNV-1a 64 over the concatenation of `parts`, as 16 hex digits.
+fn fnv_hex(parts: &[&[u8]]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in parts.iter().flat_map(|p| p.iter()) {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
 }
 #[cfg(test)]
 mod tests {

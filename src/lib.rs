@@ -20,6 +20,7 @@ pub mod optim;
 pub mod progress;
 pub mod report;
 pub mod rng;
+pub mod shipped;
 pub mod tensor;
 pub mod train;
 

@@ -19,6 +19,13 @@ use dcl::infer::{predict, predict_with, InferOptions};
 use dcl::tensor::Tensor;
 use image::DynamicImage;
 
+/// A network of the shipped `vgg-cells` model (models/vgg-cells), trained on VGG cells.
+fn vgg_cells(net: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models/vgg-cells")
+        .join(format!("{net}.safetensors"))
+}
+
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
@@ -462,13 +469,9 @@ fn streamed(
 #[test]
 fn streamed_counts_maps_and_points_are_the_in_memory_ones() {
     let d = tempfile::tempdir().unwrap();
-    let net = dcl::nn::CountNet::Counter(
-        load_counter(&fixture("models/counter-vgg-w0125.safetensors"))
-            .unwrap()
-            .0,
-    );
+    let net = dcl::nn::CountNet::Counter(load_counter(&vgg_cells("counter")).unwrap().0);
     let counter = net.counter().expect("a counter");
-    let (loc, _) = load_localizer(&fixture("models/localizer-vgg-w0125.safetensors")).unwrap();
+    let (loc, _) = load_localizer(&vgg_cells("localizer")).unwrap();
     let img = cells(1100, 900);
     let png = d.path().join("cells.png");
     img.save(&png).unwrap();
@@ -541,7 +544,7 @@ fn streamed_counts_maps_and_points_are_the_in_memory_ones() {
 #[test]
 fn streamed_resized_images_match_too() {
     let d = tempfile::tempdir().unwrap();
-    let (loc, _) = load_localizer(&fixture("models/localizer-vgg-w0125.safetensors")).unwrap();
+    let (loc, _) = load_localizer(&vgg_cells("localizer")).unwrap();
     let readout = Readout {
         threshold: 0.0005,
         min_distance: 1.5,
@@ -622,10 +625,7 @@ fn count_streams_with_the_same_outputs() {
         true,
         false,
     );
-    let (c, l) = (
-        fixture("models/counter-vgg-w0125.safetensors"),
-        fixture("models/localizer-vgg-w0125.safetensors"),
-    );
+    let (c, l) = (vgg_cells("counter"), vgg_cells("localizer"));
     let run = |out: &Path, dens: &Path, extra: &[&str]| {
         let mut args = vec![
             "count",
@@ -717,7 +717,7 @@ fn a_decompression_bomb_is_refused_before_any_work() {
     image::RgbImage::new(40, 40)
         .save(dir.join("ok.png"))
         .unwrap();
-    let c = fixture("models/counter-vgg-w0125.safetensors");
+    let c = vgg_cells("counter");
     let t = std::time::Instant::now();
     let o = dcl(&[
         "count",

@@ -3,7 +3,7 @@
 //!
 //! - With a counter whose map is local (each coarse pixel depends only on its own 8x8 block),
 //!   a stitched image counts exactly as the sum of its parts: this checks the tiling itself.
-//! - With a real trained counter (a small CPU fixture, tests/fixtures/models), four VGG images
+//! - With a real trained counter (the shipped vgg-cells model, models/vgg-cells), four VGG images
 //!   stitched into one 512x512 image count as the sum of their separate counts within 2%; the
 //!   difference left is the counter's own context dependence, not the tiling's. With
 //!   `DCL_VGG_VAL=DIR`, the same on groups of held-out images.
@@ -21,6 +21,13 @@ use dcl::metrics::match_points;
 use dcl::nn::CountNet;
 use dcl::tensor::Tensor;
 use image::{DynamicImage, GenericImage};
+
+/// A network of the shipped `vgg-cells` model (models/vgg-cells), trained on VGG cells.
+fn vgg_cells(net: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models/vgg-cells")
+        .join(format!("{net}.safetensors"))
+}
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -114,11 +121,7 @@ fn blended_tiles_count_each_cell_once() {
 
 #[test]
 fn stitched_vgg_images_count_as_the_sum_of_their_parts() {
-    let counter = CountNet::Counter(
-        load_counter(&fixture("models/counter-vgg-w0125.safetensors"))
-            .unwrap()
-            .0,
-    );
+    let counter = CountNet::Counter(load_counter(&vgg_cells("counter")).unwrap().0);
     let images = vgg_images();
     let opts = InferOptions::default();
     let separate: f64 = images
@@ -152,7 +155,7 @@ fn stitched_vgg_images_count_as_the_sum_of_their_parts() {
     let out = dir.path().join("out");
     let res = Command::new(env!("CARGO_BIN_EXE_dcl"))
         .args(["count", "--quiet", "--counter"])
-        .arg(fixture("models/counter-vgg-w0125.safetensors"))
+        .arg(vgg_cells("counter"))
         .arg("--out")
         .arg(&out)
         .arg(&input)
@@ -207,11 +210,7 @@ fn stitched_validation_images_count_as_the_sum_of_their_parts() {
         "{}: fewer than 4 VGG images",
         dir.display()
     );
-    let counter = CountNet::Counter(
-        load_counter(&fixture("models/counter-vgg-w0125.safetensors"))
-            .unwrap()
-            .0,
-    );
+    let counter = CountNet::Counter(load_counter(&vgg_cells("counter")).unwrap().0);
     let opts = InferOptions::default();
     let annotated = |n: &str| vgg_dots(&dir.join(format!("{n}dots.png"))).len();
     // every image in two groups: consecutive fours, then the list rotated by two
@@ -257,13 +256,8 @@ fn vgg_dots(path: &Path) -> Vec<(f32, f32)> {
 /// many of the annotated ones.
 #[test]
 fn stitched_vgg_images_locate_the_same_cells() {
-    let counter = CountNet::Counter(
-        load_counter(&fixture("models/counter-vgg-w0125.safetensors"))
-            .unwrap()
-            .0,
-    );
-    let (localizer, _) =
-        load_localizer(&fixture("models/localizer-vgg-w0125.safetensors")).unwrap();
+    let counter = CountNet::Counter(load_counter(&vgg_cells("counter")).unwrap().0);
+    let (localizer, _) = load_localizer(&vgg_cells("localizer")).unwrap();
     let (threshold, min_distance) = (
         localizer.config.point_threshold,
         localizer.config.min_distance,

@@ -1,11 +1,18 @@
 //! The coupled baseline goes through the tool like the other networks: `dcl train --model
 //! coupled`, then `dcl eval` and `dcl count` with its checkpoint as `--counter`; a localizer
 //! beside it is refused naming the file.
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn dcl() -> Command {
     Command::new(env!("CARGO_BIN_EXE_dcl"))
+}
+
+/// A network of the shipped `vgg-cells` model (models/vgg-cells), trained on VGG cells.
+fn vgg_cells(net: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models/vgg-cells")
+        .join(format!("{net}.safetensors"))
 }
 
 fn fixture(rel: &str) -> std::path::PathBuf {
@@ -78,7 +85,7 @@ fn coupled_trains_evaluates_and_counts_through_the_cli() {
         .args(["count", "--counter"])
         .arg(&ckpt)
         .arg("--localizer")
-        .arg(fixture("models/localizer-vgg-w0125.safetensors"))
+        .arg(vgg_cells("localizer"))
         .arg(fixture("vgg/001cell.png"))
         .output()
         .unwrap();

@@ -92,8 +92,7 @@ fn peak_of(path: &Path, loc: &dcl::nn::Localizer) -> (usize, usize) {
 fn streamed_memory_does_not_grow_with_the_image() {
     let d = tempfile::tempdir().unwrap();
     let (loc, _) = load_localizer(
-        &Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/models/localizer-vgg-w0125.safetensors"),
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("models/vgg-cells/localizer.safetensors"),
     )
     .unwrap();
     let w = 1024u32;

@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use clap::Args;
 use serde::Serialize;
 
-use crate::checkpoint::load_pair;
 use crate::cli::count_pipeline::{run_stages, Stages};
 use crate::cli::count_scale::{count_streamed, route, Route, StreamCtx};
 use crate::cli::csv_field;
+use crate::cli::models::Chosen;
 use crate::cli::outputs::CountsFolder;
 use crate::data::files::collect_inputs;
 use crate::data::image_io::{decode, header_pixels};
@@ -22,12 +22,8 @@ pub struct CountArgs {
     /// Image files or folders (searched recursively).
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
-    /// Counter checkpoint.
-    #[arg(long)]
-    pub counter: PathBuf,
-    /// Localizer checkpoint: adds point locations and a full-resolution density map.
-    #[arg(long)]
-    pub localizer: Option<PathBuf>,
+    #[command(flatten)]
+    pub nets: crate::cli::models::ModelChoice,
     /// Output folder: counts.csv, report.html, points/, overlays/ and density/ per image.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -103,15 +99,15 @@ impl CountRow {
 
 /// A count or density map that is not finite (weights that overflow) is this image's error,
 /// never a `NaN` row or an empty list of located cells.
-fn check_finite(p: &Prediction, a: &CountArgs) -> anyhow::Result<()> {
+fn check_finite(p: &Prediction, nets: &Chosen) -> anyhow::Result<()> {
     if !p.count.is_finite() || p.coarse.data.iter().any(|v| !v.is_finite()) {
         anyhow::bail!(
             "the counter {} gives a non-finite count ({}): its weights overflow on this image",
-            a.counter.display(),
+            nets.counter_name.display(),
             p.count
         );
     }
-    if let (Some(d), Some(l)) = (&p.density, &a.localizer) {
+    if let (Some(d), Some(l)) = (&p.density, &nets.localizer_name) {
         if d.data.iter().any(|v| !v.is_finite()) {
             anyhow::bail!(
                 "the localizer {} gives a non-finite density map: its weights overflow on this \
@@ -155,7 +151,8 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
         }
     }
     let device = super::parse_device(&a.device)?;
-    let (counter, localizer, hash) = load_pair(&a.counter, a.localizer.as_deref(), &device)?;
+    let nets = a.nets.load(&device)?;
+    let (counter, localizer, hash) = (&nets.counter, &nets.localizer, &nets.counter_hash);
     a.gpu.apply(&counter.store().device())?;
     let outputs: Vec<PathBuf> = a.out.iter().chain(&a.density_dir).cloned().collect();
     let inputs = collect_inputs(&a.paths, a.glob.as_deref(), &outputs, !a.all_images)?;
@@ -170,7 +167,7 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
     let settings = match a.scale.shard {
         Some(_) => serde_json::json!({
             "counter": hash,
-            "localizer": a.localizer.as_deref().map(crate::checkpoint::file_hash).transpose()?,
+            "localizer": nets.localizer_hash,
             "tile": opts.checked_tile()?, "overlap": a.overlap,
             "threshold": a.threshold, "min_distance": a.min_distance,
         }),
@@ -248,8 +245,8 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
         cost: |(path, _): &(PathBuf, String)| header_pixels(path),
         decode: |(path, _): &(PathBuf, String)| Ok(decode(path)?),
         compute: |_: &(PathBuf, String), img: image::DynamicImage| {
-            let p = predict(&counter, localizer.as_ref(), &img, &opts)?;
-            check_finite(&p, &a)?;
+            let p = predict(counter, localizer.as_ref(), &img, &opts)?;
+            check_finite(&p, &nets)?;
             let points = p.points(threshold, min_distance);
             Ok((img, p, points))
         },
@@ -275,7 +272,7 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
                 points: points.map(|v| v.len()),
             };
             if let Some(f) = &folder {
-                f.journal(&row.record(&hash));
+                f.journal(&row.record(hash));
             }
             Ok(row)
         },
@@ -289,7 +286,7 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
     bar.finish_and_clear();
     // The whole-slide images, one at a time, each with its progress in tiles.
     let ctx = StreamCtx {
-        counter: &counter,
+        counter,
         localizer: localizer.as_ref(),
         points: &a.points,
         readout: Readout {
@@ -319,7 +316,7 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
                         points: s.points,
                     };
                     if let Some(f) = &folder {
-                        f.journal(&row.record(&hash));
+                        f.journal(&row.record(hash));
                     }
                     row
                 });
@@ -355,9 +352,9 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
         Ok(o.flush()?)
     })();
     if let Some(f) = folder.take() {
-        f.finish(rows.iter().map(|r| r.record(&hash)).collect())?;
+        f.finish(rows.iter().map(|r| r.record(hash)).collect())?;
         let out = a.out.as_deref().expect("a folder has its path");
-        if let Err(e) = crate::cli::report::count_report(out, &a, &hash, threshold, min_distance) {
+        if let Err(e) = crate::cli::report::count_report(out, &a, &nets, threshold, min_distance) {
             eprintln!("warning: {}: cannot write the report: {e:#}", out.display());
         }
     }

@@ -87,8 +87,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     let localizer = run_dir.join("localizer.best.safetensors");
     eprintln!("[3/4] evaluating on the held-out images");
     super::eval::run(super::eval::EvalArgs {
-        counter: counter.clone(),
-        localizer: Some(localizer.clone()),
+        nets: super::models::ModelChoice::files(&counter, Some(&localizer)),
         data: holdout_dir.clone(),
         format: None,
         split: None,
@@ -105,8 +104,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     eprintln!("[4/4] counting the held-out folder");
     super::count::run(super::count::CountArgs {
         paths: vec![holdout_dir.clone()],
-        counter: counter.clone(),
-        localizer: Some(localizer.clone()),
+        nets: super::models::ModelChoice::files(&counter, Some(&localizer)),
         out: Some(count_dir.clone()),
         density_dir: None,
         glob: Some("*cell.png".into()),

@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use clap::Args;
 
-use crate::checkpoint::load_pair;
 use crate::data::{DataOptions, Dataset, Format, SplitSpec};
 use crate::eval::evaluate;
 
@@ -15,11 +14,10 @@ use crate::eval::evaluate;
 labels \"MSE\". MSE here is the true mean squared error, RMSE squared."
 )]
 pub struct EvalArgs {
-    #[arg(long)]
-    pub counter: PathBuf,
-    /// Also score localization: precision, recall and F1 of located cells.
-    #[arg(long)]
-    pub localizer: Option<PathBuf>,
+    /// The networks; with a localizer, localization is scored too (precision, recall and F1
+    /// of located cells).
+    #[command(flatten)]
+    pub nets: crate::cli::models::ModelChoice,
     /// Annotated folder (layout detected, or see --format).
     #[arg(long)]
     pub data: PathBuf,
@@ -55,7 +53,8 @@ pub struct EvalArgs {
 
 pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     let device = super::parse_device(&a.device)?;
-    let (counter, localizer, _) = load_pair(&a.counter, a.localizer.as_deref(), &device)?;
+    let nets = a.nets.load(&device)?;
+    let (counter, localizer) = (&nets.counter, &nets.localizer);
     a.gpu.apply(&counter.store().device())?;
     if let Some(out) = &a.out {
         // created, checked and marked before the work (so never read as input later)
@@ -92,7 +91,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         anyhow::bail!("{}: no images to evaluate", a.data.display());
     }
     let e = evaluate(
-        &counter,
+        counter,
         localizer.as_ref(),
         &ds,
         &idx,
@@ -104,7 +103,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         anyhow::bail!(
             "{}: the counter {} gives a non-finite count ({}): its weights overflow on this image",
             c.image,
-            a.counter.display(),
+            nets.counter_name.display(),
             c.predicted
         );
     }
@@ -166,7 +165,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             ),
             &out.join("errors.png"),
         )?;
-        let rows = write_overlays(out, &a, &ds, counts, &counter, localizer.as_ref());
+        let rows = write_overlays(out, &a, &ds, counts, counter, localizer.as_ref());
         let mut report_summary = vec![
             ("images".to_string(), m.n.to_string()),
             ("MAE".to_string(), format!("{:.3}", m.mae)),
@@ -177,10 +176,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             ("MSE".to_string(), format!("{:.3}", m.mse)),
         ];
         let mut settings = vec![
-            (
-                "counter".to_string(),
-                crate::cli::report::checkpoint_setting(&a.counter),
-            ),
+            ("counter".to_string(), nets.counter_setting()),
             ("data".to_string(), a.data.display().to_string()),
             (
                 "layout".to_string(),
@@ -193,11 +189,8 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
                 format!("{s} seed {} part {}", a.split_seed, a.part),
             ));
         }
-        if let (Some(l), Some((radius, total))) = (&a.localizer, e.localization) {
-            settings.push((
-                "localizer".into(),
-                crate::cli::report::checkpoint_setting(l),
-            ));
+        if let (Some(l), Some((radius, total))) = (nets.localizer_setting(), e.localization) {
+            settings.push(("localizer".into(), l));
             settings.push((
                 "matching radius (network px)".into(),
                 format!("{radius:.2}"),

@@ -10,6 +10,7 @@ pub mod experiment;
 pub mod export;
 pub mod gpu;
 pub mod merge;
+pub mod models;
 pub mod outputs;
 pub mod plot;
 pub mod report;
@@ -40,6 +41,9 @@ pub enum Command {
     Merge(merge::MergeArgs),
     /// Evaluate checkpoints on an annotated folder.
     Eval(eval::EvalArgs),
+    /// The models shipped with dcl (`count --model NAME` uses them): list, show a model card,
+    /// or export the checkpoints.
+    Models(models::ModelsArgs),
     /// Generate synthetic data, train both networks, evaluate and count: the quick tour.
     Demo(demo::DemoArgs),
     /// Train and score a grid of configurations x data sets x seeds by k-fold
@@ -67,6 +71,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Count(a) => count::run(a),
         Command::Merge(a) => merge::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Models(a) => models::run(a),
         Command::Data(c) => data::run(c),
         Command::Demo(a) => demo::run(a),
         Command::Plot(a) => plot::run(a),

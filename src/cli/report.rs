@@ -54,12 +54,6 @@ fn located(out: &Path, name: &str) -> Option<usize> {
     Some(text.lines().count().saturating_sub(1))
 }
 
-/// A checkpoint as the settings show it: its path and hash.
-pub fn checkpoint_setting(path: &Path) -> String {
-    let hash = crate::checkpoint::file_hash(path).unwrap_or_else(|e| format!("({e})"));
-    format!("{} (hash {hash})", path.display())
-}
-
 fn command_line() -> String {
     std::env::args()
         .map(|a| {
@@ -88,7 +82,7 @@ fn histogram_plot(out: &Path, file: &str, title: &str, x: &str, values: &[f64]) 
 pub fn count_report(
     out: &Path,
     a: &CountArgs,
-    counter_hash: &str,
+    nets: &crate::cli::models::Chosen,
     threshold: f32,
     min_distance: f32,
 ) -> anyhow::Result<()> {
@@ -172,13 +166,10 @@ pub fn count_report(
         ("generated".to_string(), utc_now()),
         ("dcl".to_string(), env!("CARGO_PKG_VERSION").to_string()),
         ("command".to_string(), command_line()),
-        (
-            "counter".to_string(),
-            format!("{} (hash {counter_hash})", a.counter.display()),
-        ),
+        ("counter".to_string(), nets.counter_setting()),
     ];
-    if let Some(l) = &a.localizer {
-        settings.push(("localizer".into(), checkpoint_setting(l)));
+    if let Some(l) = nets.localizer_setting() {
+        settings.push(("localizer".into(), l));
         settings.push(("point threshold (cells/px)".into(), threshold.to_string()));
         settings.push(("min distance (network px)".into(), min_distance.to_string()));
     }

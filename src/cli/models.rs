@@ -1,0 +1,175 @@
+//! Which networks `count` and `eval` use (`--model NAME`, a shipped model, or a user's
+//! `--counter`/`--localizer` checkpoints), and `dcl models`, which lists, shows and exports the
+//! shipped ones.
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::checkpoint::{file_hash, load_pair, source_hash, Source};
+use crate::device::Device;
+use crate::nn::{CountNet, Localizer};
+use crate::shipped::{self, ShippedModel, MODELS};
+
+/// The networks to count with: a shipped model by name, or checkpoint files.
+#[derive(Args, Debug, Clone, Default)]
+#[group(skip)]
+#[command(group(clap::ArgGroup::new("network").required(true).args(["model", "counter"])))]
+pub struct ModelChoice {
+    /// A model shipped with dcl, by name (`dcl models` lists them): its counter and its
+    /// localizer, no training needed.
+    #[arg(
+        long,
+        value_name = "NAME",
+        conflicts_with_all = ["counter", "localizer"]
+    )]
+    pub model: Option<String>,
+    /// With --model: its counter alone (counts without locating cells, several times faster).
+    #[arg(long, requires = "model")]
+    pub counter_only: bool,
+    /// Counter checkpoint (or a coupled model), e.g. a run's counter.best.safetensors.
+    #[arg(long)]
+    pub counter: Option<PathBuf>,
+    /// Localizer checkpoint trained on that counter: adds point locations and a
+    /// full-resolution density map.
+    #[arg(long, requires = "counter")]
+    pub localizer: Option<PathBuf>,
+}
+
+/// Checkpoint files as a `ModelChoice` (what `dcl demo` counts with).
+impl ModelChoice {
+    pub fn files(counter: &Path, localizer: Option<&Path>) -> Self {
+        ModelChoice {
+            counter: Some(counter.into()),
+            localizer: localizer.map(Path::to_path_buf),
+            ..Default::default()
+        }
+    }
+}
+
+/// The opened networks, what outputs call them and their hashes.
+pub struct Chosen {
+    pub counter: CountNet,
+    pub localizer: Option<Localizer>,
+    /// A file's path, or `model NAME (counter)`.
+    pub counter_name: PathBuf,
+    pub localizer_name: Option<PathBuf>,
+    pub counter_hash: String,
+    pub localizer_hash: Option<String>,
+}
+
+impl Chosen {
+    /// How a report's settings show the counter: its name and hash.
+    pub fn counter_setting(&self) -> String {
+        format!(
+            "{} (hash {})",
+            self.counter_name.display(),
+            self.counter_hash
+        )
+    }
+
+    /// How a report's settings show the localizer, if there is one.
+    pub fn localizer_setting(&self) -> Option<String> {
+        let (n, h) = (self.localizer_name.as_ref()?, self.localizer_hash.as_ref()?);
+        Some(format!("{} (hash {h})", n.display()))
+    }
+}
+
+impl ModelChoice {
+    /// Opens the chosen networks on `device` (a localizer only with the counter it was
+    /// trained on).
+    pub fn load(&self, device: &Device) -> anyhow::Result<Chosen> {
+        if let Some(name) = &self.model {
+            let m = shipped::find(name)?;
+            let with_localizer = !self.counter_only;
+            let (counter, localizer, counter_hash) = m.load(with_localizer, device)?;
+            let localizer_name = with_localizer.then(|| m.label("localizer"));
+            let localizer_hash = match &localizer_name {
+                Some(n) => Some(source_hash(Source::Bytes {
+                    name: n,
+                    bytes: m.localizer,
+                })?),
+                None => None,
+            };
+            return Ok(Chosen {
+                counter,
+                localizer,
+                counter_name: m.label("counter"),
+                localizer_name,
+                counter_hash,
+                localizer_hash,
+            });
+        }
+        let cp = self
+            .counter
+            .as_deref()
+            .context("give --model NAME (see `dcl models`) or --counter FILE")?;
+        let (counter, localizer, counter_hash) = load_pair(cp, self.localizer.as_deref(), device)?;
+        Ok(Chosen {
+            counter,
+            localizer,
+            counter_name: cp.into(),
+            localizer_name: self.localizer.clone(),
+            counter_hash,
+            localizer_hash: self.localizer.as_deref().map(file_hash).transpose()?,
+        })
+    }
+}
+
+/// `dcl models`: lists the shipped models; with a name, prints its model card; with
+/// `--export`, writes its two checkpoints (they load into PyTorch as DESIGN §1 says, and go
+/// through `--counter`/`--localizer`, or `dcl train --counter` to train a new localizer).
+#[derive(Args, Debug)]
+pub struct ModelsArgs {
+    /// A shipped model: print its model card.
+    pub name: Option<String>,
+    /// Write the model's counter.safetensors and localizer.safetensors into this folder.
+    #[arg(long, requires = "name", value_name = "DIR")]
+    pub export: Option<PathBuf>,
+}
+
+pub fn run(a: ModelsArgs) -> anyhow::Result<()> {
+    let Some(name) = &a.name else {
+        for m in MODELS {
+            let kb = (m.counter.len() + m.localizer.len()).div_ceil(1024);
+            println!("{:<18} {}  ({kb} KB)", m.name, m.data);
+            println!("{:<18} {}", "", m.summary());
+        }
+        println!(
+            "\n`dcl models NAME` prints a model's card; `dcl count --model NAME IMAGES...` counts \
+             with it."
+        );
+        return Ok(());
+    };
+    let m = shipped::find(name)?;
+    match &a.export {
+        None => print!("{}", m.card),
+        Some(dir) => export(m, dir)?,
+    }
+    Ok(())
+}
+
+/// Writes a shipped model's files (atomically, never over a different existing file).
+fn export(m: &ShippedModel, dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    for (file, bytes) in [
+        ("counter.safetensors", m.counter),
+        ("localizer.safetensors", m.localizer),
+        ("MODEL.md", m.card.as_bytes()),
+    ] {
+        let path = dir.join(file);
+        match std::fs::read(&path) {
+            Ok(old) if old == bytes => continue,
+            Ok(_) => anyhow::bail!(
+                "{}: exists and is not {}'s {file}: not overwritten",
+                path.display(),
+                m.name
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => anyhow::bail!("{}: cannot read: {e}", path.display()),
+        }
+        crate::fsutil::atomic_write(&path, bytes)?;
+        println!("{}", path.display());
+    }
+    Ok(())
+}
