@@ -78,6 +78,32 @@ fn csv(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("counts.csv")).unwrap()
 }
 
+/// The merged folder's report.html shows every image of the unsharded run, and each of its
+/// links (overlays and thumbnails, in the shard folders) reaches a file.
+fn check_merged_report(merged: &Path, whole: &Path) {
+    let page = std::fs::read_to_string(merged.join("report.html")).unwrap();
+    let mut links = 0;
+    for attr in ["href=\"", "src=\""] {
+        for part in page.split(attr).skip(1) {
+            let url = &part[..part.find('"').unwrap()];
+            if url.starts_with('#') || url.starts_with("data:") || url.contains("://") {
+                continue;
+            }
+            let rel = url.replace("%20", " ");
+            assert!(merged.join(&rel).is_file(), "{url} does not reach a file");
+            links += 1;
+        }
+    }
+    let images = csv(whole).lines().count() - 1;
+    // each image: a thumbnail and its overlay; the histogram
+    assert!(links >= 2 * images, "{links} links for {images} images");
+    for line in csv(whole).lines().skip(1) {
+        let image = line.split(',').next().unwrap();
+        let shown = image.rsplit(['/', '\\']).next().unwrap();
+        assert!(page.contains(shown), "{image} not in the merged report");
+    }
+}
+
 #[test]
 fn three_shards_merge_into_the_unsharded_counts() {
     let d = tempfile::tempdir().unwrap();
@@ -107,6 +133,7 @@ fn three_shards_merge_into_the_unsharded_counts() {
     args.extend(shards.iter().rev().map(|s| s.to_str().unwrap()));
     ok(dcl(&args));
     assert_eq!(csv(&merged), csv(&whole));
+    check_merged_report(&merged, &whole);
     // merging again into the same folder is fine; the merged folder is never input
     ok(dcl(&args));
     assert_eq!(csv(&merged), csv(&whole));

@@ -6,7 +6,8 @@
 //! read-out), a shard given twice or an image in two shards (an overlap), missing shards, and
 //! images of a shard without a count (failed or not yet counted; `--partial` merges what there
 //! is and lists them). The per-image outputs (points, overlays, density maps) stay in the shard
-//! folders; `merge.json` in `--out` lists them.
+//! folders; `merge.json` in `--out` lists them, and `report.html` in `--out` shows every merged
+//! row with its overlay linked from the shard folder that counted it.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -288,6 +289,14 @@ pub fn run(a: MergeArgs) -> anyhow::Result<()> {
         serde_json::to_string_pretty(&record)?.as_bytes(),
     )?;
     atomic_write(&csv, text.as_bytes())?;
+    let merged: Vec<Vec<String>> = rows.values().cloned().collect();
+    let dirs: Vec<PathBuf> = record.shard_dirs.iter().flatten().cloned().collect();
+    if let Err(e) = crate::cli::report::merge_report(&a.out, &merged, &dirs, n, &first.settings) {
+        eprintln!(
+            "warning: {}: cannot write the report: {e:#}",
+            a.out.display()
+        );
+    }
     eprintln!(
         "merged {} of {n} shards: {} of {} images counted, into {}",
         shards.len(),

@@ -1,6 +1,6 @@
 //! `report.html` of `dcl count --out` and `dcl eval --out` (the page itself: `report::html`).
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::cli::count::CountArgs;
 use crate::cli::outputs::Owner;
@@ -29,29 +29,161 @@ pub fn write_thumbnail(out: &Path, name: &str, overlay: &image::RgbImage) -> any
     Ok(())
 }
 
-/// A file's path relative to the page when it exists.
-fn existing(out: &Path, rel: String) -> Option<String> {
-    out.join(&rel).is_file().then_some(rel)
+/// Where a counts row's per-image outputs are, seen from a page: the folder that holds them
+/// (`overlays/`, `thumbs/`, `points/`), its path relative to the page's folder, and the
+/// image's outputs name.
+struct Files<'a> {
+    dir: &'a Path,
+    rel: String,
+    name: &'a str,
 }
 
-/// The overlay cell of image `name`: its thumbnail (or, from a folder written before
-/// thumbnails, the overlay itself) linking to the full-size overlay.
-fn overlay_cell(out: &Path, name: &str) -> Cell {
-    let full = format!("overlays/{name}.png");
-    match existing(out, full.clone()) {
-        None => Cell::Empty,
-        Some(full) => Cell::Thumb {
-            src: existing(out, format!("thumbs/{name}.png")).unwrap_or_else(|| full.clone()),
-            href: full,
-            alt: name.to_string(),
-        },
+impl Files<'_> {
+    /// `sub/NAME.ext` as the page links it, when the file exists.
+    fn link(&self, sub: &str, ext: &str) -> Option<String> {
+        let file = format!("{sub}/{}.{ext}", self.name);
+        self.dir
+            .join(&file)
+            .is_file()
+            .then(|| format!("{}{file}", self.rel))
+    }
+
+    /// Its overlay cell: the thumbnail (or, from a folder written before thumbnails, the
+    /// overlay itself) linking to the full-size overlay.
+    fn overlay_cell(&self) -> Cell {
+        match self.link("overlays", "png") {
+            None => Cell::Empty,
+            Some(full) => Cell::Thumb {
+                src: self.link("thumbs", "png").unwrap_or_else(|| full.clone()),
+                href: full,
+                alt: self.name.to_string(),
+            },
+        }
+    }
+
+    /// Rows (data lines) of its points CSV, None when it does not exist.
+    fn located(&self) -> Option<usize> {
+        let path = self.dir.join("points").join(format!("{}.csv", self.name));
+        let text = std::fs::read_to_string(path).ok()?;
+        Some(text.lines().count().saturating_sub(1))
     }
 }
 
-/// Rows (data lines) of a points CSV, None when it does not exist.
-fn located(out: &Path, name: &str) -> Option<usize> {
-    let text = std::fs::read_to_string(out.join("points").join(format!("{name}.csv"))).ok()?;
-    Some(text.lines().count().saturating_sub(1))
+/// counts.csv rows, and each row's image's outputs name.
+type FolderRows = (Vec<Vec<String>>, BTreeMap<String, String>);
+
+/// A count folder's rows of counts.csv (header left out) and, from its output marker, the
+/// outputs name of each row's image.
+fn folder_rows(dir: &Path) -> anyhow::Result<FolderRows> {
+    let csv = read_own_file(&dir.join("counts.csv"))?.unwrap_or_default();
+    let (records, _) = parse_csv(&String::from_utf8_lossy(&csv)).map_err(anyhow::Error::msg)?;
+    let marker: serde_json::Value = read_own_file(&dir.join(OUTPUT_MARKER))?
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let index: BTreeMap<String, Owner> =
+        serde_json::from_value(marker["names"].clone()).unwrap_or_default();
+    let name_of = index.into_iter().map(|(name, o)| (o.row, name)).collect();
+    let rows = records
+        .into_iter()
+        .skip(1)
+        .filter(|r| r.len() == 5)
+        .collect();
+    Ok((rows, name_of))
+}
+
+/// `to` relative to the folder `from` (both absolute), as a URL path ending in '/'.
+fn relative_dir(from: &Path, to: &Path) -> String {
+    let (f, t): (Vec<_>, Vec<_>) = (from.components().collect(), to.components().collect());
+    let common = f.iter().zip(&t).take_while(|(a, b)| a == b).count();
+    let mut rel = "../".repeat(f.len() - common);
+    for c in &t[common..] {
+        rel += &c.as_os_str().to_string_lossy();
+        rel.push('/');
+    }
+    rel
+}
+
+/// The table of a counts page, its summary and its histogram, from counts.csv rows (image,
+/// count, width, height, counter hash) and where each row's outputs are.
+fn counts_page(
+    out: &Path,
+    rows: &[(&Vec<String>, Option<Files>)],
+    title: String,
+    settings: Vec<(String, String)>,
+    note: &str,
+) -> anyhow::Result<()> {
+    let with_points = rows
+        .iter()
+        .any(|(_, f)| f.as_ref().is_some_and(|f| f.located().is_some()));
+    let mut columns = vec![
+        Column::text("image"),
+        Column::num("count"),
+        Column::num("width"),
+        Column::num("height"),
+    ];
+    if with_points {
+        columns.push(Column::num("cells located"));
+    }
+    columns.push(Column::text("counter hash"));
+    columns.push(Column::text("overlay"));
+    let (mut counts, mut total_located) = (Vec::new(), 0usize);
+    let mut table = Vec::new();
+    for (r, files) in rows {
+        let num = |s: &str| s.parse::<f64>().unwrap_or(f64::NAN);
+        let count = num(&r[1]);
+        counts.push(count);
+        let mut row = vec![
+            Cell::Text(r[0].clone()),
+            Cell::num(count, 1),
+            Cell::num(num(&r[2]), 0),
+            Cell::num(num(&r[3]), 0),
+        ];
+        if with_points {
+            match files.as_ref().and_then(Files::located) {
+                Some(k) => {
+                    total_located += k;
+                    row.push(Cell::num(k as f64, 0));
+                }
+                None => row.push(Cell::Empty),
+            }
+        }
+        row.push(Cell::Text(r[4].clone()));
+        row.push(files.as_ref().map_or(Cell::Empty, Files::overlay_cell));
+        table.push(row);
+    }
+    let total: f64 = counts.iter().filter(|c| c.is_finite()).sum();
+    let mut summary = vec![
+        ("images".to_string(), rows.len().to_string()),
+        ("cells counted".to_string(), format!("{total:.1}")),
+        (
+            "mean per image".to_string(),
+            format!("{:.1}", total / rows.len().max(1) as f64),
+        ),
+    ];
+    if with_points {
+        summary.push(("cells located".into(), total_located.to_string()));
+    }
+    let plots: Vec<(String, String)> = histogram_plot(
+        out,
+        "counts_histogram.png",
+        "counts per image",
+        "count (cells)",
+        &counts,
+    )
+    .map(|f| ("counts per image".to_string(), f))
+    .into_iter()
+    .collect();
+    let page = Page {
+        title,
+        summary,
+        plots,
+        columns,
+        rows: table,
+        settings,
+        note: note.into(),
+    };
+    atomic_write(&out.join("report.html"), render(&page).as_bytes())?;
+    Ok(())
 }
 
 fn command_line() -> String {
@@ -77,6 +209,10 @@ fn histogram_plot(out: &Path, file: &str, title: &str, x: &str, values: &[f64]) 
     Some(file.to_string())
 }
 
+const COUNT_NOTE: &str = "Click a column to sort, a thumbnail for the full-size overlay (located \
+     cells ringed); points/ holds each image's cells for napari (.napari.csv), QuPath (.geojson) \
+     and ImageJ (.roi), density/ its density map (float TIFF).";
+
 /// Writes `out/report.html` for a count folder: every row of its counts.csv (this run's and
 /// earlier runs'), with its overlay, and this run's settings.
 pub fn count_report(
@@ -86,82 +222,18 @@ pub fn count_report(
     threshold: f32,
     min_distance: f32,
 ) -> anyhow::Result<()> {
-    let csv = read_own_file(&out.join("counts.csv"))?.unwrap_or_default();
-    let (records, _) = parse_csv(&String::from_utf8_lossy(&csv)).map_err(anyhow::Error::msg)?;
-    let marker: serde_json::Value = read_own_file(&out.join(OUTPUT_MARKER))?
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
-    let index: BTreeMap<String, Owner> =
-        serde_json::from_value(marker["names"].clone()).unwrap_or_default();
-    let name_of: BTreeMap<&str, &str> = index
+    let (records, name_of) = folder_rows(out)?;
+    let rows: Vec<_> = records
         .iter()
-        .map(|(name, o)| (o.row.as_str(), name.as_str()))
+        .map(|r| {
+            let files = name_of.get(&r[0]).map(|name| Files {
+                dir: out,
+                rel: String::new(),
+                name,
+            });
+            (r, files)
+        })
         .collect();
-    let rows: Vec<&Vec<String>> = records.iter().skip(1).filter(|r| r.len() == 5).collect();
-    let with_points = rows.iter().any(|r| {
-        name_of
-            .get(r[0].as_str())
-            .is_some_and(|n| located(out, n).is_some())
-    });
-    let mut columns = vec![
-        Column::text("image"),
-        Column::num("count"),
-        Column::num("width"),
-        Column::num("height"),
-    ];
-    if with_points {
-        columns.push(Column::num("cells located"));
-    }
-    columns.push(Column::text("counter hash"));
-    columns.push(Column::text("overlay"));
-    let (mut counts, mut total_located) = (Vec::new(), 0usize);
-    let mut table = Vec::new();
-    for r in &rows {
-        let num = |s: &str| s.parse::<f64>().unwrap_or(f64::NAN);
-        let count = num(&r[1]);
-        counts.push(count);
-        let name = name_of.get(r[0].as_str()).copied();
-        let mut row = vec![
-            Cell::Text(r[0].clone()),
-            Cell::num(count, 1),
-            Cell::num(num(&r[2]), 0),
-            Cell::num(num(&r[3]), 0),
-        ];
-        if with_points {
-            match name.and_then(|n| located(out, n)) {
-                Some(k) => {
-                    total_located += k;
-                    row.push(Cell::num(k as f64, 0));
-                }
-                None => row.push(Cell::Empty),
-            }
-        }
-        row.push(Cell::Text(r[4].clone()));
-        row.push(name.map_or(Cell::Empty, |n| overlay_cell(out, n)));
-        table.push(row);
-    }
-    let total: f64 = counts.iter().filter(|c| c.is_finite()).sum();
-    let mut summary = vec![
-        ("images".to_string(), rows.len().to_string()),
-        ("cells counted".to_string(), format!("{total:.1}")),
-        (
-            "mean per image".to_string(),
-            format!("{:.1}", total / rows.len().max(1) as f64),
-        ),
-    ];
-    if with_points {
-        summary.push(("cells located".into(), total_located.to_string()));
-    }
-    let plots: Vec<(String, String)> = histogram_plot(
-        out,
-        "counts_histogram.png",
-        "counts per image",
-        "count (cells)",
-        &counts,
-    )
-    .map(|f| ("counts per image".to_string(), f))
-    .into_iter()
-    .collect();
     let mut settings = vec![
         ("generated".to_string(), utc_now()),
         ("dcl".to_string(), env!("CARGO_PKG_VERSION").to_string()),
@@ -178,21 +250,71 @@ pub fn count_report(
         format!("{} / {}", a.tile, a.overlap),
     ));
     settings.push(("device".into(), a.device.clone()));
-    let page = Page {
-        title: format!("dcl count: {}", out.display()),
-        summary,
-        plots,
-        columns,
-        rows: table,
+    counts_page(
+        out,
+        &rows,
+        format!("dcl count: {}", out.display()),
         settings,
-        note: "Rows of every run into this folder (counts.csv). Click a column to sort, a \
-               thumbnail for the full-size overlay (located cells ringed); points/ holds each \
-               image's cells for napari (.napari.csv), QuPath (.geojson) and ImageJ (.roi), \
-               density/ its density map (float TIFF)."
-            .into(),
-    };
-    atomic_write(&out.join("report.html"), render(&page).as_bytes())?;
-    Ok(())
+        &format!("Rows of every run into this folder (counts.csv). {COUNT_NOTE}"),
+    )
+}
+
+/// Writes `out/report.html` for merged shards: the merged rows (`rows`, image first), each
+/// with the overlay in the shard folder that counted it (`shard_dirs`, absolute, linked
+/// relative to `out`), and the shards' common settings.
+pub fn merge_report(
+    out: &Path,
+    rows: &[Vec<String>],
+    shard_dirs: &[PathBuf],
+    shards: usize,
+    settings: &serde_json::Value,
+) -> anyhow::Result<()> {
+    let out_abs = std::path::absolute(out)?;
+    let mut files_of: BTreeMap<String, (&Path, String, String)> = BTreeMap::new();
+    for d in shard_dirs {
+        let (_, name_of) = folder_rows(d)?;
+        let rel = relative_dir(&out_abs, d);
+        for (image, name) in name_of {
+            files_of.insert(image, (d.as_path(), rel.clone(), name));
+        }
+    }
+    let table: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            let files = files_of.get(&r[0]).map(|(dir, rel, name)| Files {
+                dir,
+                rel: rel.clone(),
+                name,
+            });
+            (r, files)
+        })
+        .collect();
+    let mut list = vec![
+        ("generated".to_string(), utc_now()),
+        ("dcl".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+        ("command".to_string(), command_line()),
+        (
+            "shards".to_string(),
+            format!("{} of {shards}", shard_dirs.len()),
+        ),
+    ];
+    if let Some(map) = settings.as_object() {
+        for (k, v) in map {
+            let shown = match v {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Null => "-".into(),
+                v => v.to_string(),
+            };
+            list.push((k.replace('_', " "), shown));
+        }
+    }
+    counts_page(
+        out,
+        &table,
+        format!("dcl merge: {}", out.display()),
+        list,
+        &format!("The merged rows of the shards (counts.csv); each image's outputs stay in the shard folder that counted it. {COUNT_NOTE}"),
+    )
 }
 
 /// One evaluated image, for the eval report.
@@ -246,7 +368,12 @@ pub fn eval_report(
             if with_points {
                 row.push(r.located.map_or(Cell::Empty, |k| Cell::num(k as f64, 0)));
             }
-            row.push(overlay_cell(out, &r.name));
+            let files = Files {
+                dir: out,
+                rel: String::new(),
+                name: &r.name,
+            };
+            row.push(files.overlay_cell());
             row
         })
         .collect();
