@@ -130,5 +130,9 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     eprintln!("  evaluation  {}", a.out.join("eval").display());
     eprintln!("  counts      {}", count_dir.join("counts.csv").display());
     eprintln!("  overlays    {}", count_dir.join("overlays").display());
+    eprintln!(
+        "\nwith no training at all: `dcl models` lists the models shipped with dcl, and \
+         `dcl count --model vgg-cells IMAGES...` counts with one"
+    );
     Ok(())
 }
