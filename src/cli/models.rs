@@ -24,7 +24,7 @@ pub struct ModelChoice {
         conflicts_with_all = ["counter", "localizer"]
     )]
     pub model: Option<String>,
-    /// With --model: its counter alone (counts without locating cells, several times faster).
+    /// With --model: its counter alone (counts without locating cells; about 2.5x faster).
     #[arg(long, requires = "model")]
     pub counter_only: bool,
     /// Counter checkpoint (or a coupled model), e.g. a run's counter.best.safetensors.
