@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Loads the report.html of `dcl count --out` and `dcl eval --out` in headless Chromium, reads
-the rendered DOM and checks it: every image of counts.csv / per_image.csv is listed with its
+"""Loads the report.html of `dcl count --out`, `dcl eval --out` and `dcl merge` in headless
+Chromium, reads the rendered DOM and checks it: every image of counts.csv / per_image.csv is listed with its
 count (and for eval its true count and error), the table sorts (the page opened as
 report.html#sort=-count lists the counts in descending order, done by the page's own script),
 every thumbnail and link points to a file in the folder, and nothing is fetched from the
@@ -183,7 +183,21 @@ def main():
                                  "error": float(r["error"])} for r in rows}
         check_page(a.chromium, eval_dir, expected, ["abs error", "true count"],
                    os.path.join(base, "eval.png"))
-    print("both reports render in Chromium with every image and its numbers")
+
+        # two shards counted with the shipped model (the same networks), then merged: the
+        # merged page lists every image with the unsharded counts, its links reach the shards
+        shards = [os.path.join(base, f"shard{k}") for k in range(2)]
+        for k, d in enumerate(shards):
+            subprocess.run([dcl, "count", "--quiet", "--model", "vgg-cells", "--shard", f"{k}/2",
+                            "--out", d, VGG], check=True, stdout=subprocess.DEVNULL)
+        merged = os.path.join(base, "merged")
+        subprocess.run([dcl, "merge", "--out", merged, *shards], check=True,
+                       stderr=subprocess.DEVNULL)
+        with open(os.path.join(count_dir, "counts.csv"), newline="") as f:
+            rows = list(csv.DictReader(f))
+        expected = {r["image"]: {"count": float(r["count"])} for r in rows}
+        check_page(a.chromium, merged, expected, ["count"], os.path.join(base, "merged.png"))
+    print("the count, eval and merged reports render in Chromium with every image and its numbers")
 
 
 if __name__ == "__main__":

@@ -302,7 +302,7 @@ pub fn merge_report(
         for (k, v) in map {
             let shown = match v {
                 serde_json::Value::String(s) => s.clone(),
-                serde_json::Value::Null => "-".into(),
+                serde_json::Value::Null => "the model's own".into(),
                 v => v.to_string(),
             };
             list.push((k.replace('_', " "), shown));
