@@ -133,7 +133,9 @@ pub fn run(a: ModelsArgs) -> anyhow::Result<()> {
         for m in MODELS {
             let kb = (m.counter.len() + m.localizer.len()).div_ceil(1024);
             println!("{:<18} {}  ({kb} KB)", m.name, m.data);
-            println!("{:<18} {}", "", m.summary());
+            for line in wrap(&m.summary(), 72) {
+                println!("{:<18} {line}", "");
+            }
         }
         println!(
             "\n`dcl models NAME` prints a model's card; `dcl count --model NAME IMAGES...` counts \
@@ -147,6 +149,23 @@ pub fn run(a: ModelsArgs) -> anyhow::Result<()> {
         Some(dir) => export(m, dir)?,
     }
     Ok(())
+}
+
+/// `text`'s words in lines of at most `width` characters (a longer word has its own line).
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = vec![String::new()];
+    for word in text.split_whitespace() {
+        let line = lines.last_mut().expect("one line at least");
+        if !line.is_empty() && line.chars().count() + 1 + word.chars().count() > width {
+            lines.push(word.to_string());
+        } else {
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            line.push_str(word);
+        }
+    }
+    lines
 }
 
 /// Writes a shipped model's files (atomically, never over a different existing file).

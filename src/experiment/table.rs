@@ -119,7 +119,8 @@ pub fn summarize(spec: &ExperimentSpec, dir: &Path) -> Result<Vec<Row>> {
                 val_mae: Spread::of(&vals.iter().map(|v| v.mae).collect::<Vec<_>>()),
                 val_rmse: Spread::of(&vals.iter().map(|v| v.rmse).collect::<Vec<_>>()),
                 val_f1: Spread::of(&vals.iter().filter_map(|v| v.f1()).collect::<Vec<_>>()),
-                cpu_minutes: done.iter().filter_map(|r| r.cpu_seconds).sum::<f64>() / 60.0,
+                // + 0.0: a sum of no floats is -0.0
+                cpu_minutes: done.iter().filter_map(|r| r.cpu_seconds).sum::<f64>() / 60.0 + 0.0,
                 mae_by_seed,
             });
         }
