@@ -192,3 +192,15 @@ fn export(m: &ShippedModel, dir: &Path) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::wrap;
+
+    #[test]
+    fn wrap_keeps_words_whole_within_the_width() {
+        let lines = wrap("aa bbb cc dddddddddd e", 6);
+        assert_eq!(lines, ["aa bbb", "cc", "dddddddddd", "e"]);
+        assert_eq!(wrap("", 10), [""]);
+    }
+}

@@ -403,3 +403,17 @@ pub fn eval_report(
     atomic_write(&out.join("report.html"), render(&page).as_bytes())?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::relative_dir;
+    use std::path::Path;
+
+    #[test]
+    fn relative_dirs_climb_to_the_common_folder() {
+        let rel = |a: &str, b: &str| relative_dir(Path::new(a), Path::new(b));
+        assert_eq!(rel("/w/counts/all", "/w/counts/shard-3"), "../shard-3/");
+        assert_eq!(rel("/w/a", "/w/a"), "");
+        assert_eq!(rel("/w/a/b", "/x"), "../../../x/");
+    }
+}
