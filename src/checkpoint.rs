@@ -315,8 +315,12 @@ impl<'a> Source<'a> {
 /// Loads a checkpoint of network `N` from `src`; returns the network and its BatchNorm step
 /// count.
 pub fn load_model_from<N: Network>(src: Source) -> Result<(N, u64)> {
-    let name = src.name();
-    let (config, floats, steps) = check_model(name, src.contents()?, N::KIND)?;
+    model_from_contents(src.name(), src.contents()?)
+}
+
+/// A network `N` built from a checkpoint's parsed contents; `name` names it in errors.
+fn model_from_contents<N: Network>(name: &Path, contents: Contents) -> Result<(N, u64)> {
+    let (config, floats, steps) = check_model(name, contents, N::KIND)?;
     let mut net = N::new(&config, 0)?;
     load_into(name, net.store_mut(), floats)?;
     Ok((net, steps))
@@ -350,8 +354,11 @@ pub fn load_count_net(path: &Path) -> Result<CountNet> {
 
 /// `load_count_net` from a file or from bytes.
 pub fn load_count_net_from(src: Source) -> Result<CountNet> {
-    let path = src.name();
-    let contents = src.contents()?;
+    count_net_from_contents(src.name(), src.contents()?)
+}
+
+/// `load_count_net` of a checkpoint's parsed contents.
+fn count_net_from_contents(path: &Path, contents: Contents) -> Result<CountNet> {
     let kind = config_from_metadata(path, &contents.0)?.model;
     let (config, floats, _) =
         match kind {
@@ -375,6 +382,15 @@ pub fn load_count_net_from(src: Source) -> Result<CountNet> {
     })
 }
 
+/// A counter (or a coupled model), optionally the localizer trained on it, and their hashes
+/// (`file_hash`), which outputs record.
+pub struct Pair {
+    pub counter: CountNet,
+    pub localizer: Option<Localizer>,
+    pub counter_hash: String,
+    pub localizer_hash: Option<String>,
+}
+
 /// Opens a counter (or a coupled model) and, optionally, the localizer trained on the
 /// counter, on `device`. The localizer must have been trained on this very counter (it
 /// records the counter's hash); also returns that hash, which outputs record.
@@ -383,21 +399,24 @@ pub fn load_pair(
     localizer: Option<&Path>,
     device: &Device,
 ) -> Result<(CountNet, Option<Localizer>, String)> {
-    load_pair_from(Source::File(counter), localizer.map(Source::File), device)
+    let p = load_pair_from(Source::File(counter), localizer.map(Source::File), device)?;
+    Ok((p.counter, p.localizer, p.counter_hash))
 }
 
-/// `load_pair` from files or bytes.
+/// `load_pair` from files or bytes, each read and parsed once (the hashes are taken from the
+/// parsed contents).
 pub fn load_pair_from(
     counter_src: Source,
     localizer: Option<Source>,
     device: &Device,
-) -> Result<(CountNet, Option<Localizer>, String)> {
+) -> Result<Pair> {
     let counter = counter_src.name();
-    let mut c = load_count_net_from(counter_src)?;
+    let contents = counter_src.contents()?;
+    let counter_hash = contents_hash(&contents);
+    let mut c = count_net_from_contents(counter, contents)?;
     c.store_mut().to_device(device)?;
-    let hash = source_hash(counter_src)?;
-    let l = match localizer {
-        None => None,
+    let (l, localizer_hash) = match localizer {
+        None => (None, None),
         Some(lsrc) => {
             let lp = lsrc.name();
             if c.counter().is_none() {
@@ -407,25 +426,32 @@ pub fn load_pair_from(
                      --localizer",
                 ));
             }
-            let (mut l, _) = load_model_from::<Localizer>(lsrc)?;
+            let contents = lsrc.contents()?;
+            let lhash = contents_hash(&contents);
+            let (mut l, _) = model_from_contents::<Localizer>(lp, contents)?;
             check_pair(lp, &l.config, counter, c.config())?;
             if let Some(h) = &l.config.counter_hash {
-                if *h != hash {
+                if *h != counter_hash {
                     return Err(Error::file(
                         lp,
                         format!(
                             "this localizer was trained on another counter (hash {h}), not {} \
-                             (hash {hash})",
+                             (hash {counter_hash})",
                             counter.display()
                         ),
                     ));
                 }
             }
             l.store.to_device(device)?;
-            Some(l)
+            (Some(l), Some(lhash))
         }
     };
-    Ok((c, l, hash))
+    Ok(Pair {
+        counter: c,
+        localizer: l,
+        counter_hash,
+        localizer_hash,
+    })
 }
 
 /// A localizer records the counter it was trained on: its maps' scale (`input_scale`) and its
@@ -470,14 +496,6 @@ pub fn file_hash(path: &Path) -> Result<String> {
                 std::fs::read(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
             Ok(fnv_hex(&[&bytes]))
         }
-    }
-}
-
-/// `file_hash` of a checkpoint file or of one held in memory (whose bytes must parse).
-pub fn source_hash(src: Source) -> Result<String> {
-    match src {
-        Source::File(p) => file_hash(p),
-        Source::Bytes { .. } => Ok(contents_hash(&src.contents()?)),
     }
 }
 

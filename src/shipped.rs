@@ -3,10 +3,9 @@
 //! training and no files to find. Each folder's MODEL.md is its model card.
 use std::path::PathBuf;
 
-use crate::checkpoint::{load_pair_from, Source};
+use crate::checkpoint::{load_pair_from, Pair, Source};
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::nn::{CountNet, Localizer};
 
 /// One shipped model: its name, what it was trained on, both networks' safetensors bytes
 /// and its model card.
@@ -81,13 +80,9 @@ impl ShippedModel {
             .join(" ")
     }
 
-    /// Opens its counter and (unless `with_localizer` is false) its localizer on `device`;
-    /// returns them and the counter's hash (as `checkpoint::load_pair`).
-    pub fn load(
-        &self,
-        with_localizer: bool,
-        device: &Device,
-    ) -> Result<(CountNet, Option<Localizer>, String)> {
+    /// Opens its counter and (unless `with_localizer` is false) its localizer on `device`,
+    /// with their hashes (as `checkpoint::load_pair_from`).
+    pub fn load(&self, with_localizer: bool, device: &Device) -> Result<Pair> {
         let (cl, ll) = (self.label("counter"), self.label("localizer"));
         let counter = Source::Bytes {
             name: &cl,
@@ -108,10 +103,11 @@ mod tests {
     #[test]
     fn every_shipped_model_loads_as_a_pair_with_a_card() {
         for m in MODELS {
-            let (c, l, hash) = m.load(true, &Device::Cpu).unwrap();
-            assert!(c.counter().is_some(), "{}: a counter", m.name);
-            let l = l.unwrap();
-            assert_eq!(l.config.counter_hash.as_deref(), Some(hash.as_str()));
+            let p = m.load(true, &Device::Cpu).unwrap();
+            assert!(p.counter.counter().is_some(), "{}: a counter", m.name);
+            let l = p.localizer.unwrap();
+            assert_eq!(l.config.counter_hash, Some(p.counter_hash));
+            assert!(p.localizer_hash.is_some());
             assert!(m.card.starts_with("# "), "{}: card title", m.name);
             assert!(m.summary().len() > 40, "{}: card summary", m.name);
         }

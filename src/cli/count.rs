@@ -99,15 +99,15 @@ impl CountRow {
 
 /// A count or density map that is not finite (weights that overflow) is this image's error,
 /// never a `NaN` row or an empty list of located cells.
-fn check_finite(p: &Prediction, nets: &Chosen) -> anyhow::Result<()> {
+fn check_finite(p: &Prediction, chosen: &Chosen) -> anyhow::Result<()> {
     if !p.count.is_finite() || p.coarse.data.iter().any(|v| !v.is_finite()) {
         anyhow::bail!(
             "the counter {} gives a non-finite count ({}): its weights overflow on this image",
-            nets.counter_name.display(),
+            chosen.counter_name.display(),
             p.count
         );
     }
-    if let (Some(d), Some(l)) = (&p.density, &nets.localizer_name) {
+    if let (Some(d), Some(l)) = (&p.density, &chosen.localizer_name) {
         if d.data.iter().any(|v| !v.is_finite()) {
             anyhow::bail!(
                 "the localizer {} gives a non-finite density map: its weights overflow on this \
@@ -151,8 +151,12 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
         }
     }
     let device = super::parse_device(&a.device)?;
-    let nets = a.nets.load(&device)?;
-    let (counter, localizer, hash) = (&nets.counter, &nets.localizer, &nets.counter_hash);
+    let chosen = a.nets.load(&device)?;
+    let (counter, localizer, hash) = (
+        &chosen.nets.counter,
+        &chosen.nets.localizer,
+        &chosen.nets.counter_hash,
+    );
     a.gpu.apply(&counter.store().device())?;
     let outputs: Vec<PathBuf> = a.out.iter().chain(&a.density_dir).cloned().collect();
     let inputs = collect_inputs(&a.paths, a.glob.as_deref(), &outputs, !a.all_images)?;
@@ -167,7 +171,7 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
     let settings = match a.scale.shard {
         Some(_) => serde_json::json!({
             "counter": hash,
-            "localizer": nets.localizer_hash,
+            "localizer": chosen.nets.localizer_hash,
             "tile": opts.checked_tile()?, "overlap": a.overlap,
             "threshold": a.threshold, "min_distance": a.min_distance,
         }),
@@ -246,7 +250,7 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
         decode: |(path, _): &(PathBuf, String)| Ok(decode(path)?),
         compute: |_: &(PathBuf, String), img: image::DynamicImage| {
             let p = predict(counter, localizer.as_ref(), &img, &opts)?;
-            check_finite(&p, &nets)?;
+            check_finite(&p, &chosen)?;
             let points = p.points(threshold, min_distance);
             Ok((img, p, points))
         },
@@ -354,7 +358,8 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
     if let Some(f) = folder.take() {
         f.finish(rows.iter().map(|r| r.record(hash)).collect())?;
         let out = a.out.as_deref().expect("a folder has its path");
-        if let Err(e) = crate::cli::report::count_report(out, &a, &nets, threshold, min_distance) {
+        if let Err(e) = crate::cli::report::count_report(out, &a, &chosen, threshold, min_distance)
+        {
             eprintln!("warning: {}: cannot write the report: {e:#}", out.display());
         }
     }

@@ -53,8 +53,8 @@ pub struct EvalArgs {
 
 pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     let device = super::parse_device(&a.device)?;
-    let nets = a.nets.load(&device)?;
-    let (counter, localizer) = (&nets.counter, &nets.localizer);
+    let chosen = a.nets.load(&device)?;
+    let (counter, localizer) = (&chosen.nets.counter, &chosen.nets.localizer);
     a.gpu.apply(&counter.store().device())?;
     if let Some(out) = &a.out {
         // created, checked and marked before the work (so never read as input later)
@@ -103,7 +103,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         anyhow::bail!(
             "{}: the counter {} gives a non-finite count ({}): its weights overflow on this image",
             c.image,
-            nets.counter_name.display(),
+            chosen.counter_name.display(),
             c.predicted
         );
     }
@@ -176,7 +176,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             ("MSE".to_string(), format!("{:.3}", m.mse)),
         ];
         let mut settings = vec![
-            ("counter".to_string(), nets.counter_setting()),
+            ("counter".to_string(), chosen.counter_setting()),
             ("data".to_string(), a.data.display().to_string()),
             (
                 "layout".to_string(),
@@ -189,7 +189,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
                 format!("{s} seed {} part {}", a.split_seed, a.part),
             ));
         }
-        if let (Some(l), Some((radius, total))) = (nets.localizer_setting(), e.localization) {
+        if let (Some(l), Some((radius, total))) = (chosen.localizer_setting(), e.localization) {
             settings.push(("localizer".into(), l));
             settings.push((
                 "matching radius (network px)".into(),

@@ -6,9 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Args;
 
-use crate::checkpoint::{file_hash, load_pair, source_hash, Source};
+use crate::checkpoint::{load_pair_from, Pair, Source};
 use crate::device::Device;
-use crate::nn::{CountNet, Localizer};
 use crate::shipped::{self, ShippedModel, MODELS};
 
 /// The networks to count with: a shipped model by name, or checkpoint files.
@@ -47,15 +46,12 @@ impl ModelChoice {
     }
 }
 
-/// The opened networks, what outputs call them and their hashes.
+/// The opened networks with their hashes, and what outputs call them.
 pub struct Chosen {
-    pub counter: CountNet,
-    pub localizer: Option<Localizer>,
+    pub nets: Pair,
     /// A file's path, or `model NAME (counter)`.
     pub counter_name: PathBuf,
     pub localizer_name: Option<PathBuf>,
-    pub counter_hash: String,
-    pub localizer_hash: Option<String>,
 }
 
 impl Chosen {
@@ -64,13 +60,16 @@ impl Chosen {
         format!(
             "{} (hash {})",
             self.counter_name.display(),
-            self.counter_hash
+            self.nets.counter_hash
         )
     }
 
     /// How a report's settings show the localizer, if there is one.
     pub fn localizer_setting(&self) -> Option<String> {
-        let (n, h) = (self.localizer_name.as_ref()?, self.localizer_hash.as_ref()?);
+        let (n, h) = (
+            self.localizer_name.as_ref()?,
+            self.nets.localizer_hash.as_ref()?,
+        );
         Some(format!("{} (hash {h})", n.display()))
     }
 }
@@ -82,36 +81,21 @@ impl ModelChoice {
         if let Some(name) = &self.model {
             let m = shipped::find(name)?;
             let with_localizer = !self.counter_only;
-            let (counter, localizer, counter_hash) = m.load(with_localizer, device)?;
-            let localizer_name = with_localizer.then(|| m.label("localizer"));
-            let localizer_hash = match &localizer_name {
-                Some(n) => Some(source_hash(Source::Bytes {
-                    name: n,
-                    bytes: m.localizer,
-                })?),
-                None => None,
-            };
             return Ok(Chosen {
-                counter,
-                localizer,
+                nets: m.load(with_localizer, device)?,
                 counter_name: m.label("counter"),
-                localizer_name,
-                counter_hash,
-                localizer_hash,
+                localizer_name: with_localizer.then(|| m.label("localizer")),
             });
         }
         let cp = self
             .counter
             .as_deref()
             .context("give --model NAME (see `dcl models`) or --counter FILE")?;
-        let (counter, localizer, counter_hash) = load_pair(cp, self.localizer.as_deref(), device)?;
+        let localizer = self.localizer.as_deref().map(Source::File);
         Ok(Chosen {
-            counter,
-            localizer,
+            nets: load_pair_from(Source::File(cp), localizer, device)?,
             counter_name: cp.into(),
             localizer_name: self.localizer.clone(),
-            counter_hash,
-            localizer_hash: self.localizer.as_deref().map(file_hash).transpose()?,
         })
     }
 }

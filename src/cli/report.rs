@@ -34,7 +34,7 @@ pub fn write_thumbnail(out: &Path, name: &str, overlay: &image::RgbImage) -> any
 /// image's outputs name.
 struct Files<'a> {
     dir: &'a Path,
-    rel: String,
+    rel: &'a str,
     name: &'a str,
 }
 
@@ -69,26 +69,26 @@ impl Files<'_> {
     }
 }
 
-/// counts.csv rows, and each row's image's outputs name.
-type FolderRows = (Vec<Vec<String>>, BTreeMap<String, String>);
-
-/// A count folder's rows of counts.csv (header left out) and, from its output marker, the
-/// outputs name of each row's image.
-fn folder_rows(dir: &Path) -> anyhow::Result<FolderRows> {
+/// A count folder's rows of counts.csv (header left out).
+fn folder_rows(dir: &Path) -> anyhow::Result<Vec<Vec<String>>> {
     let csv = read_own_file(&dir.join("counts.csv"))?.unwrap_or_default();
     let (records, _) = parse_csv(&String::from_utf8_lossy(&csv)).map_err(anyhow::Error::msg)?;
+    Ok(records
+        .into_iter()
+        .skip(1)
+        .filter(|r| r.len() == 5)
+        .collect())
+}
+
+/// From a count folder's output marker: the outputs name of each counted image (by its
+/// counts.csv image field).
+fn output_names(dir: &Path) -> anyhow::Result<BTreeMap<String, String>> {
     let marker: serde_json::Value = read_own_file(&dir.join(OUTPUT_MARKER))?
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
     let index: BTreeMap<String, Owner> =
         serde_json::from_value(marker["names"].clone()).unwrap_or_default();
-    let name_of = index.into_iter().map(|(name, o)| (o.row, name)).collect();
-    let rows = records
-        .into_iter()
-        .skip(1)
-        .filter(|r| r.len() == 5)
-        .collect();
-    Ok((rows, name_of))
+    Ok(index.into_iter().map(|(name, o)| (o.row, name)).collect())
 }
 
 /// `to` relative to the folder `from` (both absolute), as a URL path ending in '/'.
@@ -186,6 +186,15 @@ fn counts_page(
     Ok(())
 }
 
+/// The first settings of every page: when, which dcl, and the command that wrote it.
+fn run_settings() -> Vec<(String, String)> {
+    vec![
+        ("generated".to_string(), utc_now()),
+        ("dcl".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+        ("command".to_string(), command_line()),
+    ]
+}
+
 fn command_line() -> String {
     std::env::args()
         .map(|a| {
@@ -218,29 +227,25 @@ const COUNT_NOTE: &str = "Click a column to sort, a thumbnail for the full-size 
 pub fn count_report(
     out: &Path,
     a: &CountArgs,
-    nets: &crate::cli::models::Chosen,
+    chosen: &crate::cli::models::Chosen,
     threshold: f32,
     min_distance: f32,
 ) -> anyhow::Result<()> {
-    let (records, name_of) = folder_rows(out)?;
+    let (records, name_of) = (folder_rows(out)?, output_names(out)?);
     let rows: Vec<_> = records
         .iter()
         .map(|r| {
             let files = name_of.get(&r[0]).map(|name| Files {
                 dir: out,
-                rel: String::new(),
+                rel: "",
                 name,
             });
             (r, files)
         })
         .collect();
-    let mut settings = vec![
-        ("generated".to_string(), utc_now()),
-        ("dcl".to_string(), env!("CARGO_PKG_VERSION").to_string()),
-        ("command".to_string(), command_line()),
-        ("counter".to_string(), nets.counter_setting()),
-    ];
-    if let Some(l) = nets.localizer_setting() {
+    let mut settings = run_settings();
+    settings.push(("counter".to_string(), chosen.counter_setting()));
+    if let Some(l) = chosen.localizer_setting() {
         settings.push(("localizer".into(), l));
         settings.push(("point threshold (cells/px)".into(), threshold.to_string()));
         settings.push(("min distance (network px)".into(), min_distance.to_string()));
@@ -270,34 +275,32 @@ pub fn merge_report(
     settings: &serde_json::Value,
 ) -> anyhow::Result<()> {
     let out_abs = std::path::absolute(out)?;
-    let mut files_of: BTreeMap<String, (&Path, String, String)> = BTreeMap::new();
-    for d in shard_dirs {
-        let (_, name_of) = folder_rows(d)?;
-        let rel = relative_dir(&out_abs, d);
-        for (image, name) in name_of {
-            files_of.insert(image, (d.as_path(), rel.clone(), name));
+    let rels: Vec<String> = shard_dirs
+        .iter()
+        .map(|d| relative_dir(&out_abs, d))
+        .collect();
+    let mut files_of: BTreeMap<String, (usize, String)> = BTreeMap::new();
+    for (k, d) in shard_dirs.iter().enumerate() {
+        for (image, name) in output_names(d)? {
+            files_of.insert(image, (k, name));
         }
     }
     let table: Vec<_> = rows
         .iter()
         .map(|r| {
-            let files = files_of.get(&r[0]).map(|(dir, rel, name)| Files {
-                dir,
-                rel: rel.clone(),
+            let files = files_of.get(&r[0]).map(|(k, name)| Files {
+                dir: &shard_dirs[*k],
+                rel: &rels[*k],
                 name,
             });
             (r, files)
         })
         .collect();
-    let mut list = vec![
-        ("generated".to_string(), utc_now()),
-        ("dcl".to_string(), env!("CARGO_PKG_VERSION").to_string()),
-        ("command".to_string(), command_line()),
-        (
-            "shards".to_string(),
-            format!("{} of {shards}", shard_dirs.len()),
-        ),
-    ];
+    let mut list = run_settings();
+    list.push((
+        "shards".to_string(),
+        format!("{} of {shards}", shard_dirs.len()),
+    ));
     if let Some(map) = settings.as_object() {
         for (k, v) in map {
             let shown = match v {
@@ -370,7 +373,7 @@ pub fn eval_report(
             }
             let files = Files {
                 dir: out,
-                rel: String::new(),
+                rel: "",
                 name: &r.name,
             };
             row.push(files.overlay_cell());
@@ -385,9 +388,7 @@ pub fn eval_report(
     .filter(|(_, f)| out.join(f).is_file())
     .map(|(c, f)| (c.to_string(), f.to_string()))
     .collect();
-    settings.insert(0, ("generated".into(), utc_now()));
-    settings.insert(1, ("dcl".into(), env!("CARGO_PKG_VERSION").into()));
-    settings.insert(2, ("command".into(), command_line()));
+    settings.splice(0..0, run_settings());
     let page = Page {
         title: format!("dcl eval: {}", out.display()),
         summary,
