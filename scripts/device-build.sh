@@ -16,7 +16,8 @@
 #
 # What travels to the device is the working tree (tracked and untracked-not-ignored files,
 # ./shared if the checkout has one) plus the carried paths. This script fails when that would
-# exceed DCL_TRAVEL_LIMIT_MIB (default 40; the device tool's own limit is 64 MiB).
+# exceed DCL_TRAVEL_LIMIT_MIB (default 60: the device tool's own limit is 64 MiB, less room for
+# files written into the tree between this build and the call).
 # DCL_KEEP_SYMBOLS=1 keeps the symbol tables (readable backtraces, about 2 MiB more).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,7 +38,7 @@ case $profile in
     *) echo "device-build: --profile is release or dev, not $profile" >&2; exit 2 ;;
 esac
 shared_src=${DCL_SHARED:-../shared}
-limit_mib=${DCL_TRAVEL_LIMIT_MIB:-40}
+limit_mib=${DCL_TRAVEL_LIMIT_MIB:-60}
 command -v python3 >/dev/null || { echo "device-build: python3 is needed to read cargo's JSON" >&2; exit 1; }
 
 msgs=$(mktemp)
