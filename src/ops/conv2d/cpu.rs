@@ -3,13 +3,15 @@
 //! kernels): row `(c·kh + ki)·kw + kj`, column `oh·OW + ow`.
 //!
 //! [`forward`] and [`backward`] take the SIMD fast path of `cpu_fast.rs` where it applies
-//! (stride-1 "same" k×k convolutions on a CPU with AVX2 or AVX-512) and im2col + the `gemm`
-//! crate otherwise; [`forward_im2col`] and [`backward_im2col`] are that second path on its own,
+//! (stride-1 "same" k×k convolutions on a CPU with AVX2 or AVX-512) and is the faster (not on
+//! small maps with many channels, [`FAST_MIN_POSITIONS`]), and im2col + the `gemm` crate
+//! otherwise; [`forward_im2col`] and [`backward_im2col`] are that second path on its own,
 //! the reference the fast path is tested against.
 use rayon::prelude::*;
 
 use super::{Conv2dGeometry, Conv2dGrads, Conv2dNeeds};
 use crate::device::cpu::sgemm;
+use crate::device::cpu::simd::Isa;
 
 /// Unfolds one image `x` [C, H, W] into `col` [C·kh·kw, OH·OW] (zero padding).
 pub fn im2col(x: &[f32], g: &Conv2dGeometry, col: &mut [f32]) {
@@ -90,9 +92,28 @@ pub fn col2im(col: &[f32], g: &Conv2dGeometry, dx: &mut [f32]) {
         });
 }
 
+/// Late layers, maps of fewer than this many positions with at least [`GEMM_MIN_CHANNELS`]
+/// input channels, go to im2col + the gemm crate even where the fast path applies: there the
+/// fast path re-reads the whole weight block (up to 512 × 256 floats) for every 16-position
+/// tile, while the gemm crate's packed panels stay in cache. Measured side by side (`dcl bench
+/// step`, AVX2, 2 threads; BENCHMARKS.md): counter training step at width 1, 128², batch 2
+/// 0.81x the time of the fast path everywhere, localizer 0.88x, counting at 256² 0.91x; the
+/// width-1/8 networks (at most 64 channels in the counter) keep the fast path, where it wins.
+const FAST_MIN_POSITIONS: usize = 64 * 64;
+/// See [`FAST_MIN_POSITIONS`].
+const GEMM_MIN_CHANNELS: usize = 128;
+
+/// The instruction set of the fast path for `g`, or `None` for im2col + GEMM.
+fn fast_isa(g: &Conv2dGeometry) -> Option<Isa> {
+    if g.oh() * g.ow() < FAST_MIN_POSITIONS && g.c() >= GEMM_MIN_CHANNELS {
+        return None;
+    }
+    super::cpu_fast::isa_for(g)
+}
+
 /// y [N, O, OH, OW], through the fast path where it applies.
 pub fn forward(x: &[f32], w: &[f32], b: Option<&[f32]>, g: &Conv2dGeometry) -> Vec<f32> {
-    match super::cpu_fast::isa_for(g) {
+    match fast_isa(g) {
         Some(isa) => super::cpu_fast::forward(x, w, b, g, isa),
         None => forward_im2col(x, w, b, g),
     }
@@ -106,7 +127,7 @@ pub fn backward(
     g: &Conv2dGeometry,
     needs: Conv2dNeeds,
 ) -> Conv2dGrads<Vec<f32>> {
-    match super::cpu_fast::isa_for(g) {
+    match fast_isa(g) {
         Some(isa) => super::cpu_fast::backward(x, w, dy, g, needs, isa),
         None => backward_im2col(x, w, dy, g, needs),
     }

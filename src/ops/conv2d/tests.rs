@@ -590,3 +590,41 @@ fn fast_path_is_independent_of_threads() {
         assert!(run(t) == one, "{t} threads differ from 1");
     }
 }
+
+/// Late layers take im2col + the gemm crate (`cpu::forward`'s dispatch); that path too gives
+/// the same bits at every thread count, so training stays reproducible whatever the machine.
+#[test]
+fn gemm_path_of_late_layers_is_independent_of_threads() {
+    let (x, w) = (
+        random_input(&[2, 128, 7, 9], 4),
+        random_input(&[20, 128, 3, 3], 5),
+    );
+    let g = Conv2dGeometry::new(&x, &w, args(1, 1)).unwrap();
+    let dy = random_input(&g.out_dims(), 6);
+    let (xs, ws, dys) = (x.to_vec(), w.to_vec(), dy.to_vec());
+    let all = Conv2dNeeds {
+        dx: true,
+        dw: true,
+        db: true,
+    };
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let y = cpu::forward(&xs, &ws, None, &g);
+            let gr = cpu::backward(&xs, &ws, &dys, &g, all);
+            (y, gr.dx.unwrap(), gr.dw.unwrap())
+        })
+    };
+    let one = run(1);
+    assert_eq!(
+        one.0,
+        cpu::forward_im2col(&xs, &ws, None, &g),
+        "not the GEMM path"
+    );
+    for t in [2, 3, 5] {
+        assert!(run(t) == one, "{t} threads differ from 1");
+    }
+}
