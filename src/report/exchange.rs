@@ -98,6 +98,21 @@ pub fn qupath_geojson(
     multipoint: bool,
     count: f64,
 ) -> String {
+    let mut out = Vec::new();
+    write_qupath_geojson(&mut out, points, object_type, multipoint, count)
+        .expect("writing to memory cannot fail");
+    String::from_utf8(out).expect("GeoJSON is UTF-8")
+}
+
+/// [`qupath_geojson`] written feature by feature to `out` (a whole-slide image's millions of
+/// cells are never held as one string: about 200 bytes a cell).
+pub fn write_qupath_geojson(
+    out: &mut impl std::io::Write,
+    points: &[Point],
+    object_type: ObjectType,
+    multipoint: bool,
+    count: f64,
+) -> std::io::Result<()> {
     let [r, g, b] = CELL_COLOR;
     let props = |measurements: &str| {
         format!(
@@ -107,34 +122,40 @@ pub fn qupath_geojson(
         )
     };
     let xy = |p: &Point| format!("[{},{}]", coord(p.x as f64), coord(p.y as f64));
-    let mut s = String::from("{\"type\":\"FeatureCollection\",\"features\":[");
+    out.write_all(b"{\"type\":\"FeatureCollection\",\"features\":[")?;
     if multipoint {
         if !points.is_empty() {
-            let coords: Vec<String> = points.iter().map(xy).collect();
             let count = serde_json::Number::from_f64((count * 1000.0).round() / 1000.0)
                 .map_or("0".into(), |n| n.to_string());
-            let _ = write!(
-                s,
-                "{{\"type\":\"Feature\",\"geometry\":{{\"type\":\"MultiPoint\",\"coordinates\":[{}]}},{}}}",
-                coords.join(","),
+            out.write_all(
+                b"{\"type\":\"Feature\",\"geometry\":{\"type\":\"MultiPoint\",\"coordinates\":[",
+            )?;
+            for (i, p) in points.iter().enumerate() {
+                if i > 0 {
+                    out.write_all(b",")?;
+                }
+                out.write_all(xy(p).as_bytes())?;
+            }
+            write!(
+                out,
+                "]}},{}}}",
                 props(&format!("\"cells\":{},\"count\":{count}", points.len()))
-            );
+            )?;
         }
     } else {
         for (i, p) in points.iter().enumerate() {
             if i > 0 {
-                s.push(',');
+                out.write_all(b",")?;
             }
-            let _ = write!(
-                s,
+            write!(
+                out,
                 "{{\"type\":\"Feature\",\"geometry\":{{\"type\":\"Point\",\"coordinates\":{}}},{}}}",
                 xy(p),
                 props(&format!("\"score\":{}", score(p.score)))
-            );
+            )?;
         }
     }
-    s.push_str("]}\n");
-    s
+    out.write_all(b"]}\n")
 }
 
 /// The most points ImageJ keeps in one point selection (its ROI header counts them in 16 bits).
