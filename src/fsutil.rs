@@ -73,6 +73,22 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     write().map_err(|e| Error::file(path, format!("cannot write: {e}")))
 }
 
+/// [`atomic_write`] for content made as it is written (a whole-slide image's GeoJSON passes a
+/// gigabyte): `write` fills a buffered writer over the temporary file, which is then renamed
+/// over `path`; on any error nothing appears at `path`.
+pub fn atomic_write_with(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<()> {
+    let mut file = AtomicFile::create(path)?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, file.file());
+    write(&mut w)
+        .and_then(|()| w.flush())
+        .map_err(|e| Error::file(path, format!("cannot write: {e}")))?;
+    drop(w);
+    file.commit()
+}
+
 /// A file written in pieces (a streamed density map, a long points list) that appears at its
 /// path complete or not at all, as `atomic_write`: a temporary file created exclusively in the
 /// target's folder, renamed over the target by `commit`, removed if dropped uncommitted.

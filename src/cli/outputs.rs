@@ -429,21 +429,15 @@ pub fn write_point_files(
         &dir.join(format!("{name}.napari.csv")),
         exchange::napari_csv(pts).as_bytes(),
     )?;
-    // written as it is made: a whole-slide image's GeoJSON passes a gigabyte
-    let path = dir.join(format!("{name}.geojson"));
-    let mut file = crate::fsutil::AtomicFile::create(&path)?;
-    let mut w = std::io::BufWriter::with_capacity(1 << 20, file.file());
-    exchange::write_qupath_geojson(
-        &mut w,
-        pts,
-        opts.geojson_object_type,
-        opts.geojson_multipoint,
-        count,
-    )
-    .and_then(|()| std::io::Write::flush(&mut w))
-    .map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", path.display()))?;
-    drop(w);
-    file.commit()?;
+    crate::fsutil::atomic_write_with(&dir.join(format!("{name}.geojson")), |w| {
+        exchange::write_qupath_geojson(
+            w,
+            pts,
+            opts.geojson_object_type,
+            opts.geojson_multipoint,
+            count,
+        )
+    })?;
     let (ext, roi) = exchange::imagej_points(pts, name);
     // the other kind of an earlier run (fewer or more cells) would be stale
     let other = if ext == "roi" { "zip" } else { "roi" };

@@ -92,22 +92,11 @@ pub fn napari_csv(points: &[Point]) -> String {
 ///   number of points) and `count` (the image's count, which the points need not match).
 ///
 /// No `id` is written: QuPath reads one only as a UUID and otherwise makes its own.
-pub fn qupath_geojson(
-    points: &[Point],
-    object_type: ObjectType,
-    multipoint: bool,
-    count: f64,
-) -> String {
-    let mut out = Vec::new();
-    write_qupath_geojson(&mut out, points, object_type, multipoint, count)
-        .expect("writing to memory cannot fail");
-    String::from_utf8(out).expect("GeoJSON is UTF-8")
-}
-
-/// [`qupath_geojson`] written feature by feature to `out` (a whole-slide image's millions of
-/// cells are never held as one string: about 200 bytes a cell).
+///
+/// Written feature by feature to `out`: a whole-slide image's millions of cells (about 200
+/// bytes each) are never held as one string.
 pub fn write_qupath_geojson(
-    out: &mut impl std::io::Write,
+    out: &mut dyn std::io::Write,
     points: &[Point],
     object_type: ObjectType,
     multipoint: bool,
@@ -306,6 +295,12 @@ pub fn imagej_points(points: &[Point], name: &str) -> (&'static str, Vec<u8>) {
 mod tests {
     use super::*;
 
+    fn geojson(points: &[Point], object_type: ObjectType, multipoint: bool, count: f64) -> String {
+        let mut out = Vec::new();
+        write_qupath_geojson(&mut out, points, object_type, multipoint, count).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
     fn pts() -> Vec<Point> {
         vec![
             Point {
@@ -333,8 +328,7 @@ mod tests {
     #[test]
     fn geojson_has_what_qupath_reads() {
         let v: serde_json::Value =
-            serde_json::from_str(&qupath_geojson(&pts(), ObjectType::Detection, false, 2.0))
-                .unwrap();
+            serde_json::from_str(&geojson(&pts(), ObjectType::Detection, false, 2.0)).unwrap();
         let f = &v["features"][0];
         assert_eq!(f["geometry"]["type"], "Point");
         assert_eq!(
@@ -348,8 +342,7 @@ mod tests {
         );
         assert_eq!(f["properties"]["measurements"]["score"], 0.25);
         let v: serde_json::Value =
-            serde_json::from_str(&qupath_geojson(&pts(), ObjectType::Annotation, true, 2.4))
-                .unwrap();
+            serde_json::from_str(&geojson(&pts(), ObjectType::Annotation, true, 2.4)).unwrap();
         assert_eq!(v["features"].as_array().unwrap().len(), 1);
         let f = &v["features"][0];
         assert_eq!(f["geometry"]["type"], "MultiPoint");
@@ -362,7 +355,7 @@ mod tests {
         assert_eq!(f["properties"]["measurements"]["count"], 2.4);
         // no cells: an empty collection
         let v: serde_json::Value =
-            serde_json::from_str(&qupath_geojson(&[], ObjectType::Detection, true, 0.0)).unwrap();
+            serde_json::from_str(&geojson(&[], ObjectType::Detection, true, 0.0)).unwrap();
         assert_eq!(v["features"], serde_json::json!([]));
     }
 

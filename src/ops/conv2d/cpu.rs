@@ -3,9 +3,8 @@
 //! kernels): row `(c·kh + ki)·kw + kj`, column `oh·OW + ow`.
 //!
 //! [`forward`] and [`backward`] take the SIMD fast path of `cpu_fast.rs` where it applies
-//! (stride-1 "same" k×k convolutions on a CPU with AVX2 or AVX-512) and is the faster (not on
-//! small maps with many channels, [`FAST_MIN_POSITIONS`]), and im2col + the `gemm` crate
-//! otherwise; [`forward_im2col`] and [`backward_im2col`] are that second path on its own,
+//! (stride-1 "same" k×k convolutions on a CPU with AVX2 or AVX-512) and wins (not on small
+//! maps with many channels: [`FAST_MIN_POSITIONS`]), and im2col + the `gemm` crate otherwise; [`forward_im2col`] and [`backward_im2col`] are that second path on its own,
 //! the reference the fast path is tested against.
 use rayon::prelude::*;
 
@@ -93,12 +92,12 @@ pub fn col2im(col: &[f32], g: &Conv2dGeometry, dx: &mut [f32]) {
 }
 
 /// Late layers, maps of fewer than this many positions with at least [`GEMM_MIN_CHANNELS`]
-/// input channels, go to im2col + the gemm crate even where the fast path applies: there the
-/// fast path re-reads the whole weight block (up to 512 × 256 floats) for every 16-position
-/// tile, while the gemm crate's packed panels stay in cache. Measured side by side (`dcl bench
-/// step`, AVX2, 2 threads; BENCHMARKS.md): counter training step at width 1, 128², batch 2
-/// 0.81x the time of the fast path everywhere, localizer 0.88x, counting at 256² 0.91x; the
-/// width-1/8 networks (at most 64 channels in the counter) keep the fast path, where it wins.
+/// input channels, go to im2col + the gemm crate even where the fast path applies, because
+/// there it is the faster (why is not known: keeping the fast path's weight block in L2 did
+/// not help). Measured side by side (`dcl bench step`, AVX2, 2 threads; BENCHMARKS.md): counter
+/// training step at width 1, 128², batch 2 0.81x the time of the fast path everywhere,
+/// localizer 0.88x, counting at 256² 0.91x; the width-1/8 networks (at most 64 channels in the
+/// counter) keep the fast path, where it wins.
 const FAST_MIN_POSITIONS: usize = 64 * 64;
 /// See [`FAST_MIN_POSITIONS`].
 const GEMM_MIN_CHANNELS: usize = 128;

@@ -574,21 +574,30 @@ fn fast_path_is_independent_of_threads() {
         dw: true,
         db: true,
     };
+    same_bits_at_every_thread_count(|| {
+        let y = cpu_fast::forward(&xs, &ws, None, &g, isa);
+        let gr = cpu_fast::backward(&xs, &ws, &dys, &g, all, isa);
+        (y, gr.dx.unwrap(), gr.dw.unwrap())
+    });
+}
+
+/// Runs `pass` (y, dx, dW) on pools of 1, 2, 3 and 5 threads and asserts identical bits;
+/// returns the 1-thread result.
+fn same_bits_at_every_thread_count(
+    pass: impl Fn() -> (Vec<f32>, Vec<f32>, Vec<f32>) + Sync,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let run = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new()
+        rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
-            .unwrap();
-        pool.install(|| {
-            let y = cpu_fast::forward(&xs, &ws, None, &g, isa);
-            let gr = cpu_fast::backward(&xs, &ws, &dys, &g, all, isa);
-            (y, gr.dx.unwrap(), gr.dw.unwrap())
-        })
+            .unwrap()
+            .install(&pass)
     };
     let one = run(1);
     for t in [2, 3, 5] {
         assert!(run(t) == one, "{t} threads differ from 1");
     }
+    one
 }
 
 /// Late layers take im2col + the gemm crate (`cpu::forward`'s dispatch); that path too gives
@@ -607,24 +616,14 @@ fn gemm_path_of_late_layers_is_independent_of_threads() {
         dw: true,
         db: true,
     };
-    let run = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        pool.install(|| {
-            let y = cpu::forward(&xs, &ws, None, &g);
-            let gr = cpu::backward(&xs, &ws, &dys, &g, all);
-            (y, gr.dx.unwrap(), gr.dw.unwrap())
-        })
-    };
-    let one = run(1);
+    let one = same_bits_at_every_thread_count(|| {
+        let y = cpu::forward(&xs, &ws, None, &g);
+        let gr = cpu::backward(&xs, &ws, &dys, &g, all);
+        (y, gr.dx.unwrap(), gr.dw.unwrap())
+    });
     assert_eq!(
         one.0,
         cpu::forward_im2col(&xs, &ws, None, &g),
         "not the GEMM path"
     );
-    for t in [2, 3, 5] {
-        assert!(run(t) == one, "{t} threads differ from 1");
-    }
 }
