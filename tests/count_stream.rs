@@ -3,7 +3,8 @@
 //!   pixels decoding them whole gives (8 and 16 bits, grey and colour, compressions);
 //! - counting region by region gives the in-memory path's count, coarse map, density map and
 //!   points bit for bit (several tilings and batch sizes, with and without resizing);
-//! - `dcl count` streams above `--stream-pixels` with the same outputs as in memory;
+//! - `dcl count` streams above `--stream-pixels` with the same outputs as in memory, the
+//!   density map at the image's size and scaled to the count included;
 //! - a decompression bomb (a 48 KB PNG declaring 20000x20000 pixels) is refused at once from
 //!   its header, in one line naming the file, its size and `--max-pixels`; a valid 14000x14000
 //!   RGB image is not refused by any decoder's memory limit.
@@ -660,13 +661,9 @@ fn count_streams_with_the_same_outputs() {
             assert_eq!(read(s.join(&f)), read(m.join(&f)), "{f}");
         }
         let tif = |p: PathBuf| read_tiff_f32(&p).unwrap();
-        // a streamed image's density/NAME.tif is the localizer's raw network-resolution map
-        // (the in-memory path's --density-dir map): the image-size map scaled to the count that
-        // images held whole get would need a second pass over the slide
-        assert!(
-            tif(s.join(format!("density/{name}.tif")))
-                == tif(md.join(format!("{name}.density.tif")))
-        );
+        // the map at the image's size, scaled to the count: made in a second pass when streamed
+        let f = format!("density/{name}.tif");
+        assert!(tif(s.join(&f)) == tif(m.join(&f)), "{f}");
         for f in [format!("{name}.coarse.tif"), format!("{name}.density.tif")] {
             assert!(tif(sd.join(&f)) == tif(md.join(&f)), "{f}");
         }
@@ -676,6 +673,61 @@ fn count_streams_with_the_same_outputs() {
             ov(s.join(format!("overlays/{name}.png")))
                 == ov(m.join(format!("overlays/{name}.png")))
         );
+    }
+}
+
+/// The same for a model that resizes (mbm-bone-marrow: input scale 0.853), with its localizer
+/// (the map resampled to the image as its rows come, then scaled) and without (the coarse map
+/// spread over the image): density/NAME.tif is the in-memory run's, bit for bit.
+#[test]
+fn count_streams_resized_density_maps_as_in_memory() {
+    let d = tempfile::tempdir().unwrap();
+    let img = cells(610, 433);
+    let dir = d.path().join("in");
+    std::fs::create_dir_all(&dir).unwrap();
+    write_tiled(
+        &dir.join("t.tif"),
+        610,
+        433,
+        3,
+        8,
+        img.as_raw(),
+        256,
+        false,
+        true,
+    );
+    let model = |net: &str| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("models/mbm-bone-marrow")
+            .join(format!("{net}.safetensors"))
+    };
+    let (c, l) = (model("counter"), model("localizer"));
+    let run = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "count",
+            "--quiet",
+            "--counter",
+            c.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        args.push(dir.to_str().unwrap());
+        let o = dcl(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        read_tiff_f32(&out.join("density/t.tif")).unwrap()
+    };
+    let loc = ["--localizer", l.to_str().unwrap()];
+    let stream = ["--stream-pixels", "1"];
+    for (label, with) in [("localizer", &loc[..]), ("counter alone", &[][..])] {
+        let m = run(&d.path().join(format!("m {label}")), with);
+        let s = run(
+            &d.path().join(format!("s {label}")),
+            &[with, &stream].concat(),
+        );
+        assert_eq!((m.0, m.1), (610, 433), "{label}");
+        assert!(m.2.iter().any(|&v| v > 0.0), "{label}");
+        assert!(s == m, "{label}: streamed and in-memory maps differ");
     }
 }
 

@@ -12,8 +12,9 @@ use crate::data::image_io::{write_png_rgb8, write_tiff_f32, DecodeLimits};
 use crate::data::stream::tiff_writer::TiledF32Writer;
 use crate::data::stream::{self, Band, Probe};
 use crate::error::Error;
+use crate::infer::image_density::{scale_row, Resize, Spread, ToCount};
 use crate::infer::points::Point;
-use crate::infer::stream::{network_size, predict_stream, Readout, Sinks};
+use crate::infer::stream::{network_size, predict_stream, Readout, Sinks, Streamed};
 use crate::infer::tiling::tile_starts;
 use crate::infer::InferOptions;
 use crate::nn::{Counter, Localizer};
@@ -281,29 +282,44 @@ pub fn count_streamed(
     let scale = counter.config.input_scale;
     let (nw, nh) = network_size(probe.width as usize, probe.height as usize, scale)?;
     let tiles = tile_count(nw, nh, &ctx.opts)? * if ctx.localizer.is_some() { 2 } else { 1 };
-    // the full-resolution density map, as its rows become final
-    let mut writers = Vec::new();
-    if ctx.localizer.is_some() {
-        if let Some(out) = ctx.out {
-            writers.push(TiledF32Writer::create(
-                &out.join("density").join(format!("{name}.tif")),
-                nw,
-                nh,
-            )?);
-        }
-        if let Some(d) = ctx.density_dir {
-            writers.push(TiledF32Writer::create(
-                &d.join(format!("{name}.density.tif")),
-                nw,
-                nh,
-            )?);
-        }
-    }
+    let (w, h) = (probe.width as usize, probe.height as usize);
+    // the localizer's raw network-resolution map (--density-dir), as its rows become final
+    let mut raw = match (ctx.localizer, ctx.density_dir) {
+        (Some(_), Some(d)) => Some(TiledF32Writer::create(
+            &d.join(format!("{name}.density.tif")),
+            nw,
+            nh,
+        )?),
+        _ => None,
+    };
+    // --out's map, resized to the image as the rows come, into a scratch file: the factor that
+    // scales it to the count is known only once its last row is summed
+    let out_density = ctx
+        .out
+        .map(|o| o.join("density").join(format!("{name}.tif")));
+    let mut resized = match (ctx.localizer, &out_density) {
+        (Some(_), Some(p)) => Some((
+            Resize::new(nw, nh, w, h),
+            TiledF32Writer::create(p, w, h)?,
+            ToCount::default(),
+        )),
+        _ => None,
+    };
     let mut preview = ctx.out.map(|_| Preview::new(nw as u32, nh as u32));
     let bar =
         crate::progress::progress_bar(tiles, &format!("{} (tiles)", path.display()), ctx.quiet);
-    let mut density_row =
-        |row: &[f32]| -> crate::Result<()> { writers.iter_mut().try_for_each(|w| w.push_row(row)) };
+    let mut density_row = |row: &[f32]| -> crate::Result<()> {
+        if let Some(r) = raw.as_mut() {
+            r.push_row(row)?;
+        }
+        if let Some((resize, scratch, sum)) = resized.as_mut() {
+            resize.push(row, &mut |o: &[f32]| {
+                sum.add(o);
+                scratch.push_row(o)
+            })?;
+        }
+        Ok(())
+    };
     let mut image_rows = |band: &Band, y0: u32, y1: u32| {
         if let Some(p) = preview.as_mut() {
             p.add(band, y0, y1)
@@ -329,17 +345,17 @@ pub fn count_streamed(
     })?;
     bar.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
-    for w in writers {
-        w.finish()?;
+    if let Some(r) = raw {
+        r.finish()?;
+    }
+    if let Some(path) = &out_density {
+        write_image_density(path, (w, h), resized, &s, scale)?;
     }
     let coarse = |p: &Path| write_tiff_f32(p, s.coarse.width, s.coarse.height, &s.coarse.data);
     if let Some(d) = ctx.density_dir {
         coarse(&d.join(format!("{name}.coarse.tif")))?;
     }
     if let Some(out) = ctx.out {
-        if ctx.localizer.is_none() {
-            coarse(&out.join("density").join(format!("{name}.tif")))?;
-        }
         if let Some(pts) = &s.points {
             // the in-memory path's writers: the same files (they are built in memory, about
             // 250 bytes a cell for the GeoJSON)
@@ -407,6 +423,49 @@ pub fn count_streamed(
         points: s.points.as_ref().map(Vec::len),
         tiles: s.tiles,
     })
+}
+
+/// A streamed image's density/NAME.tif: the in-memory path's map (`infer::image_density`), at
+/// the image's size and scaled to its count, written a row of tiles at a time. With a localizer
+/// its rows, resized and summed during the run, are read back from their scratch file and
+/// scaled; without, the coarse map is spread twice, to sum it and to write it.
+fn write_image_density(
+    path: &Path,
+    (w, h): (usize, usize),
+    resized: Option<(Resize, TiledF32Writer, ToCount)>,
+    s: &Streamed,
+    scale: f32,
+) -> anyhow::Result<()> {
+    let mut out = TiledF32Writer::create(path, w, h)?;
+    let mut row = vec![0f32; w];
+    match resized {
+        Some((resize, scratch, sum)) => {
+            if !resize.done() {
+                anyhow::bail!("internal: {}: the density map lacks rows", path.display());
+            }
+            let k = sum.factor(s.count);
+            scratch.into_scratch()?.for_each_row(&mut |r: &[f32]| {
+                row.copy_from_slice(r);
+                scale_row(&mut row, k);
+                out.push_row(&row)
+            })?;
+        }
+        None => {
+            let spread = Spread::new(&s.coarse, scale, w);
+            let mut sum = ToCount::default();
+            for y in 0..h {
+                spread.row(y, &mut row);
+                sum.add(&row);
+            }
+            let k = sum.factor(s.count);
+            for y in 0..h {
+                spread.row(y, &mut row);
+                scale_row(&mut row, k);
+                out.push_row(&row)?;
+            }
+        }
+    }
+    Ok(out.finish()?)
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use crate::fsutil::{
     atomic_write, marker_json, open_append, prepare_output_dir, prepare_subdir, read_own_file,
     DirLock, OUTPUT_MARKER,
 };
+use crate::infer::image_density::image_density;
 use crate::infer::points::Point;
 use crate::infer::{Map, Prediction};
 use crate::report::exchange::{self, ObjectType};
@@ -341,52 +342,6 @@ fn write_map(path: &Path, map: &Map) -> anyhow::Result<()> {
     Ok(write_tiff_f32(path, map.width, map.height, &map.data)?)
 }
 
-/// The density map people get, at the image's own size (so it lies over the image in napari
-/// or Fiji) and summing to the image's count: the localizer's density when there is one (its
-/// network-pixel map resampled bilinearly), else the counter's coarse map (each 8x8 block of
-/// network pixels spread evenly over the image pixels it covers); either is then scaled so
-/// that it sums to the count of counts.csv (the counter's: the localizer says where the cells
-/// are, the counter how many). Cells per image pixel. `--density-dir` keeps the raw maps.
-pub fn image_density(p: &Prediction) -> Map {
-    let (w, h) = (p.width, p.height);
-    let mut out = Map::zeros(w, h);
-    match &p.density {
-        Some(d) => {
-            let (sx, sy) = (d.width as f64 / w as f64, d.height as f64 / h as f64);
-            let at =
-                |x: usize, y: usize| d.data[y.min(d.height - 1) * d.width + x.min(d.width - 1)];
-            for y in 0..h {
-                let fy = ((y as f64 + 0.5) * sy - 0.5).max(0.0);
-                let (y0, ty) = (fy.floor() as usize, (fy - fy.floor()) as f32);
-                for x in 0..w {
-                    let fx = ((x as f64 + 0.5) * sx - 0.5).max(0.0);
-                    let (x0, tx) = (fx.floor() as usize, (fx - fx.floor()) as f32);
-                    let top = at(x0, y0) * (1.0 - tx) + at(x0 + 1, y0) * tx;
-                    let bottom = at(x0, y0 + 1) * (1.0 - tx) + at(x0 + 1, y0 + 1) * tx;
-                    out.data[y * w + x] = top * (1.0 - ty) + bottom * ty;
-                }
-            }
-        }
-        None => {
-            let c = &p.coarse;
-            let block = crate::nn::Counter::STRIDE as f64 / p.scale as f64;
-            for y in 0..h {
-                let cy = (((y as f64 + 0.5) / block) as usize).min(c.height - 1);
-                for x in 0..w {
-                    let cx = (((x as f64 + 0.5) / block) as usize).min(c.width - 1);
-                    out.data[y * w + x] = c.data[cy * c.width + cx];
-                }
-            }
-        }
-    }
-    let sum = out.sum();
-    if sum > 0.0 && p.count.is_finite() {
-        let k = (p.count / sum) as f32;
-        out.data.iter_mut().for_each(|v| *v *= k);
-    }
-    out
-}
-
 pub fn write_density(dir: &Path, name: &str, p: &Prediction) -> anyhow::Result<()> {
     write_map(&dir.join(format!("{name}.coarse.tif")), &p.coarse)?;
     if let Some(d) = &p.density {
@@ -475,41 +430,6 @@ pub fn write_image_outputs(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The density map written per image has the image's size and sums to its count, with a
-    /// localizer (its map resampled) and without (the counter's blocks spread out).
-    #[test]
-    fn density_maps_have_the_image_size_and_sum_to_the_count() {
-        let mut coarse = Map::zeros(4, 3);
-        coarse.data[0] = 2.0;
-        coarse.data[5] = 1.0;
-        let mut p = Prediction {
-            count: 3.0,
-            width: 50,
-            height: 30,
-            scale: 0.5,
-            coarse,
-            density: None,
-        };
-        let d = image_density(&p);
-        assert_eq!((d.width, d.height), (50, 30));
-        assert!((d.sum() - 3.0).abs() < 1e-4, "{}", d.sum());
-        // block (0, 0) covers image pixels 0..16: its mass lies there
-        assert!(d.data[0] > 0.0 && d.data[20] == 0.0);
-        let mut loc = Map::zeros(25, 15);
-        loc.data[7 * 25 + 12] = 2.5;
-        p.density = Some(loc);
-        let d = image_density(&p);
-        assert_eq!((d.width, d.height), (50, 30));
-        assert!((d.sum() - 3.0).abs() < 1e-4, "{}", d.sum());
-        let peak = (0..d.data.len())
-            .max_by(|&a, &b| d.data[a].total_cmp(&d.data[b]))
-            .unwrap();
-        assert!(
-            (peak % 50).abs_diff(25) <= 1 && (peak / 50).abs_diff(15) <= 1,
-            "{peak}"
-        );
-    }
 
     /// When counts.csv cannot be written at the end (here a folder stands in its way; a full
     /// disk does the same), the error says where the counts are: a new file in the temporary

@@ -7,6 +7,7 @@
 //! `dataset` runs the networks over an annotated data set patch by patch instead (validation
 //! and evaluation).
 pub mod dataset;
+pub mod image_density;
 pub mod points;
 pub mod resample;
 pub mod stream;

@@ -9,6 +9,7 @@
 //! it whole would take), so the limits are checked before any pixel is decoded.
 pub mod band;
 pub mod png;
+pub mod scratch;
 pub mod tiff;
 pub mod tiff_writer;
 

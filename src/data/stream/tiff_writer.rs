@@ -9,6 +9,7 @@ use std::path::Path;
 
 use rayon::prelude::*;
 
+use super::scratch::ScratchMap;
 use crate::error::{Error, Result};
 use crate::fsutil::AtomicFile;
 
@@ -199,14 +200,40 @@ impl TiledWriter {
         Ok(())
     }
 
-    /// Writes the directory and renames the file into place; every row must have been pushed.
-    pub fn finish(mut self) -> Result<()> {
+    fn check_complete(&self) -> Result<()> {
         if self.rows_written != self.height {
             return Err(self.fail(format!(
                 "{} of {} rows pushed",
                 self.rows_written, self.height
             )));
         }
+        Ok(())
+    }
+
+    /// The tiles written, kept in the temporary file to be read back (no TIFF directory is
+    /// written and nothing appears at the path); every row must have been pushed.
+    pub fn into_scratch(mut self) -> Result<ScratchMap> {
+        self.check_complete()?;
+        if self.samples != Samples::GreyF32 {
+            return Err(self.fail("a scratch map holds floats"));
+        }
+        self.out.flush().map_err(|e| self.fail(e))?;
+        Ok(ScratchMap {
+            file: self.file.take().expect("not yet committed"),
+            width: self.width,
+            height: self.height,
+            tiles: self
+                .offsets
+                .iter()
+                .copied()
+                .zip(self.counts.iter().copied())
+                .collect(),
+        })
+    }
+
+    /// Writes the directory and renames the file into place; every row must have been pushed.
+    pub fn finish(mut self) -> Result<()> {
+        self.check_complete()?;
         if !self.pos.is_multiple_of(2) {
             self.write(&[0])?;
         }
