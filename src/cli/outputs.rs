@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use crate::cli::{csv_field, parse_csv};
 use crate::data::image_io::write_tiff_f32;
 use crate::fsutil::{
-    atomic_write, marker_json, open_append, prepare_output_dir, prepare_subdir, read_own_file,
-    DirLock, OUTPUT_MARKER,
+    atomic_write, atomic_write_with, marker_json, open_append, prepare_output_dir, prepare_subdir,
+    read_own_file, DirLock, OUTPUT_MARKER,
 };
 use crate::infer::image_density::image_density;
 use crate::infer::points::Point;
@@ -350,12 +350,13 @@ pub fn write_density(dir: &Path, name: &str, p: &Prediction) -> anyhow::Result<(
     Ok(())
 }
 
-pub fn points_csv(points: &[Point]) -> String {
-    let mut s = String::from("x,y,score\n");
+/// dcl's own points CSV (`x,y,score`, image pixels), written row by row to `out`.
+pub fn write_points_csv(out: &mut dyn Write, points: &[Point]) -> std::io::Result<()> {
+    out.write_all(b"x,y,score\n")?;
     for p in points {
-        s += &format!("{:.2},{:.2},{:.6}\n", p.x, p.y, p.score);
+        writeln!(out, "{:.2},{:.2},{:.6}", p.x, p.y, p.score)?;
     }
-    s
+    Ok(())
 }
 
 /// How located cells are written for QuPath (`dcl count --out` with a localizer).
@@ -379,12 +380,14 @@ pub fn write_point_files(
     count: f64,
     opts: &PointOptions,
 ) -> anyhow::Result<()> {
-    atomic_write(&dir.join(format!("{name}.csv")), points_csv(pts).as_bytes())?;
-    atomic_write(
-        &dir.join(format!("{name}.napari.csv")),
-        exchange::napari_csv(pts).as_bytes(),
-    )?;
-    crate::fsutil::atomic_write_with(&dir.join(format!("{name}.geojson")), |w| {
+    // written as they are made: a whole-slide image has millions of cells
+    atomic_write_with(&dir.join(format!("{name}.csv")), |w| {
+        write_points_csv(w, pts)
+    })?;
+    atomic_write_with(&dir.join(format!("{name}.napari.csv")), |w| {
+        exchange::write_napari_csv(w, pts)
+    })?;
+    atomic_write_with(&dir.join(format!("{name}.geojson")), |w| {
         exchange::write_qupath_geojson(
             w,
             pts,

@@ -9,7 +9,6 @@
 //! corner), so its coordinates are ours. napari places pixel (r, c) at the integer coordinate
 //! (r, c), and ImageJ's point selections do too (`PointRoi` subtracts 0.5 from a click to go
 //! "from area to pixel center coordinates"), so both files hold ours minus 0.5.
-use std::fmt::Write;
 
 use crate::infer::points::Point;
 
@@ -60,19 +59,19 @@ fn score(v: f32) -> String {
 
 /// napari's points CSV (its builtin reader's layout): `index,axis-0,axis-1,score`, one row per
 /// cell, axis-0 the row (y) and axis-1 the column (x) in napari's pixel-centre coordinates;
-/// the score becomes the layer's `score` feature.
-pub fn napari_csv(points: &[Point]) -> String {
-    let mut s = String::from("index,axis-0,axis-1,score\n");
+/// the score becomes the layer's `score` feature. Written row by row to `out`, as the GeoJSON.
+pub fn write_napari_csv(out: &mut dyn std::io::Write, points: &[Point]) -> std::io::Result<()> {
+    out.write_all(b"index,axis-0,axis-1,score\n")?;
     for (i, p) in points.iter().enumerate() {
-        let _ = writeln!(
-            s,
+        writeln!(
+            out,
             "{i},{:.2},{:.2},{:.6}",
             p.y as f64 - 0.5,
             p.x as f64 - 0.5,
             p.score
-        );
+        )?;
     }
-    s
+    Ok(())
 }
 
 /// A GeoJSON FeatureCollection as QuPath reads it (checked against qupath-core's reader,
@@ -318,9 +317,10 @@ mod tests {
 
     #[test]
     fn napari_rows_are_y_then_x_at_pixel_centres() {
-        let s = napari_csv(&pts());
+        let mut s = Vec::new();
+        write_napari_csv(&mut s, &pts()).unwrap();
         assert_eq!(
-            s,
+            String::from_utf8(s).unwrap(),
             "index,axis-0,axis-1,score\n0,20.00,10.00,0.250000\n1,7.25,2.75,0.125000\n"
         );
     }
