@@ -1,8 +1,9 @@
 //! `dcl count` at scale: the options for collections split across machines (`--shard`), honest
 //! limits on image size (`--max-pixels`, checked on the header before any pixel is decoded),
 //! and whole-slide images counted region by region (`infer::stream`) with their outputs
-//! written as they are made: the density map as a tiled float TIFF, points streamed to CSV and
-//! GeoJSON, an overlay preview at most 4096 pixels a side.
+//! written as tiled float TIFFs a row of tiles at a time (`--out`'s map at the image's size and
+//! scaled to the count, as for images held whole, in a second pass over a scratch file), points
+//! written row by row to CSV and GeoJSON, an overlay preview at most 4096 pixels a side.
 use std::path::Path;
 use std::str::FromStr;
 
@@ -263,9 +264,10 @@ impl Preview {
 }
 
 /// Counts one image region by region and writes its outputs as `dcl count` does for images
-/// held whole (`cli::outputs`): counts.csv's row, points CSV and GeoJSON, the density map
-/// (a tiled float TIFF, written as its rows become final), and an overlay (a preview: the
-/// image shrunk to at most `PREVIEW_SIDE` pixels a side, the cells ringed).
+/// held whole (`cli::outputs`): counts.csv's row, points CSV and GeoJSON, the density maps
+/// (tiled float TIFFs: `--density-dir`'s written as its rows become final, `--out`'s by
+/// `write_image_density` once the count is known), and an overlay (a preview: the image shrunk
+/// to at most `PREVIEW_SIDE` pixels a side, the cells ringed).
 pub fn count_streamed(
     path: &Path,
     name: &str,
