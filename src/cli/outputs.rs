@@ -396,11 +396,13 @@ pub fn write_point_files(
             count,
         )
     })?;
-    let (ext, roi) = exchange::imagej_points(pts, name);
+    let ext = exchange::imagej_extension(pts.len());
     // the other kind of an earlier run (fewer or more cells) would be stale
     let other = if ext == "roi" { "zip" } else { "roi" };
     let _ = std::fs::remove_file(dir.join(format!("{name}.{other}")));
-    atomic_write(&dir.join(format!("{name}.{ext}")), &roi)?;
+    atomic_write_with(&dir.join(format!("{name}.{ext}")), |w| {
+        exchange::write_imagej_points(w, pts, name)
+    })?;
     Ok(())
 }
 

@@ -223,14 +223,27 @@ fn crc32(bytes: &[u8]) -> u32 {
     !c
 }
 
-/// A ZIP archive of `files` stored uncompressed (ImageJ's RoiSet: one `.roi` per entry).
-pub fn zip_stored(files: &[(String, Vec<u8>)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut central = Vec::new();
-    let le16 = |v: &mut Vec<u8>, x: u16| v.extend_from_slice(&x.to_le_bytes());
-    let le32 = |v: &mut Vec<u8>, x: u32| v.extend_from_slice(&x.to_le_bytes());
-    for (name, data) in files {
-        let (crc, size, at) = (crc32(data), data.len() as u32, out.len() as u32);
+/// A ZIP archive stored uncompressed (ImageJ's RoiSet: one `.roi` per entry), written entry by
+/// entry to `out`: only the central directory (about 60 bytes an entry) is held.
+struct ZipStored<'a> {
+    out: &'a mut dyn std::io::Write,
+    at: u32,
+    central: Vec<u8>,
+    entries: u16,
+}
+
+impl<'a> ZipStored<'a> {
+    fn new(out: &'a mut dyn std::io::Write) -> ZipStored<'a> {
+        ZipStored {
+            out,
+            at: 0,
+            central: Vec::new(),
+            entries: 0,
+        }
+    }
+
+    fn add(&mut self, name: &str, data: &[u8]) -> std::io::Result<()> {
+        let (crc, size, at) = (crc32(data), data.len() as u32, self.at);
         let header = |v: &mut Vec<u8>, central: bool| {
             le32(v, if central { 0x0201_4b50 } else { 0x0403_4b50 });
             if central {
@@ -255,39 +268,65 @@ pub fn zip_stored(files: &[(String, Vec<u8>)]) -> Vec<u8> {
             }
             v.extend_from_slice(name.as_bytes());
         };
-        header(&mut out, false);
-        out.extend_from_slice(data);
-        header(&mut central, true);
+        let mut local = Vec::new();
+        header(&mut local, false);
+        self.out.write_all(&local)?;
+        self.out.write_all(data)?;
+        header(&mut self.central, true);
+        self.at += (local.len() + data.len()) as u32;
+        self.entries += 1;
+        Ok(())
     }
-    let (cd_at, cd_len) = (out.len() as u32, central.len() as u32);
-    out.extend_from_slice(&central);
-    le32(&mut out, 0x0605_4b50);
-    le16(&mut out, 0);
-    le16(&mut out, 0);
-    le16(&mut out, files.len() as u16);
-    le16(&mut out, files.len() as u16);
-    le32(&mut out, cd_len);
-    le32(&mut out, cd_at);
-    le16(&mut out, 0);
-    out
+
+    fn finish(self) -> std::io::Result<()> {
+        let mut end = self.central;
+        let cd_len = end.len() as u32;
+        le32(&mut end, 0x0605_4b50);
+        le16(&mut end, 0);
+        le16(&mut end, 0);
+        le16(&mut end, self.entries);
+        le16(&mut end, self.entries);
+        le32(&mut end, cd_len);
+        le32(&mut end, self.at);
+        le16(&mut end, 0);
+        self.out.write_all(&end)
+    }
 }
 
-/// An image's cells for ImageJ: `("roi", one multi-point ROI)` when ImageJ can hold them in
-/// one (at most 65535 points), else `("zip", a RoiSet of ROIs of up to 65535 points each,
-/// named NAME-1, NAME-2, ...)`, which the ROI Manager opens.
-pub fn imagej_points(points: &[Point], name: &str) -> (&'static str, Vec<u8>) {
-    if points.len() <= IMAGEJ_MAX_POINTS {
-        return ("roi", imagej_roi(points, name));
+fn le16(v: &mut Vec<u8>, x: u16) {
+    v.extend_from_slice(&x.to_le_bytes())
+}
+fn le32(v: &mut Vec<u8>, x: u32) {
+    v.extend_from_slice(&x.to_le_bytes())
+}
+
+/// The file kind an image's cells go to in ImageJ: `roi` (one multi-point ROI) when ImageJ can
+/// hold them in one (at most 65535 points), else `zip` (a RoiSet).
+pub fn imagej_extension(points: usize) -> &'static str {
+    if points <= IMAGEJ_MAX_POINTS {
+        "roi"
+    } else {
+        "zip"
     }
-    let parts: Vec<(String, Vec<u8>)> = points
-        .chunks(IMAGEJ_MAX_POINTS)
-        .enumerate()
-        .map(|(i, c)| {
-            let part = format!("{name}-{}", i + 1);
-            (format!("{part}.roi"), imagej_roi(c, &part))
-        })
-        .collect();
-    ("zip", zip_stored(&parts))
+}
+
+/// An image's cells for ImageJ, written to `out` as the file `imagej_extension` names: one
+/// multi-point ROI, or a RoiSet of ROIs of up to 65535 points each, named NAME-1, NAME-2, ...,
+/// which the ROI Manager opens (built a ROI at a time: a whole slide has millions of cells).
+pub fn write_imagej_points(
+    out: &mut dyn std::io::Write,
+    points: &[Point],
+    name: &str,
+) -> std::io::Result<()> {
+    if imagej_extension(points.len()) == "roi" {
+        return out.write_all(&imagej_roi(points, name));
+    }
+    let mut zip = ZipStored::new(out);
+    for (i, c) in points.chunks(IMAGEJ_MAX_POINTS).enumerate() {
+        let part = format!("{name}-{}", i + 1);
+        zip.add(&format!("{part}.roi"), &imagej_roi(c, &part))?;
+    }
+    zip.finish()
 }
 
 #[cfg(test)]
@@ -385,10 +424,28 @@ mod tests {
                 score: 1.0,
             })
             .collect();
-        let (ext, z) = imagej_points(&many, "big");
-        assert_eq!(ext, "zip");
+        assert_eq!(imagej_extension(many.len()), "zip");
+        let mut z = Vec::new();
+        write_imagej_points(&mut z, &many, "big").unwrap();
         assert_eq!(&z[0..4], b"PK\x03\x04");
-        assert_eq!(imagej_points(&pts(), "small").0, "roi");
+        // two entries of 65535 and 10 points, then the central directory and its end record
+        let first = imagej_roi(&many[..IMAGEJ_MAX_POINTS], "big-1");
+        let second = imagej_roi(&many[IMAGEJ_MAX_POINTS..], "big-2");
+        let local = |name: &str| 30 + name.len();
+        let data_end = local("big-1.roi") + first.len() + local("big-2.roi") + second.len();
+        assert_eq!(&z[local("big-1.roi")..][..first.len()], &first[..]);
+        assert_eq!(&z[data_end..data_end + 4], b"PK\x01\x02");
+        let end = &z[z.len() - 22..];
+        assert_eq!(&end[0..4], b"PK\x05\x06");
+        assert_eq!(u16::from_le_bytes([end[10], end[11]]), 2);
+        assert_eq!(
+            u32::from_le_bytes([end[16], end[17], end[18], end[19]]) as usize,
+            data_end
+        );
+        assert_eq!(imagej_extension(pts().len()), "roi");
+        let mut r = Vec::new();
+        write_imagej_points(&mut r, &pts(), "small").unwrap();
+        assert_eq!(r, imagej_roi(&pts(), "small"));
         assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
     }
 }
