@@ -1,5 +1,5 @@
 //! A float map written row by row and read back row by row, held on disk meanwhile: the tiles
-//! of a `TiledWriter` (256x256, Deflate) kept in its temporary file, without a TIFF directory,
+//! of a `TiledWriter` (square, Deflate) kept in its temporary file, without a TIFF directory,
 //! and read back in order, a row of tiles at a time. A streamed image's density map goes through
 //! one when the map must be scaled by a sum known only once it is complete
 //! (`cli::count_scale`). The file is removed when the map is dropped (or by
@@ -8,7 +8,6 @@ use std::io::{Read, Seek, SeekFrom};
 
 use rayon::prelude::*;
 
-use super::tiff_writer::TILE;
 use crate::error::{Error, Result};
 use crate::fsutil::AtomicFile;
 
@@ -16,6 +15,8 @@ pub struct ScratchMap {
     pub(super) file: AtomicFile,
     pub(super) width: usize,
     pub(super) height: usize,
+    /// The side of the square tiles.
+    pub(super) tile: usize,
     /// Offset and length of each tile, row of tiles by row of tiles.
     pub(super) tiles: Vec<(u64, u64)>,
 }
@@ -30,9 +31,10 @@ impl ScratchMap {
 
     /// Hands `f` every row, top to bottom.
     pub fn for_each_row(&mut self, f: &mut dyn FnMut(&[f32]) -> Result<()>) -> Result<()> {
-        let across = self.width.div_ceil(TILE);
+        let t = self.tile;
+        let across = self.width.div_ceil(t);
         let mut row = vec![0f32; self.width];
-        for (r, y0) in (0..self.height).step_by(TILE).enumerate() {
+        for (r, y0) in (0..self.height).step_by(t).enumerate() {
             let mut packed = Vec::with_capacity(across);
             for &(at, len) in &self.tiles[r * across..(r + 1) * across] {
                 let mut b = vec![0u8; len as usize];
@@ -45,9 +47,9 @@ impl ScratchMap {
             let tiles: Vec<std::io::Result<Vec<f32>>> = packed
                 .par_iter()
                 .map(|z| {
-                    let mut raw = Vec::with_capacity(TILE * TILE * 4);
+                    let mut raw = Vec::with_capacity(t * t * 4);
                     flate2::read::ZlibDecoder::new(&z[..]).read_to_end(&mut raw)?;
-                    if raw.len() != TILE * TILE * 4 {
+                    if raw.len() != t * t * 4 {
                         return Err(std::io::Error::other("a tile of the wrong size"));
                     }
                     Ok(raw
@@ -60,49 +62,15 @@ impl ScratchMap {
                 .into_iter()
                 .collect::<std::io::Result<Vec<_>>>()
                 .map_err(|e| self.fail(e))?;
-            for k in 0..TILE.min(self.height - y0) {
-                for (t, tile) in tiles.iter().enumerate() {
-                    let x0 = t * TILE;
-                    let n = TILE.min(self.width - x0);
-                    row[x0..x0 + n].copy_from_slice(&tile[k * TILE..k * TILE + n]);
+            for k in 0..t.min(self.height - y0) {
+                for (i, tile) in tiles.iter().enumerate() {
+                    let x0 = i * t;
+                    let n = t.min(self.width - x0);
+                    row[x0..x0 + n].copy_from_slice(&tile[k * t..k * t + n]);
                 }
                 f(&row)?;
             }
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::super::tiff_writer::TiledF32Writer;
-
-    /// Rows read back are the rows written, at sizes that are and are not whole tiles; nothing
-    /// appears at the path, and the temporary file goes with the map.
-    #[test]
-    fn scratch_maps_read_back_exactly_and_leave_nothing() {
-        let d = tempfile::tempdir().unwrap();
-        let path = d.path().join("m.tif");
-        for (w, h) in [(1, 1), (256, 256), (300, 70), (513, 600)] {
-            let map: Vec<f32> = (0..w * h)
-                .map(|i| ((i * 7919) % 1013) as f32 * 1e-3 - 0.3)
-                .collect();
-            let mut wr = TiledF32Writer::create(&path, w, h).unwrap();
-            for row in map.chunks_exact(w) {
-                wr.push_row(row).unwrap();
-            }
-            let mut s = wr.into_scratch().unwrap();
-            let mut back = Vec::new();
-            s.for_each_row(&mut |r: &[f32]| {
-                back.extend_from_slice(r);
-                Ok(())
-            })
-            .unwrap();
-            assert!(back == map, "{w}x{h}");
-            assert!(!path.exists());
-            assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
-            drop(s);
-            assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
-        }
     }
 }

@@ -222,6 +222,7 @@ impl TiledWriter {
             file: self.file.take().expect("not yet committed"),
             width: self.width,
             height: self.height,
+            tile: TILE,
             tiles: self
                 .offsets
                 .iter()
@@ -406,5 +407,34 @@ mod tests {
         assert!(wr.finish().is_err());
         drop(TiledF32Writer::create(&p, 10, 10).unwrap());
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+    }
+
+    /// Rows read back are the rows written, at sizes that are and are not whole tiles; nothing
+    /// appears at the path, and the temporary file goes with the map.
+    #[test]
+    fn scratch_maps_read_back_exactly_and_leave_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("m.tif");
+        for (w, h) in [(1, 1), (256, 256), (300, 70), (513, 600)] {
+            let map: Vec<f32> = (0..w * h)
+                .map(|i| ((i * 7919) % 1013) as f32 * 1e-3 - 0.3)
+                .collect();
+            let mut wr = TiledWriter::create(&path, w, h).unwrap();
+            for row in map.chunks_exact(w) {
+                wr.push_row(row).unwrap();
+            }
+            let mut s = wr.into_scratch().unwrap();
+            let mut back = Vec::new();
+            s.for_each_row(&mut |r: &[f32]| {
+                back.extend_from_slice(r);
+                Ok(())
+            })
+            .unwrap();
+            assert!(back == map, "{w}x{h}");
+            assert!(!path.exists());
+            assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+            drop(s);
+            assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+        }
     }
 }
