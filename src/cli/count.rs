@@ -358,8 +358,14 @@ pub fn run(a: CountArgs) -> anyhow::Result<()> {
     if let Some(f) = folder.take() {
         f.finish(rows.iter().map(|r| r.record(hash)).collect())?;
         let out = a.out.as_deref().expect("a folder has its path");
-        if let Err(e) = crate::cli::report::count_report(out, &a, &chosen, threshold, min_distance)
-        {
+        if let Err(e) = crate::cli::report::count_report(
+            out,
+            (a.tile, a.overlap),
+            &a.device,
+            &chosen,
+            threshold,
+            min_distance,
+        ) {
             eprintln!("warning: {}: cannot write the report: {e:#}", out.display());
         }
     }

@@ -271,7 +271,7 @@ fn write_overlays(
                     &out.join("overlays").join(format!("{name}.png")),
                     png.get_ref(),
                 )?;
-                crate::cli::report::write_thumbnail(out, &name, &ov)?;
+                crate::cli::outputs::write_thumbnail(out, &name, &ov)?;
                 Ok(points.map(|p| p.len()))
             })();
             match drawn {

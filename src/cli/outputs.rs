@@ -1,6 +1,6 @@
 //! Files `dcl count --out` writes per image: points as CSV (x,y,score and napari's layout),
-//! QuPath GeoJSON and an ImageJ ROI (`report::exchange`), an overlay PNG and the density map as
-//! 32-bit float TIFF. Every file is written atomically.
+//! QuPath GeoJSON and an ImageJ ROI (`report::exchange`), an overlay PNG and its thumbnail for
+//! the report, and the density map as 32-bit float TIFF. Every file is written atomically.
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -406,6 +406,27 @@ pub fn write_point_files(
     Ok(())
 }
 
+/// The largest side of the thumbnails in `thumbs/`.
+pub const THUMB_SIDE: u32 = 160;
+
+/// Writes `thumbs/NAME.png`, the overlay scaled down for the report's table.
+pub fn write_thumbnail(out: &Path, name: &str, overlay: &image::RgbImage) -> anyhow::Result<()> {
+    let (w, h) = overlay.dimensions();
+    let k = (THUMB_SIDE as f64 / w.max(h) as f64).min(1.0);
+    let (tw, th) = (
+        ((w as f64 * k).round() as u32).max(1),
+        ((h as f64 * k).round() as u32).max(1),
+    );
+    let thumb = image::imageops::thumbnail(overlay, tw, th);
+    let mut png = std::io::Cursor::new(Vec::new());
+    thumb.write_to(&mut png, image::ImageFormat::Png)?;
+    atomic_write(
+        &out.join("thumbs").join(format!("{name}.png")),
+        png.get_ref(),
+    )?;
+    Ok(())
+}
+
 pub fn write_image_outputs(
     out: &Path,
     name: &str,
@@ -424,7 +445,7 @@ pub fn write_image_outputs(
         &out.join("overlays").join(format!("{name}.png")),
         png.get_ref(),
     )?;
-    crate::cli::report::write_thumbnail(out, name, &ov)?;
+    write_thumbnail(out, name, &ov)?;
     write_map(
         &out.join("density").join(format!("{name}.tif")),
         &image_density(p),

@@ -2,32 +2,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::cli::count::CountArgs;
 use crate::cli::outputs::Owner;
 use crate::cli::parse_csv;
 use crate::fsutil::{atomic_write, read_own_file, OUTPUT_MARKER};
 use crate::report::html::{render, utc_now, Cell, Column, Page};
-
-/// The largest side of the thumbnails in `thumbs/`.
-pub const THUMB_SIDE: u32 = 160;
-
-/// Writes `thumbs/NAME.png`, the overlay scaled down for the report's table.
-pub fn write_thumbnail(out: &Path, name: &str, overlay: &image::RgbImage) -> anyhow::Result<()> {
-    let (w, h) = overlay.dimensions();
-    let k = (THUMB_SIDE as f64 / w.max(h) as f64).min(1.0);
-    let (tw, th) = (
-        ((w as f64 * k).round() as u32).max(1),
-        ((h as f64 * k).round() as u32).max(1),
-    );
-    let thumb = image::imageops::thumbnail(overlay, tw, th);
-    let mut png = std::io::Cursor::new(Vec::new());
-    thumb.write_to(&mut png, image::ImageFormat::Png)?;
-    atomic_write(
-        &out.join("thumbs").join(format!("{name}.png")),
-        png.get_ref(),
-    )?;
-    Ok(())
-}
 
 /// Where a counts row's per-image outputs are, seen from a page: the folder that holds them
 /// (`overlays/`, `thumbs/`, `points/`), its path relative to the page's folder, and the
@@ -223,10 +201,12 @@ const COUNT_NOTE: &str = "Click a column to sort, a thumbnail for the full-size 
      and ImageJ (.roi), density/ its density map (float TIFF).";
 
 /// Writes `out/report.html` for a count folder: every row of its counts.csv (this run's and
-/// earlier runs'), with its overlay, and this run's settings.
+/// earlier runs'), with its overlay, and this run's settings (`tile_overlap` in network pixels,
+/// the device as given).
 pub fn count_report(
     out: &Path,
-    a: &CountArgs,
+    tile_overlap: (usize, usize),
+    device: &str,
     chosen: &crate::cli::models::Chosen,
     threshold: f32,
     min_distance: f32,
@@ -252,9 +232,9 @@ pub fn count_report(
     }
     settings.push((
         "tile / overlap (network px)".into(),
-        format!("{} / {}", a.tile, a.overlap),
+        format!("{} / {}", tile_overlap.0, tile_overlap.1),
     ));
-    settings.push(("device".into(), a.device.clone()));
+    settings.push(("device".into(), device.to_string()));
     counts_page(
         out,
         &rows,
