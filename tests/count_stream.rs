@@ -20,11 +20,17 @@ use dcl::infer::{predict, predict_with, InferOptions};
 use dcl::tensor::Tensor;
 use image::DynamicImage;
 
-/// A network of the shipped `vgg-cells` model (models/vgg-cells), trained on VGG cells.
-fn vgg_cells(net: &str) -> PathBuf {
+/// A network ("counter" or "localizer") of a shipped model (models/MODEL).
+fn shipped(model: &str, net: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("models/vgg-cells")
+        .join("models")
+        .join(model)
         .join(format!("{net}.safetensors"))
+}
+
+/// A network of the shipped `vgg-cells` model, trained on VGG cells.
+fn vgg_cells(net: &str) -> PathBuf {
+    shipped("vgg-cells", net)
 }
 
 fn fixture(name: &str) -> PathBuf {
@@ -696,12 +702,10 @@ fn count_streams_resized_density_maps_as_in_memory() {
         false,
         true,
     );
-    let model = |net: &str| {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("models/mbm-bone-marrow")
-            .join(format!("{net}.safetensors"))
-    };
-    let (c, l) = (model("counter"), model("localizer"));
+    let (c, l) = (
+        shipped("mbm-bone-marrow", "counter"),
+        shipped("mbm-bone-marrow", "localizer"),
+    );
     let run = |out: &Path, extra: &[&str]| {
         let mut args = vec![
             "count",

@@ -9,7 +9,7 @@ use std::str::FromStr;
 
 use clap::Args;
 
-use crate::data::image_io::{write_png_rgb8, write_tiff_f32, DecodeLimits};
+use crate::data::image_io::{write_tiff_f32, DecodeLimits};
 use crate::data::stream::tiff_writer::TiledF32Writer;
 use crate::data::stream::{self, Band, Probe};
 use crate::error::Error;
@@ -300,11 +300,11 @@ pub fn count_streamed(
         .out
         .map(|o| o.join("density").join(format!("{name}.tif")));
     let mut resized = match (ctx.localizer, &out_density) {
-        (Some(_), Some(p)) => Some((
-            Resize::new(nw, nh, w, h),
-            TiledF32Writer::create(p, w, h)?,
-            ToCount::default(),
-        )),
+        (Some(_), Some(p)) => Some(ResizedRows {
+            resize: Resize::new(nw, nh, w, h),
+            scratch: TiledF32Writer::create(p, w, h)?,
+            sum: ToCount::default(),
+        }),
         _ => None,
     };
     let mut preview = ctx.out.map(|_| Preview::new(nw as u32, nh as u32));
@@ -314,11 +314,8 @@ pub fn count_streamed(
         if let Some(r) = raw.as_mut() {
             r.push_row(row)?;
         }
-        if let Some((resize, scratch, sum)) = resized.as_mut() {
-            resize.push(row, &mut |o: &[f32]| {
-                sum.add(o);
-                scratch.push_row(o)
-            })?;
+        if let Some(r) = resized.as_mut() {
+            r.push(row)?;
         }
         Ok(())
     };
@@ -359,8 +356,7 @@ pub fn count_streamed(
     }
     if let Some(out) = ctx.out {
         if let Some(pts) = &s.points {
-            // the in-memory path's writers: the same files (they are built in memory, about
-            // 250 bytes a cell for the GeoJSON)
+            // the in-memory path's writers: the same files, each written as it is made
             crate::cli::outputs::write_point_files(
                 &out.join("points"),
                 name,
@@ -387,12 +383,7 @@ pub fn count_streamed(
                 pts.as_deref(),
                 s.count,
             );
-            write_png_rgb8(
-                &out.join("overlays").join(format!("{name}.png")),
-                ov.width() as usize,
-                ov.height() as usize,
-                ov.as_raw(),
-            )?;
+            crate::cli::outputs::write_png(&out.join("overlays").join(format!("{name}.png")), &ov)?;
         }
     }
     if s.dropped > 0 {
@@ -427,6 +418,25 @@ pub fn count_streamed(
     })
 }
 
+/// `--out`'s density rows of a streamed image with a localizer, as its rows become final:
+/// resized to the image, summed, and kept in a scratch file until the count is known.
+struct ResizedRows {
+    resize: Resize,
+    scratch: TiledF32Writer,
+    sum: ToCount,
+}
+
+impl ResizedRows {
+    /// Takes the localizer's next row (network pixels).
+    fn push(&mut self, row: &[f32]) -> crate::Result<()> {
+        let (scratch, sum) = (&mut self.scratch, &mut self.sum);
+        self.resize.push(row, &mut |o: &[f32]| {
+            sum.add(o);
+            scratch.push_row(o)
+        })
+    }
+}
+
 /// A streamed image's density/NAME.tif: the in-memory path's map (`infer::image_density`), at
 /// the image's size and scaled to its count, written a row of tiles at a time. With a localizer
 /// its rows, resized and summed during the run, are read back from their scratch file and
@@ -434,19 +444,19 @@ pub fn count_streamed(
 fn write_image_density(
     path: &Path,
     (w, h): (usize, usize),
-    resized: Option<(Resize, TiledF32Writer, ToCount)>,
+    resized: Option<ResizedRows>,
     s: &Streamed,
     scale: f32,
 ) -> anyhow::Result<()> {
     let mut out = TiledF32Writer::create(path, w, h)?;
     let mut row = vec![0f32; w];
     match resized {
-        Some((resize, scratch, sum)) => {
-            if !resize.done() {
+        Some(r) => {
+            if !r.resize.done() {
                 anyhow::bail!("internal: {}: the density map lacks rows", path.display());
             }
-            let k = sum.factor(s.count);
-            scratch.into_scratch()?.for_each_row(&mut |r: &[f32]| {
+            let k = r.sum.factor(s.count);
+            r.scratch.into_scratch()?.for_each_row(&mut |r: &[f32]| {
                 row.copy_from_slice(r);
                 scale_row(&mut row, k);
                 out.push_row(&row)

@@ -265,11 +265,9 @@ fn write_overlays(
                 };
                 let text = format!("pred {:.1} / true {}", c.predicted, c.truth);
                 let ov = crate::report::overlay::overlay_text(&img, points.as_deref(), &text);
-                let mut png = std::io::Cursor::new(Vec::new());
-                ov.write_to(&mut png, image::ImageFormat::Png)?;
-                crate::fsutil::atomic_write(
+                crate::cli::outputs::write_png(
                     &out.join("overlays").join(format!("{name}.png")),
-                    png.get_ref(),
+                    &ov,
                 )?;
                 crate::cli::outputs::write_thumbnail(out, &name, &ov)?;
                 Ok(points.map(|p| p.len()))

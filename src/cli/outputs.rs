@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::cli::{csv_field, parse_csv};
-use crate::data::image_io::write_tiff_f32;
+use crate::data::image_io::{write_png_rgb8, write_tiff_f32};
 use crate::fsutil::{
     atomic_write, atomic_write_with, marker_json, open_append, prepare_output_dir, prepare_subdir,
     read_own_file, DirLock, OUTPUT_MARKER,
@@ -418,13 +418,13 @@ pub fn write_thumbnail(out: &Path, name: &str, overlay: &image::RgbImage) -> any
         ((h as f64 * k).round() as u32).max(1),
     );
     let thumb = image::imageops::thumbnail(overlay, tw, th);
-    let mut png = std::io::Cursor::new(Vec::new());
-    thumb.write_to(&mut png, image::ImageFormat::Png)?;
-    atomic_write(
-        &out.join("thumbs").join(format!("{name}.png")),
-        png.get_ref(),
-    )?;
-    Ok(())
+    write_png(&out.join("thumbs").join(format!("{name}.png")), &thumb)
+}
+
+/// Writes an RGB image as a PNG file, atomically (the data module's writer).
+pub fn write_png(path: &Path, img: &image::RgbImage) -> anyhow::Result<()> {
+    let (w, h) = img.dimensions();
+    Ok(write_png_rgb8(path, w as usize, h as usize, img.as_raw())?)
 }
 
 pub fn write_image_outputs(
@@ -439,12 +439,7 @@ pub fn write_image_outputs(
         write_point_files(&out.join("points"), name, pts, p.count, opts)?;
     }
     let ov = crate::report::overlay::overlay(img, points, p.count);
-    let mut png = std::io::Cursor::new(Vec::new());
-    ov.write_to(&mut png, image::ImageFormat::Png)?;
-    atomic_write(
-        &out.join("overlays").join(format!("{name}.png")),
-        png.get_ref(),
-    )?;
+    write_png(&out.join("overlays").join(format!("{name}.png")), &ov)?;
     write_thumbnail(out, name, &ov)?;
     write_map(
         &out.join("density").join(format!("{name}.tif")),
