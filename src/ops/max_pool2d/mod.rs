@@ -226,7 +226,13 @@ mod tests {
             .into_iter()
             .filter(|i| i.available())
         {
-            for dims in [[2, 3, 7, 9], [1, 2, 16, 33], [1, 1, 2, 2]] {
+            for dims in [
+                [2, 3, 7, 9],
+                [1, 2, 16, 33],
+                [1, 1, 2, 2],
+                [1, 2, 5, 71],
+                [2, 1, 4, 64],
+            ] {
                 let g = MaxPool2dGeometry::new("x", &dims).unwrap();
                 let mut x: Vec<f32> = tie_free(&dims, 5).to_vec();
                 for (i, v) in x.iter_mut().enumerate() {
