@@ -48,6 +48,8 @@ fn best_ms(reps: usize, mut f: impl FnMut()) -> (f64, f64) {
 }
 
 fn main() {
+    // as the `dcl` binary runs: freed buffers stay mapped (device::cpu::heap)
+    dcl::device::cpu::heap::keep_freed_memory();
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| a != "--bench")

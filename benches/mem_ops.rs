@@ -3,6 +3,9 @@
 //! the same machine state).
 //!
 //!     cargo bench --bench mem_ops [-- FILTER]
+//!
+//! `MEM_OPS_REPS=N` times N reps instead of 5 (the best is shown), e.g. to profile one op
+//! under `perf record`.
 use std::time::Instant;
 
 use dcl::ops::batch_norm2d::{
@@ -18,7 +21,11 @@ use dcl::tensor::Tensor;
 
 fn best_ms(mut f: impl FnMut()) -> f64 {
     f();
-    (0..5)
+    let reps: usize = std::env::var("MEM_OPS_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    (0..reps)
         .map(|_| {
             let t = Instant::now();
             f();
@@ -41,6 +48,8 @@ fn copy_gbps() -> f64 {
 }
 
 fn main() {
+    // as the `dcl` binary runs: freed buffers stay mapped (device::cpu::heap)
+    dcl::device::cpu::heap::keep_freed_memory();
     let filter = std::env::args()
         .skip(1)
         .find(|a| a != "--bench")

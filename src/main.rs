@@ -9,6 +9,8 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // Freed buffers stay mapped for the next step (device::cpu::heap): before any thread.
+    dcl::device::cpu::heap::keep_freed_memory();
     let cli = dcl::cli::Cli::parse();
     if let Err(e) = dcl::cli::run(cli) {
         // One line naming the problem; the chain of causes joined, no backtrace.

@@ -2,6 +2,7 @@
 //! run-time instruction-set selection ([`simd`]) and the SIMD micro-kernels of the fast paths
 //! ([`kernels`]).
 pub mod clock;
+pub mod heap;
 pub mod kernels;
 pub mod par;
 pub mod scratch;
