@@ -16,11 +16,15 @@ pub fn map(isa: Isa, x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
         .par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
         .for_each(|(d, s)| {
-            with_isa(isa, || {
-                for (d, &v) in d.iter_mut().zip(s) {
-                    d.write(f(v));
-                }
-            })
+            with_isa(
+                isa,
+                #[inline(always)]
+                || {
+                    for (d, &v) in d.iter_mut().zip(s) {
+                        d.write(f(v));
+                    }
+                },
+            )
         });
     // Safety: every element was written above.
     unsafe { y.set_len(x.len()) };
@@ -35,11 +39,15 @@ pub fn map2(isa: Isa, a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) 
         .par_chunks_mut(CHUNK)
         .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
         .for_each(|(d, (sa, sb))| {
-            with_isa(isa, || {
-                for ((d, &u), &v) in d.iter_mut().zip(sa).zip(sb) {
-                    d.write(f(u, v));
-                }
-            })
+            with_isa(
+                isa,
+                #[inline(always)]
+                || {
+                    for ((d, &u), &v) in d.iter_mut().zip(sa).zip(sb) {
+                        d.write(f(u, v));
+                    }
+                },
+            )
         });
     // Safety: every element was written above.
     unsafe { y.set_len(a.len()) };
@@ -52,11 +60,15 @@ pub fn update2(isa: Isa, a: &mut [f32], b: &[f32], f: impl Fn(f32, f32) -> f32 +
     a.par_chunks_mut(CHUNK)
         .zip(b.par_chunks(CHUNK))
         .for_each(|(sa, sb)| {
-            with_isa(isa, || {
-                for (u, &v) in sa.iter_mut().zip(sb) {
-                    *u = f(*u, v);
-                }
-            })
+            with_isa(
+                isa,
+                #[inline(always)]
+                || {
+                    for (u, &v) in sa.iter_mut().zip(sb) {
+                        *u = f(*u, v);
+                    }
+                },
+            )
         });
 }
 
@@ -80,17 +92,21 @@ pub fn transpose(isa: Isa, src: &[f32], count: usize, rows: usize, cols: usize) 
                 .for_each(|(cb, dblk)| {
                     let c0 = cb * B;
                     let cw = B.min(cols - c0);
-                    with_isa(isa, || {
-                        for r0 in (0..rows).step_by(B) {
-                            let rh = B.min(rows - r0);
-                            for c in 0..cw {
-                                let drow = &mut dblk[c * rows + r0..][..rh];
-                                for (r, v) in drow.iter_mut().enumerate() {
-                                    *v = s[(r0 + r) * cols + c0 + c];
+                    with_isa(
+                        isa,
+                        #[inline(always)]
+                        || {
+                            for r0 in (0..rows).step_by(B) {
+                                let rh = B.min(rows - r0);
+                                for c in 0..cw {
+                                    let drow = &mut dblk[c * rows + r0..][..rh];
+                                    for (r, v) in drow.iter_mut().enumerate() {
+                                        *v = s[(r0 + r) * cols + c0 + c];
+                                    }
                                 }
                             }
-                        }
-                    })
+                        },
+                    )
                 });
         });
     dst

@@ -47,12 +47,16 @@ fn channel_mean_var(x: &[f32], g: &BatchNorm2dGeometry, isa: Isa) -> Vec<(f64, f
             let (mut s1, mut s2) = (0.0f64, 0.0f64);
             for i in 0..n {
                 let p = plane(i);
-                let (a, b) = with_isa(isa, || {
-                    lane_sums2(hw, |j| {
-                        let d = p[j] as f64 - s;
-                        (d, d * d)
-                    })
-                });
+                let (a, b) = with_isa(
+                    isa,
+                    #[inline(always)]
+                    || {
+                        lane_sums2(hw, |j| {
+                            let d = p[j] as f64 - s;
+                            (d, d * d)
+                        })
+                    },
+                );
                 s1 += a;
                 s2 += b;
             }
@@ -105,17 +109,21 @@ pub fn normalize(
         .for_each(|(p, (yp, xp))| {
             let ch = p % c;
             let (mu, s, b) = (mean[ch], invstd[ch] * gamma[ch], beta[ch]);
-            with_isa(isa, || {
-                if relu {
-                    for (o, &v) in yp.iter_mut().zip(xp) {
-                        o.write(((v - mu) * s + b).max(0.0));
+            with_isa(
+                isa,
+                #[inline(always)]
+                || {
+                    if relu {
+                        for (o, &v) in yp.iter_mut().zip(xp) {
+                            o.write(((v - mu) * s + b).max(0.0));
+                        }
+                    } else {
+                        for (o, &v) in yp.iter_mut().zip(xp) {
+                            o.write((v - mu) * s + b);
+                        }
                     }
-                } else {
-                    for (o, &v) in yp.iter_mut().zip(xp) {
-                        o.write((v - mu) * s + b);
-                    }
-                }
-            })
+                },
+            )
         });
     // Safety: every plane of y was written above.
     unsafe { y.set_len(x.len()) };
@@ -177,7 +185,11 @@ pub fn backward(
                     let off = (i * c + ch) * hw;
                     let (xp, dp) = (&x[off..off + hw], &dy[off..off + hw]);
                     let yp = relu_y.map(|y| &y[off..off + hw]);
-                    let (a, b) = with_isa(isa, || plane_sums(xp, dp, yp, mu, is));
+                    let (a, b) = with_isa(
+                        isa,
+                        #[inline(always)]
+                        || plane_sums(xp, dp, yp, mu, is),
+                    );
                     sdy += a;
                     sdyx += b;
                 }
@@ -204,30 +216,34 @@ pub fn backward(
                 } else {
                     (0.0, 0.0)
                 };
-                with_isa(isa, || match (train, yp) {
-                    (true, None) => {
-                        for ((o, &xv), &d) in dxp.iter_mut().zip(xp).zip(dp) {
-                            let xhat = (xv - mu) * is;
-                            o.write(k * (d - mdy - xhat * mdyx));
+                with_isa(
+                    isa,
+                    #[inline(always)]
+                    || match (train, yp) {
+                        (true, None) => {
+                            for ((o, &xv), &d) in dxp.iter_mut().zip(xp).zip(dp) {
+                                let xhat = (xv - mu) * is;
+                                o.write(k * (d - mdy - xhat * mdyx));
+                            }
                         }
-                    }
-                    (true, Some(yp)) => {
-                        for (((o, &xv), &d), &yv) in dxp.iter_mut().zip(xp).zip(dp).zip(yp) {
-                            let xhat = (xv - mu) * is;
-                            o.write(k * (mask(d, yv) - mdy - xhat * mdyx));
+                        (true, Some(yp)) => {
+                            for (((o, &xv), &d), &yv) in dxp.iter_mut().zip(xp).zip(dp).zip(yp) {
+                                let xhat = (xv - mu) * is;
+                                o.write(k * (mask(d, yv) - mdy - xhat * mdyx));
+                            }
                         }
-                    }
-                    (false, None) => {
-                        for (o, &d) in dxp.iter_mut().zip(dp) {
-                            o.write(d * k);
+                        (false, None) => {
+                            for (o, &d) in dxp.iter_mut().zip(dp) {
+                                o.write(d * k);
+                            }
                         }
-                    }
-                    (false, Some(yp)) => {
-                        for ((o, &d), &yv) in dxp.iter_mut().zip(dp).zip(yp) {
-                            o.write(mask(d, yv) * k);
+                        (false, Some(yp)) => {
+                            for ((o, &d), &yv) in dxp.iter_mut().zip(dp).zip(yp) {
+                                o.write(mask(d, yv) * k);
+                            }
                         }
-                    }
-                })
+                    },
+                )
             });
         // Safety: every plane of dx was written above.
         unsafe { dx.set_len(x.len()) };

@@ -54,25 +54,29 @@ pub fn forward(x: &[f32], off: &[f32], g: &GmpGeometry, isa: Isa) -> Vec<f32> {
     outt.par_chunks_mut(PB * c).enumerate().for_each(|(t, ob)| {
         // a chunk may straddle two images: each position finds its own
         let start = t * PB * c;
-        with_isa(isa, || {
-            for (j, acc) in ob.chunks_mut(c).enumerate() {
-                let flat = start / c + j;
-                let (b, p) = (flat / hw, flat % hw);
-                let xi = &xt[b * hw * c..][..hw * c];
-                for tp in &tabs[b][p * k..(p + 1) * k] {
-                    for q in 0..4 {
-                        let (i, wq) = (tp.idx[q] as usize, tp.w[q]);
-                        let row = &xi[i * c..][..c];
-                        for (a, &v) in acc.iter_mut().zip(row) {
-                            *a += wq * v;
+        with_isa(
+            isa,
+            #[inline(always)]
+            || {
+                for (j, acc) in ob.chunks_mut(c).enumerate() {
+                    let flat = start / c + j;
+                    let (b, p) = (flat / hw, flat % hw);
+                    let xi = &xt[b * hw * c..][..hw * c];
+                    for tp in &tabs[b][p * k..(p + 1) * k] {
+                        for q in 0..4 {
+                            let (i, wq) = (tp.idx[q] as usize, tp.w[q]);
+                            let row = &xi[i * c..][..c];
+                            for (a, &v) in acc.iter_mut().zip(row) {
+                                *a += wq * v;
+                            }
                         }
                     }
+                    for a in acc.iter_mut() {
+                        *a *= inv_k;
+                    }
                 }
-                for a in acc.iter_mut() {
-                    *a *= inv_k;
-                }
-            }
-        })
+            },
+        )
     });
     transpose(isa, &outt, n, hw, c)
 }
@@ -93,21 +97,25 @@ pub fn backward_x(dy: &[f32], off: &[f32], g: &GmpGeometry, isa: Isa) -> Vec<f32
             let gi = &gt[b * hw * c..][..hw * c];
             let mut d = vec![0.0f32; hw * cw];
             let mut v = vec![0.0f32; cw];
-            with_isa(isa, || {
-                for p in 0..hw {
-                    for (vv, &gv) in v.iter_mut().zip(&gi[p * c + c0..][..cw]) {
-                        *vv = gv * inv_k;
-                    }
-                    for tp in &tabs[b][p * k..(p + 1) * k] {
-                        for q in 0..4 {
-                            let (i, wq) = (tp.idx[q] as usize, tp.w[q]);
-                            for (dd, &vv) in d[i * cw..][..cw].iter_mut().zip(&v) {
-                                *dd += wq * vv;
+            with_isa(
+                isa,
+                #[inline(always)]
+                || {
+                    for p in 0..hw {
+                        for (vv, &gv) in v.iter_mut().zip(&gi[p * c + c0..][..cw]) {
+                            *vv = gv * inv_k;
+                        }
+                        for tp in &tabs[b][p * k..(p + 1) * k] {
+                            for q in 0..4 {
+                                let (i, wq) = (tp.idx[q] as usize, tp.w[q]);
+                                for (dd, &vv) in d[i * cw..][..cw].iter_mut().zip(&v) {
+                                    *dd += wq * vv;
+                                }
                             }
                         }
                     }
-                }
-            });
+                },
+            );
             d
         })
         .collect();
@@ -151,27 +159,31 @@ pub fn backward_offsets(x: &[f32], off: &[f32], dy: &[f32], g: &GmpGeometry, isa
             for t in tab {
                 let (dwx, dwy) = t.dweights();
                 let rows: [&[f32]; 4] = std::array::from_fn(|q| &xi[t.idx[q] as usize * c..][..c]);
-                let (sx, sy) = with_isa(isa, || {
-                    const L: usize = 16;
-                    let (mut ax, mut ay) = ([0.0f64; L], [0.0f64; L]);
-                    for (j, &gv) in gp.iter().enumerate() {
-                        let (mut vx, mut vy) = (0.0f32, 0.0f32);
-                        for q in 0..4 {
-                            let v = rows[q][j];
-                            vx += v * dwx[q];
-                            vy += v * dwy[q];
+                let (sx, sy) = with_isa(
+                    isa,
+                    #[inline(always)]
+                    || {
+                        const L: usize = 16;
+                        let (mut ax, mut ay) = ([0.0f64; L], [0.0f64; L]);
+                        for (j, &gv) in gp.iter().enumerate() {
+                            let (mut vx, mut vy) = (0.0f32, 0.0f32);
+                            for q in 0..4 {
+                                let v = rows[q][j];
+                                vx += v * dwx[q];
+                                vy += v * dwy[q];
+                            }
+                            // the reference skips gv == 0 (so 0 · inf adds nothing)
+                            let (px, py) = if gv == 0.0 {
+                                (0.0, 0.0)
+                            } else {
+                                (gv * vx, gv * vy)
+                            };
+                            ax[j % L] += px as f64;
+                            ay[j % L] += py as f64;
                         }
-                        // the reference skips gv == 0 (so 0 · inf adds nothing)
-                        let (px, py) = if gv == 0.0 {
-                            (0.0, 0.0)
-                        } else {
-                            (gv * vx, gv * vy)
-                        };
-                        ax[j % L] += px as f64;
-                        ay[j % L] += py as f64;
-                    }
-                    (ax.iter().sum::<f64>(), ay.iter().sum::<f64>())
-                });
+                        (ax.iter().sum::<f64>(), ay.iter().sum::<f64>())
+                    },
+                );
                 out.push((sx * inv_k) as f32);
                 out.push((sy * inv_k) as f32);
             }

@@ -52,25 +52,29 @@ pub fn forward(x: &[f32], g: &MaxPool2dGeometry, isa: Isa) -> (Vec<f32>, Vec<u32
         .zip(idx.spare_capacity_mut()[..len].par_chunks_mut(out_plane))
         .zip(x.par_chunks(h * w))
         .for_each(|((yp, ip), xp)| {
-            with_isa(isa, || {
-                let (down, diag) = (w as u32, w as u32 + 1);
-                for i in 0..oh {
-                    let r0 = &xp[2 * i * w..][..2 * ow];
-                    let r1 = &xp[(2 * i + 1) * w..][..2 * ow];
-                    let yr = &mut yp[i * ow..][..ow];
-                    let ir = &mut ip[i * ow..][..ow];
-                    let base = (2 * i * w) as u32;
-                    let j = simd_rows::forward(isa, r0, r1, yr, ir, base, w as u32);
-                    for jj in j..ow {
-                        let (mut best, mut arg) = (r0[2 * jj], 0);
-                        pick(&mut best, &mut arg, r0[2 * jj + 1], 1);
-                        pick(&mut best, &mut arg, r1[2 * jj], down);
-                        pick(&mut best, &mut arg, r1[2 * jj + 1], diag);
-                        yr[jj].write(best);
-                        ir[jj].write(base + 2 * jj as u32 + arg);
+            with_isa(
+                isa,
+                #[inline(always)]
+                || {
+                    let (down, diag) = (w as u32, w as u32 + 1);
+                    for i in 0..oh {
+                        let r0 = &xp[2 * i * w..][..2 * ow];
+                        let r1 = &xp[(2 * i + 1) * w..][..2 * ow];
+                        let yr = &mut yp[i * ow..][..ow];
+                        let ir = &mut ip[i * ow..][..ow];
+                        let base = (2 * i * w) as u32;
+                        let j = simd_rows::forward(isa, r0, r1, yr, ir, base, w as u32);
+                        for jj in j..ow {
+                            let (mut best, mut arg) = (r0[2 * jj], 0);
+                            pick(&mut best, &mut arg, r0[2 * jj + 1], 1);
+                            pick(&mut best, &mut arg, r1[2 * jj], down);
+                            pick(&mut best, &mut arg, r1[2 * jj + 1], diag);
+                            yr[jj].write(best);
+                            ir[jj].write(base + 2 * jj as u32 + arg);
+                        }
                     }
-                }
-            })
+                },
+            )
         });
     // Safety: every output of every plane was written above (rows 0..oh, columns 0..ow).
     unsafe {
@@ -88,33 +92,37 @@ pub fn backward(dy: &[f32], idx: &[u32], g: &MaxPool2dGeometry, isa: Isa) -> Vec
             &dy[p * oh * ow..][..oh * ow],
             &idx[p * oh * ow..][..oh * ow],
         );
-        with_isa(isa, || {
-            let (down, diag) = (w as u32, w as u32 + 1);
-            for i in 0..oh {
-                let base = (2 * i * w) as u32;
-                let (d, ix) = (&dyp[i * ow..][..ow], &ip[i * ow..][..ow]);
-                let (top, bottom) = dxp[2 * i * w..(2 * i + 2) * w].split_at_mut(w);
-                let j = simd_rows::backward(isa, d, ix, top, bottom, base, w as u32);
-                for jj in j..ow {
-                    let rel = ix[jj].wrapping_sub(base + 2 * jj as u32);
-                    let g = d[jj];
-                    top[2 * jj].write(if rel == 0 { g } else { 0.0 });
-                    top[2 * jj + 1].write(if rel == 1 { g } else { 0.0 });
-                    bottom[2 * jj].write(if rel == down { g } else { 0.0 });
-                    bottom[2 * jj + 1].write(if rel == diag { g } else { 0.0 });
-                }
-                // the odd last column, dropped by the floor
-                for row in [top, bottom] {
-                    for v in &mut row[2 * ow..] {
-                        v.write(0.0);
+        with_isa(
+            isa,
+            #[inline(always)]
+            || {
+                let (down, diag) = (w as u32, w as u32 + 1);
+                for i in 0..oh {
+                    let base = (2 * i * w) as u32;
+                    let (d, ix) = (&dyp[i * ow..][..ow], &ip[i * ow..][..ow]);
+                    let (top, bottom) = dxp[2 * i * w..(2 * i + 2) * w].split_at_mut(w);
+                    let j = simd_rows::backward(isa, d, ix, top, bottom, base, w as u32);
+                    for jj in j..ow {
+                        let rel = ix[jj].wrapping_sub(base + 2 * jj as u32);
+                        let g = d[jj];
+                        top[2 * jj].write(if rel == 0 { g } else { 0.0 });
+                        top[2 * jj + 1].write(if rel == 1 { g } else { 0.0 });
+                        bottom[2 * jj].write(if rel == down { g } else { 0.0 });
+                        bottom[2 * jj + 1].write(if rel == diag { g } else { 0.0 });
+                    }
+                    // the odd last column, dropped by the floor
+                    for row in [top, bottom] {
+                        for v in &mut row[2 * ow..] {
+                            v.write(0.0);
+                        }
                     }
                 }
-            }
-            // the odd last row, dropped by the floor
-            for v in &mut dxp[2 * oh * w..] {
-                v.write(0.0);
-            }
-        })
+                // the odd last row, dropped by the floor
+                for v in &mut dxp[2 * oh * w..] {
+                    v.write(0.0);
+                }
+            },
+        )
     })
 }
 

@@ -42,20 +42,24 @@ pub fn forward(x: &[f32], g: &UpsampleBilinearGeometry, isa: Isa) -> Vec<f32> {
         .zip(x.par_chunks(in_h * in_w))
         .for_each_init(Vec::new, |h, (o, xp)| {
             h.resize(in_h * out_w, 0.0);
-            with_isa(isa, || {
-                for (hr, row) in h.chunks_mut(out_w).zip(xp.chunks(in_w)) {
-                    for (x, v) in hr.iter_mut().enumerate() {
-                        let (a, b) = (tx.i0[x] as usize, tx.i1[x] as usize);
-                        *v = tx.l0[x] * row[a] + tx.l1[x] * row[b];
+            with_isa(
+                isa,
+                #[inline(always)]
+                || {
+                    for (hr, row) in h.chunks_mut(out_w).zip(xp.chunks(in_w)) {
+                        for (x, v) in hr.iter_mut().enumerate() {
+                            let (a, b) = (tx.i0[x] as usize, tx.i1[x] as usize);
+                            *v = tx.l0[x] * row[a] + tx.l1[x] * row[b];
+                        }
                     }
-                }
-                for (orow, t) in o.chunks_mut(out_w).zip(&ty) {
-                    let (h0, h1) = (&h[t.i0 * out_w..][..out_w], &h[t.i1 * out_w..][..out_w]);
-                    for ((v, &a), &b) in orow.iter_mut().zip(h0).zip(h1) {
-                        *v = t.l0 * a + t.l1 * b;
+                    for (orow, t) in o.chunks_mut(out_w).zip(&ty) {
+                        let (h0, h1) = (&h[t.i0 * out_w..][..out_w], &h[t.i1 * out_w..][..out_w]);
+                        for ((v, &a), &b) in orow.iter_mut().zip(h0).zip(h1) {
+                            *v = t.l0 * a + t.l1 * b;
+                        }
                     }
-                }
-            })
+                },
+            )
         });
     out
 }
@@ -71,22 +75,26 @@ pub fn backward(dy: &[f32], g: &UpsampleBilinearGeometry, isa: Isa) -> Vec<f32> 
         .for_each_init(Vec::new, |dh, (d, gp)| {
             dh.clear();
             dh.resize(in_h * out_w, 0.0);
-            with_isa(isa, || {
-                for (grow, t) in gp.chunks(out_w).zip(&ty) {
-                    for (v, &gv) in dh[t.i0 * out_w..][..out_w].iter_mut().zip(grow) {
-                        *v += t.l0 * gv;
+            with_isa(
+                isa,
+                #[inline(always)]
+                || {
+                    for (grow, t) in gp.chunks(out_w).zip(&ty) {
+                        for (v, &gv) in dh[t.i0 * out_w..][..out_w].iter_mut().zip(grow) {
+                            *v += t.l0 * gv;
+                        }
+                        for (v, &gv) in dh[t.i1 * out_w..][..out_w].iter_mut().zip(grow) {
+                            *v += t.l1 * gv;
+                        }
                     }
-                    for (v, &gv) in dh[t.i1 * out_w..][..out_w].iter_mut().zip(grow) {
-                        *v += t.l1 * gv;
+                    for (drow, hrow) in d.chunks_mut(in_w).zip(dh.chunks(out_w)) {
+                        for (x, &hv) in hrow.iter().enumerate() {
+                            drow[tx.i0[x] as usize] += tx.l0[x] * hv;
+                            drow[tx.i1[x] as usize] += tx.l1[x] * hv;
+                        }
                     }
-                }
-                for (drow, hrow) in d.chunks_mut(in_w).zip(dh.chunks(out_w)) {
-                    for (x, &hv) in hrow.iter().enumerate() {
-                        drow[tx.i0[x] as usize] += tx.l0[x] * hv;
-                        drow[tx.i1[x] as usize] += tx.l1[x] * hv;
-                    }
-                }
-            })
+                },
+            )
         });
     dx
 }

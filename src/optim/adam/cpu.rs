@@ -17,7 +17,13 @@ pub fn update(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: &AdamSt
     p.par_chunks_mut(CHUNK)
         .zip(g.par_chunks(CHUNK))
         .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
-        .for_each(|((p, g), (m, v))| with_isa(isa, || update_reference(p, g, m, v, h)));
+        .for_each(|((p, g), (m, v))| {
+            with_isa(
+                isa,
+                #[inline(always)]
+                || update_reference(p, g, m, v, h),
+            )
+        });
 }
 
 /// The plain loop.
