@@ -112,6 +112,13 @@ fn grid_trains_each_cell_once_resumes_and_refuses_another_recipe() {
     );
     let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
     assert!(csv.contains("cells9,decoupled,6,6,2,"), "{csv}");
+    // the table names the command that started the grid and the one that grew it
+    let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+    let block = md.split("```").nth(1).unwrap();
+    let commands: Vec<&str> = block.trim().lines().collect();
+    assert_eq!(commands.len(), 2, "{md}");
+    assert!(commands[0].contains("--seeds 1"), "{md}");
+    assert!(commands[1].contains("--seeds 2"), "{md}");
 
     // another recipe in the same folder is refused, naming experiment.json
     let e = fails(&mut grid(&set, &out, "1", "2e-3"));

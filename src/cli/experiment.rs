@@ -75,6 +75,7 @@ pub fn run(a: ExperimentArgs) -> anyhow::Result<()> {
             .chain(std::env::args().skip(1))
             .collect::<Vec<_>>()
             .join(" "),
+        extended_by: Vec::new(),
         sets,
         configs: a.configs.clone(),
         seeds: (r.seed..r.seed + a.seeds).collect(),

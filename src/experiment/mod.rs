@@ -92,6 +92,10 @@ pub struct ExperimentSpec {
     /// The command line that started the grid, for the table.
     #[serde(default)]
     pub command: String,
+    /// The command lines of later runs that added sets, configurations or seeds, in order:
+    /// the first command alone does not say how the whole grid was made.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extended_by: Vec<String>,
     pub sets: Vec<SetSpec>,
     pub configs: Vec<Config>,
     pub seeds: Vec<u64>,
@@ -226,6 +230,7 @@ pub fn run(spec: &ExperimentSpec, dir: &Path, quiet: bool) -> Result<Outcome> {
         None => spec.clone(),
     };
     // what this run adds to the grid (sets, configurations, seeds), recorded before it runs
+    let before = (stored.sets.len(), stored.configs.len(), stored.seeds.len());
     for s in &spec.sets {
         match stored.sets.iter().find(|o| o.name == s.name) {
             Some(o) if o != s => {
@@ -252,6 +257,10 @@ pub fn run(spec: &ExperimentSpec, dir: &Path, quiet: bool) -> Result<Outcome> {
         if !stored.seeds.contains(s) {
             stored.seeds.push(*s);
         }
+    }
+    let extended = before != (stored.sets.len(), stored.configs.len(), stored.seeds.len());
+    if extended && !spec.command.is_empty() && !stored.extended_by.contains(&spec.command) {
+        stored.extended_by.push(spec.command.clone());
     }
     crate::fsutil::atomic_write(
         &spec_path,

@@ -225,7 +225,18 @@ pub fn write_tables(spec: &ExperimentSpec, dir: &Path) -> Result<Vec<Row>> {
     let mut md = String::new();
     let _ = writeln!(md, "# Cross-validated comparison\n");
     if !spec.command.is_empty() {
-        let _ = writeln!(md, "Command:\n\n```\n{}\n```\n", spec.command);
+        if spec.extended_by.is_empty() {
+            let _ = writeln!(md, "Command:\n\n```\n{}\n```\n", spec.command);
+        } else {
+            // the grid grew over several runs: each of its commands, the first one first
+            let _ = writeln!(
+                md,
+                "Commands (the first started the grid, each later one added sets, \
+                 configurations or seeds to it):\n\n```\n{}\n{}\n```\n",
+                spec.command,
+                spec.extended_by.join("\n")
+            );
+        }
     }
     let _ = writeln!(
         md,
