@@ -398,3 +398,90 @@ fn stain_jitter_changes_colours_only_and_is_seeded() {
         eval_j.batch(0, 0).unwrap().images.to_vec()
     );
 }
+
+#[test]
+fn scale_jitter_zooms_mosaic_windows_with_their_dots_and_density() {
+    let ds = small_synthetic(6);
+    let idx: Vec<usize> = (0..6).collect();
+    let loader = |a: f32| {
+        Loader::new(ds.clone(), idx.clone(), 3, true, true, 4)
+            .with_mosaic(1.0)
+            .with_scale_jitter(a)
+            .with_workers(0)
+    };
+    let (plain, one) = (loader(1.0), loader(1.0).with_scale_jitter(1.0));
+    let (tiny, zoomed) = (loader(1.0001), loader(2.0));
+    let (mut smallest, mut largest) = (f32::INFINITY, 0f32);
+    let mean_count = (0..6).map(|i| ds.count(i)).sum::<f32>() / 6.0;
+    for epoch in 0..6 {
+        for b in 0..2 {
+            let p = plain.batch(epoch, b).unwrap();
+            assert_eq!(
+                p.images.to_vec(),
+                one.batch(epoch, b).unwrap().images.to_vec()
+            );
+            // a zoom that rounds to the patch size is the unzoomed window, pixel for pixel and
+            // dot for dot (the same draws of tiles, flips and offsets)
+            let t = tiny.batch(epoch, b).unwrap();
+            assert_eq!(
+                p.images.to_vec(),
+                t.images.to_vec(),
+                "epoch {epoch} batch {b}"
+            );
+            assert_eq!(p.points, t.points);
+            let z = zoomed.batch(epoch, b).unwrap();
+            assert_eq!(
+                z.images.to_vec(),
+                loader(2.0).batch(epoch, b).unwrap().images.to_vec(),
+                "seeded"
+            );
+            let (h, w) = (z.images.dims()[2], z.images.dims()[3]);
+            assert_eq!((h, w), (64, 64), "the patch size is kept");
+            let (den, img) = (z.density.to_vec(), z.images.to_vec());
+            for k in 0..z.counts.len() {
+                let plane = &den[k * h * w..(k + 1) * h * w];
+                let sum: f64 = plane.iter().map(|&v| v as f64).sum();
+                assert!((sum - z.counts[k] as f64).abs() < 1e-3, "count = density");
+                assert!(plane.iter().all(|&v| v >= 0.0));
+                smallest = smallest.min(z.counts[k]);
+                largest = largest.max(z.counts[k]);
+                // dots stay on their cells: the synthetic cells are blue, so the image is
+                // bluer at the dots than a few pixels away from them
+                let blue = &img[(3 * k + 2) * h * w..(3 * k + 3) * h * w];
+                let at = |x: f32, y: f32| {
+                    let (c, r) = (x as isize, y as isize);
+                    (c >= 0 && r >= 0 && c < w as isize && r < h as isize)
+                        .then(|| blue[r as usize * w + c as usize])
+                };
+                let (mut on, mut off, mut n_on, mut n_off) = (0.0, 0.0, 0, 0);
+                for &(x, y) in &z.points[k] {
+                    assert!(x >= 0.0 && y >= 0.0 && x < w as f32 && y < h as f32);
+                    assert!(
+                        plane[y as usize * w + x as usize] > 0.0,
+                        "dot off its density"
+                    );
+                    on += at(x, y).unwrap();
+                    n_on += 1;
+                    if let Some(v) = at(x + 6.0, y + 5.0) {
+                        off += v;
+                        n_off += 1;
+                    }
+                }
+                if n_on >= 3 && n_off >= 3 {
+                    assert!(
+                        on / n_on as f32 > off / n_off as f32 + 0.2,
+                        "dots not on bright cells: {} vs {}",
+                        on / n_on as f32,
+                        off / n_off as f32
+                    );
+                }
+            }
+        }
+    }
+    // windows from a quarter to four times a patch's area: counts well below and above a
+    // patch's
+    assert!(
+        smallest < 0.6 * mean_count && largest > 1.7 * mean_count,
+        "counts {smallest}..{largest}, a patch's {mean_count}"
+    );
+}

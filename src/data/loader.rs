@@ -73,6 +73,8 @@ pub struct Loader {
     mosaic: f32,
     /// σ of the stain jitter of each augmented patch (0: none; see `with_stain_jitter`).
     stain_jitter: f32,
+    /// Largest zoom factor of a mosaic window, in and out (1: none; see `with_scale_jitter`).
+    scale_jitter: f32,
 }
 
 /// A mosaic window: normalised image planes, density and dots.
@@ -84,6 +86,11 @@ const ORDER_STREAM: u64 = 0;
 const MOSAIC_STREAM: u64 = 1 << 40;
 /// Marks the generator streams of stain jitter (so runs without it draw what they drew).
 const STAIN_STREAM: u64 = 1 << 39;
+/// Marks the generator streams of the mosaic windows' zoom factors.
+const SCALE_STREAM: u64 = 1 << 37;
+/// The largest zoom `with_scale_jitter` accepts: a window zoomed out by 2 is the whole 2x2
+/// mosaic.
+pub const MAX_SCALE_JITTER: f32 = 2.0;
 
 impl Loader {
     /// A loader over `indices` of `ds`. Background workers default to the cores available
@@ -110,7 +117,24 @@ impl Loader {
             prefetch: 2,
             mosaic: 0.0,
             stain_jitter: 0.0,
+            scale_jitter: 1.0,
         }
+    }
+
+    /// Each mosaic window (see `with_mosaic`) is zoomed by a factor s drawn log-uniformly from
+    /// [1/a, a] (a in [1, 2]; 1: none): a window of (w/s) x (h/s) pixels of the mosaic, resized
+    /// to the patch size (bilinear, averaging when shrinking), so the networks see cells of
+    /// other sizes than the preprocessing gives (a scanner's or a lab's other magnification).
+    /// Its dots are mapped with the pixels and its density is made again from them with the
+    /// data set's σ in the patch's pixels (the cells' Gaussians cut by the window, as an
+    /// unzoomed window's are). Samples that are not mosaics are not zoomed.
+    pub fn with_scale_jitter(mut self, a: f32) -> Loader {
+        self.scale_jitter = if a.is_finite() {
+            a.clamp(1.0, MAX_SCALE_JITTER)
+        } else {
+            1.0
+        };
+        self
     }
 
     /// Each augmented patch (every tile of a mosaic too) gets its own stain jitter of
@@ -269,35 +293,20 @@ impl Loader {
         erng: &Rng,
         p: usize,
     ) -> Result<MosaicCrop> {
+        if self.scale_jitter > 1.0 {
+            return self.zoomed_mosaic_sample(s, aug, rng, erng, p);
+        }
         let (w, h) = aug.out_size(s.width, s.height);
         let (ox, oy) = (rng.below(w + 1), rng.below(h + 1));
         let mut img = vec![0f32; 3 * w * h];
         let mut den = vec![0f32; w * h];
         let mut pts = Vec::new();
         for k in 0..4usize {
-            let other;
-            let (t, taug): (&crate::data::Sample, Augment) = if k == 0 {
-                (s, aug)
-            } else {
-                let pool = if self.indices.is_empty() {
-                    1
-                } else {
-                    self.indices.len()
-                };
-                let i = self.indices.get(rng.below(pool)).copied().unwrap_or(0);
-                other = self.ds.try_sample(i)?;
-                let a = Augment::random(
-                    &mut erng.fork(((p as u64 + 1) << 2 | k as u64) | MOSAIC_STREAM << 1),
-                    w == h,
-                );
-                (&*other, a)
+            let other = self.mosaic_partner(s, k, rng, erng, p, (w, h))?;
+            let (t, taug): (&crate::data::Sample, Augment) = match &other {
+                None => (s, aug),
+                Some((o, a)) => (o, *a),
             };
-            if taug.out_size(t.width, t.height) != (w, h) {
-                return Err(Error::Invalid(format!(
-                    "mosaic: '{}' is {}x{}, '{}' {w}x{h}; mosaics need one patch size",
-                    t.name, t.width, t.height, s.name
-                )));
-            }
             // Tile k sits at (tx, ty) of the 2w x 2h canvas; the window starts at (ox, oy).
             let (tx, ty) = ((k % 2) * w, (k / 2) * h);
             let (x0, x1) = (ox.max(tx), (ox + w).min(tx + w));
@@ -306,8 +315,7 @@ impl Loader {
                 continue;
             }
             let (tw, th) = (t.width, t.height);
-            let stream = (((p as u64 + 1) << 2) | k as u64) | 1 << 38;
-            let image = self.colours(&t.image, tw * th, erng, stream);
+            let image = self.colours(&t.image, tw * th, erng, tile_stream(p, k));
             let mut plane = vec![0f32; w * h];
             for c in 0..4 {
                 let (src, out, m, inv): (&[f32], &mut [f32], f32, f32) = if c < 3 {
@@ -333,6 +341,122 @@ impl Loader {
                     pts.push((cx, cy));
                 }
             }
+        }
+        Ok((img, den, pts))
+    }
+
+    /// Tile `k` of the mosaic around `s`: none for k = 0 (`s` itself), else a sample drawn from
+    /// the loader's indices with its own flips, which must have the patch size `(w, h)`.
+    fn mosaic_partner(
+        &self,
+        s: &crate::data::Sample,
+        k: usize,
+        rng: &mut Rng,
+        erng: &Rng,
+        p: usize,
+        (w, h): (usize, usize),
+    ) -> Result<Option<(crate::data::SampleRef<'_>, Augment)>> {
+        if k == 0 {
+            return Ok(None);
+        }
+        let pool = if self.indices.is_empty() {
+            1
+        } else {
+            self.indices.len()
+        };
+        let i = self.indices.get(rng.below(pool)).copied().unwrap_or(0);
+        let other = self.ds.try_sample(i)?;
+        let a = Augment::random(
+            &mut erng.fork(((p as u64 + 1) << 2 | k as u64) | MOSAIC_STREAM << 1),
+            w == h,
+        );
+        if a.out_size(other.width, other.height) != (w, h) {
+            return Err(Error::Invalid(format!(
+                "mosaic: '{}' is {}x{}, '{}' {w}x{h}; mosaics need one patch size",
+                other.name, other.width, other.height, s.name
+            )));
+        }
+        Ok(Some((other, a)))
+    }
+
+    /// A mosaic window zoomed by a factor drawn from [1/a, a] (see `with_scale_jitter`): the
+    /// 2x2 mosaic is laid out whole, a (w/s) x (h/s) window of it is resized to w x h, and the
+    /// window's density is made from the mosaic's dots mapped into it.
+    fn zoomed_mosaic_sample(
+        &self,
+        s: &crate::data::Sample,
+        aug: Augment,
+        rng: &mut Rng,
+        erng: &Rng,
+        p: usize,
+    ) -> Result<MosaicCrop> {
+        let (w, h) = aug.out_size(s.width, s.height);
+        let ln_a = (self.scale_jitter as f64).ln();
+        let zoom =
+            (ln_a * (2.0 * erng.fork((p as u64 + 1) | SCALE_STREAM).uniform() as f64 - 1.0)).exp();
+        let (ww, wh) = (
+            ((w as f64 / zoom).round() as usize).clamp(1, 2 * w),
+            ((h as f64 / zoom).round() as usize).clamp(1, 2 * h),
+        );
+        let (ox, oy) = (rng.below(2 * w - ww + 1), rng.below(2 * h - wh + 1));
+        let (cw, ch) = (2 * w, 2 * h);
+        let mut canvas = vec![0f32; 3 * cw * ch];
+        let mut canvas_pts = Vec::new();
+        let mut plane = vec![0f32; w * h];
+        for k in 0..4usize {
+            let other = self.mosaic_partner(s, k, rng, erng, p, (w, h))?;
+            let (t, taug): (&crate::data::Sample, Augment) = match &other {
+                None => (s, aug),
+                Some((o, a)) => (o, *a),
+            };
+            let (tx, ty) = ((k % 2) * w, (k / 2) * h);
+            let (tw, th) = (t.width, t.height);
+            let image = self.colours(&t.image, tw * th, erng, tile_stream(p, k));
+            for c in 0..3 {
+                let (m, inv) = (IMAGENET_MEAN[c], 1.0 / IMAGENET_STD[c]);
+                taug.apply_plane_with(
+                    &image[c * tw * th..(c + 1) * tw * th],
+                    tw,
+                    th,
+                    &mut plane,
+                    |v| (v - m) * inv,
+                );
+                for y in 0..h {
+                    canvas[c * cw * ch + (ty + y) * cw + tx..][..w]
+                        .copy_from_slice(&plane[y * w..(y + 1) * w]);
+                }
+            }
+            canvas_pts.extend(
+                taug.apply_points(&t.points, tw, th)
+                    .into_iter()
+                    .map(|(x, y)| (x + tx as f32, y + ty as f32)),
+            );
+        }
+        let img =
+            crate::data::preprocess::resize_region(&canvas, cw, ch, 3, (ox, oy, ww, wh), w, h);
+        // The window's dots in its resized pixels; the Gaussians of dots up to 4σ outside it
+        // reach in, so the map is made on a frame 8σ wider on every side (where no Gaussian
+        // that reaches the window is cut and renormalised) and the window cut out of it.
+        let (sx, sy) = (w as f32 / ww as f32, h as f32 / wh as f32);
+        let sigma = self.ds.sigma();
+        let pad = (8.0 * sigma).ceil() as usize + 1;
+        let (fw, fh) = (w + 2 * pad, h + 2 * pad);
+        let mut framed = Vec::new();
+        let mut pts = Vec::new();
+        for (x, y) in canvas_pts {
+            let (cx, cy) = ((x - ox as f32) * sx, (y - oy as f32) * sy);
+            let (fx, fy) = (cx + pad as f32, cy + pad as f32);
+            if fx >= 0.0 && fy >= 0.0 && fx < fw as f32 && fy < fh as f32 {
+                framed.push((fx, fy));
+            }
+            if cx >= 0.0 && cy >= 0.0 && cx < w as f32 && cy < h as f32 {
+                pts.push((cx, cy));
+            }
+        }
+        let frame = crate::data::density::density_map(fw, fh, &framed, sigma);
+        let mut den = Vec::with_capacity(w * h);
+        for y in 0..h {
+            den.extend_from_slice(&frame[(y + pad) * fw + pad..][..w]);
         }
         Ok((img, den, pts))
     }
@@ -399,12 +523,18 @@ impl Loader {
             shuffle: self.shuffle,
             augment: self.augment,
             stain_jitter: self.stain_jitter,
+            scale_jitter: self.scale_jitter,
             seed: self.seed,
             workers: 0,
             prefetch: self.prefetch,
             mosaic: self.mosaic,
         }
     }
+}
+
+/// The stain jitter stream of mosaic tile `k` of the sample at position `p`.
+fn tile_stream(p: usize, k: usize) -> u64 {
+    (((p as u64 + 1) << 2) | k as u64) | 1 << 38
 }
 
 /// The batches of one epoch (see `Loader::epoch`).

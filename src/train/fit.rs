@@ -100,7 +100,8 @@ pub fn fit<J: Job>(
         opts.seed,
     )
     .with_mosaic(opts.mosaic)
-    .with_stain_jitter(opts.stain_jitter);
+    .with_stain_jitter(opts.stain_jitter)
+    .with_scale_jitter(opts.scale_jitter);
     let per_epoch = loader.batches_per_epoch().max(1);
     let mut progress = Progress::default();
     if resume && snap_path.exists() {

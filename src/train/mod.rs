@@ -102,6 +102,16 @@ pub struct TrainOptions {
     #[arg(long, default_value_t = 0.0)]
     #[serde(default)]
     pub stain_jitter: f32,
+    /// Zoom each mosaic window (--mosaic) by a factor drawn log-uniformly from [1/A, A], A in
+    /// [1, 2]: the window covers (W/s) x (H/s) pixels of the 2x2 mosaic, resized to the patch,
+    /// so the networks see cells larger and smaller than the preprocessing makes them; 1: none.
+    // See `Loader::with_scale_jitter`.
+    #[arg(long, default_value_t = 1.0, value_name = "A")]
+    #[serde(
+        default = "default_scale_jitter",
+        skip_serializing_if = "is_default_scale_jitter"
+    )]
+    pub scale_jitter: f32,
     /// Counter: also train the count of each window of a GRID x GRID grid over the patch (counts
     /// only, not in the paper), so the coarse map's mass sits where the cells are and tiled
     /// counts of large images add up; 0 or 1: the paper's image count loss alone.
@@ -172,6 +182,16 @@ fn default_window_weight() -> f32 {
     1.0
 }
 
+fn default_scale_jitter() -> f32 {
+    1.0
+}
+
+// Recipes without zoom serialise as before, so experiment.json files and run configs written
+// before the option compare equal to today's.
+fn is_default_scale_jitter(a: &f32) -> bool {
+    *a == default_scale_jitter()
+}
+
 /// The defaults of `dcl train` given no flags.
 impl Default for TrainOptions {
     fn default() -> Self {
@@ -233,6 +253,18 @@ impl TrainOptions {
                 "--stain-jitter is a σ in [0, 0.5], got {}",
                 self.stain_jitter
             )));
+        }
+        if !(1.0..=crate::data::loader::MAX_SCALE_JITTER).contains(&self.scale_jitter) {
+            return Err(Error::Invalid(format!(
+                "--scale-jitter is a largest zoom factor in [1, {}], got {}",
+                crate::data::loader::MAX_SCALE_JITTER,
+                self.scale_jitter
+            )));
+        }
+        if self.scale_jitter > 1.0 && self.augment && self.mosaic == 0.0 {
+            return Err(Error::Invalid(
+                "--scale-jitter zooms the mosaic windows: it needs --mosaic above 0".into(),
+            ));
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
             return Err(Error::Invalid(format!(
@@ -425,4 +457,42 @@ pub fn input_scale(ds: &Dataset) -> f32 {
     }
     scales.sort_by(f32::total_cmp);
     scales[scales.len() / 2]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TrainOptions;
+
+    #[test]
+    fn scale_jitter_is_checked_and_old_recipes_read_without_it() {
+        let ok = TrainOptions {
+            scale_jitter: 1.5,
+            mosaic: 1.0,
+            ..TrainOptions::default()
+        };
+        ok.validate().unwrap();
+        for (a, mosaic, says) in [
+            (2.5, 1.0, "in [1, 2]"),
+            (0.5, 1.0, "in [1, 2]"),
+            (f32::NAN, 1.0, "in [1, 2]"),
+            (1.5, 0.0, "needs --mosaic"),
+        ] {
+            let e = TrainOptions {
+                scale_jitter: a,
+                mosaic,
+                ..TrainOptions::default()
+            }
+            .validate()
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("--scale-jitter") && e.contains(says), "{a}: {e}");
+        }
+        // a recipe without zoom serialises as before the option, and reads back as 1
+        let plain = serde_json::to_value(TrainOptions::default()).unwrap();
+        assert!(plain.get("scale_jitter").is_none(), "{plain}");
+        let back: TrainOptions = serde_json::from_value(plain).unwrap();
+        assert_eq!(back.scale_jitter, 1.0);
+        let zoomed = serde_json::to_value(&ok).unwrap();
+        assert_eq!(zoomed["scale_jitter"], 1.5);
+    }
 }
